@@ -1,0 +1,2 @@
+//! Placeholder; replaced by the quickstart issue.
+fn main() {}

@@ -1,0 +1,308 @@
+//! The engine's errors, the errors a step returns and the errors a store returns.
+
+use std::fmt;
+
+use crate::id::OperationId;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A saga definition was rejected while it was built.
+    #[error("saga {saga}: {problem}")]
+    InvalidSaga {
+        /// The saga's name.
+        saga: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No saga of this name (and version, when given) is registered with the executor.
+    #[error("unknown saga {name}{}", version.map(|v| format!(" version {v}")).unwrap_or_default())]
+    UnknownSaga {
+        /// The saga name asked for.
+        name: String,
+        /// The version asked for, if any.
+        version: Option<u32>,
+    },
+    /// A record names a step the saga does not have.
+    #[error("operation {operation}: record {seq} names step {step:?}, which saga {saga} version {version} does not have")]
+    UnknownStep {
+        /// The Operation.
+        operation: OperationId,
+        /// The record's sequence number.
+        seq: u64,
+        /// The step named.
+        step: String,
+        /// The saga's name.
+        saga: String,
+        /// The saga's version.
+        version: u32,
+    },
+    /// A record cannot follow the records before it; the log is corrupt or was written by a bug.
+    #[error("operation {operation}: record {seq} is illegal: {problem}")]
+    IllegalRecord {
+        /// The Operation.
+        operation: OperationId,
+        /// The record's sequence number (or the position where one was expected).
+        seq: u64,
+        /// Why it cannot follow the records before it.
+        problem: String,
+    },
+    /// No Operation has this id in the store.
+    #[error("operation {0} not found")]
+    NotFound(OperationId),
+    /// The text is not an Operation id.
+    #[error("{0:?} is not an operation id")]
+    InvalidOperationId(String),
+    /// The Operation already finished, so it cannot be cancelled.
+    #[error("operation {operation} already finished: {outcome}")]
+    AlreadyFinished {
+        /// The Operation.
+        operation: OperationId,
+        /// How it finished.
+        outcome: crate::record::Outcome,
+    },
+    /// The Operation is past its point of no return, so it cannot be cancelled.
+    #[error("operation {operation} is past its point of no return (step {step}) and cannot be cancelled")]
+    PastPointOfNoReturn {
+        /// The Operation.
+        operation: OperationId,
+        /// The last step before the point of no return.
+        step: String,
+    },
+    /// The Operation cannot be resumed by this executor: its saga is unknown, or its log is bad.
+    #[error("operation {operation} is unrecoverable: {cause}")]
+    Unrecoverable {
+        /// The Operation.
+        operation: OperationId,
+        /// Why.
+        cause: Box<Error>,
+    },
+    /// The Operation stopped on this executor before finishing (shutdown, or a store failure);
+    /// `recover()` on an executor over the same store finishes it.
+    #[error("operation {0} is not running on this executor and has not finished")]
+    NotRunning(OperationId),
+    /// The Operation's driver stopped because the store failed or its log became illegal;
+    /// `recover()` on an executor over the same store may resume it.
+    #[error("operation {operation} halted: {problem}")]
+    Halted {
+        /// The Operation.
+        operation: OperationId,
+        /// Why.
+        problem: String,
+    },
+    /// The executor is shutting down and takes no new Operations.
+    #[error("the executor is shutting down")]
+    ShuttingDown,
+    /// Parameters or an output do not serialize.
+    #[error("cannot serialize {what}: {source}")]
+    Serialize {
+        /// What was serialized.
+        what: String,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What went wrong in a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another executor holds the Operation, or this executor's lease was taken over (fenced).
+    #[error("operation {operation}: lease epoch {epoch} is not current (held by {holder})")]
+    Fenced {
+        /// The Operation.
+        operation: OperationId,
+        /// The epoch presented.
+        epoch: u64,
+        /// Who holds the current lease.
+        holder: String,
+    },
+    /// The Operation is owned by another executor whose lease has not expired.
+    #[error("operation {operation} is owned by {holder} until its lease expires")]
+    Owned {
+        /// The Operation.
+        operation: OperationId,
+        /// The current owner.
+        holder: String,
+    },
+    /// Records appended out of sequence.
+    #[error("operation {operation}: expected record {expected}, got {got}")]
+    OutOfSequence {
+        /// The Operation.
+        operation: OperationId,
+        /// The sequence number the store expected.
+        expected: u64,
+        /// The sequence number it got.
+        got: u64,
+    },
+    /// An Operation with this id already exists.
+    #[error("operation {0} already exists")]
+    AlreadyExists(OperationId),
+    /// No Operation has this id.
+    #[error("operation {0} not found")]
+    NotFound(OperationId),
+    /// The store is closed or unavailable (for example after a simulated crash).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored bytes do not decode.
+    #[error("corrupt data in {place}: {problem}")]
+    Corrupt {
+        /// Where (the Operation and position, or the tree and key).
+        place: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A record's bytes do not decode.
+    #[error("operation {operation}: record at position {position} is corrupt: {problem}")]
+    CorruptRecord {
+        /// The Operation, when known.
+        operation: OperationId,
+        /// The position of the record in the Operation's log.
+        position: u64,
+        /// What the decoder said.
+        problem: String,
+    },
+    /// A record was written by a newer release whose format this release cannot read.
+    #[error("record format version {found} is newer than this release reads (up to {supported})")]
+    NewerFormat {
+        /// The version found.
+        found: u8,
+        /// The newest version this release reads.
+        supported: u8,
+    },
+    /// The store is locked by another process.
+    #[error("store at {path} is in use by another process")]
+    Locked {
+        /// The store's path.
+        path: String,
+    },
+    /// An I/O error from the backing storage.
+    #[error("i/o error in {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Any other backend error.
+    #[error("store backend error: {0}")]
+    Backend(String),
+}
+
+/// Whether a step error is worth retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ErrorKind {
+    /// Retry with backoff, within the step's retry policy.
+    Transient,
+    /// Do not retry: start the rollback (or, past the point of no return, retry forward).
+    Permanent,
+}
+
+/// The error a step's `execute` or `compensate` returns.
+///
+/// ```
+/// use saga_core::StepError;
+/// let e = StepError::transient("connection reset");
+/// assert!(e.is_transient());
+/// assert_eq!(e.to_string(), "connection reset");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl StepError {
+    /// A transient error: retried with backoff.
+    pub fn transient(message: impl fmt::Display) -> Self {
+        StepError { kind: ErrorKind::Transient, message: message.to_string() }
+    }
+
+    /// A permanent error: not retried.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        StepError { kind: ErrorKind::Permanent, message: message.to_string() }
+    }
+
+    /// The error a step gets when its Operation is cancelled while it runs.
+    pub fn cancelled() -> Self {
+        StepError::permanent("cancelled")
+    }
+
+    /// Transient or permanent.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether it is transient.
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StepError {}
+
+/// A step asked its context for something it does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// The saga has no step of that name.
+    #[error("step {asking} asked for the output of {name:?}, which is not a step of this saga")]
+    UnknownStep {
+        /// The step asking.
+        asking: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// The step named does not run before the step asking.
+    #[error("step {asking} asked for the output of {name}, which does not run before it")]
+    NotEarlier {
+        /// The step asking.
+        asking: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// The step named has no recorded output (it did not succeed).
+    #[error("step {asking} asked for the output of {name}, which has none recorded")]
+    NoOutput {
+        /// The step asking.
+        asking: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// The value does not deserialize to the type asked for.
+    #[error("step {asking}: {what} does not deserialize to {type_name}: {problem}")]
+    WrongType {
+        /// The step asking.
+        asking: String,
+        /// What was read (the params, or a step's output).
+        what: String,
+        /// The Rust type asked for.
+        type_name: &'static str,
+        /// The deserializer's message.
+        problem: String,
+    },
+}
+
+impl From<ContextError> for StepError {
+    fn from(e: ContextError) -> Self {
+        StepError::permanent(e)
+    }
+}

@@ -1,0 +1,519 @@
+//! The driver of one Operation: folds its records, asks the planner what to do, writes the
+//! records ahead of every side effect, runs the steps and reacts to their results and to commands.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::plan::{self, Action, InFlight};
+use super::Shared;
+use crate::error::{Error, StepError};
+use crate::fold::{Execution, OperationState, Phase};
+use crate::id::now_ms;
+use crate::oplog::{LogLevel, LogSink};
+use crate::record::{Outcome, Record, RecordKind};
+use crate::saga::Saga;
+use crate::step::{ExecutedBytes, OperationInfo, StepContext};
+use crate::store::Lease;
+
+/// A request to a running Operation's driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Cancel { actor: String, reason: String, reply: oneshot::Sender<Result<(), Error>> },
+}
+
+/// How a driver ended.
+#[derive(Clone, Debug)]
+pub(crate) enum Exit {
+    Finished(Outcome),
+    /// Stopped at a step boundary by a shutdown; `recover()` continues it.
+    Stopped,
+    /// Stopped because the store failed or the log became illegal; `recover()` may continue it.
+    Halted(String),
+}
+
+enum Event {
+    Executed { step: String, result: Result<Vec<u8>, StepError> },
+    Compensated { step: String, result: Result<(), StepError> },
+    RetryDue { step: String },
+}
+
+type EventFuture = Pin<Box<dyn Future<Output = Event> + Send>>;
+
+pub(crate) struct Driver {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) saga: Arc<Saga>,
+    pub(crate) state: OperationState,
+    pub(crate) lease: Lease,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) log: Arc<LogSink>,
+    pending: Vec<Record>,
+    flight: InFlight,
+    running: FuturesUnordered<EventFuture>,
+    timers: FuturesUnordered<EventFuture>,
+    cancel: CancellationToken,
+    info: Arc<OperationInfo>,
+    outputs: Option<(usize, Arc<HashMap<String, Arc<[u8]>>>)>,
+    stopping: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        saga: Arc<Saga>,
+        state: OperationState,
+        lease: Lease,
+        commands: mpsc::Receiver<Command>,
+        log: Arc<LogSink>,
+    ) -> Self {
+        let info = Arc::new(OperationInfo {
+            id: state.id,
+            environment: state.environment.clone(),
+            resource: state.resource.clone(),
+            actor: state.actor.clone(),
+            params: state.params.clone(),
+        });
+        Driver {
+            shared,
+            saga,
+            state,
+            lease,
+            commands,
+            log,
+            pending: Vec::new(),
+            flight: InFlight::default(),
+            running: FuturesUnordered::new(),
+            timers: FuturesUnordered::new(),
+            cancel: CancellationToken::new(),
+            info,
+            outputs: None,
+            stopping: false,
+        }
+    }
+
+    /// Runs the Operation until it finishes, the executor shuts down, or the store fails.
+    pub(crate) async fn run(mut self) -> Exit {
+        let exit = match self.drive().await {
+            Ok(exit) => exit,
+            Err(e) => {
+                self.log.line(LogLevel::Error, None, format!("operation halted: {e}"));
+                Exit::Halted(e.to_string())
+            }
+        };
+        // Best effort: log lines and the lease matter less than the records, which are durable.
+        let _ = self.log.flush(self.shared.store.as_ref()).await;
+        let _ = self.shared.store.release(&self.lease).await;
+        exit
+    }
+
+    async fn drive(&mut self) -> Result<Exit, Error> {
+        let mut renew = tokio::time::interval(self.shared.lease_ttl / 3);
+        renew.tick().await;
+        loop {
+            let actions = if self.stopping {
+                Vec::new()
+            } else {
+                plan::next_actions(&self.saga, &self.state, &self.flight)
+            };
+            let mut launch = Vec::new();
+            for action in actions {
+                match action {
+                    Action::Execute(step) => launch.push(self.begin_execute(step)?),
+                    Action::Compensate(step) => launch.push(self.begin_compensate(step)?),
+                    Action::ScheduleRetry { step, compensation } => {
+                        self.schedule_retry(&step, compensation)
+                    }
+                    Action::Finish(outcome) => self.finish(outcome)?,
+                }
+            }
+            // Write-ahead: every StepStarted/CompensationStarted is durable before its future runs.
+            self.commit().await?;
+            for future in launch {
+                self.running.push(future);
+            }
+            if let Some(outcome) = &self.state.outcome {
+                return Ok(Exit::Finished(outcome.clone()));
+            }
+            if self.stopping && self.running.is_empty() {
+                return Ok(Exit::Stopped);
+            }
+            if self.running.is_empty() && self.timers.is_empty() && !self.stopping {
+                return Err(Error::IllegalRecord {
+                    operation: self.state.id,
+                    seq: self.state.next_seq,
+                    problem: "nothing is running and nothing is left to do".into(),
+                });
+            }
+            tokio::select! {
+                Some(event) = self.running.next(), if !self.running.is_empty() => {
+                    self.on_event(event)?;
+                }
+                Some(event) = self.timers.next(), if !self.timers.is_empty() => {
+                    self.on_event(event)?;
+                }
+                Some(command) = self.commands.recv() => self.on_command(command).await?,
+                _ = self.shared.shutdown.cancelled(), if !self.stopping => {
+                    self.stopping = true;
+                    self.timers.clear();
+                    self.flight.waiting.clear();
+                    self.log.line(LogLevel::Info, None, "executor shutting down; stopping at the next step boundary".into());
+                }
+                _ = renew.tick() => {
+                    self.lease = self.shared.store.renew(&self.lease, self.shared.lease_ttl).await?;
+                }
+            }
+        }
+    }
+
+    /// Applies a record to the state and queues it for the next commit.
+    fn record(&mut self, kind: RecordKind) -> Result<(), Error> {
+        let record =
+            Record { operation: self.state.id, seq: self.state.next_seq, at_ms: now_ms(), kind };
+        self.state.apply(&record)?;
+        self.pending.push(record);
+        Ok(())
+    }
+
+    /// Makes the queued records durable, then hands the log lines to the store and followers.
+    async fn commit(&mut self) -> Result<(), Error> {
+        if !self.pending.is_empty() {
+            self.shared.store.append(&self.lease, &self.pending).await?;
+            self.pending.clear();
+        }
+        self.log.flush(self.shared.store.as_ref()).await?;
+        Ok(())
+    }
+
+    fn outputs(&mut self, stage: usize) -> Arc<HashMap<String, Arc<[u8]>>> {
+        match &self.outputs {
+            Some((s, outputs)) if *s == stage => outputs.clone(),
+            _ => {
+                let outputs: HashMap<String, Arc<[u8]>> = self
+                    .state
+                    .steps
+                    .iter()
+                    .filter_map(|s| match &s.execution {
+                        Execution::Succeeded { output } => Some((s.name.clone(), output.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                let outputs = Arc::new(outputs);
+                self.outputs = Some((stage, outputs.clone()));
+                outputs
+            }
+        }
+    }
+
+    fn context(
+        &mut self,
+        step: &str,
+        attempt: u32,
+        cancel: CancellationToken,
+        compensating: bool,
+    ) -> StepContext {
+        let stage = self.saga.stage_of(step).unwrap_or(0);
+        // Outputs change while compensating (none are added), so one map serves the whole rollback.
+        let outputs = self.outputs(if compensating { usize::MAX } else { stage });
+        StepContext {
+            operation: self.info.clone(),
+            step: Arc::from(step),
+            stage,
+            attempt,
+            outputs,
+            saga: self.saga.clone(),
+            cancel,
+        }
+    }
+
+    fn begin_execute(&mut self, step: String) -> Result<EventFuture, Error> {
+        let attempt = self.state.step(&step).map_or(0, |s| s.attempts) + 1;
+        let unknown = self.state.step(&step).is_some_and(|s| s.execution == Execution::Running);
+        self.record(RecordKind::StepStarted { step: step.clone(), attempt })?;
+        self.flight.due.remove(&step);
+        self.flight.running.insert(step.clone());
+        let note = if unknown { " (its last attempt's outcome was lost in a crash)" } else { "" };
+        self.log.line(
+            LogLevel::Info,
+            Some(&step),
+            format!("step {step} started (attempt {attempt}){note}"),
+        );
+        let ctx = self.context(&step, attempt, self.cancel.child_token(), false);
+        let entry = self.saga.entry(&step).ok_or_else(|| self.unknown_step(&step))?;
+        let runner = entry.step.clone();
+        let timeout = runner.timeout();
+        let span = tracing::info_span!("saga_step", operation = %self.state.id, step = %step, phase = "execute");
+        Ok(Box::pin(
+            async move {
+                let result = tokio::select! {
+                    biased;
+                    _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
+                    result = with_timeout(timeout, runner.execute(&ctx)) => result,
+                };
+                Event::Executed { step, result }
+            }
+            .instrument(span),
+        ))
+    }
+
+    fn begin_compensate(&mut self, step: String) -> Result<EventFuture, Error> {
+        let s = self.state.step(&step).ok_or_else(|| self.unknown_step(&step))?;
+        let attempt = s.compensation_attempts + 1;
+        let executed = match &s.execution {
+            Execution::Succeeded { output } => ExecutedBytes::Succeeded(output.clone()),
+            Execution::Failed { error } | Execution::Retrying { error } => {
+                ExecutedBytes::Failed(error.clone())
+            }
+            Execution::Running => ExecutedBytes::Unknown,
+        };
+        self.record(RecordKind::CompensationStarted { step: step.clone(), attempt })?;
+        self.flight.due.remove(&step);
+        self.flight.running.insert(step.clone());
+        self.log.line(
+            LogLevel::Info,
+            Some(&step),
+            format!("compensating {step} (attempt {attempt})"),
+        );
+        // Nothing cancels a compensation: its token is never cancelled.
+        let ctx = self.context(&step, attempt, CancellationToken::new(), true);
+        let entry = self.saga.entry(&step).ok_or_else(|| self.unknown_step(&step))?;
+        let runner = entry.step.clone();
+        let timeout = runner.timeout();
+        let span = tracing::info_span!("saga_step", operation = %self.state.id, step = %step, phase = "compensate");
+        Ok(Box::pin(
+            async move {
+                let result = with_timeout(timeout, runner.compensate(&ctx, executed)).await;
+                Event::Compensated { step, result }
+            }
+            .instrument(span),
+        ))
+    }
+
+    fn unknown_step(&self, step: &str) -> Error {
+        Error::UnknownStep {
+            operation: self.state.id,
+            seq: self.state.next_seq,
+            step: step.to_owned(),
+            saga: self.saga.name().to_owned(),
+            version: self.saga.version(),
+        }
+    }
+
+    /// Sets a timer for the next attempt of a step (or of its compensation).
+    fn schedule_retry(&mut self, step: &str, compensation: bool) {
+        let Some(s) = self.state.step(step) else { return };
+        let attempts = if compensation { s.compensation_attempts } else { s.attempts };
+        let delay = self.policy(step).delay(attempts);
+        self.flight.waiting.insert(step.to_owned());
+        let what = if compensation { "compensation of " } else { "" };
+        self.log.line(
+            LogLevel::Info,
+            Some(step),
+            format!("retrying {what}{step} in {:.1} s", delay.as_secs_f64()),
+        );
+        let step = step.to_owned();
+        self.timers.push(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Event::RetryDue { step }
+        }));
+    }
+
+    fn policy(&self, step: &str) -> crate::RetryPolicy {
+        self.saga.entry(step).map(|e| e.step.retry_policy()).unwrap_or_default()
+    }
+
+    fn finish(&mut self, outcome: Outcome) -> Result<(), Error> {
+        let (level, line) = match &outcome {
+            Outcome::Succeeded => (LogLevel::Info, "operation succeeded".to_owned()),
+            Outcome::RolledBack { cause } => {
+                (LogLevel::Warn, format!("rollback succeeded ({cause})"))
+            }
+            Outcome::RollbackIncomplete { cause, not_undone } => {
+                let items: Vec<String> = not_undone.iter().map(|n| n.to_string()).collect();
+                (
+                    LogLevel::Error,
+                    format!("rollback incomplete ({cause}): could not undo {}", items.join(", ")),
+                )
+            }
+        };
+        self.record(RecordKind::OperationFinished { outcome })?;
+        self.log.line(level, None, line);
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), Error> {
+        match event {
+            Event::RetryDue { step } => {
+                self.flight.waiting.remove(&step);
+                self.flight.due.insert(step);
+            }
+            Event::Executed { step, result } => {
+                self.flight.running.remove(&step);
+                match result {
+                    Ok(output) => {
+                        self.record(RecordKind::StepSucceeded { step: step.clone(), output })?;
+                        self.log.line(
+                            LogLevel::Info,
+                            Some(&step),
+                            format!("step {step} succeeded"),
+                        );
+                    }
+                    Err(error) => self.on_execute_error(step, error)?,
+                }
+            }
+            Event::Compensated { step, result } => {
+                self.flight.running.remove(&step);
+                match result {
+                    Ok(()) => {
+                        self.record(RecordKind::CompensationSucceeded { step: step.clone() })?;
+                        self.log.line(LogLevel::Info, Some(&step), format!("compensated {step}"));
+                    }
+                    Err(error) => {
+                        let retry = self.may_retry(&step, &error, true);
+                        let message = error.to_string();
+                        self.record(RecordKind::CompensationFailed {
+                            step: step.clone(),
+                            error: message.clone(),
+                            retryable: retry,
+                        })?;
+                        if retry {
+                            self.log.line(
+                                LogLevel::Warn,
+                                Some(&step),
+                                format!("compensation of {step} failed: {message}"),
+                            );
+                            self.schedule_retry(&step, true);
+                        } else {
+                            self.log.line(LogLevel::Error, Some(&step), format!("compensation of {step} failed for good: {message}; its change stays"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_execute_error(&mut self, step: String, error: StepError) -> Result<(), Error> {
+        let message = error.to_string();
+        let forward_only = self
+            .saga
+            .point_of_no_return_stage()
+            .is_some_and(|p| self.saga.stage_of(&step).is_some_and(|stage| stage > p));
+        let retry = if self.state.phase() != Phase::Running {
+            false
+        } else if forward_only {
+            true
+        } else {
+            self.may_retry(&step, &error, false)
+        };
+        self.record(RecordKind::StepFailed {
+            step: step.clone(),
+            error: message.clone(),
+            retryable: retry,
+        })?;
+        if retry {
+            let why = if forward_only && !error.is_transient() {
+                " (past the point of no return, so forward)"
+            } else {
+                ""
+            };
+            self.log.line(
+                LogLevel::Warn,
+                Some(&step),
+                format!("step {step} failed: {message}{why}"),
+            );
+            self.schedule_retry(&step, false);
+        } else if self.state.cancel.is_some() {
+            self.log.line(LogLevel::Warn, Some(&step), format!("step {step} ended: {message}"));
+        } else if self.state.failure.as_ref().is_some_and(|(s, _)| *s == step) {
+            self.log.line(
+                LogLevel::Error,
+                Some(&step),
+                format!("step {step} failed: {message}; rolling back"),
+            );
+            // Siblings waiting for a retry will not run again; compensate them at once.
+            self.timers.clear();
+            self.flight.waiting.clear();
+            self.flight.due.clear();
+        } else {
+            self.log.line(LogLevel::Warn, Some(&step), format!("step {step} failed: {message}"));
+        }
+        Ok(())
+    }
+
+    fn may_retry(&self, step: &str, error: &StepError, compensation: bool) -> bool {
+        let Some(s) = self.state.step(step) else { return false };
+        let (attempts, first) = if compensation {
+            (s.compensation_attempts, s.compensation_first_started_ms)
+        } else {
+            (s.attempts, s.first_started_ms)
+        };
+        let elapsed = Duration::from_millis(now_ms().saturating_sub(first));
+        // A compensation is retried even on a permanent error while attempts remain: giving up
+        // leaves a change in place, which is worse than one more try.
+        (error.is_transient() || compensation)
+            && self.policy(step).allows_another(attempts, elapsed)
+    }
+
+    async fn on_command(&mut self, command: Command) -> Result<(), Error> {
+        match command {
+            Command::Cancel { actor, reason, reply } => {
+                let answer = self.cancel(actor, reason).await;
+                let failed_to_record = matches!(answer, Err(Error::Store(_)));
+                let _ = reply.send(answer);
+                if failed_to_record {
+                    return Err(Error::NotRunning(self.state.id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn cancel(&mut self, actor: String, reason: String) -> Result<(), Error> {
+        if let Some(outcome) = &self.state.outcome {
+            return Err(Error::AlreadyFinished {
+                operation: self.state.id,
+                outcome: outcome.clone(),
+            });
+        }
+        if plan::past_point_of_no_return(&self.saga, &self.state) {
+            return Err(Error::PastPointOfNoReturn {
+                operation: self.state.id,
+                step: self.saga.point_of_no_return().unwrap_or_default().to_owned(),
+            });
+        }
+        if self.state.phase() == Phase::RollingBack {
+            return Ok(());
+        }
+        self.record(RecordKind::CancelRequested { actor: actor.clone(), reason: reason.clone() })?;
+        self.log.line(
+            LogLevel::Warn,
+            None,
+            format!("cancel requested by {actor}: {reason}; rolling back"),
+        );
+        self.commit().await?;
+        self.cancel.cancel();
+        self.timers.clear();
+        self.flight.waiting.clear();
+        self.flight.due.clear();
+        Ok(())
+    }
+}
+
+async fn with_timeout<T>(
+    timeout: Option<Duration>,
+    future: impl Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    match timeout {
+        None => future.await,
+        Some(limit) => tokio::time::timeout(limit, future).await.unwrap_or_else(|_| {
+            Err(StepError::transient(format!("timed out after {:.1} s", limit.as_secs_f64())))
+        }),
+    }
+}

@@ -1,0 +1,461 @@
+//! The executor: starts, cancels, waits for and recovers Operations.
+
+mod driver;
+mod follow;
+pub(crate) mod plan;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::driver::{Command, Driver, Exit};
+pub use self::follow::{FollowEvent, LogFollower};
+use crate::error::{Error, Result, StoreError};
+use crate::fold::{OperationState, Phase};
+use crate::id::{now_ms, OperationId};
+use crate::oplog::{LogLevel, LogLine, LogSink};
+use crate::record::{Outcome, Record, RecordKind, Resource};
+use crate::saga::Saga;
+use crate::store::Store;
+
+/// Runs Operations of the sagas registered with it, over one store.
+///
+/// Cloning is cheap; clones share the executor.
+///
+/// ```
+/// use std::sync::Arc;
+/// use async_trait::async_trait;
+/// use saga_core::{Executor, MemoryStore, Outcome, Resource, Saga, Step, StepContext, StepError};
+///
+/// struct Hello;
+/// #[async_trait]
+/// impl Step for Hello {
+///     type Output = String;
+///     async fn execute(&self, ctx: &StepContext) -> Result<String, StepError> {
+///         Ok(format!("hello {}", ctx.params::<String>()?))
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new()?.block_on(async {
+/// let saga = Saga::builder("greet", 1).step("hello", Hello).build()?;
+/// let executor = Executor::builder(Arc::new(MemoryStore::new())).saga(saga).build()?;
+/// let id = executor
+///     .start("greet", &"world", "dev", Resource::new("app", "web"), "alice")
+///     .await?;
+/// assert_eq!(executor.wait(id).await?, Outcome::Succeeded);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Executor {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    sagas: HashMap<(String, u32), Arc<Saga>>,
+    latest: HashMap<String, u32>,
+    owner: String,
+    pub(crate) lease_ttl: Duration,
+    permits: Arc<Semaphore>,
+    running: Mutex<HashMap<OperationId, Handle>>,
+    unrecoverable: Mutex<HashMap<OperationId, String>>,
+    pub(crate) shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+struct Handle {
+    commands: mpsc::Sender<Command>,
+    exit: watch::Receiver<Option<Exit>>,
+    log: Arc<LogSink>,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor")
+            .field("owner", &self.shared.owner)
+            .field("sagas", &self.shared.sagas.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Executor::recover`] did.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    /// Operations resumed by this executor.
+    pub resumed: Vec<OperationId>,
+    /// Operations owned by another executor whose lease has not expired.
+    pub owned_elsewhere: Vec<OperationId>,
+    /// Operations that cannot be resumed, with why (unknown saga, illegal log).
+    pub unrecoverable: Vec<(OperationId, Error)>,
+}
+
+/// Builds an [`Executor`].
+#[must_use]
+pub struct ExecutorBuilder {
+    store: Arc<dyn Store>,
+    sagas: Vec<Saga>,
+    owner: Option<String>,
+    lease_ttl: Duration,
+    max_running: usize,
+}
+
+impl fmt::Debug for ExecutorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecutorBuilder").field("sagas", &self.sagas).finish_non_exhaustive()
+    }
+}
+
+impl ExecutorBuilder {
+    /// Registers a saga. Operations name it by name (the highest version when started) and by
+    /// name and version (when recovered).
+    pub fn saga(mut self, saga: Saga) -> Self {
+        self.sagas.push(saga);
+        self
+    }
+
+    /// The executor's name in leases. The default is unique per executor.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// How long a lease lasts unless renewed (renewed every third of it). Default 30 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How many Operations run at once; more wait for a place. Default 10,000.
+    pub fn max_running(mut self, n: usize) -> Self {
+        self.max_running = n.max(1);
+        self
+    }
+
+    /// Builds the executor; a saga registered twice with one name and version is an error.
+    pub fn build(self) -> Result<Executor> {
+        let mut sagas = HashMap::new();
+        let mut latest: HashMap<String, u32> = HashMap::new();
+        for saga in self.sagas {
+            let key = (saga.name().to_owned(), saga.version());
+            let entry = latest.entry(key.0.clone()).or_insert(key.1);
+            *entry = (*entry).max(key.1);
+            if sagas.insert(key.clone(), Arc::new(saga)).is_some() {
+                return Err(Error::InvalidSaga {
+                    saga: key.0,
+                    problem: format!("version {} registered twice", key.1),
+                });
+            }
+        }
+        let owner = self.owner.unwrap_or_else(|| {
+            format!("executor-{}-{:08x}", std::process::id(), fastrand::u32(..))
+        });
+        Ok(Executor {
+            shared: Arc::new(Shared {
+                store: self.store,
+                sagas,
+                latest,
+                owner,
+                lease_ttl: self.lease_ttl,
+                permits: Arc::new(Semaphore::new(self.max_running)),
+                running: Mutex::new(HashMap::new()),
+                unrecoverable: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Executor {
+    /// Starts building an executor over `store`.
+    pub fn builder(store: Arc<dyn Store>) -> ExecutorBuilder {
+        ExecutorBuilder {
+            store,
+            sagas: Vec::new(),
+            owner: None,
+            lease_ttl: Duration::from_secs(30),
+            max_running: 10_000,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// The registered saga of this name and version.
+    pub fn saga(&self, name: &str, version: u32) -> Option<&Arc<Saga>> {
+        self.shared.sagas.get(&(name.to_owned(), version))
+    }
+
+    /// Starts an Operation of the highest registered version of saga `saga`. Returns once its
+    /// `OperationCreated` record is durable; the steps run in the background.
+    pub async fn start<P: Serialize + ?Sized>(
+        &self,
+        saga: &str,
+        params: &P,
+        environment: &str,
+        resource: Resource,
+        actor: &str,
+    ) -> Result<OperationId> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let version = *self
+            .shared
+            .latest
+            .get(saga)
+            .ok_or_else(|| Error::UnknownSaga { name: saga.to_owned(), version: None })?;
+        let definition = self.shared.sagas[&(saga.to_owned(), version)].clone();
+        let params = serde_json::to_vec(params)
+            .map_err(|source| Error::Serialize { what: "the params".into(), source })?;
+        let id = OperationId::new();
+        let record = Record {
+            operation: id,
+            seq: 0,
+            at_ms: now_ms(),
+            kind: RecordKind::OperationCreated {
+                saga: saga.to_owned(),
+                version,
+                params,
+                environment: environment.to_owned(),
+                resource,
+                actor: actor.to_owned(),
+            },
+        };
+        let lease =
+            self.shared.store.create(&record, &self.shared.owner, self.shared.lease_ttl).await?;
+        let state = OperationState::created(&record)?;
+        let log = Arc::new(LogSink::new(id, 0));
+        log.line(
+            LogLevel::Info,
+            None,
+            format!("operation {id} created: {saga} v{version} on {} by {actor}", state.resource),
+        );
+        self.spawn(definition, state, lease, log);
+        Ok(id)
+    }
+
+    fn spawn(
+        &self,
+        saga: Arc<Saga>,
+        state: OperationState,
+        lease: crate::Lease,
+        log: Arc<LogSink>,
+    ) {
+        let id = state.id;
+        let (commands_tx, commands_rx) = mpsc::channel(16);
+        let (exit_tx, exit_rx) = watch::channel(None);
+        lock(&self.shared.running)
+            .insert(id, Handle { commands: commands_tx, exit: exit_rx, log: log.clone() });
+        let shared = self.shared.clone();
+        let driver = Driver::new(shared.clone(), saga, state, lease, commands_rx, log);
+        self.shared.tasks.spawn(async move {
+            let permit = tokio::select! {
+                permit = shared.permits.clone().acquire_owned() => permit.ok(),
+                _ = shared.shutdown.cancelled() => None,
+            };
+            let exit = match permit {
+                Some(_permit) => driver.run().await,
+                None => {
+                    let _ = shared.store.release(&driver.lease).await;
+                    Exit::Stopped
+                }
+            };
+            lock(&shared.running).remove(&id);
+            let _ = exit_tx.send(Some(exit));
+        });
+    }
+
+    /// Cancels an Operation: once `CancelRequested` is durable it returns, the running step's
+    /// cancellation token fires and the rollback starts. Cancelling an Operation already rolling
+    /// back does nothing; cancelling a finished one, or one past its point of no return, is an error.
+    pub async fn cancel(&self, id: OperationId, actor: &str, reason: &str) -> Result<()> {
+        let commands = lock(&self.shared.running).get(&id).map(|h| h.commands.clone());
+        if let Some(commands) = commands {
+            let (reply, answer) = oneshot::channel();
+            let command = Command::Cancel { actor: actor.into(), reason: reason.into(), reply };
+            if commands.send(command).await.is_ok() {
+                if let Ok(answer) = answer.await {
+                    return answer;
+                }
+            }
+        }
+        // Not running here (or it ended while we asked): answer from the log.
+        let state = self.status(id).await?;
+        if let Some(outcome) = state.outcome {
+            return Err(Error::AlreadyFinished { operation: id, outcome });
+        }
+        Err(Error::NotRunning(id))
+    }
+
+    /// The Operation's state, folded from its records in the store.
+    pub async fn status(&self, id: OperationId) -> Result<OperationState> {
+        let records = self.shared.store.read(id).await.map_err(|e| match e {
+            StoreError::NotFound(id) => Error::NotFound(id),
+            other => Error::Store(other),
+        })?;
+        OperationState::fold(id, &records)
+    }
+
+    /// Waits for the Operation's outcome. For an Operation not running here, answers from the log:
+    /// its outcome if it finished, [`Error::NotRunning`] if not, [`Error::Unrecoverable`] if
+    /// recovery could not resume it.
+    pub async fn wait(&self, id: OperationId) -> Result<Outcome> {
+        let exit = lock(&self.shared.running).get(&id).map(|h| h.exit.clone());
+        if let Some(mut exit) = exit {
+            let ended = exit.wait_for(Option::is_some).await.ok().and_then(|e| e.clone());
+            match ended {
+                Some(Exit::Finished(outcome)) => return Ok(outcome),
+                Some(Exit::Stopped) => return Err(Error::NotRunning(id)),
+                Some(Exit::Halted(problem)) => {
+                    return Err(Error::Halted { operation: id, problem });
+                }
+                None => {}
+            }
+        }
+        if let Some(cause) = lock(&self.shared.unrecoverable).get(&id) {
+            return Err(Error::Unrecoverable {
+                operation: id,
+                cause: Box::new(Error::Halted { operation: id, problem: cause.clone() }),
+            });
+        }
+        match self.status(id).await?.outcome {
+            Some(outcome) => Ok(outcome),
+            None => Err(Error::NotRunning(id)),
+        }
+    }
+
+    /// Resumes every unfinished Operation of the store that no other live executor owns: forward
+    /// if it was healthy, backward if it had failed or been cancelled. An Operation whose saga is
+    /// not registered or whose log is illegal is reported as unrecoverable; the others still resume.
+    pub async fn recover(&self) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        for id in self.shared.store.list_unfinished().await? {
+            if self.shared.shutdown.is_cancelled() {
+                return Err(Error::ShuttingDown);
+            }
+            if lock(&self.shared.running).contains_key(&id) {
+                continue;
+            }
+            let lease = match self
+                .shared
+                .store
+                .claim(id, &self.shared.owner, self.shared.lease_ttl)
+                .await
+            {
+                Ok(lease) => lease,
+                Err(StoreError::Owned { .. }) => {
+                    report.owned_elsewhere.push(id);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match self.prepare(id).await {
+                Ok((saga, state, log)) => {
+                    log.line(
+                        LogLevel::Info,
+                        None,
+                        format!("recovered by {}: {}", self.shared.owner, describe(&state)),
+                    );
+                    self.spawn(saga, state, lease, log);
+                    report.resumed.push(id);
+                }
+                Err(cause) => {
+                    let _ = self.shared.store.release(&lease).await;
+                    let sink = LogSink::new(id, self.next_log_seq(id).await);
+                    sink.line(LogLevel::Error, None, format!("unrecoverable: {cause}"));
+                    let _ = sink.flush(self.shared.store.as_ref()).await;
+                    lock(&self.shared.unrecoverable).insert(id, cause.to_string());
+                    report.unrecoverable.push((id, cause));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn next_log_seq(&self, id: OperationId) -> u64 {
+        match self.shared.store.read_log(id).await {
+            Ok(lines) => lines.last().map_or(0, |l| l.seq + 1),
+            Err(_) => 0,
+        }
+    }
+
+    async fn prepare(&self, id: OperationId) -> Result<(Arc<Saga>, OperationState, Arc<LogSink>)> {
+        let records = self.shared.store.read(id).await?;
+        let state = OperationState::fold(id, &records)?;
+        let saga = self
+            .shared
+            .sagas
+            .get(&(state.saga.clone(), state.version))
+            .ok_or_else(|| Error::UnknownSaga {
+                name: state.saga.clone(),
+                version: Some(state.version),
+            })?
+            .clone();
+        for record in &records {
+            if let Some(step) = record.kind.step() {
+                if saga.stage_of(step).is_none() {
+                    return Err(Error::UnknownStep {
+                        operation: id,
+                        seq: record.seq,
+                        step: step.to_owned(),
+                        saga: saga.name().to_owned(),
+                        version: saga.version(),
+                    });
+                }
+            }
+        }
+        let log = Arc::new(LogSink::new(id, self.next_log_seq(id).await));
+        Ok((saga, state, log))
+    }
+
+    /// The Operation's stored log lines.
+    pub async fn log(&self, id: OperationId) -> Result<Vec<LogLine>> {
+        Ok(self.shared.store.read_log(id).await?)
+    }
+
+    /// Follows the Operation's log: the lines so far, then new lines as they are written, ending
+    /// when the Operation stops running here. A follower that falls behind by more than 1,024 lines
+    /// is told how many it missed; it never slows the Operation down.
+    pub async fn follow(&self, id: OperationId) -> Result<LogFollower> {
+        let sink = lock(&self.shared.running).get(&id).map(|h| h.log.clone());
+        follow::follow(self.shared.store.as_ref(), id, sink).await
+    }
+
+    /// Whether the Operation is running on this executor now.
+    pub fn is_running(&self, id: OperationId) -> bool {
+        lock(&self.shared.running).contains_key(&id)
+    }
+
+    /// Stops gracefully: no new step starts, running steps and compensations finish and are
+    /// recorded, then every Operation stops where it is and is left to `recover()`.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+fn describe(state: &OperationState) -> String {
+    match state.phase() {
+        Phase::Running => "resuming forward".into(),
+        Phase::RollingBack => match state.rollback_cause() {
+            Some(cause) => format!("resuming the rollback ({cause})"),
+            None => "resuming the rollback".into(),
+        },
+        Phase::Finished => "already finished".into(),
+    }
+}

@@ -1,0 +1,159 @@
+//! What to do next, decided from the folded state alone (plus what is in flight right now).
+//!
+//! Pure functions, so that the rules of the engine read in one place: which stage runs, which steps
+//! (re)start, which step is compensated next, and the outcome once nothing is left to do.
+
+use std::collections::HashSet;
+
+use crate::fold::{Compensation, Execution, OperationState, Phase, StepState};
+use crate::record::{NotUndone, NotUndoneReason, Outcome};
+use crate::saga::Saga;
+use crate::step::StepKind;
+
+/// What the driver does next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start (or, after a crash, restart) an attempt of this step's `execute`.
+    Execute(String),
+    /// Start an attempt of this step's `compensate`.
+    Compensate(String),
+    /// The step is waiting to be retried and no timer is set (after a restart): set one.
+    ScheduleRetry { step: String, compensation: bool },
+    /// Record the outcome.
+    Finish(Outcome),
+}
+
+/// What is running in this process for the Operation, which the log cannot say.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    /// Steps whose `execute` or `compensate` future is being polled.
+    pub(crate) running: HashSet<String>,
+    /// Steps with a retry timer set.
+    pub(crate) waiting: HashSet<String>,
+    /// Steps whose retry timer fired.
+    pub(crate) due: HashSet<String>,
+}
+
+impl InFlight {
+    fn busy(&self, step: &str) -> bool {
+        self.running.contains(step) || self.waiting.contains(step)
+    }
+}
+
+/// The index of the first stage not yet wholly succeeded; `stages.len()` when all are.
+pub(crate) fn current_stage(saga: &Saga, state: &OperationState) -> usize {
+    saga.stages()
+        .iter()
+        .position(|stage| {
+            !stage.iter().all(|e| {
+                matches!(
+                    state.step(&e.name).map(|s| &s.execution),
+                    Some(Execution::Succeeded { .. })
+                )
+            })
+        })
+        .unwrap_or(saga.stages().len())
+}
+
+/// Whether every step up to the point of no return has succeeded.
+pub(crate) fn past_point_of_no_return(saga: &Saga, state: &OperationState) -> bool {
+    saga.point_of_no_return_stage().is_some_and(|p| current_stage(saga, state) > p)
+}
+
+/// The next actions. Empty means: wait for something in flight.
+pub(crate) fn next_actions(saga: &Saga, state: &OperationState, flight: &InFlight) -> Vec<Action> {
+    match state.phase() {
+        Phase::Finished => Vec::new(),
+        Phase::Running => forward(saga, state, flight),
+        Phase::RollingBack => backward(saga, state, flight),
+    }
+}
+
+fn forward(saga: &Saga, state: &OperationState, flight: &InFlight) -> Vec<Action> {
+    let stage = current_stage(saga, state);
+    let Some(entries) = saga.stages().get(stage) else {
+        return vec![Action::Finish(Outcome::Succeeded)];
+    };
+    let mut actions = Vec::new();
+    for e in entries {
+        if flight.busy(&e.name) {
+            continue;
+        }
+        match state.step(&e.name).map(|s| &s.execution) {
+            // Not started, or started with no recorded outcome and not running here: (re)run it.
+            None | Some(Execution::Running) => actions.push(Action::Execute(e.name.clone())),
+            Some(Execution::Retrying { .. }) if flight.due.contains(&e.name) => {
+                actions.push(Action::Execute(e.name.clone()))
+            }
+            Some(Execution::Retrying { .. }) => {
+                actions.push(Action::ScheduleRetry { step: e.name.clone(), compensation: false })
+            }
+            Some(Execution::Succeeded { .. } | Execution::Failed { .. }) => {}
+        }
+    }
+    actions
+}
+
+/// The started steps in rollback order: reverse order of completion, steps whose execute never
+/// ended (unknown after a crash, or waiting for a retry) first, latest started first among them.
+pub(crate) fn rollback_order(state: &OperationState) -> Vec<&StepState> {
+    let mut steps: Vec<(usize, &StepState)> = state.steps.iter().enumerate().collect();
+    steps.sort_by_key(|(start_order, s)| {
+        (std::cmp::Reverse(s.completed_seq.unwrap_or(u64::MAX)), std::cmp::Reverse(*start_order))
+    });
+    steps.into_iter().map(|(_, s)| s).collect()
+}
+
+fn backward(saga: &Saga, state: &OperationState, flight: &InFlight) -> Vec<Action> {
+    // Wait for executes still running (cancelled, or siblings of a failed step) to end first.
+    let executing = state
+        .steps
+        .iter()
+        .any(|s| s.execution == Execution::Running && flight.running.contains(&s.name));
+    if executing {
+        return Vec::new();
+    }
+    let order = rollback_order(state);
+    for s in &order {
+        if kind_of(saga, &s.name) != StepKind::Compensable || s.compensation.is_done() {
+            continue;
+        }
+        if flight.busy(&s.name) {
+            return Vec::new();
+        }
+        return vec![match &s.compensation {
+            Compensation::Retrying { .. } if !flight.due.contains(&s.name) => {
+                Action::ScheduleRetry { step: s.name.clone(), compensation: true }
+            }
+            _ => Action::Compensate(s.name.clone()),
+        }];
+    }
+    let cause = match state.rollback_cause() {
+        Some(cause) => cause,
+        None => return Vec::new(),
+    };
+    let not_undone: Vec<NotUndone> = order
+        .iter()
+        .filter_map(|s| match (kind_of(saga, &s.name), &s.compensation) {
+            (StepKind::Irreversible, _) => {
+                Some(NotUndone { step: s.name.clone(), reason: NotUndoneReason::Irreversible })
+            }
+            (StepKind::Compensable, Compensation::Failed { error }) => Some(NotUndone {
+                step: s.name.clone(),
+                reason: NotUndoneReason::CompensationFailed(error.clone()),
+            }),
+            _ => None,
+        })
+        .collect();
+    vec![Action::Finish(if not_undone.is_empty() {
+        Outcome::RolledBack { cause }
+    } else {
+        Outcome::RollbackIncomplete { cause, not_undone }
+    })]
+}
+
+fn kind_of(saga: &Saga, step: &str) -> StepKind {
+    // Steps are checked against the saga before the driver starts, so an unknown name does not
+    // occur; treating it as read-only would skip it, which is the safe reading.
+    saga.entry(step).map_or(StepKind::ReadOnly, |e| e.step.kind())
+}

@@ -1,0 +1,207 @@
+//! An in-memory store: for tests, and for Operations that need not survive the process.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::id::{now_ms, OperationId};
+use crate::oplog::LogLine;
+use crate::record::{Record, RecordKind};
+use crate::store::{check_sequence, Lease, Store};
+
+/// A [`Store`] in memory. Nothing is durable beyond the process; records appended are visible to
+/// every later read at once. Cloning is not offered: share it behind an `Arc`.
+///
+/// ```
+/// use saga_core::{MemoryStore, Store};
+/// # tokio::runtime::Runtime::new()?.block_on(async {
+/// let store = MemoryStore::new();
+/// assert!(store.list_unfinished().await?.is_empty());
+/// # Ok::<(), saga_core::StoreError>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    operations: HashMap<OperationId, Entry>,
+    unfinished: BTreeSet<OperationId>,
+    by_environment: BTreeMap<(String, u64, OperationId), ()>,
+    leases: HashMap<OperationId, Lease>,
+    logs: HashMap<OperationId, Vec<LogLine>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    records: Vec<Record>,
+    environment: String,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that matters
+        // more than losing the store, so take the data back.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create(
+        &self,
+        record: &Record,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let RecordKind::OperationCreated { environment, .. } = &record.kind else {
+            return Err(StoreError::OutOfSequence {
+                operation: record.operation,
+                expected: 0,
+                got: record.seq,
+            });
+        };
+        check_sequence(record.operation, 0, std::slice::from_ref(record))?;
+        let mut inner = self.lock();
+        if inner.operations.contains_key(&record.operation) {
+            return Err(StoreError::AlreadyExists(record.operation));
+        }
+        let lease = Lease::claim_after(None, record.operation, owner, ttl, now_ms())?;
+        inner.operations.insert(
+            record.operation,
+            Entry { records: vec![record.clone()], environment: environment.clone() },
+        );
+        inner.unfinished.insert(record.operation);
+        inner.by_environment.insert((environment.clone(), record.at_ms, record.operation), ());
+        inner.leases.insert(record.operation, lease.clone());
+        Ok(lease)
+    }
+
+    async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        lease.check_current(inner.leases.get(&lease.operation))?;
+        let entry = inner
+            .operations
+            .get_mut(&lease.operation)
+            .ok_or(StoreError::NotFound(lease.operation))?;
+        check_sequence(lease.operation, entry.records.len() as u64, records)?;
+        entry.records.extend_from_slice(records);
+        if records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. })) {
+            inner.unfinished.remove(&lease.operation);
+        }
+        Ok(())
+    }
+
+    async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError> {
+        let inner = self.lock();
+        let entry = inner.operations.get(&operation).ok_or(StoreError::NotFound(operation))?;
+        Ok(entry.records.clone())
+    }
+
+    async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> {
+        Ok(self.lock().unfinished.iter().copied().collect())
+    }
+
+    async fn claim(
+        &self,
+        operation: OperationId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let mut inner = self.lock();
+        if !inner.operations.contains_key(&operation) {
+            return Err(StoreError::NotFound(operation));
+        }
+        let lease =
+            Lease::claim_after(inner.leases.get(&operation), operation, owner, ttl, now_ms())?;
+        inner.leases.insert(operation, lease.clone());
+        Ok(lease)
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        let mut inner = self.lock();
+        lease.check_current(inner.leases.get(&lease.operation))?;
+        let renewed =
+            Lease { expires_ms: now_ms().saturating_add(ttl.as_millis() as u64), ..lease.clone() };
+        inner.leases.insert(lease.operation, renewed.clone());
+        Ok(renewed)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if lease.check_current(inner.leases.get(&lease.operation)).is_ok() {
+            if let Some(l) = inner.leases.get_mut(&lease.operation) {
+                l.expires_ms = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_environment(
+        &self,
+        environment: &str,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<OperationId>, StoreError> {
+        if since_ms >= until_ms {
+            return Ok(Vec::new());
+        }
+        let inner = self.lock();
+        let from = (environment.to_owned(), since_ms, OperationId::from_u128(0));
+        let to = (environment.to_owned(), until_ms, OperationId::from_u128(0));
+        Ok(inner.by_environment.range(from..to).map(|((_, _, id), _)| *id).collect())
+    }
+
+    async fn append_log(
+        &self,
+        operation: OperationId,
+        lines: &[LogLine],
+    ) -> Result<(), StoreError> {
+        self.lock().logs.entry(operation).or_default().extend_from_slice(lines);
+        Ok(())
+    }
+
+    async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
+        Ok(self.lock().logs.get(&operation).cloned().unwrap_or_default())
+    }
+
+    async fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let mut purged = 0;
+        for lines in inner.logs.values_mut() {
+            let before = lines.len();
+            lines.retain(|l| l.at_ms >= before_ms);
+            purged += (before - lines.len()) as u64;
+        }
+        Ok(purged)
+    }
+
+    async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let ids: Vec<OperationId> = inner
+            .operations
+            .iter()
+            .filter(|(_, e)| e.environment == environment)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            inner.operations.remove(id);
+            inner.unfinished.remove(id);
+            inner.leases.remove(id);
+            inner.logs.remove(id);
+        }
+        inner.by_environment.retain(|(env, _, _), _| env != environment);
+        Ok(ids.len() as u64)
+    }
+}

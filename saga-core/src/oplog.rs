@@ -1,0 +1,187 @@
+//! Operation log lines: what the engine and the steps said while an Operation ran.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::OperationId;
+
+/// How important a log line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// Detail.
+    Debug,
+    /// Progress.
+    Info,
+    /// Something went wrong and was handled (a retry, a rollback).
+    Warn,
+    /// Something went wrong and stays wrong.
+    Error,
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogLevel::Debug => "DEBUG",
+            LogLevel::Info => "INFO",
+            LogLevel::Warn => "WARN",
+            LogLevel::Error => "ERROR",
+        })
+    }
+}
+
+/// Who wrote a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogSource {
+    /// The engine, about a transition.
+    Engine,
+    /// A step, through a `tracing` event inside its `execute` or `compensate`.
+    Step,
+}
+
+/// One line of an Operation's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The Operation.
+    pub operation: OperationId,
+    /// Position in the Operation's log lines, from 0.
+    pub seq: u64,
+    /// When it was written (Unix ms).
+    pub at_ms: u64,
+    /// Importance.
+    pub level: LogLevel,
+    /// Who wrote it.
+    pub source: LogSource,
+    /// The step it is about, if any.
+    pub step: Option<String>,
+    /// The text.
+    pub message: String,
+}
+
+impl fmt::Display for LogLine {
+    /// `<RFC 3339 time> <LEVEL> [step] message`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:5} ", format_rfc3339_ms(self.at_ms), self.level)?;
+        if let Some(step) = &self.step {
+            write!(f, "[{step}] ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Formats Unix milliseconds as an RFC 3339 UTC time with milliseconds.
+pub fn format_rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339_ms(1_709_251_200_123), "2024-03-01T00:00:00.123Z");
+    }
+}
+
+/// Where one Operation's log lines go while it runs: a buffer flushed to the store with every
+/// commit, and a broadcast channel that followers read live.
+#[derive(Debug)]
+pub(crate) struct LogSink {
+    operation: OperationId,
+    inner: std::sync::Mutex<SinkInner>,
+    live: tokio::sync::broadcast::Sender<LogLine>,
+}
+
+#[derive(Debug)]
+struct SinkInner {
+    next_seq: u64,
+    pending: Vec<LogLine>,
+}
+
+/// How many lines a follower may fall behind before it misses some (and is told how many).
+const FOLLOW_BUFFER: usize = 1024;
+
+impl LogSink {
+    pub(crate) fn new(operation: OperationId, next_seq: u64) -> Self {
+        let (live, _) = tokio::sync::broadcast::channel(FOLLOW_BUFFER);
+        LogSink {
+            operation,
+            inner: std::sync::Mutex::new(SinkInner { next_seq, pending: Vec::new() }),
+            live,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkInner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds an engine line.
+    pub(crate) fn line(&self, level: LogLevel, step: Option<&str>, message: String) {
+        self.push(level, LogSource::Engine, step.map(str::to_owned), message);
+    }
+
+    /// Adds a line, sends it to live followers and queues it for the store.
+    pub(crate) fn push(
+        &self,
+        level: LogLevel,
+        source: LogSource,
+        step: Option<String>,
+        message: String,
+    ) {
+        let mut inner = self.lock();
+        let line = LogLine {
+            operation: self.operation,
+            seq: inner.next_seq,
+            at_ms: crate::id::now_ms(),
+            level,
+            source,
+            step,
+            message,
+        };
+        inner.next_seq += 1;
+        // No follower is not an error.
+        let _ = self.live.send(line.clone());
+        inner.pending.push(line);
+    }
+
+    /// Writes the queued lines to the store.
+    pub(crate) async fn flush(&self, store: &dyn crate::Store) -> Result<(), crate::StoreError> {
+        let lines = std::mem::take(&mut self.lock().pending);
+        if lines.is_empty() {
+            return Ok(());
+        }
+        store.append_log(self.operation, &lines).await
+    }
+
+    /// A receiver of the lines written from now on, and the lines written but not yet flushed.
+    pub(crate) fn subscribe(&self) -> (tokio::sync::broadcast::Receiver<LogLine>, Vec<LogLine>) {
+        let inner = self.lock();
+        (self.live.subscribe(), inner.pending.clone())
+    }
+}

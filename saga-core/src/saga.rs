@@ -1,0 +1,325 @@
+//! Saga definitions, built in code: sequential steps, parallel groups, a point of no return.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::step::{ErasedStep, Step, StepKind};
+
+/// A saga: a named, versioned sequence of stages, each one step or a parallel group of steps.
+///
+/// Stages run in order; the steps of a parallel group run at once (fan-out) and the next stage
+/// starts when all of them have succeeded (join). A step may read the outputs of steps in earlier
+/// stages. Built with [`Saga::builder`]:
+///
+/// ```
+/// use async_trait::async_trait;
+/// use saga_core::{Saga, Step, StepContext, StepError};
+///
+/// struct Noop;
+/// #[async_trait]
+/// impl Step for Noop {
+///     type Output = ();
+///     async fn execute(&self, _: &StepContext) -> Result<(), StepError> { Ok(()) }
+/// }
+///
+/// let saga = Saga::builder("deploy", 1)
+///     .step("pull", Noop)
+///     .parallel(|g| g.step("start-a", Noop).needs(&["pull"]).step("start-b", Noop))
+///     .point_of_no_return()
+///     .step("cleanup", Noop)
+///     .build()?;
+/// assert_eq!(saga.step_names(), ["pull", "start-a", "start-b", "cleanup"]);
+/// assert_eq!(saga.point_of_no_return(), Some("start-b"));
+///
+/// let duplicate = Saga::builder("bad", 1).step("a", Noop).step("a", Noop).build();
+/// assert!(duplicate.is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Saga {
+    name: String,
+    version: u32,
+    stages: Vec<Vec<StepEntry>>,
+    point_of_no_return: Option<usize>,
+    stage_of: HashMap<String, usize>,
+}
+
+pub(crate) struct StepEntry {
+    pub(crate) name: String,
+    pub(crate) step: Arc<dyn ErasedStep>,
+    needs: Vec<String>,
+}
+
+/// A step of a saga, as described by [`Saga::steps`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepInfo {
+    /// The step's name.
+    pub name: String,
+    /// Its kind.
+    pub kind: StepKind,
+    /// The stage it runs in, from 0.
+    pub stage: usize,
+}
+
+impl fmt::Debug for Saga {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Saga")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("steps", &self.step_names())
+            .field("point_of_no_return", &self.point_of_no_return())
+            .finish()
+    }
+}
+
+impl Saga {
+    /// Starts building a saga of this name and version.
+    pub fn builder(name: impl Into<String>, version: u32) -> SagaBuilder {
+        SagaBuilder {
+            name: name.into(),
+            version,
+            stages: Vec::new(),
+            point_of_no_return: None,
+            problems: Vec::new(),
+        }
+    }
+
+    /// The saga's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The saga's version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The step names in stage order.
+    pub fn step_names(&self) -> Vec<&str> {
+        self.stages.iter().flatten().map(|e| e.name.as_str()).collect()
+    }
+
+    /// Every step with its kind and stage.
+    pub fn steps(&self) -> Vec<StepInfo> {
+        self.stages
+            .iter()
+            .enumerate()
+            .flat_map(|(stage, entries)| {
+                entries.iter().map(move |e| StepInfo {
+                    name: e.name.clone(),
+                    kind: e.step.kind(),
+                    stage,
+                })
+            })
+            .collect()
+    }
+
+    /// The last step before the point of no return, if the saga has one.
+    pub fn point_of_no_return(&self) -> Option<&str> {
+        let stage = self.stages.get(self.point_of_no_return?)?;
+        stage.last().map(|e| e.name.as_str())
+    }
+
+    /// The stage index of the point of no return: once every step up to that stage succeeded, the
+    /// Operation only goes forward.
+    pub(crate) fn point_of_no_return_stage(&self) -> Option<usize> {
+        self.point_of_no_return
+    }
+
+    /// The stage a step runs in.
+    pub fn stage_of(&self, step: &str) -> Option<usize> {
+        self.stage_of.get(step).copied()
+    }
+
+    pub(crate) fn stages(&self) -> &[Vec<StepEntry>] {
+        &self.stages
+    }
+
+    pub(crate) fn entry(&self, step: &str) -> Option<&StepEntry> {
+        let stage = self.stage_of(step)?;
+        self.stages[stage].iter().find(|e| e.name == step)
+    }
+}
+
+/// Builds a [`Saga`]; errors are collected and returned by [`SagaBuilder::build`].
+#[must_use]
+pub struct SagaBuilder {
+    name: String,
+    version: u32,
+    stages: Vec<Vec<StepEntry>>,
+    point_of_no_return: Option<usize>,
+    problems: Vec<String>,
+}
+
+impl fmt::Debug for SagaBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaBuilder").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl SagaBuilder {
+    /// Adds a stage of one step.
+    pub fn step(mut self, name: impl Into<String>, step: impl Step) -> Self {
+        self.stages.push(vec![entry(name, step)]);
+        self
+    }
+
+    /// Declares that the step added last reads the outputs of these steps; building checks that
+    /// they run in earlier stages.
+    pub fn needs(mut self, steps: &[&str]) -> Self {
+        match self.stages.last_mut().and_then(|s| s.last_mut()) {
+            Some(last) => last.needs.extend(steps.iter().map(|s| s.to_string())),
+            None => self.problems.push("needs() called before any step".into()),
+        }
+        self
+    }
+
+    /// Adds a stage of steps that run at once; the next stage starts when all have succeeded.
+    pub fn parallel(mut self, group: impl FnOnce(GroupBuilder) -> GroupBuilder) -> Self {
+        let group = group(GroupBuilder { steps: Vec::new(), problems: Vec::new() });
+        self.problems.extend(group.problems);
+        if group.steps.is_empty() {
+            self.problems.push(format!("parallel group {} is empty", self.stages.len()));
+        } else {
+            self.stages.push(group.steps);
+        }
+        self
+    }
+
+    /// Marks the point of no return after the stage added last: once every step up to here has
+    /// succeeded, a failure retries forward instead of rolling back, and cancel is refused.
+    pub fn point_of_no_return(mut self) -> Self {
+        if self.point_of_no_return.is_some() {
+            self.problems.push("more than one point of no return".into());
+        } else if self.stages.is_empty() {
+            self.problems.push("point of no return before any step".into());
+        } else {
+            self.point_of_no_return = Some(self.stages.len() - 1);
+        }
+        self
+    }
+
+    /// Checks the definition: no duplicate or empty step names, no empty group, every `needs`
+    /// naming a step of an earlier stage, at least one step.
+    pub fn build(self) -> Result<Saga, Error> {
+        let mut problems = self.problems;
+        let mut stage_of = HashMap::new();
+        for (stage, entries) in self.stages.iter().enumerate() {
+            for e in entries {
+                if e.name.is_empty() {
+                    problems.push(format!("a step in stage {stage} has an empty name"));
+                }
+                if stage_of.insert(e.name.clone(), stage).is_some() {
+                    problems.push(format!("duplicate step name {:?}", e.name));
+                }
+            }
+        }
+        for (stage, entries) in self.stages.iter().enumerate() {
+            for e in entries {
+                for need in &e.needs {
+                    match stage_of.get(need) {
+                        None => problems.push(format!(
+                            "step {} needs {need:?}, which is not a step of this saga",
+                            e.name
+                        )),
+                        Some(&s) if s >= stage => problems.push(format!(
+                            "step {} needs {need}, which does not run before it",
+                            e.name
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        if self.stages.is_empty() {
+            problems.push("no steps".into());
+        }
+        if !problems.is_empty() {
+            return Err(Error::InvalidSaga { saga: self.name, problem: problems.join("; ") });
+        }
+        Ok(Saga {
+            name: self.name,
+            version: self.version,
+            stages: self.stages,
+            point_of_no_return: self.point_of_no_return,
+            stage_of,
+        })
+    }
+}
+
+/// Builds one parallel group; see [`SagaBuilder::parallel`].
+#[must_use]
+pub struct GroupBuilder {
+    steps: Vec<StepEntry>,
+    problems: Vec<String>,
+}
+
+impl fmt::Debug for GroupBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupBuilder").field("steps", &self.steps.len()).finish()
+    }
+}
+
+impl GroupBuilder {
+    /// Adds a step to the group.
+    pub fn step(mut self, name: impl Into<String>, step: impl Step) -> Self {
+        self.steps.push(entry(name, step));
+        self
+    }
+
+    /// Declares that the step added last reads the outputs of these steps (of earlier stages).
+    pub fn needs(mut self, steps: &[&str]) -> Self {
+        match self.steps.last_mut() {
+            Some(last) => last.needs.extend(steps.iter().map(|s| s.to_string())),
+            None => self.problems.push("needs() called before any step of a group".into()),
+        }
+        self
+    }
+}
+
+fn entry(name: impl Into<String>, step: impl Step) -> StepEntry {
+    StepEntry { name: name.into(), step: Arc::new(step), needs: Vec::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::{StepContext, StepError};
+
+    struct Noop;
+    #[async_trait]
+    impl Step for Noop {
+        type Output = ();
+        async fn execute(&self, _: &StepContext) -> Result<(), StepError> {
+            Ok(())
+        }
+    }
+
+    fn problem(b: SagaBuilder) -> String {
+        match b.build() {
+            Err(Error::InvalidSaga { problem, .. }) => problem,
+            other => panic!("expected InvalidSaga, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_definitions() {
+        assert!(problem(Saga::builder("s", 1)).contains("no steps"));
+        assert!(
+            problem(Saga::builder("s", 1).step("a", Noop).step("a", Noop)).contains("duplicate")
+        );
+        assert!(problem(Saga::builder("s", 1).parallel(|g| g)).contains("empty"));
+        assert!(problem(Saga::builder("s", 1).step("a", Noop).needs(&["b"]).step("b", Noop))
+            .contains("does not run before"));
+        assert!(
+            problem(Saga::builder("s", 1).step("a", Noop).needs(&["zz"])).contains("not a step")
+        );
+        assert!(problem(
+            Saga::builder("s", 1).parallel(|g| g.step("a", Noop).step("b", Noop).needs(&["a"]))
+        )
+        .contains("does not run before"));
+    }
+}

@@ -1,0 +1,293 @@
+//! The `Step` trait, its context and what `compensate` is told of the execute.
+
+use std::any::type_name;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ContextError, StepError};
+use crate::id::OperationId;
+use crate::record::Resource;
+use crate::retry::RetryPolicy;
+use crate::saga::Saga;
+
+/// What kind of change a step makes, which decides what the rollback does with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StepKind {
+    /// The step has a real undo: the rollback runs `compensate`.
+    Compensable,
+    /// The step cannot be undone (a migration, a grown volume): the rollback skips it and the
+    /// outcome names it as not undone.
+    Irreversible,
+    /// The step changes nothing: the rollback skips it and reports nothing.
+    ReadOnly,
+}
+
+/// What is known of a step's `execute` when `compensate` runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Executed<O> {
+    /// `execute` returned this output.
+    Succeeded(O),
+    /// `execute` returned this error (its last attempt). The effect may still have happened in part.
+    Failed(String),
+    /// An attempt started but its outcome was never recorded (a crash): it may or may not have run.
+    Unknown,
+}
+
+/// One step of a saga: a side effect and its undo.
+///
+/// # Contract
+///
+/// - `execute` runs **at least once** per successful step: an attempt whose start is durable but
+///   whose outcome is not may run again after a crash. It must be idempotent; use
+///   [`StepContext::idempotency_key`] for APIs that take a client token.
+/// - Its output is serialized (JSON) and recorded durably before any later step starts; later
+///   steps read it with [`StepContext::output`] and `compensate` receives it.
+/// - `compensate` runs when the Operation rolls back, for every step that *started* — also the
+///   one that failed and one whose outcome a crash left unknown — so it receives [`Executed`] and
+///   must cope with a partial or absent effect. It is retried like `execute` and must be idempotent
+///   too. Nothing cancels a compensation.
+/// - `execute` should watch [`StepContext::cancellation`] in long waits; when the Operation is
+///   cancelled the engine also stops polling `execute` and records it as failed ("cancelled").
+/// - Return [`StepError::transient`] for errors worth retrying and [`StepError::permanent`]
+///   otherwise.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use saga_core::{Executed, Step, StepContext, StepError};
+///
+/// struct CreateUser;
+///
+/// #[async_trait]
+/// impl Step for CreateUser {
+///     type Output = u64;
+///
+///     async fn execute(&self, ctx: &StepContext) -> Result<u64, StepError> {
+///         let name: String = ctx.params()?;
+///         // Call an API that creates the user, passing ctx.idempotency_key() as the client token.
+///         Ok(name.len() as u64)
+///     }
+///
+///     async fn compensate(&self, _ctx: &StepContext, executed: Executed<u64>) -> Result<(), StepError> {
+///         match executed {
+///             Executed::Succeeded(_user_id) => { /* delete that user */ }
+///             Executed::Failed(_) | Executed::Unknown => { /* look the user up by token, delete if present */ }
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Step: Send + Sync + 'static {
+    /// What `execute` returns, recorded in the log.
+    type Output: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// Makes the change.
+    async fn execute(&self, ctx: &StepContext) -> Result<Self::Output, StepError>;
+
+    /// Undoes the change, given what is known of `execute`. Not called for irreversible and
+    /// read-only steps. The default does nothing.
+    async fn compensate(
+        &self,
+        ctx: &StepContext,
+        executed: Executed<Self::Output>,
+    ) -> Result<(), StepError> {
+        let _ = (ctx, executed);
+        Ok(())
+    }
+
+    /// What kind of change it makes. The default is [`StepKind::Compensable`].
+    fn kind(&self) -> StepKind {
+        StepKind::Compensable
+    }
+
+    /// How `execute` and `compensate` are retried. The default is [`RetryPolicy::default`].
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::default()
+    }
+
+    /// How long one attempt may take before it fails with a transient error. The default is none.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// What a step may read while it runs: the Operation's params, earlier steps' outputs, a
+/// cancellation token and an idempotency key.
+#[derive(Clone)]
+pub struct StepContext {
+    pub(crate) operation: Arc<OperationInfo>,
+    pub(crate) step: Arc<str>,
+    pub(crate) stage: usize,
+    pub(crate) attempt: u32,
+    pub(crate) outputs: Arc<HashMap<String, Arc<[u8]>>>,
+    pub(crate) saga: Arc<Saga>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// What every step of one Operation shares.
+#[derive(Debug)]
+pub(crate) struct OperationInfo {
+    pub(crate) id: OperationId,
+    pub(crate) environment: String,
+    pub(crate) resource: Resource,
+    pub(crate) actor: String,
+    pub(crate) params: Arc<[u8]>,
+}
+
+impl fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepContext")
+            .field("operation", &self.operation.id)
+            .field("step", &self.step)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepContext {
+    /// The Operation's id.
+    pub fn operation_id(&self) -> OperationId {
+        self.operation.id
+    }
+
+    /// This step's name.
+    pub fn step_name(&self) -> &str {
+        &self.step
+    }
+
+    /// The attempt, from 1 (for `compensate`, the compensation attempt).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The Operation's environment.
+    pub fn environment(&self) -> &str {
+        &self.operation.environment
+    }
+
+    /// The resource the Operation changes.
+    pub fn resource(&self) -> &Resource {
+        &self.operation.resource
+    }
+
+    /// Who started the Operation.
+    pub fn actor(&self) -> &str {
+        &self.operation.actor
+    }
+
+    /// A key stable across retries and crashes: the Operation id and the step name. Pass it as the
+    /// client token of APIs that take one.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}-{}", self.operation.id, self.step)
+    }
+
+    /// Cancelled when the Operation is cancelled while `execute` runs. Never cancelled during
+    /// `compensate`.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// The Operation's params, as type `P`.
+    pub fn params<P: DeserializeOwned>(&self) -> Result<P, ContextError> {
+        serde_json::from_slice(&self.operation.params).map_err(|e| ContextError::WrongType {
+            asking: self.step.to_string(),
+            what: "the params".into(),
+            type_name: type_name::<P>(),
+            problem: e.to_string(),
+        })
+    }
+
+    /// The recorded output of step `name`, which must run in an earlier stage of the saga.
+    pub fn output<T: DeserializeOwned>(&self, name: &str) -> Result<T, ContextError> {
+        let asking = || self.step.to_string();
+        match self.saga.stage_of(name) {
+            None => {
+                return Err(ContextError::UnknownStep { asking: asking(), name: name.into() });
+            }
+            Some(stage) if stage >= self.stage => {
+                return Err(ContextError::NotEarlier { asking: asking(), name: name.into() });
+            }
+            Some(_) => {}
+        }
+        let bytes = self
+            .outputs
+            .get(name)
+            .ok_or_else(|| ContextError::NoOutput { asking: asking(), name: name.into() })?;
+        serde_json::from_slice(bytes).map_err(|e| ContextError::WrongType {
+            asking: asking(),
+            what: format!("the output of {name}"),
+            type_name: type_name::<T>(),
+            problem: e.to_string(),
+        })
+    }
+}
+
+/// What `compensate` is told, before decoding into the step's output type.
+#[derive(Clone, Debug)]
+pub(crate) enum ExecutedBytes {
+    Succeeded(Arc<[u8]>),
+    Failed(String),
+    Unknown,
+}
+
+/// A `Step` with its output type erased to JSON bytes, so that a saga can hold steps of any type.
+#[async_trait]
+pub(crate) trait ErasedStep: Send + Sync + 'static {
+    async fn execute(&self, ctx: &StepContext) -> Result<Vec<u8>, StepError>;
+    async fn compensate(&self, ctx: &StepContext, executed: ExecutedBytes)
+        -> Result<(), StepError>;
+    fn kind(&self) -> StepKind;
+    fn retry_policy(&self) -> RetryPolicy;
+    fn timeout(&self) -> Option<Duration>;
+}
+
+#[async_trait]
+impl<S: Step> ErasedStep for S {
+    async fn execute(&self, ctx: &StepContext) -> Result<Vec<u8>, StepError> {
+        let output = Step::execute(self, ctx).await?;
+        serde_json::to_vec(&output).map_err(|e| {
+            StepError::permanent(format!("step {}: output does not serialize: {e}", ctx.step))
+        })
+    }
+
+    async fn compensate(
+        &self,
+        ctx: &StepContext,
+        executed: ExecutedBytes,
+    ) -> Result<(), StepError> {
+        let executed = match executed {
+            ExecutedBytes::Succeeded(bytes) => {
+                Executed::Succeeded(serde_json::from_slice(&bytes).map_err(|e| {
+                    StepError::permanent(ContextError::WrongType {
+                        asking: ctx.step.to_string(),
+                        what: format!("the recorded output of {}", ctx.step),
+                        type_name: type_name::<S::Output>(),
+                        problem: e.to_string(),
+                    })
+                })?)
+            }
+            ExecutedBytes::Failed(error) => Executed::Failed(error),
+            ExecutedBytes::Unknown => Executed::Unknown,
+        };
+        Step::compensate(self, ctx, executed).await
+    }
+
+    fn kind(&self) -> StepKind {
+        Step::kind(self)
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        Step::retry_policy(self)
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        Step::timeout(self)
+    }
+}

@@ -1,0 +1,205 @@
+//! The store traits: the durable log, ownership leases, the environment index and log lines.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::id::OperationId;
+use crate::oplog::LogLine;
+use crate::record::Record;
+
+/// Ownership of one Operation by one executor, for a time.
+///
+/// Every append presents the lease; a store refuses an append whose epoch is not the current one
+/// ([`StoreError::Fenced`]), so that an executor whose lease was taken over after it stalled can
+/// never write again. Epochs only grow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The Operation.
+    pub operation: OperationId,
+    /// The executor holding it.
+    pub owner: String,
+    /// Grows by one at every claim.
+    pub epoch: u64,
+    /// When it expires unless renewed (Unix ms).
+    pub expires_ms: u64,
+}
+
+/// Where Operations live: their records, their leases, an index by environment and their log lines.
+///
+/// # Contract
+///
+/// - **Durability.** When [`create`](Store::create) or [`append`](Store::append) returns `Ok`, the
+///   records are durable: they survive a crash of the process (and, for a store that says so, a
+///   power loss). A store that does not sync says so in its name. Concurrent appends of different
+///   Operations may share one flush (group commit).
+/// - **Order.** An Operation's records are appended in sequence order with no gap; a store refuses
+///   any other sequence number with [`StoreError::OutOfSequence`] and returns records in order.
+/// - **Leases.** `create` grants the creator the first lease. [`claim`](Store::claim) succeeds when
+///   no lease is held, when it expired, or when the caller already holds it, and always grants a
+///   higher epoch. `append` with a lease that is not current fails with [`StoreError::Fenced`].
+/// - **Unfinished.** [`list_unfinished`](Store::list_unfinished) lists Operations without an
+///   `OperationFinished` record, without reading finished ones; an append of `OperationFinished`
+///   removes the Operation from that list in the same durable write.
+/// - **Index.** [`list_environment`](Store::list_environment) returns the ids of one environment
+///   created in `[since_ms, until_ms)`, in creation order, from an index.
+/// - **Log lines** need not be durable when [`append_log`](Store::append_log) returns; they are
+///   written with the next durable write at the latest. They may be purged by age while records stay.
+/// - Every method may be called concurrently, and calling `release` twice is harmless.
+///
+/// A store that keeps everything in a `Vec`, to show the shape (see [`MemoryStore`] for a whole one):
+///
+/// ```
+/// use std::sync::Mutex;
+/// use std::time::Duration;
+/// use async_trait::async_trait;
+/// use saga_core::{Lease, LogLine, OperationId, Record, Store, StoreError};
+///
+/// #[derive(Default)]
+/// struct VecStore(Mutex<Vec<Record>>);
+///
+/// #[async_trait]
+/// impl Store for VecStore {
+///     async fn create(&self, record: &Record, owner: &str, ttl: Duration) -> Result<Lease, StoreError> {
+///         self.0.lock().unwrap().push(record.clone());
+///         Ok(Lease { operation: record.operation, owner: owner.into(), epoch: 1, expires_ms: u64::MAX })
+///     }
+///     async fn append(&self, _: &Lease, records: &[Record]) -> Result<(), StoreError> {
+///         self.0.lock().unwrap().extend_from_slice(records);
+///         Ok(())
+///     }
+///     async fn read(&self, id: OperationId) -> Result<Vec<Record>, StoreError> {
+///         Ok(self.0.lock().unwrap().iter().filter(|r| r.operation == id).cloned().collect())
+///     }
+///     async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> { Ok(vec![]) }
+///     async fn claim(&self, id: OperationId, owner: &str, _: Duration) -> Result<Lease, StoreError> {
+///         Ok(Lease { operation: id, owner: owner.into(), epoch: 2, expires_ms: u64::MAX })
+///     }
+///     async fn renew(&self, lease: &Lease, _: Duration) -> Result<Lease, StoreError> { Ok(lease.clone()) }
+///     async fn release(&self, _: &Lease) -> Result<(), StoreError> { Ok(()) }
+///     async fn list_environment(&self, _: &str, _: u64, _: u64) -> Result<Vec<OperationId>, StoreError> { Ok(vec![]) }
+///     async fn append_log(&self, _: OperationId, _: &[LogLine]) -> Result<(), StoreError> { Ok(()) }
+///     async fn read_log(&self, _: OperationId) -> Result<Vec<LogLine>, StoreError> { Ok(vec![]) }
+///     async fn purge_logs(&self, _: u64) -> Result<u64, StoreError> { Ok(0) }
+///     async fn delete_environment(&self, _: &str) -> Result<u64, StoreError> { Ok(0) }
+/// }
+/// ```
+///
+/// [`MemoryStore`]: crate::MemoryStore
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new Operation's `OperationCreated` record (sequence number 0) durably, indexes it
+    /// by environment and creation time, and grants `owner` its first lease.
+    async fn create(
+        &self,
+        record: &Record,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError>;
+
+    /// Appends records of the lease's Operation durably, in order.
+    async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError>;
+
+    /// All records of one Operation, in order. [`StoreError::NotFound`] if it does not exist.
+    async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError>;
+
+    /// The Operations that have not finished, in id order.
+    async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError>;
+
+    /// Takes ownership of an Operation for `ttl`.
+    async fn claim(
+        &self,
+        operation: OperationId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError>;
+
+    /// Extends a lease that is still current.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError>;
+
+    /// Gives up a lease, so that another executor may claim the Operation at once.
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Ids of the Operations of `environment` created in `[since_ms, until_ms)`, in creation order.
+    async fn list_environment(
+        &self,
+        environment: &str,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<OperationId>, StoreError>;
+
+    /// Appends log lines of one Operation (not necessarily durable on return).
+    async fn append_log(&self, operation: OperationId, lines: &[LogLine])
+        -> Result<(), StoreError>;
+
+    /// All stored log lines of one Operation, in order (empty if none or purged).
+    async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError>;
+
+    /// Deletes the log lines written before `before_ms`; records stay. Returns how many went.
+    async fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError>;
+
+    /// Deletes every Operation of an environment: records, index entries, leases and log lines.
+    /// Returns how many Operations went.
+    async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError>;
+}
+
+impl Lease {
+    /// The lease that a claim by `owner` gets when `previous` is the Operation's current lease (if
+    /// any), at `now_ms`: the shared rule of every store. Fails with [`StoreError::Owned`] when
+    /// another owner's lease has not expired.
+    pub fn claim_after(
+        previous: Option<&Lease>,
+        operation: OperationId,
+        owner: &str,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        if let Some(p) = previous {
+            if p.owner != owner && p.expires_ms > now_ms {
+                return Err(StoreError::Owned { operation, holder: p.owner.clone() });
+            }
+        }
+        Ok(Lease {
+            operation,
+            owner: owner.to_owned(),
+            epoch: previous.map_or(1, |p| p.epoch + 1),
+            expires_ms: now_ms.saturating_add(ttl.as_millis() as u64),
+        })
+    }
+
+    /// Checks that this lease is `current`, the store's lease of the Operation: the shared fencing
+    /// rule of every store.
+    pub fn check_current(&self, current: Option<&Lease>) -> Result<(), StoreError> {
+        match current {
+            Some(c) if c.epoch == self.epoch && c.owner == self.owner => Ok(()),
+            Some(c) => Err(StoreError::Fenced {
+                operation: self.operation,
+                epoch: self.epoch,
+                holder: c.owner.clone(),
+            }),
+            None => Err(StoreError::Fenced {
+                operation: self.operation,
+                epoch: self.epoch,
+                holder: "nobody".into(),
+            }),
+        }
+    }
+}
+
+/// Checks that `records` all belong to `operation` and continue its log at `next_seq` without a
+/// gap: the shared ordering rule of every store. Returns the sequence number after them.
+pub fn check_sequence(
+    operation: OperationId,
+    next_seq: u64,
+    records: &[Record],
+) -> Result<u64, StoreError> {
+    let mut expected = next_seq;
+    for r in records {
+        if r.operation != operation || r.seq != expected {
+            return Err(StoreError::OutOfSequence { operation, expected, got: r.seq });
+        }
+        expected += 1;
+    }
+    Ok(expected)
+}

@@ -1,0 +1,1 @@
+//! saga-steps-aws (work in progress).

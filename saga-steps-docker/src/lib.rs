@@ -1,0 +1,1 @@
+//! saga-steps-docker (work in progress).

@@ -1,0 +1,1 @@
+//! saga-store (work in progress).

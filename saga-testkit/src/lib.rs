@@ -1,0 +1,1 @@
+//! saga-testkit (work in progress).

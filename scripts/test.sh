@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace: format, clippy, and `cargo test --workspace` against the
+# real services the step crates need (a local image registry pair, the AWS API emulator), which it
+# installs and starts first, idempotently, and stops on exit.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export SAGA_SERVICES_DIR="${SAGA_SERVICES_DIR:-$root/target/services}"
+mkdir -p "$SAGA_SERVICES_DIR"
+
+services=()
+for s in scripts/services/*.sh; do
+  [ -e "$s" ] && services+=("$s")
+done
+stop_services() {
+  for s in "${services[@]}"; do bash "$s" stop || true; done
+}
+trap stop_services EXIT
+
+for s in "${services[@]}"; do
+  echo "==> starting $(basename "$s" .sh)"
+  bash "$s" start
+done
+for env in "$SAGA_SERVICES_DIR"/*.env; do
+  [ -e "$env" ] || continue
+  set -a; . "$env"; set +a
+done
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --workspace "$@"
