@@ -126,10 +126,13 @@ pub struct StepContext {
     pub(crate) step: Arc<str>,
     pub(crate) stage: usize,
     pub(crate) attempt: u32,
-    pub(crate) outputs: Arc<HashMap<String, Arc<[u8]>>>,
+    pub(crate) outputs: Arc<Outputs>,
     pub(crate) saga: Arc<Saga>,
     pub(crate) cancel: CancellationToken,
 }
+
+/// Recorded outputs (JSON) of the steps that succeeded, by step name.
+pub(crate) type Outputs = HashMap<String, Arc<[u8]>>;
 
 /// What every step of one Operation shares.
 #[derive(Debug)]

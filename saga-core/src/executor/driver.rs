@@ -1,7 +1,6 @@
 //! The driver of one Operation: folds its records, asks the planner what to do, writes the
 //! records ahead of every side effect, runs the steps and reacts to their results and to commands.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use crate::id::now_ms;
 use crate::oplog::{LogLevel, LogSink};
 use crate::record::{Outcome, Record, RecordKind};
 use crate::saga::Saga;
-use crate::step::{ExecutedBytes, OperationInfo, StepContext};
+use crate::step::{ExecutedBytes, OperationInfo, Outputs, StepContext};
 use crate::store::Lease;
 
 /// A request to a running Operation's driver.
@@ -60,7 +59,7 @@ pub(crate) struct Driver {
     timers: FuturesUnordered<EventFuture>,
     cancel: CancellationToken,
     info: Arc<OperationInfo>,
-    outputs: Option<(usize, Arc<HashMap<String, Arc<[u8]>>>)>,
+    outputs: Option<(usize, Arc<Outputs>)>,
     stopping: bool,
 }
 
@@ -191,11 +190,11 @@ impl Driver {
         Ok(())
     }
 
-    fn outputs(&mut self, stage: usize) -> Arc<HashMap<String, Arc<[u8]>>> {
+    fn outputs(&mut self, stage: usize) -> Arc<Outputs> {
         match &self.outputs {
             Some((s, outputs)) if *s == stage => outputs.clone(),
             _ => {
-                let outputs: HashMap<String, Arc<[u8]>> = self
+                let outputs: Outputs = self
                     .state
                     .steps
                     .iter()

@@ -1,0 +1,139 @@
+//! Cancellation: prompt, durable, refused past the point of no return, never of a compensation.
+
+use std::time::Duration;
+
+use saga_core::{Error, Outcome, RecordKind, RollbackCause, Saga};
+
+use crate::support::{TestStep, World};
+
+async fn wait_until_started(
+    executor: &saga_core::Executor,
+    id: saga_core::OperationId,
+    step: &str,
+) {
+    for _ in 0..500 {
+        if executor.status(id).await.unwrap().step(step).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("step {step} never started");
+}
+
+#[tokio::test]
+async fn a_cancel_during_a_long_step_ends_it_within_100_ms_and_rolls_back() {
+    let world = World::default();
+    let saga = Saga::builder("s", 1)
+        .step("a", TestStep::new("a", &world))
+        .step("long", TestStep::new("long", &world).slow(Duration::from_secs(30)))
+        .step("c", TestStep::new("c", &world))
+        .build()
+        .unwrap();
+    let executor = crate::executor(std::sync::Arc::new(saga_core::MemoryStore::new()), vec![saga]);
+    let id = crate::start(&executor, "s").await;
+    wait_until_started(&executor, id, "long").await;
+    let asked = saga_core_now_ms();
+    executor.cancel(id, "ops", "wrong version").await.unwrap();
+    // CancelRequested is durable when cancel returns.
+    let records = executor.store().read(id).await.unwrap();
+    assert!(records.iter().any(|r| matches!(r.kind, RecordKind::CancelRequested { .. })));
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(5), executor.wait(id)).await.unwrap().unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::RolledBack {
+            cause: RollbackCause::Cancelled { actor: "ops".into(), reason: "wrong version".into() }
+        }
+    );
+    let records = executor.store().read(id).await.unwrap();
+    let ended = records
+        .iter()
+        .find(|r| matches!(&r.kind, RecordKind::StepFailed { step, .. } if step == "long"))
+        .expect("the long step's end is recorded");
+    assert!(ended.at_ms.saturating_sub(asked) < 100, "took {} ms", ended.at_ms - asked);
+    assert_eq!(world.compensated(), ["long", "a"]);
+    assert!(!world.journal().iter().any(|e| e.contains("execute c")));
+    // Cancelling a finished Operation is a clear error.
+    let err = executor.cancel(id, "ops", "again").await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyFinished { .. }), "{err}");
+}
+
+fn saga_core_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test]
+async fn a_cancel_after_the_point_of_no_return_is_refused_naming_the_step() {
+    let world = World::default();
+    let saga = Saga::builder("s", 1)
+        .step("a", TestStep::new("a", &world))
+        .step("commit", TestStep::new("commit", &world))
+        .point_of_no_return()
+        .step("slow", TestStep::new("slow", &world).slow(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let executor = crate::executor(std::sync::Arc::new(saga_core::MemoryStore::new()), vec![saga]);
+    let id = crate::start(&executor, "s").await;
+    wait_until_started(&executor, id, "slow").await;
+    let err = executor.cancel(id, "ops", "too late").await.unwrap_err();
+    match &err {
+        Error::PastPointOfNoReturn { step, .. } => assert_eq!(step, "commit"),
+        other => panic!("unexpected {other}"),
+    }
+    assert!(err.to_string().contains("point of no return (step commit)"), "{err}");
+    assert_eq!(executor.wait(id).await.unwrap(), Outcome::Succeeded);
+}
+
+#[tokio::test]
+async fn a_cancel_does_not_interrupt_a_compensation() {
+    let world = World::default();
+    let saga = Saga::builder("s", 1)
+        .step("a", TestStep::new("a", &world).slow_compensation(Duration::from_millis(300)))
+        .step("b", TestStep::new("b", &world).failing())
+        .build()
+        .unwrap();
+    let executor = crate::executor(std::sync::Arc::new(saga_core::MemoryStore::new()), vec![saga]);
+    let id = crate::start(&executor, "s").await;
+    // Wait until the compensation of a is running.
+    for _ in 0..500 {
+        let state = executor.status(id).await.unwrap();
+        if state.step("a").is_some_and(|s| s.compensation_attempts > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    executor.cancel(id, "ops", "hurry").await.expect("cancel while rolling back is accepted");
+    assert_eq!(executor.wait(id).await.unwrap().status(), "rolled back");
+    assert_eq!(world.compensated(), ["b", "a"]);
+    assert!(world.effects().is_empty());
+}
+
+#[tokio::test]
+async fn a_cancel_during_a_retry_wait_rolls_back_without_another_attempt() {
+    let world = World::default();
+    let mut flaky = TestStep::new("flaky", &world).transient_failures(100);
+    flaky.retry = saga_core::RetryPolicy::exponential(100, Duration::from_secs(10));
+    let saga = Saga::builder("s", 1)
+        .step("a", TestStep::new("a", &world))
+        .step("flaky", flaky)
+        .build()
+        .unwrap();
+    let executor = crate::executor(std::sync::Arc::new(saga_core::MemoryStore::new()), vec![saga]);
+    let id = crate::start(&executor, "s").await;
+    for _ in 0..500 {
+        let state = executor.status(id).await.unwrap();
+        if state
+            .step("flaky")
+            .is_some_and(|s| matches!(s.execution, saga_core::Execution::Retrying { .. }))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    executor.cancel(id, "ops", "stop").await.unwrap();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(2), executor.wait(id)).await.unwrap().unwrap();
+    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(world.journal().iter().filter(|e| e.starts_with("execute flaky")).count(), 1);
+    assert_eq!(world.compensated(), ["flaky", "a"]);
+}

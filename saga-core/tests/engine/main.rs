@@ -1,0 +1,39 @@
+//! Black-box tests of the executor on the in-memory store.
+#![allow(unreachable_pub, clippy::unwrap_used)]
+
+mod support;
+
+mod cancel;
+mod crash;
+mod forward;
+mod rollback;
+
+use std::sync::Arc;
+
+use saga_core::{Executor, OperationId, Outcome, Resource, Saga, Store};
+
+/// An executor over `store` with these sagas, named like a restarted node would be.
+pub fn executor(store: Arc<dyn Store>, sagas: Vec<Saga>) -> Executor {
+    let mut builder = Executor::builder(store).owner("node-1");
+    for saga in sagas {
+        builder = builder.saga(saga);
+    }
+    builder.build().expect("valid executor")
+}
+
+/// Starts an Operation of `saga` with empty params.
+pub async fn start(executor: &Executor, saga: &str) -> OperationId {
+    executor.start(saga, &(), "test", Resource::new("app", "web"), "tester").await.expect("started")
+}
+
+/// Runs one Operation of `saga` to its outcome.
+pub async fn run(saga: Saga) -> (Outcome, Executor, OperationId) {
+    let name = saga.name().to_owned();
+    let executor = executor(Arc::new(saga_core::MemoryStore::new()), vec![saga]);
+    let id = start(&executor, &name).await;
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), executor.wait(id))
+        .await
+        .expect("finishes in time")
+        .expect("has an outcome");
+    (outcome, executor, id)
+}

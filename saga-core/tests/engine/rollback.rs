@@ -1,0 +1,126 @@
+//! Rollback: what is compensated, in which order, and what the outcome says.
+
+use std::time::Duration;
+
+use saga_core::{NotUndone, NotUndoneReason, Outcome, RollbackCause, Saga, StepKind};
+
+use crate::support::{TestStep, World};
+
+const NAMES: [&str; 5] = ["s0", "s1", "s2", "s3", "s4"];
+
+fn five_steps(world: &World, fail_at: usize) -> Saga {
+    let mut builder = Saga::builder("five", 1);
+    for (i, name) in NAMES.iter().enumerate() {
+        let mut step = TestStep::new(name, world);
+        if i == fail_at {
+            step = step.failing();
+            step.partial = true;
+        }
+        builder = builder.step(*name, step);
+    }
+    builder.build().unwrap()
+}
+
+#[tokio::test]
+async fn a_permanent_error_at_each_position_compensates_exactly_the_started_steps_in_reverse() {
+    for fail_at in 0..NAMES.len() {
+        let world = World::default();
+        let (outcome, _, _) = crate::run(five_steps(&world, fail_at)).await;
+        assert_eq!(
+            outcome,
+            Outcome::RolledBack {
+                cause: RollbackCause::StepFailed {
+                    step: NAMES[fail_at].into(),
+                    error: format!("{} broke", NAMES[fail_at]),
+                }
+            }
+        );
+        let expected: Vec<String> = NAMES[..=fail_at].iter().rev().map(|s| s.to_string()).collect();
+        assert_eq!(world.compensated(), expected, "failing at {fail_at}");
+        // The failed step's partial effect was cleaned up too.
+        assert!(world.effects().is_empty(), "failing at {fail_at}: {:?}", world.effects());
+        let executed: Vec<String> =
+            world.journal().into_iter().filter(|e| e.starts_with("execute")).collect();
+        assert_eq!(executed.len(), fail_at + 1, "no step after the failure ran");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_compensation_ends_in_rollback_incomplete_naming_it() {
+    let world = World::default();
+    let saga = Saga::builder("s", 1)
+        .step("a", TestStep::new("a", &world))
+        .step("b", TestStep::new("b", &world).broken_compensation())
+        .step("c", TestStep::new("c", &world).failing())
+        .build()
+        .unwrap();
+    let (outcome, executor, id) = crate::run(saga).await;
+    let Outcome::RollbackIncomplete { cause, not_undone } = &outcome else {
+        panic!("unexpected {outcome:?}");
+    };
+    assert!(matches!(cause, RollbackCause::StepFailed { step, .. } if step == "c"));
+    assert_eq!(
+        not_undone,
+        &[NotUndone {
+            step: "b".into(),
+            reason: NotUndoneReason::CompensationFailed("cannot undo b".into())
+        }]
+    );
+    // Compensations are retried (3 attempts) and the rollback goes on past the failure.
+    assert_eq!(
+        world.journal().iter().filter(|e| e.starts_with("compensation failed b")).count(),
+        3
+    );
+    assert_eq!(world.compensated(), ["c", "a"]);
+    assert_eq!(world.effects().into_iter().collect::<Vec<_>>(), ["b"]);
+    let log = executor.log(id).await.unwrap();
+    let last = &log.last().unwrap().message;
+    assert!(
+        last.starts_with("rollback incomplete")
+            && last.contains("b (compensation failed: cannot undo b)"),
+        "{last}"
+    );
+    assert!(outcome.to_string().contains("b (compensation failed"), "{outcome}");
+}
+
+#[tokio::test]
+async fn irreversible_steps_are_skipped_and_reported_and_read_only_steps_ignored() {
+    let world = World::default();
+    let saga = Saga::builder("s", 1)
+        .step("a", TestStep::new("a", &world))
+        .step("migrate", TestStep::new("migrate", &world).kind(StepKind::Irreversible))
+        .step("check", TestStep::new("check", &world).kind(StepKind::ReadOnly))
+        .step("d", TestStep::new("d", &world).failing())
+        .build()
+        .unwrap();
+    let (outcome, _, _) = crate::run(saga).await;
+    let Outcome::RollbackIncomplete { not_undone, .. } = &outcome else {
+        panic!("unexpected {outcome:?}");
+    };
+    assert_eq!(
+        not_undone,
+        &[NotUndone { step: "migrate".into(), reason: NotUndoneReason::Irreversible }]
+    );
+    assert_eq!(world.compensated(), ["d", "a"]);
+    assert_eq!(world.effects().into_iter().collect::<Vec<_>>(), ["migrate"]);
+}
+
+#[tokio::test]
+async fn a_failed_branch_waits_for_its_sibling_then_compensates_both() {
+    let world = World::default();
+    let saga = Saga::builder("s", 1)
+        .step("a", TestStep::new("a", &world))
+        .parallel(|g| {
+            g.step("fast-fail", TestStep::new("fast-fail", &world).failing())
+                .step("slow", TestStep::new("slow", &world).slow(Duration::from_millis(200)))
+        })
+        .step("never", TestStep::new("never", &world))
+        .build()
+        .unwrap();
+    let (outcome, _, _) = crate::run(saga).await;
+    assert_eq!(outcome.status(), "rolled back");
+    // The sibling finished after the failure, so it is undone first, then the failed step, then a.
+    assert_eq!(world.compensated(), ["slow", "fast-fail", "a"]);
+    assert!(world.effects().is_empty());
+    assert!(!world.journal().iter().any(|e| e.contains("never")));
+}

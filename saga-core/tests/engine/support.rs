@@ -1,0 +1,267 @@
+//! Test steps that record what they do in a shared world, and a store that "crashes".
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use saga_core::{
+    async_trait, Executed, Lease, LogLine, MemoryStore, OperationId, Record, RetryPolicy, Step,
+    StepContext, StepError, StepKind, Store, StoreError,
+};
+
+/// What the steps did: an ordered journal and the set of effects in place now.
+#[derive(Clone, Debug, Default)]
+pub struct World {
+    inner: Arc<Mutex<WorldInner>>,
+}
+
+#[derive(Debug, Default)]
+struct WorldInner {
+    journal: Vec<String>,
+    effects: BTreeSet<String>,
+}
+
+impl World {
+    pub fn journal(&self) -> Vec<String> {
+        self.inner.lock().unwrap().journal.clone()
+    }
+
+    pub fn effects(&self) -> BTreeSet<String> {
+        self.inner.lock().unwrap().effects.clone()
+    }
+
+    fn note(&self, entry: String) {
+        self.inner.lock().unwrap().journal.push(entry);
+    }
+
+    fn apply(&self, effect: &str, present: bool) {
+        let mut inner = self.inner.lock().unwrap();
+        if present {
+            inner.effects.insert(effect.to_owned());
+        } else {
+            inner.effects.remove(effect);
+        }
+    }
+
+    /// The steps compensated, in order.
+    pub fn compensated(&self) -> Vec<String> {
+        self.journal()
+            .iter()
+            .filter_map(|e| e.strip_prefix("compensate ").map(str::to_owned))
+            .collect()
+    }
+}
+
+/// A step with a configurable misbehaviour. Its effect is the string `name` in the world.
+#[derive(Clone)]
+pub struct TestStep {
+    pub name: String,
+    pub world: World,
+    pub kind: StepKind,
+    /// Fail permanently (after applying the effect when `partial`).
+    pub fail: bool,
+    pub partial: bool,
+    /// Transient failures before success.
+    pub transient: Arc<AtomicU32>,
+    /// Compensation fails permanently, every time.
+    pub compensation_fails: bool,
+    /// Time execute takes (it does not watch cancellation; the engine must stop it).
+    pub delay: Duration,
+    /// Time compensate takes.
+    pub compensation_delay: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl TestStep {
+    pub fn new(name: &str, world: &World) -> Self {
+        TestStep {
+            name: name.into(),
+            world: world.clone(),
+            kind: StepKind::Compensable,
+            fail: false,
+            partial: false,
+            transient: Arc::new(AtomicU32::new(0)),
+            compensation_fails: false,
+            delay: Duration::ZERO,
+            compensation_delay: Duration::ZERO,
+            retry: RetryPolicy::exponential(3, Duration::from_millis(5)),
+        }
+    }
+
+    pub fn failing(mut self) -> Self {
+        self.fail = true;
+        self
+    }
+
+    pub fn transient_failures(self, n: u32) -> Self {
+        self.transient.store(n, Ordering::SeqCst);
+        self
+    }
+
+    pub fn kind(mut self, kind: StepKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    pub fn slow(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn slow_compensation(mut self, delay: Duration) -> Self {
+        self.compensation_delay = delay;
+        self
+    }
+
+    pub fn broken_compensation(mut self) -> Self {
+        self.compensation_fails = true;
+        self
+    }
+}
+
+#[async_trait]
+impl Step for TestStep {
+    type Output = String;
+
+    async fn execute(&self, ctx: &StepContext) -> Result<String, StepError> {
+        self.world.note(format!("execute {} #{}", self.name, ctx.attempt()));
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if self.transient.load(Ordering::SeqCst) > 0 {
+            self.transient.fetch_sub(1, Ordering::SeqCst);
+            return Err(StepError::transient(format!("{} flaked", self.name)));
+        }
+        if self.fail {
+            if self.partial {
+                self.world.apply(&self.name, true);
+            }
+            return Err(StepError::permanent(format!("{} broke", self.name)));
+        }
+        if self.kind != StepKind::ReadOnly {
+            self.world.apply(&self.name, true);
+        }
+        Ok(format!("{}-output", self.name))
+    }
+
+    async fn compensate(
+        &self,
+        ctx: &StepContext,
+        executed: Executed<String>,
+    ) -> Result<(), StepError> {
+        if let Executed::Succeeded(output) = &executed {
+            assert_eq!(output, &format!("{}-output", self.name));
+        }
+        if !self.compensation_delay.is_zero() {
+            tokio::time::sleep(self.compensation_delay).await;
+        }
+        if self.compensation_fails {
+            self.world.note(format!("compensation failed {} #{}", self.name, ctx.attempt()));
+            return Err(StepError::permanent(format!("cannot undo {}", self.name)));
+        }
+        self.world.apply(&self.name, false);
+        self.world.note(format!("compensate {}", self.name));
+        Ok(())
+    }
+
+    fn kind(&self) -> StepKind {
+        self.kind
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        self.retry.clone()
+    }
+}
+
+/// A store that stops accepting records after `budget` of them, as if the process died right
+/// after the last one became durable. Reads go through.
+pub struct CrashingStore {
+    pub inner: Arc<MemoryStore>,
+    budget: AtomicU64,
+}
+
+impl CrashingStore {
+    pub fn new(inner: Arc<MemoryStore>, budget: u64) -> Self {
+        CrashingStore { inner, budget: AtomicU64::new(budget) }
+    }
+
+    /// Takes up to `n` from the budget; returns how many were granted.
+    fn take(&self, n: u64) -> u64 {
+        let mut granted = 0;
+        let _ = self.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            granted = left.min(n);
+            Some(left - granted)
+        });
+        granted
+    }
+}
+
+fn crashed() -> StoreError {
+    StoreError::Unavailable("crashed".into())
+}
+
+#[async_trait]
+impl Store for CrashingStore {
+    async fn create(
+        &self,
+        record: &Record,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        if self.take(1) == 0 {
+            return Err(crashed());
+        }
+        self.inner.create(record, owner, ttl).await
+    }
+    async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
+        let granted = self.take(records.len() as u64) as usize;
+        if granted > 0 {
+            self.inner.append(lease, &records[..granted]).await?;
+        }
+        if granted < records.len() {
+            return Err(crashed());
+        }
+        Ok(())
+    }
+    async fn read(&self, id: OperationId) -> Result<Vec<Record>, StoreError> {
+        self.inner.read(id).await
+    }
+    async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> {
+        self.inner.list_unfinished().await
+    }
+    async fn claim(
+        &self,
+        id: OperationId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.inner.claim(id, owner, ttl).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        self.inner.renew(lease, ttl).await
+    }
+    async fn release(&self, _lease: &Lease) -> Result<(), StoreError> {
+        Err(crashed())
+    }
+    async fn list_environment(
+        &self,
+        env: &str,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<OperationId>, StoreError> {
+        self.inner.list_environment(env, since, until).await
+    }
+    async fn append_log(&self, id: OperationId, lines: &[LogLine]) -> Result<(), StoreError> {
+        self.inner.append_log(id, lines).await
+    }
+    async fn read_log(&self, id: OperationId) -> Result<Vec<LogLine>, StoreError> {
+        self.inner.read_log(id).await
+    }
+    async fn purge_logs(&self, before: u64) -> Result<u64, StoreError> {
+        self.inner.purge_logs(before).await
+    }
+    async fn delete_environment(&self, env: &str) -> Result<u64, StoreError> {
+        self.inner.delete_environment(env).await
+    }
+}
