@@ -94,6 +94,9 @@ pub enum Error {
         /// Why.
         problem: String,
     },
+    /// A report could not be written.
+    #[error("cannot write the report: {0}")]
+    Report(String),
     /// The executor is shutting down and takes no new Operations.
     #[error("the executor is shutting down")]
     ShuttingDown,

@@ -47,6 +47,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod capture;
 mod error;
 mod executor;
 mod fold;
@@ -54,20 +55,28 @@ mod id;
 mod memory;
 mod oplog;
 mod record;
+mod report;
 mod retry;
 mod saga;
 mod step;
 mod store;
 
+pub use crate::capture::OperationLogLayer;
 pub use crate::error::{ContextError, Error, ErrorKind, Result, StepError, StoreError};
-pub use crate::executor::{Executor, ExecutorBuilder, FollowEvent, LogFollower, RecoveryReport};
+pub use crate::executor::{
+    Executor, ExecutorBuilder, FollowEvent, LogFollower, RecoveryReport, DEFAULT_LOG_RETENTION,
+};
 pub use crate::fold::{Compensation, Execution, OperationState, Phase, StepState};
 pub use crate::id::OperationId;
 pub use crate::memory::MemoryStore;
-pub use crate::oplog::{format_rfc3339_ms, LogLevel, LogLine, LogSource};
+pub use crate::oplog::{format_rfc3339_ms, render_log, LogLevel, LogLine, LogSource};
 pub use crate::record::{
     decode, encode, NotUndone, NotUndoneReason, Outcome, Record, RecordKind, Resource,
     RollbackCause, FORMAT_VERSION,
+};
+pub use crate::report::{
+    activity_report, iso_week_containing, neutralise_cell, weekly_activity_report,
+    write_activity_csv, ActivityRow, ACTIVITY_COLUMNS,
 };
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::{GroupBuilder, Saga, SagaBuilder, StepInfo};

@@ -111,9 +111,13 @@ mod tests {
 
 /// Where one Operation's log lines go while it runs: a buffer flushed to the store with every
 /// commit, and a broadcast channel that followers read live.
+///
+/// At most `limit` lines are kept per Operation: the line that reaches the limit is replaced by a
+/// visible truncation marker, and later lines are dropped, except the engine's final outcome line.
 #[derive(Debug)]
 pub(crate) struct LogSink {
     operation: OperationId,
+    limit: u64,
     inner: std::sync::Mutex<SinkInner>,
     live: tokio::sync::broadcast::Sender<LogLine>,
 }
@@ -121,18 +125,31 @@ pub(crate) struct LogSink {
 #[derive(Debug)]
 struct SinkInner {
     next_seq: u64,
+    truncated: bool,
     pending: Vec<LogLine>,
 }
 
 /// How many lines a follower may fall behind before it misses some (and is told how many).
 const FOLLOW_BUFFER: usize = 1024;
 
+/// The default bound on the lines kept per Operation.
+pub(crate) const DEFAULT_MAX_LINES: u64 = 10_000;
+
+/// The text of the truncation marker.
+pub(crate) const TRUNCATED: &str = "log truncated: later lines of this operation were dropped";
+
 impl LogSink {
-    pub(crate) fn new(operation: OperationId, next_seq: u64) -> Self {
+    pub(crate) fn new(operation: OperationId, next_seq: u64, limit: u64) -> Self {
         let (live, _) = tokio::sync::broadcast::channel(FOLLOW_BUFFER);
+        let limit = limit.max(2);
         LogSink {
             operation,
-            inner: std::sync::Mutex::new(SinkInner { next_seq, pending: Vec::new() }),
+            limit,
+            inner: std::sync::Mutex::new(SinkInner {
+                next_seq,
+                truncated: next_seq >= limit - 1,
+                pending: Vec::new(),
+            }),
             live,
         }
     }
@@ -146,6 +163,12 @@ impl LogSink {
         self.push(level, LogSource::Engine, step.map(str::to_owned), message);
     }
 
+    /// Adds the engine's final line, which the bound never drops.
+    pub(crate) fn final_line(&self, level: LogLevel, message: String) {
+        let mut inner = self.lock();
+        self.write(&mut inner, level, LogSource::Engine, None, message);
+    }
+
     /// Adds a line, sends it to live followers and queues it for the store.
     pub(crate) fn push(
         &self,
@@ -155,6 +178,25 @@ impl LogSink {
         message: String,
     ) {
         let mut inner = self.lock();
+        if inner.truncated {
+            return;
+        }
+        if inner.next_seq + 1 >= self.limit {
+            inner.truncated = true;
+            self.write(&mut inner, LogLevel::Warn, LogSource::Engine, None, TRUNCATED.into());
+            return;
+        }
+        self.write(&mut inner, level, source, step, message);
+    }
+
+    fn write(
+        &self,
+        inner: &mut SinkInner,
+        level: LogLevel,
+        source: LogSource,
+        step: Option<String>,
+        message: String,
+    ) {
         let line = LogLine {
             operation: self.operation,
             seq: inner.next_seq,
@@ -184,4 +226,14 @@ impl LogSink {
         let inner = self.lock();
         (self.live.subscribe(), inner.pending.clone())
     }
+}
+
+/// Renders log lines as text, one per line, as [`LogLine`]'s `Display` writes them.
+pub fn render_log(lines: &[LogLine]) -> String {
+    let mut out = String::new();
+    for line in lines {
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
 }

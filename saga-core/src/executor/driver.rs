@@ -61,6 +61,7 @@ pub(crate) struct Driver {
     info: Arc<OperationInfo>,
     outputs: Option<(usize, Arc<Outputs>)>,
     stopping: bool,
+    _capture: crate::capture::Registration,
 }
 
 impl Driver {
@@ -72,6 +73,8 @@ impl Driver {
         commands: mpsc::Receiver<Command>,
         log: Arc<LogSink>,
     ) -> Self {
+        let state_id = state.id;
+        let log_for_capture = log.clone();
         let info = Arc::new(OperationInfo {
             id: state.id,
             environment: state.environment.clone(),
@@ -94,6 +97,7 @@ impl Driver {
             info,
             outputs: None,
             stopping: false,
+            _capture: crate::capture::register(state_id, &log_for_capture),
         }
     }
 
@@ -308,19 +312,40 @@ impl Driver {
     fn schedule_retry(&mut self, step: &str, compensation: bool) {
         let Some(s) = self.state.step(step) else { return };
         let attempts = if compensation { s.compensation_attempts } else { s.attempts };
-        let delay = self.policy(step).delay(attempts);
+        let reason = match (&s.execution, &s.compensation) {
+            (_, crate::fold::Compensation::Retrying { error }) if compensation => error.clone(),
+            (Execution::Retrying { error }, _) => error.clone(),
+            _ => "an earlier attempt failed".to_owned(),
+        };
+        let policy = self.policy(step);
+        let delay = policy.delay(attempts);
         self.flight.waiting.insert(step.to_owned());
         let what = if compensation { "compensation of " } else { "" };
+        let bound = if !compensation && self.past_point_of_no_return(step) {
+            "past the point of no return".to_owned()
+        } else {
+            format!("attempt {} of {}", attempts + 1, policy.max_attempts)
+        };
         self.log.line(
-            LogLevel::Info,
+            LogLevel::Warn,
             Some(step),
-            format!("retrying {what}{step} in {:.1} s", delay.as_secs_f64()),
+            format!(
+                "retrying {what}{step} in {:.1} s ({bound}) because: {reason}",
+                delay.as_secs_f64()
+            ),
         );
         let step = step.to_owned();
         self.timers.push(Box::pin(async move {
             tokio::time::sleep(delay).await;
             Event::RetryDue { step }
         }));
+    }
+
+    /// Whether the step runs after the point of no return, so that its failures retry forward.
+    fn past_point_of_no_return(&self, step: &str) -> bool {
+        self.saga
+            .point_of_no_return_stage()
+            .is_some_and(|p| self.saga.stage_of(step).is_some_and(|stage| stage > p))
     }
 
     fn policy(&self, step: &str) -> crate::RetryPolicy {
@@ -341,8 +366,19 @@ impl Driver {
                 )
             }
         };
+        if let Outcome::RollbackIncomplete { not_undone, .. } = &outcome {
+            for item in not_undone {
+                if item.reason == crate::record::NotUndoneReason::Irreversible {
+                    self.log.line(
+                        LogLevel::Warn,
+                        Some(&item.step),
+                        format!("{} is irreversible and was not undone", item.step),
+                    );
+                }
+            }
+        }
         self.record(RecordKind::OperationFinished { outcome })?;
-        self.log.line(level, None, line);
+        self.log.final_line(level, line);
         Ok(())
     }
 

@@ -24,6 +24,10 @@ use crate::record::{Outcome, Record, RecordKind, Resource};
 use crate::saga::Saga;
 use crate::store::Store;
 
+/// How long per-Operation log lines are kept by default: 90 days. Activity (the records) is kept
+/// for the lifetime of the environment.
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
 /// Runs Operations of the sagas registered with it, over one store.
 ///
 /// Cloning is cheap; clones share the executor.
@@ -64,6 +68,7 @@ pub(crate) struct Shared {
     latest: HashMap<String, u32>,
     owner: String,
     pub(crate) lease_ttl: Duration,
+    max_log_lines: u64,
     permits: Arc<Semaphore>,
     running: Mutex<HashMap<OperationId, Handle>>,
     unrecoverable: Mutex<HashMap<OperationId, String>>,
@@ -105,6 +110,7 @@ pub struct ExecutorBuilder {
     owner: Option<String>,
     lease_ttl: Duration,
     max_running: usize,
+    max_log_lines: u64,
 }
 
 impl fmt::Debug for ExecutorBuilder {
@@ -139,6 +145,13 @@ impl ExecutorBuilder {
         self
     }
 
+    /// How many log lines are kept per Operation; the last one kept is a truncation marker, and
+    /// the final outcome line is always kept. Default 10,000.
+    pub fn max_log_lines(mut self, n: u64) -> Self {
+        self.max_log_lines = n;
+        self
+    }
+
     /// Builds the executor; a saga registered twice with one name and version is an error.
     pub fn build(self) -> Result<Executor> {
         let mut sagas = HashMap::new();
@@ -164,6 +177,7 @@ impl ExecutorBuilder {
                 latest,
                 owner,
                 lease_ttl: self.lease_ttl,
+                max_log_lines: self.max_log_lines,
                 permits: Arc::new(Semaphore::new(self.max_running)),
                 running: Mutex::new(HashMap::new()),
                 unrecoverable: Mutex::new(HashMap::new()),
@@ -187,6 +201,7 @@ impl Executor {
             owner: None,
             lease_ttl: Duration::from_secs(30),
             max_running: 10_000,
+            max_log_lines: crate::oplog::DEFAULT_MAX_LINES,
         }
     }
 
@@ -238,7 +253,7 @@ impl Executor {
         let lease =
             self.shared.store.create(&record, &self.shared.owner, self.shared.lease_ttl).await?;
         let state = OperationState::created(&record)?;
-        let log = Arc::new(LogSink::new(id, 0));
+        let log = Arc::new(LogSink::new(id, 0, self.shared.max_log_lines));
         log.line(
             LogLevel::Info,
             None,
@@ -375,7 +390,8 @@ impl Executor {
                 }
                 Err(cause) => {
                     let _ = self.shared.store.release(&lease).await;
-                    let sink = LogSink::new(id, self.next_log_seq(id).await);
+                    let sink =
+                        LogSink::new(id, self.next_log_seq(id).await, self.shared.max_log_lines);
                     sink.line(LogLevel::Error, None, format!("unrecoverable: {cause}"));
                     let _ = sink.flush(self.shared.store.as_ref()).await;
                     lock(&self.shared.unrecoverable).insert(id, cause.to_string());
@@ -418,7 +434,8 @@ impl Executor {
                 }
             }
         }
-        let log = Arc::new(LogSink::new(id, self.next_log_seq(id).await));
+        let log =
+            Arc::new(LogSink::new(id, self.next_log_seq(id).await, self.shared.max_log_lines));
         Ok((saga, state, log))
     }
 
@@ -433,6 +450,19 @@ impl Executor {
     pub async fn follow(&self, id: OperationId) -> Result<LogFollower> {
         let sink = lock(&self.shared.running).get(&id).map(|h| h.log.clone());
         follow::follow(self.shared.store.as_ref(), id, sink).await
+    }
+
+    /// Deletes the log lines older than `age` (see [`DEFAULT_LOG_RETENTION`]); records, and so
+    /// activity reports, stay. Returns how many lines went.
+    pub async fn purge_logs_older_than(&self, age: Duration) -> Result<u64> {
+        let cutoff = now_ms().saturating_sub(age.as_millis() as u64);
+        Ok(self.shared.store.purge_logs(cutoff).await?)
+    }
+
+    /// Deletes every Operation of an environment, with its activity and its log lines. Returns how
+    /// many Operations went.
+    pub async fn delete_environment(&self, environment: &str) -> Result<u64> {
+        Ok(self.shared.store.delete_environment(environment).await?)
     }
 
     /// Whether the Operation is running on this executor now.

@@ -6,6 +6,7 @@ mod support;
 mod cancel;
 mod crash;
 mod forward;
+mod logs;
 mod rollback;
 
 use std::sync::Arc;
