@@ -184,13 +184,14 @@ impl Driver {
         Ok(())
     }
 
-    /// Makes the queued records durable, then hands the log lines to the store and followers.
+    /// Hands the log lines to the store, then makes the queued records durable; the records'
+    /// durable write covers the lines written before it.
     async fn commit(&mut self) -> Result<(), Error> {
+        self.log.flush(self.shared.store.as_ref()).await?;
         if !self.pending.is_empty() {
             self.shared.store.append(&self.lease, &self.pending).await?;
             self.pending.clear();
         }
-        self.log.flush(self.shared.store.as_ref()).await?;
         Ok(())
     }
 

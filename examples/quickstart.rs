@@ -1,2 +1,0 @@
-//! Placeholder; replaced by the quickstart issue.
-fn main() {}

@@ -1,0 +1,117 @@
+//! The quickstart's command line, parsed by hand to need no dependency.
+
+use std::path::PathBuf;
+
+use saga_core::OperationId;
+
+use crate::steps::STEPS;
+
+/// What to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Recover, then run one new Operation.
+    Run(RunArgs),
+    /// Only recover and finish what is unfinished.
+    Resume { data: PathBuf },
+    /// Print one Operation's stored log.
+    Log { data: PathBuf, id: OperationId },
+    /// Print the activity report as CSV.
+    Report { data: PathBuf, since_ms: u64, until_ms: u64 },
+}
+
+/// The flags of a run.
+#[derive(Debug)]
+pub(crate) struct RunArgs {
+    pub(crate) data: PathBuf,
+    pub(crate) site: String,
+    pub(crate) fail_at: Option<String>,
+    pub(crate) crash_at: Option<String>,
+    pub(crate) cancel_after: Option<u64>,
+    pub(crate) warm_ms: u64,
+}
+
+/// The help text.
+pub(crate) fn usage() -> String {
+    format!(
+        "usage: quickstart [--data DIR] [--site NAME] [--fail-at STEP] [--crash-at STEP] \
+         [--cancel-after MS] [--warm-ms MS]\n       quickstart [--data DIR] resume\n       \
+         quickstart [--data DIR] log ID\n       quickstart [--data DIR] report [--since RFC3339] \
+         [--until RFC3339]\n\nDIR defaults to ./quickstart-data; NAME to demo; MS of --warm-ms to \
+         1200.\nSteps, in order: {}",
+        STEPS.join(", ")
+    )
+}
+
+/// Parses the arguments; `None` means help was asked for.
+pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Command>, String> {
+    let mut data = PathBuf::from("quickstart-data");
+    let mut run = RunArgs {
+        data: PathBuf::new(),
+        site: "demo".into(),
+        fail_at: None,
+        crash_at: None,
+        cancel_after: None,
+        warm_ms: 1200,
+    };
+    let mut since = None;
+    let mut until = None;
+    let mut positional = Vec::new();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--data" => data = PathBuf::from(value("--data")?),
+            "--site" => run.site = value("--site")?,
+            "--fail-at" => run.fail_at = Some(step(value("--fail-at")?)?),
+            "--crash-at" => run.crash_at = Some(step(value("--crash-at")?)?),
+            "--cancel-after" => {
+                run.cancel_after = Some(number("--cancel-after", &value("--cancel-after")?)?)
+            }
+            "--warm-ms" => run.warm_ms = number("--warm-ms", &value("--warm-ms")?)?,
+            "--since" => since = Some(time("--since", &value("--since")?)?),
+            "--until" => until = Some(time("--until", &value("--until")?)?),
+            flag if flag.starts_with('-') => {
+                return Err(format!("unknown flag {flag}\n{}", usage()))
+            }
+            _ => positional.push(arg),
+        }
+    }
+    let words: Vec<&str> = positional.iter().map(String::as_str).collect();
+    Ok(Some(match words.as_slice() {
+        [] => {
+            if run.site.is_empty() || run.site.contains(['/', '\\']) || run.site.starts_with('.') {
+                return Err(format!("--site {:?} is not a plain name", run.site));
+            }
+            run.data = data;
+            Command::Run(run)
+        }
+        ["resume"] => Command::Resume { data },
+        ["log", id] => Command::Log { data, id: id.parse().map_err(|e| format!("log: {e}"))? },
+        ["report"] => Command::Report {
+            data,
+            since_ms: since.unwrap_or(0),
+            until_ms: until.unwrap_or(u64::MAX),
+        },
+        _ => return Err(format!("unexpected arguments {positional:?}\n{}", usage())),
+    }))
+}
+
+fn step(name: String) -> Result<String, String> {
+    if STEPS.contains(&name.as_str()) {
+        Ok(name)
+    } else {
+        Err(format!("unknown step {name:?}; the steps are {}", STEPS.join(", ")))
+    }
+}
+
+fn number(flag: &str, text: &str) -> Result<u64, String> {
+    text.parse().map_err(|_| format!("{flag} takes a whole number of milliseconds, not {text:?}"))
+}
+
+fn time(flag: &str, text: &str) -> Result<u64, String> {
+    let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{flag} takes an RFC 3339 time such as 2026-11-27T00:00:00Z: {e}"))?;
+    u64::try_from(parsed.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| format!("{flag}: {text} is before 1970"))
+}
