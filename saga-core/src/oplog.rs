@@ -119,7 +119,6 @@ pub(crate) struct LogSink {
     operation: OperationId,
     limit: u64,
     inner: std::sync::Mutex<SinkInner>,
-    live: tokio::sync::broadcast::Sender<LogLine>,
 }
 
 #[derive(Debug)]
@@ -127,6 +126,8 @@ struct SinkInner {
     next_seq: u64,
     truncated: bool,
     pending: Vec<LogLine>,
+    /// Created by the first follower, so that an Operation nobody follows costs no buffer.
+    live: Option<tokio::sync::broadcast::Sender<LogLine>>,
 }
 
 /// How many lines a follower may fall behind before it misses some (and is told how many).
@@ -140,7 +141,6 @@ pub(crate) const TRUNCATED: &str = "log truncated: later lines of this operation
 
 impl LogSink {
     pub(crate) fn new(operation: OperationId, next_seq: u64, limit: u64) -> Self {
-        let (live, _) = tokio::sync::broadcast::channel(FOLLOW_BUFFER);
         let limit = limit.max(2);
         LogSink {
             operation,
@@ -149,8 +149,8 @@ impl LogSink {
                 next_seq,
                 truncated: next_seq >= limit - 1,
                 pending: Vec::new(),
+                live: None,
             }),
-            live,
         }
     }
 
@@ -207,8 +207,10 @@ impl LogSink {
             message,
         };
         inner.next_seq += 1;
-        // No follower is not an error.
-        let _ = self.live.send(line.clone());
+        if let Some(live) = &inner.live {
+            // No follower left is not an error.
+            let _ = live.send(line.clone());
+        }
         inner.pending.push(line);
     }
 
@@ -223,8 +225,12 @@ impl LogSink {
 
     /// A receiver of the lines written from now on, and the lines written but not yet flushed.
     pub(crate) fn subscribe(&self) -> (tokio::sync::broadcast::Receiver<LogLine>, Vec<LogLine>) {
-        let inner = self.lock();
-        (self.live.subscribe(), inner.pending.clone())
+        let mut inner = self.lock();
+        let live = inner
+            .live
+            .get_or_insert_with(|| tokio::sync::broadcast::channel(FOLLOW_BUFFER).0)
+            .subscribe();
+        (live, inner.pending.clone())
     }
 }
 

@@ -1,0 +1,134 @@
+//! Encoding of what the store keeps besides records (leases, log lines), and sled's errors.
+//!
+//! Records use [`saga_core::encode`]; leases and log lines use the same shape: the format version
+//! byte, then postcard.
+
+use serde::{Deserialize, Serialize};
+
+use saga_core::{Lease, LogLine, OperationId, StoreError, FORMAT_VERSION};
+
+/// A lease as stored (the Operation is the key).
+#[derive(Serialize, Deserialize)]
+struct StoredLease {
+    owner: String,
+    epoch: u64,
+    expires_ms: u64,
+}
+
+fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(value, vec![FORMAT_VERSION])
+        .map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
+}
+
+fn from_bytes<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+    place: &dyn Fn() -> String,
+) -> Result<T, StoreError> {
+    let corrupt = |problem: String| StoreError::Corrupt { place: place(), problem };
+    let (&version, body) = bytes.split_first().ok_or_else(|| corrupt("empty value".into()))?;
+    if version > FORMAT_VERSION {
+        return Err(StoreError::NewerFormat { found: version, supported: FORMAT_VERSION });
+    }
+    if version == 0 {
+        return Err(corrupt("format version 0 does not exist".into()));
+    }
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(corrupt(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
+}
+
+/// Encodes a lease.
+pub(crate) fn encode_lease(lease: &Lease) -> Result<Vec<u8>, StoreError> {
+    to_bytes(&StoredLease {
+        owner: lease.owner.clone(),
+        epoch: lease.epoch,
+        expires_ms: lease.expires_ms,
+    })
+}
+
+/// Decodes the lease of `operation`.
+pub(crate) fn decode_lease(bytes: &[u8], operation: OperationId) -> Result<Lease, StoreError> {
+    let stored: StoredLease = from_bytes(bytes, &|| format!("lease of operation {operation}"))?;
+    Ok(Lease { operation, owner: stored.owner, epoch: stored.epoch, expires_ms: stored.expires_ms })
+}
+
+/// Encodes a log line.
+pub(crate) fn encode_line(line: &LogLine) -> Result<Vec<u8>, StoreError> {
+    to_bytes(line)
+}
+
+/// Decodes log line `seq` of `operation`.
+pub(crate) fn decode_line(
+    bytes: &[u8],
+    operation: OperationId,
+    seq: u64,
+) -> Result<LogLine, StoreError> {
+    let place = || format!("log line {seq} of operation {operation}");
+    let line: LogLine = from_bytes(bytes, &place)?;
+    if line.operation != operation || line.seq != seq {
+        return Err(StoreError::Corrupt {
+            place: place(),
+            problem: format!("line is {} of operation {}", line.seq, line.operation),
+        });
+    }
+    Ok(line)
+}
+
+/// A sled error as a store error; `context` says what was being done.
+pub(crate) fn sled_error(context: &str, error: sled::Error) -> StoreError {
+    match error {
+        sled::Error::Io(source) => StoreError::Io { context: context.to_owned(), source },
+        sled::Error::Corruption { at, .. } => StoreError::Corrupt {
+            place: format!("sled log at {at:?}"),
+            problem: format!("sled found corruption while {context}"),
+        },
+        other => StoreError::Backend(format!("{context}: {other}")),
+    }
+}
+
+/// Maps a failed sled transaction whose closure only writes.
+pub(crate) fn transaction_error(
+    context: &str,
+    error: sled::transaction::TransactionError<StoreError>,
+) -> StoreError {
+    match error {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => sled_error(context, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use saga_core::{LogLevel, LogSource};
+
+    use super::*;
+
+    #[test]
+    fn leases_and_lines_round_trip_and_reject_bad_bytes() {
+        let id = OperationId::from_u128(5);
+        let lease = Lease { operation: id, owner: "a".into(), epoch: 3, expires_ms: 9 };
+        let bytes = encode_lease(&lease).expect("encodes");
+        assert_eq!(decode_lease(&bytes, id).expect("decodes"), lease);
+        for cut in 0..bytes.len() {
+            assert!(decode_lease(&bytes[..cut], id).is_err(), "cut at {cut}");
+        }
+
+        let line = LogLine {
+            operation: id,
+            seq: 2,
+            at_ms: 7,
+            level: LogLevel::Info,
+            source: LogSource::Engine,
+            step: Some("s".into()),
+            message: "hello".into(),
+        };
+        let bytes = encode_line(&line).expect("encodes");
+        assert_eq!(decode_line(&bytes, id, 2).expect("decodes"), line);
+        assert!(decode_line(&bytes, id, 3).is_err());
+        let mut newer = bytes.clone();
+        newer[0] = FORMAT_VERSION + 1;
+        assert!(matches!(decode_line(&newer, id, 2), Err(StoreError::NewerFormat { .. })));
+    }
+}

@@ -1,0 +1,67 @@
+//! The environment index: listing and deleting an environment's Operations.
+
+use saga_core::{OperationId, StoreError};
+
+use crate::codec::sled_error;
+use crate::keys;
+use crate::open::Trees;
+
+impl Trees {
+    /// Ids of `environment` created in `[since_ms, until_ms)`, in creation order.
+    pub(crate) fn list_environment(
+        &self,
+        environment: &str,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> Result<Vec<OperationId>, StoreError> {
+        if since_ms >= until_ms {
+            return Ok(Vec::new());
+        }
+        let from = keys::environment_bound(environment, since_ms);
+        let to = keys::environment_bound(environment, until_ms);
+        self.by_environment
+            .range(from..to)
+            .keys()
+            .map(|key| {
+                let key = key.map_err(|e| sled_error("reading the environment index", e))?;
+                keys::parse_environment_key(&key)
+            })
+            .collect()
+    }
+
+    /// Deletes every Operation of `environment`: records, unfinished mark, lease, log lines and
+    /// index entry, one Operation at a time (the index entry last, so that an interrupted delete
+    /// is finished by the next). Returns how many Operations went.
+    pub(crate) fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
+        let _writing = self.lock();
+        let entries: Vec<sled::IVec> = self
+            .by_environment
+            .scan_prefix(keys::environment_prefix(environment))
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| sled_error("reading the environment index", e))?;
+        let mut deleted = 0;
+        for index_key in entries {
+            let id = keys::parse_environment_key(&index_key)?;
+            self.remove_operation(id)?;
+            self.by_environment
+                .remove(&index_key)
+                .map_err(|e| sled_error("deleting an index entry", e))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    fn remove_operation(&self, id: OperationId) -> Result<(), StoreError> {
+        let op_key = keys::operation_key(id);
+        // The unfinished mark first, so that recovery never meets an Operation half deleted.
+        self.unfinished.remove(op_key).map_err(|e| sled_error("deleting a mark", e))?;
+        let mut records = sled::Batch::default();
+        for key in self.records.scan_prefix(op_key).keys() {
+            records.remove(key.map_err(|e| sled_error("reading records", e))?);
+        }
+        self.records.apply_batch(records).map_err(|e| sled_error("deleting records", e))?;
+        self.leases.remove(op_key).map_err(|e| sled_error("deleting a lease", e))?;
+        self.remove_log(id)
+    }
+}

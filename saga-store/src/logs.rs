@@ -1,0 +1,114 @@
+//! Operation log lines: append, read, purge by age.
+
+use sled::Transactional;
+
+use saga_core::{LogLine, OperationId, StoreError};
+
+use crate::codec::{decode_line, encode_line, sled_error, transaction_error};
+use crate::keys;
+use crate::open::Trees;
+
+/// How many time-index entries a purge handles per sled batch.
+const PURGE_CHUNK: usize = 1024;
+
+impl Trees {
+    /// Writes log lines and their time-index entries in one atomic write (not synced).
+    pub(crate) fn append_log(&self, id: OperationId, lines: &[LogLine]) -> Result<(), StoreError> {
+        let mut entries = Vec::with_capacity(lines.len());
+        for line in lines {
+            if line.operation != id {
+                return Err(StoreError::Backend(format!(
+                    "log line {} of operation {} appended to operation {id}",
+                    line.seq, line.operation
+                )));
+            }
+            entries.push((
+                keys::seq_key(id, line.seq),
+                keys::time_key(line.at_ms, id, line.seq),
+                encode_line(line)?,
+            ));
+        }
+        (&self.logs, &self.logs_by_time)
+            .transaction(|(logs, by_time)| {
+                for (key, time_key, bytes) in &entries {
+                    logs.insert(&key[..], bytes.as_slice())?;
+                    by_time.insert(&time_key[..], &[][..])?;
+                }
+                Ok(())
+            })
+            .map_err(|e| transaction_error("appending log lines", e))
+    }
+
+    /// The Operation's stored lines, in order.
+    pub(crate) fn read_log(&self, id: OperationId) -> Result<Vec<LogLine>, StoreError> {
+        self.logs
+            .scan_prefix(keys::operation_key(id))
+            .map(|entry| {
+                let (key, bytes) = entry.map_err(|e| sled_error("reading log lines", e))?;
+                let (_, seq) = keys::parse_seq_key(keys::LOGS, &key)?;
+                decode_line(&bytes, id, seq)
+            })
+            .collect()
+    }
+
+    /// Deletes the lines written before `before_ms`, walking the time index only up to there.
+    /// A line stored under the same key since (its Operation's lines restarted after a purge) is
+    /// kept. Returns how many lines went.
+    pub(crate) fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let mut purged = 0;
+        loop {
+            let chunk: Vec<sled::IVec> = self
+                .logs_by_time
+                .range(..before_ms.to_be_bytes())
+                .keys()
+                .take(PURGE_CHUNK)
+                .collect::<Result<_, _>>()
+                .map_err(|e| sled_error("reading the log time index", e))?;
+            if chunk.is_empty() {
+                return Ok(purged);
+            }
+            let mut lines = sled::Batch::default();
+            let mut times = sled::Batch::default();
+            for time_key in &chunk {
+                times.remove(time_key);
+                let Ok((id, seq)) = keys::parse_time_key(time_key) else {
+                    tracing::warn!(key = ?time_key, "dropping a malformed log time index key");
+                    continue;
+                };
+                let key = keys::seq_key(id, seq);
+                let stored = self.logs.get(key).map_err(|e| sled_error("reading a log line", e))?;
+                if let Some(bytes) = stored {
+                    let old = decode_line(&bytes, id, seq).map_or(true, |l| l.at_ms < before_ms);
+                    if old {
+                        lines.remove(&key[..]);
+                        purged += 1;
+                    }
+                }
+            }
+            self.logs.apply_batch(lines).map_err(|e| sled_error("purging log lines", e))?;
+            self.logs_by_time
+                .apply_batch(times)
+                .map_err(|e| sled_error("purging the log time index", e))?;
+        }
+    }
+
+    /// Removes every line of an Operation and their time-index entries.
+    pub(crate) fn remove_log(&self, id: OperationId) -> Result<(), StoreError> {
+        let mut lines = sled::Batch::default();
+        let mut times = sled::Batch::default();
+        for entry in self.logs.scan_prefix(keys::operation_key(id)) {
+            let (key, bytes) = entry.map_err(|e| sled_error("reading log lines", e))?;
+            if let Ok((_, seq)) = keys::parse_seq_key(keys::LOGS, &key) {
+                // An undecodable line leaves its time entry behind; the next purge drops it.
+                if let Ok(line) = decode_line(&bytes, id, seq) {
+                    times.remove(&keys::time_key(line.at_ms, id, seq)[..]);
+                }
+            }
+            lines.remove(key);
+        }
+        self.logs.apply_batch(lines).map_err(|e| sled_error("deleting log lines", e))?;
+        self.logs_by_time
+            .apply_batch(times)
+            .map_err(|e| sled_error("deleting the log time index", e))
+    }
+}

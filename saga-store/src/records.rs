@@ -1,0 +1,126 @@
+//! Records: create, append, read, and the unfinished list.
+
+use sled::Transactional;
+
+use saga_core::{
+    check_sequence, decode, encode, Lease, OperationId, Record, RecordKind, StoreError,
+};
+
+use crate::codec::{sled_error, transaction_error};
+use crate::keys;
+use crate::leases::now_ms;
+use crate::open::Trees;
+
+impl Trees {
+    /// Writes an Operation's first record, its unfinished mark, its index entry and its first
+    /// lease in one atomic write.
+    pub(crate) fn create(
+        &self,
+        record: &Record,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Lease, StoreError> {
+        let id = record.operation;
+        let RecordKind::OperationCreated { environment, .. } = &record.kind else {
+            return Err(StoreError::OutOfSequence { operation: id, expected: 0, got: record.seq });
+        };
+        check_sequence(id, 0, std::slice::from_ref(record))?;
+        let bytes = encode(record);
+        let index_key = keys::environment_key(environment, record.at_ms, id);
+        let _writing = self.lock();
+        if self.next_seq(id)?.is_some() {
+            return Err(StoreError::AlreadyExists(id));
+        }
+        let lease = Lease::claim_after(None, id, owner, ttl, now_ms())?;
+        let lease_bytes = crate::codec::encode_lease(&lease)?;
+        let op_key = keys::operation_key(id);
+        (&self.records, &self.unfinished, &self.by_environment, &self.leases)
+            .transaction(|(records, unfinished, index, leases)| {
+                records.insert(&keys::seq_key(id, 0)[..], bytes.as_slice())?;
+                unfinished.insert(&op_key[..], &[][..])?;
+                index.insert(index_key.as_slice(), &[][..])?;
+                leases.insert(&op_key[..], lease_bytes.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e| transaction_error("creating an operation", e))?;
+        Ok(lease)
+    }
+
+    /// Appends records after checking the lease and the sequence; an `OperationFinished` record
+    /// removes the unfinished mark in the same atomic write.
+    pub(crate) fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
+        let id = lease.operation;
+        let encoded: Vec<([u8; 24], Vec<u8>)> =
+            records.iter().map(|r| (keys::seq_key(id, r.seq), encode(r))).collect();
+        let finished =
+            records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
+        let _writing = self.lock();
+        lease.check_current(self.lease(id)?.as_ref())?;
+        let next = self.next_seq(id)?.ok_or(StoreError::NotFound(id))?;
+        check_sequence(id, next, records)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let op_key = keys::operation_key(id);
+        (&self.records, &self.unfinished)
+            .transaction(|(tree, unfinished)| {
+                for (key, bytes) in &encoded {
+                    tree.insert(&key[..], bytes.as_slice())?;
+                }
+                if finished {
+                    unfinished.remove(&op_key[..])?;
+                }
+                Ok(())
+            })
+            .map_err(|e| transaction_error("appending records", e))
+    }
+
+    /// The sequence number after the Operation's last record, or `None` if it has none.
+    pub(crate) fn next_seq(&self, id: OperationId) -> Result<Option<u64>, StoreError> {
+        let last = self.records.scan_prefix(keys::operation_key(id)).next_back();
+        match last {
+            None => Ok(None),
+            Some(entry) => {
+                let (key, _) = entry.map_err(|e| sled_error("reading records", e))?;
+                let (_, seq) = keys::parse_seq_key(keys::RECORDS, &key)?;
+                Ok(Some(seq.saturating_add(1)))
+            }
+        }
+    }
+
+    /// Every record of an Operation, in order, checked against its key and for gaps.
+    pub(crate) fn read(&self, id: OperationId) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.records.scan_prefix(keys::operation_key(id)) {
+            let (key, bytes) = entry.map_err(|e| sled_error("reading records", e))?;
+            let (_, seq) = keys::parse_seq_key(keys::RECORDS, &key)?;
+            let position = out.len() as u64;
+            let corrupt =
+                |problem: String| StoreError::CorruptRecord { operation: id, position, problem };
+            if seq != position {
+                return Err(corrupt(format!("missing; the next stored record is {seq}")));
+            }
+            let record = decode(&bytes, id, position)?;
+            if record.seq != position {
+                return Err(corrupt(format!("stored at {position} but numbered {}", record.seq)));
+            }
+            out.push(record);
+        }
+        if out.is_empty() {
+            return Err(StoreError::NotFound(id));
+        }
+        Ok(out)
+    }
+
+    /// The ids of the unfinished tree, in id order; finished Operations are never read.
+    pub(crate) fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> {
+        self.unfinished
+            .iter()
+            .keys()
+            .map(|key| {
+                let key = key.map_err(|e| sled_error("listing unfinished operations", e))?;
+                keys::parse_operation(keys::UNFINISHED, &key)
+            })
+            .collect()
+    }
+}

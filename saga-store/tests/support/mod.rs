@@ -1,0 +1,76 @@
+//! Helpers shared by the store tests: records to append and stores in temporary directories.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use saga_core::{Lease, OperationId, Outcome, Record, RecordKind, Resource, Store};
+use saga_store::SledStore;
+use tempfile::TempDir;
+
+/// A long lease.
+pub(crate) const TTL: Duration = Duration::from_secs(60);
+
+/// A temporary directory and the path of a store inside it (created on open).
+pub(crate) fn temp_store_path() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store");
+    (dir, path)
+}
+
+/// A synced store in a fresh temporary directory.
+pub(crate) fn open_temp() -> (TempDir, PathBuf, SledStore) {
+    let (dir, path) = temp_store_path();
+    let store = SledStore::open(&path).expect("opens");
+    (dir, path, store)
+}
+
+/// The `OperationCreated` record of `id` in `environment`, created at `at_ms`.
+pub(crate) fn created(id: OperationId, saga: &str, environment: &str, at_ms: u64) -> Record {
+    Record {
+        operation: id,
+        seq: 0,
+        at_ms,
+        kind: RecordKind::OperationCreated {
+            saga: saga.into(),
+            version: 1,
+            params: b"null".to_vec(),
+            environment: environment.into(),
+            resource: Resource::new("app", "web"),
+            actor: "tester".into(),
+        },
+    }
+}
+
+/// A record of `id` at `seq`.
+pub(crate) fn record(id: OperationId, seq: u64, kind: RecordKind) -> Record {
+    Record { operation: id, seq, at_ms: 1_000 + seq, kind }
+}
+
+/// `StepStarted` of `step`, attempt 1.
+pub(crate) fn started(id: OperationId, seq: u64, step: &str) -> Record {
+    record(id, seq, RecordKind::StepStarted { step: step.into(), attempt: 1 })
+}
+
+/// `StepSucceeded` of `step` with a JSON output.
+pub(crate) fn succeeded(id: OperationId, seq: u64, step: &str, output: &[u8]) -> Record {
+    record(id, seq, RecordKind::StepSucceeded { step: step.into(), output: output.to_vec() })
+}
+
+/// `OperationFinished` with success.
+pub(crate) fn finished(id: OperationId, seq: u64) -> Record {
+    record(id, seq, RecordKind::OperationFinished { outcome: Outcome::Succeeded })
+}
+
+/// Creates an Operation of `environment` at `at_ms` and returns its id and lease.
+pub(crate) async fn create(
+    store: &dyn Store,
+    environment: &str,
+    at_ms: u64,
+) -> (OperationId, Lease) {
+    let id = OperationId::new();
+    let lease =
+        store.create(&created(id, "s", environment, at_ms), "me", TTL).await.expect("creates");
+    (id, lease)
+}
