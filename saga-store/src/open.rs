@@ -31,7 +31,10 @@ pub(crate) struct Trees {
 /// wrote. Blocks.
 pub(crate) fn open(path: &Path) -> Result<Trees, StoreError> {
     let created = !path.exists();
-    let db = sled::Config::new().path(path).open().map_err(|e| open_error(path, e))?;
+    // sled's own periodic flusher is off: the store's flusher does every flush (and the fdatasync
+    // after it), and sled's thread would keep the file, and its lock, open for up to its period
+    // after the store is dropped.
+    let db = open_db(path)?;
     if created {
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
@@ -86,6 +89,26 @@ fn check_version(
 }
 
 /// sled 0.34 reports a held `flock` as an `Other` I/O error "could not acquire lock on ...".
+/// How long opening waits for the file lock. sled's short-lived write threads can keep the file of
+/// a store just dropped in this process open for a moment; another process holding the store is
+/// still reported as [`StoreError::Locked`] after this wait, never a hang.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // sled's own periodic flusher is off: the store's flusher does every flush (and the
+        // fdatasync after it), and sled's thread would keep the file open after a drop.
+        let opened = sled::Config::new().path(path).flush_every_ms(None).open();
+        match opened.map_err(|e| open_error(path, e)) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn open_error(path: &Path, error: sled::Error) -> StoreError {
     match error {
         sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
