@@ -127,7 +127,9 @@ impl ExecutorBuilder {
         self
     }
 
-    /// The executor's name in leases. The default is unique per executor.
+    /// The executor's name in leases. Give every executor that shares a store its own name, and
+    /// keep it across restarts: a restarted executor reclaims its own Operations at once, while
+    /// another name has to wait for their leases to expire. The default is the host's name.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self
@@ -167,9 +169,7 @@ impl ExecutorBuilder {
                 });
             }
         }
-        let owner = self.owner.unwrap_or_else(|| {
-            format!("executor-{}-{:08x}", std::process::id(), fastrand::u32(..))
-        });
+        let owner = self.owner.unwrap_or_else(default_owner);
         Ok(Executor {
             shared: Arc::new(Shared {
                 store: self.store,
@@ -477,6 +477,16 @@ impl Executor {
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
     }
+}
+
+/// The host's name (`HOSTNAME`, or `/etc/hostname`), stable across restarts.
+fn default_owner() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "executor".to_owned())
 }
 
 fn describe(state: &OperationState) -> String {
