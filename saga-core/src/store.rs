@@ -39,6 +39,9 @@ pub struct Lease {
 /// - **Leases.** `create` grants the creator the first lease. [`claim`](Store::claim) succeeds when
 ///   no lease is held, when it expired, or when the caller already holds it, and always grants a
 ///   higher epoch. `append` with a lease that is not current fails with [`StoreError::Fenced`].
+///   A store that only one process opens may keep lease changes in memory until its next durable
+///   write (a lease lost in a crash belonged to the executor that crashed); a store shared by
+///   several processes must make `claim` durable before it returns, or epochs could repeat.
 /// - **Unfinished.** [`list_unfinished`](Store::list_unfinished) lists Operations without an
 ///   `OperationFinished` record, without reading finished ones; an append of `OperationFinished`
 ///   removes the Operation from that list in the same durable write.
