@@ -52,6 +52,7 @@ mod error;
 mod executor;
 mod fold;
 mod id;
+mod input;
 mod memory;
 mod oplog;
 mod record;
@@ -68,6 +69,7 @@ pub use crate::executor::{
 };
 pub use crate::fold::{Compensation, Execution, OperationState, Phase, StepState};
 pub use crate::id::OperationId;
+pub use crate::input::Input;
 pub use crate::memory::MemoryStore;
 pub use crate::oplog::{format_rfc3339_ms, render_log, LogLevel, LogLine, LogSource};
 pub use crate::record::{

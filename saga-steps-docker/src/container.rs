@@ -9,7 +9,7 @@ use saga_core::{async_trait, Executed, Step, StepContext, StepError, StepKind};
 use serde::{Deserialize, Serialize};
 
 use crate::classify::{docker_error, status_code};
-use crate::input::Input;
+use saga_core::Input;
 
 /// The label that [`CreateContainer`] puts on the containers it creates: the step's idempotency
 /// key (Operation id and step name), so that a retry recognises its own container.

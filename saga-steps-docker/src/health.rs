@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::container::inspect;
 use crate::http::http_get_status;
-use crate::input::Input;
+use saga_core::Input;
 
 /// How [`WaitHealthy`] tells that a container is healthy.
 #[derive(Clone, Debug, PartialEq, Eq)]

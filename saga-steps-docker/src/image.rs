@@ -12,7 +12,7 @@ use saga_core::{async_trait, ErrorKind, Executed, RetryPolicy, Step, StepContext
 use serde::{Deserialize, Serialize};
 
 use crate::classify::{classify, describe, docker_error, status_code};
-use crate::input::Input;
+use saga_core::Input;
 
 /// The repository of the marker tags that record which Operation step pulled an image.
 pub const PULL_MARKER_REPOSITORY: &str = "saga-pulled";

@@ -58,7 +58,6 @@ mod container;
 mod health;
 mod http;
 mod image;
-mod input;
 mod lifecycle;
 
 pub use crate::classify::{classify, docker_error};
@@ -68,5 +67,5 @@ pub use crate::container::{
 };
 pub use crate::health::{HealthProbe, Healthy, WaitHealthy};
 pub use crate::image::{PullImage, PulledImage, SkippedRegistry, PULL_MARKER_REPOSITORY};
-pub use crate::input::Input;
 pub use crate::lifecycle::{StartContainer, StartedContainer, StopContainer, StoppedContainer};
+pub use saga_core::Input;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::{docker_error, status_code};
 use crate::container::inspect;
-use crate::input::Input;
+use saga_core::Input;
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
