@@ -348,8 +348,13 @@ impl OperationState {
                 };
             }
             RecordKind::OperationFinished { outcome } => {
+                // While rolling back, an execute still "running" is one whose outcome a crash lost
+                // (the executor waits for the executes it runs before finishing); it was
+                // compensated with `Executed::Unknown`. A running compensation is always illegal.
+                let rolling_back = self.phase() == Phase::RollingBack;
                 if let Some(s) = self.steps.iter().find(|s| {
-                    s.execution == Execution::Running || s.compensation == Compensation::Running
+                    (s.execution == Execution::Running && !rolling_back)
+                        || s.compensation == Compensation::Running
                 }) {
                     return Err(illegal(format!(
                         "operation finished while step {} was running",
@@ -458,6 +463,34 @@ mod tests {
         assert_eq!(state.phase(), Phase::RollingBack);
         assert_eq!(state.step("b").map(|s| s.completed_seq), Some(Some(4)));
         assert_eq!(state.next_seq, 7);
+    }
+
+    #[test]
+    fn a_rollback_may_finish_with_an_execute_outcome_lost_in_a_crash() {
+        let log = vec![
+            created(),
+            started(1, "a", 1),
+            rec(2, RecordKind::CancelRequested { actor: "a".into(), reason: "r".into() }),
+            rec(3, RecordKind::CompensationStarted { step: "a".into(), attempt: 1 }),
+            rec(4, RecordKind::CompensationSucceeded { step: "a".into() }),
+            rec(
+                5,
+                RecordKind::OperationFinished {
+                    outcome: Outcome::RolledBack {
+                        cause: RollbackCause::Cancelled { actor: "a".into(), reason: "r".into() },
+                    },
+                },
+            ),
+        ];
+        let state = OperationState::fold(OperationId::from_u128(1), &log).expect("legal");
+        assert_eq!(state.phase(), Phase::Finished);
+        // Going forward, a step without an outcome cannot finish the Operation.
+        let forward = vec![
+            created(),
+            started(1, "a", 1),
+            rec(2, RecordKind::OperationFinished { outcome: Outcome::Succeeded }),
+        ];
+        assert!(OperationState::fold(OperationId::from_u128(1), &forward).is_err());
     }
 
     #[test]

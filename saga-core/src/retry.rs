@@ -8,7 +8,9 @@ use std::time::Duration;
 /// `max_delay`, then scaled by a random factor in `[0.5, 1.0]` (jitter) so that Operations failing
 /// together do not retry together. Retries stop when `max_attempts` attempts have run or when the
 /// first attempt started more than `max_elapsed` ago; both are measured from the log, so they hold
-/// across crashes.
+/// across crashes. One exception: an attempt whose outcome a crash lost is run again even when it
+/// was the last one allowed, since it may never have run; a crash then ends as the uninterrupted
+/// run would have, had that attempt succeeded.
 ///
 /// ```
 /// use std::time::Duration;
