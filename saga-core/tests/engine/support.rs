@@ -1,14 +1,13 @@
 //! Test steps that record what they do in a shared world, and a store that "crashes".
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use saga_core::{
-    async_trait, Executed, Lease, LogLine, MemoryStore, OperationId, Record, RetryPolicy, Step,
-    StepContext, StepError, StepKind, Store, StoreError,
-};
+use saga_core::{async_trait, Executed, RetryPolicy, Step, StepContext, StepError, StepKind};
+/// The store that "crashes" after a number of records, from the testkit users get.
+pub use saga_testkit::CrashingStore;
 
 /// What the steps did: an ordered journal and the set of effects in place now.
 #[derive(Clone, Debug, Default)]
@@ -171,97 +170,5 @@ impl Step for TestStep {
 
     fn retry_policy(&self) -> RetryPolicy {
         self.retry.clone()
-    }
-}
-
-/// A store that stops accepting records after `budget` of them, as if the process died right
-/// after the last one became durable. Reads go through.
-pub struct CrashingStore {
-    pub inner: Arc<MemoryStore>,
-    budget: AtomicU64,
-}
-
-impl CrashingStore {
-    pub fn new(inner: Arc<MemoryStore>, budget: u64) -> Self {
-        CrashingStore { inner, budget: AtomicU64::new(budget) }
-    }
-
-    /// Takes up to `n` from the budget; returns how many were granted.
-    fn take(&self, n: u64) -> u64 {
-        let mut granted = 0;
-        let _ = self.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-            granted = left.min(n);
-            Some(left - granted)
-        });
-        granted
-    }
-}
-
-fn crashed() -> StoreError {
-    StoreError::Unavailable("crashed".into())
-}
-
-#[async_trait]
-impl Store for CrashingStore {
-    async fn create(
-        &self,
-        record: &Record,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        if self.take(1) == 0 {
-            return Err(crashed());
-        }
-        self.inner.create(record, owner, ttl).await
-    }
-    async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
-        let granted = self.take(records.len() as u64) as usize;
-        if granted > 0 {
-            self.inner.append(lease, &records[..granted]).await?;
-        }
-        if granted < records.len() {
-            return Err(crashed());
-        }
-        Ok(())
-    }
-    async fn read(&self, id: OperationId) -> Result<Vec<Record>, StoreError> {
-        self.inner.read(id).await
-    }
-    async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> {
-        self.inner.list_unfinished().await
-    }
-    async fn claim(
-        &self,
-        id: OperationId,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.inner.claim(id, owner, ttl).await
-    }
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
-        self.inner.renew(lease, ttl).await
-    }
-    async fn release(&self, _lease: &Lease) -> Result<(), StoreError> {
-        Err(crashed())
-    }
-    async fn list_environment(
-        &self,
-        env: &str,
-        since: u64,
-        until: u64,
-    ) -> Result<Vec<OperationId>, StoreError> {
-        self.inner.list_environment(env, since, until).await
-    }
-    async fn append_log(&self, id: OperationId, lines: &[LogLine]) -> Result<(), StoreError> {
-        self.inner.append_log(id, lines).await
-    }
-    async fn read_log(&self, id: OperationId) -> Result<Vec<LogLine>, StoreError> {
-        self.inner.read_log(id).await
-    }
-    async fn purge_logs(&self, before: u64) -> Result<u64, StoreError> {
-        self.inner.purge_logs(before).await
-    }
-    async fn delete_environment(&self, env: &str) -> Result<u64, StoreError> {
-        self.inner.delete_environment(env).await
     }
 }
