@@ -35,7 +35,9 @@ fn normalise(stdout: &str, data: &Path) -> String {
         .lines()
         .map(|line| {
             let line = match line.split_once(' ') {
-                Some((time, rest)) if time.len() == 24 && time.ends_with('Z') => format!("<time> {rest}"),
+                Some((time, rest)) if time.len() == 24 && time.ends_with('Z') => {
+                    format!("<time> {rest}")
+                }
                 _ => line.to_owned(),
             };
             line.replace(&id, "<id>").replace(&data.display().to_string(), "<data>")
@@ -64,7 +66,10 @@ fn a_plain_run_prints_the_golden_output() {
     let report = run(&["--data", data.to_str().unwrap(), "report"]);
     let csv = String::from_utf8(report.stdout).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
-    assert!(csv.lines().nth(1).unwrap().contains(",provision-site,succeeded,site,demo,tester,"), "{csv}");
+    assert!(
+        csv.lines().nth(1).unwrap().contains(",provision-site,succeeded,site,demo,tester,"),
+        "{csv}"
+    );
 }
 
 #[test]
@@ -73,7 +78,8 @@ fn bad_flags_are_errors_that_say_what() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown step \"nope\""));
     let out = run(&["--help"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("create-site, write-config, migrate, warm-cache, publish"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("create-site, write-config, migrate, warm-cache, publish"));
 }
 
 fn site_of(state: &OperationState) -> String {
@@ -83,7 +89,10 @@ fn site_of(state: &OperationState) -> String {
 
 #[test]
 fn runs_killed_at_random_instants_resume_to_one_outcome_that_the_world_matches() {
-    let seed = std::env::var("SAGA_KILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    let seed = std::env::var("SAGA_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
     println!("seed {seed} (set SAGA_KILL_SEED to replay)");
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -93,13 +102,21 @@ fn runs_killed_at_random_instants_resume_to_one_outcome_that_the_world_matches()
     let runs = 50;
     for i in 0..runs {
         let site = format!("s{i}");
-        let mut args = vec!["--data".to_owned(), data_arg.clone(), "--site".into(), site, "--warm-ms".into(), "300".into()];
+        let mut args = vec![
+            "--data".to_owned(),
+            data_arg.clone(),
+            "--site".into(),
+            site,
+            "--warm-ms".into(),
+            "300".into(),
+        ];
         match rng.u8(0..3) {
             0 => {}
             1 => args.extend(["--fail-at".into(), steps[rng.usize(0..steps.len())].into()]),
             _ => args.extend(["--cancel-after".into(), rng.u64(0..400).to_string()]),
         }
-        let mut child = quickstart().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child =
+            quickstart().args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(rng.u64(0..700)));
         // SIGKILL: no destructor, no flush, nothing runs after it.
         let _ = child.kill();
@@ -122,7 +139,10 @@ fn runs_killed_at_random_instants_resume_to_one_outcome_that_the_world_matches()
     let mut outcomes = std::collections::BTreeMap::new();
     for id in ids {
         let records = runtime.block_on(store.read(id)).unwrap();
-        let finished = records.iter().filter(|r| matches!(r.kind, RecordKind::OperationFinished { .. })).count();
+        let finished = records
+            .iter()
+            .filter(|r| matches!(r.kind, RecordKind::OperationFinished { .. }))
+            .count();
         assert_eq!(finished, 1, "operation {id} has {finished} outcomes");
         let state = OperationState::fold(id, &records).unwrap();
         let site = site_of(&state);
@@ -133,18 +153,30 @@ fn runs_killed_at_random_instants_resume_to_one_outcome_that_the_world_matches()
         let migrated = migrations.lines().any(|l| l.starts_with(&format!("{site} ")));
         match &outcome {
             Outcome::Succeeded => {
-                assert_eq!(std::fs::read_link(&public).unwrap(), PathBuf::from("../sites").join(&site));
+                assert_eq!(
+                    std::fs::read_link(&public).unwrap(),
+                    PathBuf::from("../sites").join(&site)
+                );
                 assert!(dir.join("config.json").is_file(), "{site}");
                 assert_eq!(std::fs::read_dir(dir.join("cache")).unwrap().count(), 6, "{site}");
                 assert!(migrated, "{site}");
             }
             Outcome::RolledBack { .. } => {
-                assert!(!dir.exists() && public.symlink_metadata().is_err(), "{site}: rolled back but left files");
+                assert!(
+                    !dir.exists() && public.symlink_metadata().is_err(),
+                    "{site}: rolled back but left files"
+                );
                 assert!(!migrated, "{site}: rolled back but migrated");
             }
             Outcome::RollbackIncomplete { not_undone, .. } => {
-                assert_eq!(not_undone, &[NotUndone { step: "migrate".into(), reason: NotUndoneReason::Irreversible }]);
-                assert!(!dir.exists() && public.symlink_metadata().is_err(), "{site}: left more than it names");
+                assert_eq!(
+                    not_undone,
+                    &[NotUndone { step: "migrate".into(), reason: NotUndoneReason::Irreversible }]
+                );
+                assert!(
+                    !dir.exists() && public.symlink_metadata().is_err(),
+                    "{site}: left more than it names"
+                );
             }
         }
         sites.push(site);
