@@ -7,9 +7,15 @@
 //! completion) if it had failed or been cancelled. The log is the only source of truth: an
 //! Operation's state is [`OperationState::fold`] of its [`Record`]s.
 //!
-//! Main types: [`Step`] (with [`StepContext`], [`StepKind`], [`RetryPolicy`], [`StepError`]),
-//! [`Saga`] (built with [`Saga::builder`]), [`Executor`], [`Store`] (with [`MemoryStore`] here and
-//! a durable sled store in the `saga-store` crate), [`Record`], [`Outcome`].
+//! Main types: [`Step`] (with [`StepContext`], [`StepKind`], [`RetryPolicy`], [`StepError`] and
+//! [`Input`] for what a step acts on), [`Saga`] (built with [`Saga::builder`]), [`Executor`],
+//! [`Store`] (with [`MemoryStore`] here and a durable sled store in the `saga-store` crate),
+//! [`Record`], [`OperationState`], [`Outcome`].
+//!
+//! Each Operation has a log: the engine's own lines for every transition and the `tracing` events
+//! its steps emit, captured by [`OperationLogLayer`]; read it with [`Executor::log`] or follow it
+//! live with [`Executor::follow`]. [`activity_report`] lists the Operations of an environment over
+//! a period, and [`write_activity_csv`] writes them as RFC 4180 CSV.
 //!
 //! ```
 //! use std::sync::Arc;
