@@ -101,6 +101,27 @@ impl Driver {
         }
     }
 
+    /// Waits for a place among the Operations allowed to run at once, answering commands (a cancel
+    /// is recorded at once) meanwhile. `None` when the executor shuts down or the store fails first.
+    pub(crate) async fn queue(
+        &mut self,
+        permits: Arc<tokio::sync::Semaphore>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let acquire = permits.acquire_owned();
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return permit.ok(),
+                _ = self.shared.shutdown.cancelled() => return None,
+                Some(command) = self.commands.recv() => {
+                    if self.on_command(command).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs the Operation until it finishes, the executor shuts down, or the store fails.
     pub(crate) async fn run(mut self) -> Exit {
         let exit = match self.drive().await {

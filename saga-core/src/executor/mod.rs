@@ -278,10 +278,8 @@ impl Executor {
         let shared = self.shared.clone();
         let driver = Driver::new(shared.clone(), saga, state, lease, commands_rx, log);
         self.shared.tasks.spawn(async move {
-            let permit = tokio::select! {
-                permit = shared.permits.clone().acquire_owned() => permit.ok(),
-                _ = shared.shutdown.cancelled() => None,
-            };
+            let mut driver = driver;
+            let permit = driver.queue(shared.permits.clone()).await;
             let exit = match permit {
                 Some(_permit) => driver.run().await,
                 None => {

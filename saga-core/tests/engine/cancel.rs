@@ -137,3 +137,30 @@ async fn a_cancel_during_a_retry_wait_rolls_back_without_another_attempt() {
     assert_eq!(world.journal().iter().filter(|e| e.starts_with("execute flaky")).count(), 1);
     assert_eq!(world.compensated(), ["flaky", "a"]);
 }
+
+#[tokio::test]
+async fn a_queued_operation_can_be_cancelled_at_once_and_never_starts() {
+    let world = World::default();
+    let saga = Saga::builder("s", 1)
+        .step("slow", TestStep::new("slow", &world).slow(Duration::from_millis(500)))
+        .build()
+        .unwrap();
+    let executor = saga_core::Executor::builder(std::sync::Arc::new(saga_core::MemoryStore::new()))
+        .saga(saga)
+        .max_running(1)
+        .build()
+        .unwrap();
+    let running = crate::start(&executor, "s").await;
+    let queued = crate::start(&executor, "s").await;
+    wait_until_started(&executor, running, "slow").await;
+    let asked = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_millis(200), executor.cancel(queued, "ops", "not needed"))
+        .await
+        .expect("cancel of a queued Operation answers at once")
+        .unwrap();
+    assert!(asked.elapsed() < Duration::from_millis(200));
+    let outcome = executor.wait(queued).await.unwrap();
+    assert_eq!(outcome.status(), "rolled back");
+    assert!(executor.status(queued).await.unwrap().steps.is_empty(), "nothing of it ran");
+    assert_eq!(executor.wait(running).await.unwrap(), Outcome::Succeeded);
+}
