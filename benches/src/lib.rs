@@ -1,1 +1,25 @@
-//! Shared helpers for the benchmarks.
+//! Shared helpers of the saga engine's benchmarks: the no-op workload of N steps on the engine
+//! ([`engine`]), the raw `write` + `fdatasync` baseline ([`raw`]), the same workload on the peers
+//! Oxide's steno ([`steno_peer`]) and Microsoft's duroxide ([`duroxide_peer`]), stores filled
+//! through the `Store` API ([`fixtures`]) and how the figures are read back ([`figures`]).
+//!
+//! The benches themselves are in `benches/*.rs`; `benches/run.sh` runs them all and prints the
+//! table of `BENCHMARKS.md`.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod duroxide_peer;
+pub mod engine;
+pub mod figures;
+pub mod fixtures;
+pub mod raw;
+pub mod steno_peer;
+
+/// A multi-threaded tokio runtime with one worker per core (2 on the reference machine), as an
+/// embedding control plane would run.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime")
+}

@@ -1,0 +1,227 @@
+//! Figures that criterion does not time well, printed and saved for `bench-summary`
+//! (`target/criterion/saga-scale.json`), each the median of a few runs:
+//!
+//! - `memory`: resident memory per in-flight Operation with 100,000 in flight at once (each
+//!   waiting in its first step), from `VmRSS` before and after, on `MemoryStore` (so the figure
+//!   includes the store's copy of the records and log lines: an upper bound of the engine's own).
+//! - `recover`: `recover()` over 10,000 unfinished Operations on the durable sled store, each
+//!   stopped after its first step (the resumed Operations run while `recover()` goes on, as they
+//!   would in production; they are then stopped by `shutdown()`).
+//! - `log size`: bytes on disk per record (step transition) after 1,000 Operations of 10 steps
+//!   on the durable sled store; steno (sled `SecStore` of this package) and duroxide (SQLite
+//!   file) per step, for comparison.
+//! - `syncs`: flush-and-fdatasync rounds per step, alone and with 1,000 in flight.
+//! - duroxide on the concurrent workloads (1,000 x 10 steps, SQLite on a file and on tmpfs),
+//!   once each: a run takes tens of seconds here, too long for criterion's samples.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use saga_benches::figures::{disk_usage, read_scale, rss_bytes, write_scale};
+use saga_benches::{duroxide_peer, engine, fixtures, runtime, steno_peer};
+use saga_core::{
+    async_trait, Executor, MemoryStore, Resource, Saga, Step, StepContext, StepError, Store,
+};
+use saga_store::SledStore;
+use tokio::sync::watch;
+
+/// A step that waits until its gate opens, counting the Operations that reached it.
+struct Gate {
+    open: watch::Receiver<bool>,
+    entered: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Step for Gate {
+    type Output = ();
+
+    async fn execute(&self, _ctx: &StepContext) -> Result<(), StepError> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.clone();
+        let _ = open.wait_for(|open| *open).await;
+        Ok(())
+    }
+}
+
+/// Prints how many duroxide orchestrations failed, and the first failure.
+fn report_failures(failures: &[String]) {
+    if let Some(first) = failures.first() {
+        println!("duroxide: {} orchestrations failed, the first with: {first}", failures.len());
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Bytes of resident memory per Operation with `n` in flight on `store`.
+async fn memory_per_operation(store: Arc<dyn Store>, n: usize) -> f64 {
+    let (open_tx, open) = watch::channel(false);
+    let entered = Arc::new(AtomicUsize::new(0));
+    let saga = Saga::builder("gate", 1)
+        .step("gate", Gate { open, entered: entered.clone() })
+        .step("after", engine::Noop)
+        .build()
+        .expect("the gate saga is valid");
+    let executor = Executor::builder(store)
+        .owner("bench")
+        .max_running(n)
+        .saga(saga)
+        .build()
+        .expect("building the executor");
+    let mut ids = Vec::with_capacity(n);
+    let before = rss_bytes();
+    let mut starts = tokio::task::JoinSet::new();
+    for chunk in 0..64 {
+        let executor = executor.clone();
+        starts.spawn(async move {
+            let mut ids = Vec::new();
+            for _ in (chunk..n).step_by(64) {
+                let id = executor
+                    .start("gate", &(), "bench", Resource::new("app", "web"), "bench")
+                    .await
+                    .expect("starting an operation");
+                ids.push(id);
+            }
+            ids
+        });
+    }
+    while let Some(started) = starts.join_next().await {
+        ids.extend(started.expect("a start task panicked"));
+    }
+    while entered.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = rss_bytes();
+    open_tx.send_replace(true);
+    for id in ids {
+        executor.wait(id).await.expect("waiting for an operation");
+    }
+    executor.shutdown().await;
+    (after.saturating_sub(before)) as f64 / n as f64
+}
+
+/// Seconds that `recover()` takes over `n` unfinished Operations.
+async fn recover(n: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("store");
+    {
+        let store = SledStore::open_without_fsync(&path).expect("opening the store");
+        fixtures::fill_unfinished(Arc::new(store), n).await;
+    }
+    let store = Arc::new(SledStore::open(&path).expect("reopening the store durably"));
+    let executor = engine::executor(store, 10, 10_000);
+    let started = Instant::now();
+    let report = executor.recover().await.expect("recovering");
+    let recovered = started.elapsed().as_secs_f64();
+    assert_eq!(report.resumed.len(), n, "every unfinished operation resumes");
+    executor.shutdown().await;
+    recovered
+}
+
+fn main() {
+    // `cargo bench` passes `--bench` and maybe filters: with filters, only the sections whose
+    // name contains one run (`memory`, `recover`, `log`, `duroxide`), and the figures are merged
+    // into those saved before.
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let runs = |section: &str| filters.is_empty() || filters.iter().any(|f| section.contains(f));
+    let rt = runtime();
+    let mut figures = if filters.is_empty() { BTreeMap::new() } else { read_scale() };
+    let mut put = |name: &str, value: f64| {
+        println!("{name:<48} {value:>14.3}");
+        figures.insert(name.to_owned(), value);
+    };
+
+    if runs("memory") {
+        const IN_FLIGHT: usize = 100_000;
+        let memory = rt.block_on(memory_per_operation(Arc::new(MemoryStore::new()), IN_FLIGHT));
+        put("memory_bytes_per_inflight_op_memorystore", memory);
+    }
+
+    // recover() over 10,000 unfinished Operations.
+    if runs("recover") {
+        let times: Vec<f64> = (0..3).map(|_| rt.block_on(recover(10_000))).collect();
+        put("recover_10k_seconds", median(times));
+    }
+
+    // Log size and syncs.
+    const OPERATIONS: usize = 1_000;
+    const STEPS: usize = 10;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    if runs("log") {
+        let path = dir.path().join("saga");
+        {
+            let store = Arc::new(SledStore::open(&path).expect("opening the store"));
+            let executor = engine::executor(store.clone(), STEPS, 10_000);
+            let before = store.sync_count();
+            rt.block_on(engine::run_one(&executor));
+            put(
+                "syncs_per_step_alone_10_steps",
+                (store.sync_count() - before) as f64 / STEPS as f64,
+            );
+            let before = store.sync_count();
+            rt.block_on(engine::run_many(&executor, OPERATIONS - 1));
+            put(
+                "syncs_per_step_1000_in_flight",
+                (store.sync_count() - before) as f64 / ((OPERATIONS - 1) * STEPS) as f64,
+            );
+            rt.block_on(executor.shutdown());
+        }
+        let records = OPERATIONS * (2 + 2 * STEPS);
+        let (allocated, apparent) = disk_usage(&path);
+        put("saga_sled_disk_bytes_per_record", allocated as f64 / records as f64);
+        put("saga_sled_apparent_bytes_per_record", apparent as f64 / records as f64);
+        put("saga_sled_disk_bytes_per_step", allocated as f64 / (OPERATIONS * STEPS) as f64);
+
+        let steno_dir = dir.path().join("steno");
+        {
+            let store = Arc::new(steno_peer::SledSecStore::open(&steno_dir));
+            let workload = steno_peer::Workload::new(STEPS);
+            rt.block_on(async {
+                let sec = steno_peer::sec(store.clone());
+                workload.run_many(&sec, OPERATIONS).await;
+                sec.shutdown().await;
+            });
+        }
+        let (allocated, _) = disk_usage(&steno_dir);
+        put("steno_sled_disk_bytes_per_step", allocated as f64 / (OPERATIONS * STEPS) as f64);
+    }
+    if runs("duroxide") {
+        let duroxide_dir = dir.path().join("duroxide");
+        std::fs::create_dir_all(&duroxide_dir).expect("creating a directory");
+        let (seconds, failed) = rt.block_on(async {
+            let provider = duroxide_peer::sqlite_file(&duroxide_dir).await;
+            let duroxide = duroxide_peer::Duroxide::start(provider, STEPS).await;
+            let started = Instant::now();
+            let failures = duroxide.run_many(OPERATIONS).await;
+            report_failures(&failures);
+            let seconds = started.elapsed().as_secs_f64();
+            duroxide.shutdown().await;
+            (seconds, failures.len())
+        });
+        let (allocated, _) = disk_usage(&duroxide_dir);
+        put("duroxide_sqlite_disk_bytes_per_step", allocated as f64 / (OPERATIONS * STEPS) as f64);
+        put("duroxide_sqlite_concurrent_steps_per_second", (OPERATIONS * STEPS) as f64 / seconds);
+        put("duroxide_sqlite_concurrent_failed_operations", failed as f64);
+
+        let shm = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("a temporary directory");
+        let (seconds, failed) = rt.block_on(async {
+            let provider = duroxide_peer::sqlite_file(shm.path()).await;
+            let duroxide = duroxide_peer::Duroxide::start(provider, STEPS).await;
+            let started = Instant::now();
+            let failures = duroxide.run_many(OPERATIONS).await;
+            report_failures(&failures);
+            let seconds = started.elapsed().as_secs_f64();
+            duroxide.shutdown().await;
+            (seconds, failures.len())
+        });
+        put("duroxide_tmpfs_concurrent_us_per_step", seconds * 1e6 / (OPERATIONS * STEPS) as f64);
+        put("duroxide_tmpfs_concurrent_failed_operations", failed as f64);
+    }
+    write_scale(&figures);
+}
