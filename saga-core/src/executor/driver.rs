@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -59,7 +60,9 @@ pub(crate) struct Driver {
     timers: FuturesUnordered<EventFuture>,
     cancel: CancellationToken,
     info: Arc<OperationInfo>,
-    outputs: Option<(usize, Arc<Outputs>)>,
+    /// The outputs of the steps that succeeded, kept up to date as steps succeed (a step reading
+    /// one of another stage is checked against the saga by `StepContext::output`).
+    outputs: Arc<Outputs>,
     stopping: bool,
     _capture: crate::capture::Registration,
 }
@@ -82,6 +85,14 @@ impl Driver {
             actor: state.actor.clone(),
             params: state.params.clone(),
         });
+        let outputs: Outputs = state
+            .steps
+            .iter()
+            .filter_map(|s| match &s.execution {
+                Execution::Succeeded { output } => Some((s.name.clone(), output.clone())),
+                _ => None,
+            })
+            .collect();
         Driver {
             shared,
             saga,
@@ -95,7 +106,7 @@ impl Driver {
             timers: FuturesUnordered::new(),
             cancel: CancellationToken::new(),
             info,
-            outputs: None,
+            outputs: Arc::new(outputs),
             stopping: false,
             _capture: crate::capture::register(state_id, &log_for_capture),
         }
@@ -138,8 +149,14 @@ impl Driver {
     }
 
     async fn drive(&mut self) -> Result<Exit, Error> {
-        let mut renew = tokio::time::interval(self.shared.lease_ttl / 3);
-        renew.tick().await;
+        // The first renewal is a third of the lease away. (An interval's immediate first tick
+        // would cost up to a timer tick, about 1 ms, of waiting per Operation.)
+        let period = self.shared.lease_ttl / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // One wait for the shutdown, made once rather than at every turn of the loop.
+        let shutdown = self.shared.shutdown.clone();
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
         loop {
             let actions = if self.stopping {
                 Vec::new()
@@ -175,6 +192,20 @@ impl Driver {
                     problem: "nothing is running and nothing is left to do".into(),
                 });
             }
+            // Fast path: a step that finished on its first poll is handled without parking, while
+            // commands and a shutdown are still seen at every step boundary.
+            if !self.running.is_empty() {
+                if let Some(Some(event)) = self.running.next().now_or_never() {
+                    self.on_event(event)?;
+                    if let Ok(command) = self.commands.try_recv() {
+                        self.on_command(command).await?;
+                    }
+                    if !self.stopping && shutdown.is_cancelled() {
+                        self.begin_stopping();
+                    }
+                    continue;
+                }
+            }
             tokio::select! {
                 Some(event) = self.running.next(), if !self.running.is_empty() => {
                     self.on_event(event)?;
@@ -183,17 +214,24 @@ impl Driver {
                     self.on_event(event)?;
                 }
                 Some(command) = self.commands.recv() => self.on_command(command).await?,
-                _ = self.shared.shutdown.cancelled(), if !self.stopping => {
-                    self.stopping = true;
-                    self.timers.clear();
-                    self.flight.waiting.clear();
-                    self.log.line(LogLevel::Info, None, "executor shutting down; stopping at the next step boundary".into());
-                }
+                _ = &mut shutting_down, if !self.stopping => self.begin_stopping(),
                 _ = renew.tick() => {
                     self.lease = self.shared.store.renew(&self.lease, self.shared.lease_ttl).await?;
                 }
             }
         }
+    }
+
+    /// Stops starting anything new: running steps and compensations finish and are recorded.
+    fn begin_stopping(&mut self) {
+        self.stopping = true;
+        self.timers.clear();
+        self.flight.waiting.clear();
+        self.log.line(
+            LogLevel::Info,
+            None,
+            "executor shutting down; stopping at the next step boundary".into(),
+        );
     }
 
     /// Applies a record to the state and queues it for the next commit.
@@ -216,42 +254,23 @@ impl Driver {
         Ok(())
     }
 
-    fn outputs(&mut self, stage: usize) -> Arc<Outputs> {
-        match &self.outputs {
-            Some((s, outputs)) if *s == stage => outputs.clone(),
-            _ => {
-                let outputs: Outputs = self
-                    .state
-                    .steps
-                    .iter()
-                    .filter_map(|s| match &s.execution {
-                        Execution::Succeeded { output } => Some((s.name.clone(), output.clone())),
-                        _ => None,
-                    })
-                    .collect();
-                let outputs = Arc::new(outputs);
-                self.outputs = Some((stage, outputs.clone()));
-                outputs
-            }
+    /// Adds a step's recorded output to the outputs that later contexts see. Copies the map only
+    /// when a running step still holds the previous one (a sibling in a parallel stage).
+    fn add_output(&mut self, step: &str) {
+        if let Some(Execution::Succeeded { output }) = self.state.step(step).map(|s| &s.execution) {
+            let output = output.clone();
+            Arc::make_mut(&mut self.outputs).insert(step.to_owned(), output);
         }
     }
 
-    fn context(
-        &mut self,
-        step: &str,
-        attempt: u32,
-        cancel: CancellationToken,
-        compensating: bool,
-    ) -> StepContext {
+    fn context(&mut self, step: &str, attempt: u32, cancel: CancellationToken) -> StepContext {
         let stage = self.saga.stage_of(step).unwrap_or(0);
-        // Outputs change while compensating (none are added), so one map serves the whole rollback.
-        let outputs = self.outputs(if compensating { usize::MAX } else { stage });
         StepContext {
             operation: self.info.clone(),
             step: Arc::from(step),
             stage,
             attempt,
-            outputs,
+            outputs: self.outputs.clone(),
             saga: self.saga.clone(),
             cancel,
         }
@@ -269,7 +288,7 @@ impl Driver {
             Some(&step),
             format!("step {step} started (attempt {attempt}){note}"),
         );
-        let ctx = self.context(&step, attempt, self.cancel.child_token(), false);
+        let ctx = self.context(&step, attempt, self.cancel.child_token());
         let entry = self.saga.entry(&step).ok_or_else(|| self.unknown_step(&step))?;
         let runner = entry.step.clone();
         let timeout = runner.timeout();
@@ -306,7 +325,7 @@ impl Driver {
             format!("compensating {step} (attempt {attempt})"),
         );
         // Nothing cancels a compensation: its token is never cancelled.
-        let ctx = self.context(&step, attempt, CancellationToken::new(), true);
+        let ctx = self.context(&step, attempt, CancellationToken::new());
         let entry = self.saga.entry(&step).ok_or_else(|| self.unknown_step(&step))?;
         let runner = entry.step.clone();
         let timeout = runner.timeout();
@@ -415,6 +434,7 @@ impl Driver {
                 match result {
                     Ok(output) => {
                         self.record(RecordKind::StepSucceeded { step: step.clone(), output })?;
+                        self.add_output(&step);
                         self.log.line(
                             LogLevel::Info,
                             Some(&step),
