@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -74,6 +75,7 @@ pub(crate) struct Shared {
     unrecoverable: Mutex<HashMap<OperationId, String>>,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
+    recovering: tokio::sync::Mutex<()>,
 }
 
 struct Handle {
@@ -183,6 +185,7 @@ impl ExecutorBuilder {
                 unrecoverable: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                recovering: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -355,49 +358,63 @@ impl Executor {
     /// if it was healthy, backward if it had failed or been cancelled. An Operation whose saga is
     /// not registered or whose log is illegal is reported as unrecoverable; the others still resume.
     pub async fn recover(&self) -> Result<RecoveryReport> {
+        // One recovery at a time per executor, so that two never claim the same Operation.
+        let _recovering = self.shared.recovering.lock().await;
+        let ids = self.shared.store.list_unfinished().await?;
+        // Claim and read every Operation first, several at once, and only then resume them: the
+        // resumed Operations' writes would otherwise queue the remaining claims behind them.
+        let mut prepared = futures::stream::iter(ids)
+            .map(|id| self.recover_one(id))
+            .buffered(RECOVERY_CONCURRENCY);
         let mut report = RecoveryReport::default();
-        for id in self.shared.store.list_unfinished().await? {
+        let mut resume = Vec::new();
+        while let Some(found) = prepared.next().await {
             if self.shared.shutdown.is_cancelled() {
                 return Err(Error::ShuttingDown);
             }
-            if lock(&self.shared.running).contains_key(&id) {
-                continue;
-            }
-            let lease = match self
-                .shared
-                .store
-                .claim(id, &self.shared.owner, self.shared.lease_ttl)
-                .await
-            {
-                Ok(lease) => lease,
-                Err(StoreError::Owned { .. }) => {
-                    report.owned_elsewhere.push(id);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            match self.prepare(id).await {
-                Ok((saga, state, log)) => {
-                    log.line(
-                        LogLevel::Info,
-                        None,
-                        format!("recovered by {}: {}", self.shared.owner, describe(&state)),
-                    );
-                    self.spawn(saga, state, lease, log);
-                    report.resumed.push(id);
-                }
-                Err(cause) => {
-                    let _ = self.shared.store.release(&lease).await;
-                    let sink =
-                        LogSink::new(id, self.next_log_seq(id).await, self.shared.max_log_lines);
-                    sink.line(LogLevel::Error, None, format!("unrecoverable: {cause}"));
-                    let _ = sink.flush(self.shared.store.as_ref()).await;
-                    lock(&self.shared.unrecoverable).insert(id, cause.to_string());
-                    report.unrecoverable.push((id, cause));
+            match found? {
+                Recovered::Running => {}
+                Recovered::OwnedElsewhere(id) => report.owned_elsewhere.push(id),
+                Recovered::Unrecoverable(id, cause) => report.unrecoverable.push((id, cause)),
+                Recovered::Ready(ready) => {
+                    report.resumed.push(ready.1.id);
+                    resume.push(*ready);
                 }
             }
         }
+        for (saga, state, lease, log) in resume {
+            log.line(
+                LogLevel::Info,
+                None,
+                format!("recovered by {}: {}", self.shared.owner, describe(&state)),
+            );
+            self.spawn(saga, state, lease, log);
+        }
         Ok(report)
+    }
+
+    /// Claims and reads one unfinished Operation for [`Executor::recover`].
+    async fn recover_one(&self, id: OperationId) -> Result<Recovered> {
+        if lock(&self.shared.running).contains_key(&id) {
+            return Ok(Recovered::Running);
+        }
+        let lease =
+            match self.shared.store.claim(id, &self.shared.owner, self.shared.lease_ttl).await {
+                Ok(lease) => lease,
+                Err(StoreError::Owned { .. }) => return Ok(Recovered::OwnedElsewhere(id)),
+                Err(e) => return Err(e.into()),
+            };
+        match self.prepare(id).await {
+            Ok((saga, state, log)) => Ok(Recovered::Ready(Box::new((saga, state, lease, log)))),
+            Err(cause) => {
+                let _ = self.shared.store.release(&lease).await;
+                let sink = LogSink::new(id, self.next_log_seq(id).await, self.shared.max_log_lines);
+                sink.line(LogLevel::Error, None, format!("unrecoverable: {cause}"));
+                let _ = sink.flush(self.shared.store.as_ref()).await;
+                lock(&self.shared.unrecoverable).insert(id, cause.to_string());
+                Ok(Recovered::Unrecoverable(id, cause))
+            }
+        }
     }
 
     async fn next_log_seq(&self, id: OperationId) -> u64 {
@@ -485,6 +502,21 @@ fn default_owner() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "executor".to_owned())
+}
+
+/// How many Operations `recover()` claims and reads at once.
+const RECOVERY_CONCURRENCY: usize = 32;
+
+/// What recovery found for one Operation.
+enum Recovered {
+    /// It already runs here.
+    Running,
+    /// Another executor's lease holds it.
+    OwnedElsewhere(OperationId),
+    /// It cannot be resumed, for this reason.
+    Unrecoverable(OperationId, Error),
+    /// Claimed and folded, ready to resume.
+    Ready(Box<(Arc<Saga>, OperationState, crate::Lease, Arc<LogSink>)>),
 }
 
 fn describe(state: &OperationState) -> String {

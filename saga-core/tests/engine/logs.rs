@@ -197,6 +197,8 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
 
     // Purging log lines keeps the activity; deleting the environment removes both.
     assert!(!executor.log(prod[0]).await.unwrap().is_empty());
+    // Every line must be older than the cut-off, which has millisecond resolution.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let purged = executor.purge_logs_older_than(Duration::ZERO).await.unwrap();
     assert!(purged > 0);
     assert!(executor.log(prod[0]).await.unwrap().is_empty());
