@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::mailbox::Mailbox;
 use super::plan::{self, Action, InFlight};
 use super::Shared;
 use crate::error::{Error, StepError};
@@ -52,7 +53,7 @@ pub(crate) struct Driver {
     pub(crate) saga: Arc<Saga>,
     pub(crate) state: OperationState,
     pub(crate) lease: Lease,
-    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) commands: Arc<Mailbox>,
     pub(crate) log: Arc<LogSink>,
     pending: Vec<Record>,
     flight: InFlight,
@@ -73,7 +74,7 @@ impl Driver {
         saga: Arc<Saga>,
         state: OperationState,
         lease: Lease,
-        commands: mpsc::Receiver<Command>,
+        commands: Arc<Mailbox>,
         log: Arc<LogSink>,
     ) -> Self {
         let state_id = state.id;
@@ -120,11 +121,12 @@ impl Driver {
     ) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let acquire = permits.acquire_owned();
         tokio::pin!(acquire);
+        let commands = self.commands.clone();
         loop {
             tokio::select! {
                 permit = &mut acquire => return permit.ok(),
                 _ = self.shared.shutdown.cancelled() => return None,
-                Some(command) = self.commands.recv() => {
+                command = commands.recv() => {
                     if self.on_command(command).await.is_err() {
                         return None;
                     }
@@ -134,7 +136,7 @@ impl Driver {
     }
 
     /// Runs the Operation until it finishes, the executor shuts down, or the store fails.
-    pub(crate) async fn run(mut self) -> Exit {
+    pub(crate) async fn run(&mut self) -> Exit {
         let exit = match self.drive().await {
             Ok(exit) => exit,
             Err(e) => {
@@ -157,6 +159,7 @@ impl Driver {
         let shutdown = self.shared.shutdown.clone();
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
+        let commands = self.commands.clone();
         loop {
             let actions = if self.stopping {
                 Vec::new()
@@ -197,7 +200,7 @@ impl Driver {
             if !self.running.is_empty() {
                 if let Some(Some(event)) = self.running.next().now_or_never() {
                     self.on_event(event)?;
-                    if let Ok(command) = self.commands.try_recv() {
+                    if let Some(command) = self.commands.try_recv() {
                         self.on_command(command).await?;
                     }
                     if !self.stopping && shutdown.is_cancelled() {
@@ -213,7 +216,7 @@ impl Driver {
                 Some(event) = self.timers.next(), if !self.timers.is_empty() => {
                     self.on_event(event)?;
                 }
-                Some(command) = self.commands.recv() => self.on_command(command).await?,
+                command = commands.recv() => self.on_command(command).await?,
                 _ = &mut shutting_down, if !self.stopping => self.begin_stopping(),
                 _ = renew.tick() => {
                     self.lease = self.shared.store.renew(&self.lease, self.shared.lease_ttl).await?;

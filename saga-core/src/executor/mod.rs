@@ -2,6 +2,7 @@
 
 mod driver;
 mod follow;
+mod mailbox;
 pub(crate) mod plan;
 
 use std::collections::HashMap;
@@ -11,12 +12,13 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::driver::{Command, Driver, Exit};
 pub use self::follow::{FollowEvent, LogFollower};
+use self::mailbox::Mailbox;
 use crate::error::{Error, Result, StoreError};
 use crate::fold::{OperationState, Phase};
 use crate::id::{now_ms, OperationId};
@@ -79,7 +81,7 @@ pub(crate) struct Shared {
 }
 
 struct Handle {
-    commands: mpsc::Sender<Command>,
+    mailbox: Arc<Mailbox>,
     exit: watch::Receiver<Option<Exit>>,
     log: Arc<LogSink>,
 }
@@ -274,12 +276,14 @@ impl Executor {
         log: Arc<LogSink>,
     ) {
         let id = state.id;
-        let (commands_tx, commands_rx) = mpsc::channel(16);
+        let mailbox = Arc::new(Mailbox::default());
         let (exit_tx, exit_rx) = watch::channel(None);
         lock(&self.shared.running)
-            .insert(id, Handle { commands: commands_tx, exit: exit_rx, log: log.clone() });
+            .insert(id, Handle { mailbox: mailbox.clone(), exit: exit_rx, log: log.clone() });
         let shared = self.shared.clone();
-        let driver = Driver::new(shared.clone(), saga, state, lease, commands_rx, log);
+        let driver = Driver::new(shared.clone(), saga, state, lease, mailbox.clone(), log);
+        // The driver lives in the task and is borrowed by `queue` and `run`: moving it into `run`
+        // would keep two copies of it in the task's future, per Operation in flight.
         self.shared.tasks.spawn(async move {
             let mut driver = driver;
             let permit = driver.queue(shared.permits.clone()).await;
@@ -290,6 +294,7 @@ impl Executor {
                     Exit::Stopped
                 }
             };
+            mailbox.close();
             lock(&shared.running).remove(&id);
             let _ = exit_tx.send(Some(exit));
         });
@@ -299,11 +304,11 @@ impl Executor {
     /// cancellation token fires and the rollback starts. Cancelling an Operation already rolling
     /// back does nothing; cancelling a finished one, or one past its point of no return, is an error.
     pub async fn cancel(&self, id: OperationId, actor: &str, reason: &str) -> Result<()> {
-        let commands = lock(&self.shared.running).get(&id).map(|h| h.commands.clone());
-        if let Some(commands) = commands {
+        let mailbox = lock(&self.shared.running).get(&id).map(|h| h.mailbox.clone());
+        if let Some(mailbox) = mailbox {
             let (reply, answer) = oneshot::channel();
             let command = Command::Cancel { actor: actor.into(), reason: reason.into(), reply };
-            if commands.send(command).await.is_ok() {
+            if mailbox.send(command).is_ok() {
                 if let Ok(answer) = answer.await {
                     return answer;
                 }
