@@ -1,10 +1,8 @@
 //! Operation log lines: append, read, purge by age.
 
-use sled::Transactional;
-
 use saga_core::{LogLine, OperationId, StoreError};
 
-use crate::codec::{decode_line, encode_line, sled_error, transaction_error};
+use crate::codec::{decode_line, encode_line, sled_error};
 use crate::keys;
 use crate::open::Trees;
 
@@ -28,15 +26,19 @@ impl Trees {
                 encode_line(line)?,
             ));
         }
-        (&self.logs, &self.logs_by_time)
-            .transaction(|(logs, by_time)| {
-                for (key, time_key, bytes) in &entries {
-                    logs.insert(&key[..], bytes.as_slice())?;
-                    by_time.insert(&time_key[..], &[][..])?;
-                }
-                Ok(())
-            })
-            .map_err(|e| transaction_error("appending log lines", e))
+        // Plain inserts rather than a sled transaction, which would seal and write sled's IO
+        // buffer with a disk wait (see `append`). The time-index entry goes first: a crash between
+        // the two leaves an entry without a line, which `purge_logs` drops, never a line that no
+        // purge would find.
+        for (key, time_key, bytes) in &entries {
+            self.logs_by_time
+                .insert(&time_key[..], &[][..])
+                .map_err(|e| sled_error("appending log lines", e))?;
+            self.logs
+                .insert(&key[..], bytes.as_slice())
+                .map_err(|e| sled_error("appending log lines", e))?;
+        }
+        Ok(())
     }
 
     /// The Operation's stored lines, in order.

@@ -61,6 +61,19 @@ impl Trees {
         if records.is_empty() {
             return Ok(());
         }
+        if !finished {
+            // Plain inserts, in sequence order, under the write lock. A sled transaction (or
+            // batch) seals and writes sled's IO buffer with a disk wait at every commit, before
+            // and after the batch, which serialises every writer on the disk and defeats group
+            // commit. Without one, a crash keeps a prefix of sled's log, so a prefix of these
+            // records: a legal log (no gap), as if the crash had come before the append.
+            for (key, bytes) in &encoded {
+                self.records
+                    .insert(&key[..], bytes.as_slice())
+                    .map_err(|e| sled_error("appending records", e))?;
+            }
+            return Ok(());
+        }
         let op_key = keys::operation_key(id);
         (&self.records, &self.unfinished)
             .transaction(|(tree, unfinished)| {

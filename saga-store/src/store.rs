@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use saga_core::{Lease, LogLine, OperationId, Record, Store, StoreError};
+use saga_core::{Lease, LogLine, OperationId, Record, RecordKind, Store, StoreError};
 
 use crate::disk::DiskSync;
 use crate::flusher::Flusher;
@@ -121,6 +121,20 @@ impl SledStore {
         self.blocking(f).await
     }
 
+    /// Runs `f` on the trees on the calling thread, after refusing to write if syncing has
+    /// failed: for writes made of plain sled inserts (no transaction), which only touch memory
+    /// (sled writes its IO buffers out on its own threads), so that the hand-off to tokio's
+    /// blocking pool would cost more than the write.
+    fn write_inline<T>(
+        &self,
+        f: impl FnOnce(&Trees) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Some(flusher) = &self.flusher {
+            flusher.check()?;
+        }
+        f(&self.trees)
+    }
+
     /// Runs `f` on the trees in tokio's blocking pool.
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -158,10 +172,16 @@ impl Store for SledStore {
     }
 
     async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
-        let (lease, records) = (lease.clone(), records.to_vec());
-        let empty = records.is_empty();
-        self.write(move |t| t.append(&lease, &records)).await?;
-        if empty {
+        let finishing =
+            records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
+        if finishing {
+            // A sled transaction (records and the unfinished mark), which may wait for the disk.
+            let (lease, records) = (lease.clone(), records.to_vec());
+            self.write(move |t| t.append(&lease, &records)).await?;
+        } else {
+            self.write_inline(|t| t.append(lease, records))?;
+        }
+        if records.is_empty() {
             return Ok(());
         }
         self.commit().await
@@ -186,13 +206,11 @@ impl Store for SledStore {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
-        let lease = lease.clone();
-        self.write(move |t| t.renew(&lease, ttl)).await
+        self.write_inline(|t| t.renew(lease, ttl))
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let lease = lease.clone();
-        self.write(move |t| t.release(&lease)).await
+        self.write_inline(|t| t.release(lease))
     }
 
     async fn list_environment(
@@ -213,8 +231,7 @@ impl Store for SledStore {
         if lines.is_empty() {
             return Ok(());
         }
-        let lines = lines.to_vec();
-        self.write(move |t| t.append_log(operation, &lines)).await
+        self.write_inline(|t| t.append_log(operation, lines))
     }
 
     async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
