@@ -95,8 +95,9 @@ impl FromStr for OperationId {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, now: the clock of record timestamps and lease expiries,
+/// which stores use too (0 if the system clock is before 1970).
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

@@ -74,7 +74,7 @@ pub use crate::executor::{
     Executor, ExecutorBuilder, FollowEvent, LogFollower, RecoveryReport, DEFAULT_LOG_RETENTION,
 };
 pub use crate::fold::{Compensation, Execution, OperationState, Phase, StepState};
-pub use crate::id::OperationId;
+pub use crate::id::{now_ms, OperationId};
 pub use crate::input::Input;
 pub use crate::memory::MemoryStore;
 pub use crate::oplog::{format_rfc3339_ms, render_log, LogLevel, LogLine, LogSource};

@@ -4,18 +4,13 @@
 //! durable with the next synced write (or sled's own background flush). Only one process opens a
 //! store, so a lease lost to a crash belonged to an executor that died with it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use saga_core::{Lease, OperationId, StoreError};
+use saga_core::{now_ms, Lease, OperationId, StoreError};
 
 use crate::codec::{decode_lease, encode_lease, sled_error};
 use crate::keys;
 use crate::open::Trees;
-
-/// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 impl Trees {
     /// The Operation's current lease, if any.

@@ -3,12 +3,11 @@
 use sled::Transactional;
 
 use saga_core::{
-    check_sequence, decode, encode, Lease, OperationId, Record, RecordKind, StoreError,
+    check_sequence, decode, encode, now_ms, Lease, OperationId, Record, RecordKind, StoreError,
 };
 
 use crate::codec::{sled_error, transaction_error};
 use crate::keys;
-use crate::leases::now_ms;
 use crate::open::Trees;
 
 impl Trees {

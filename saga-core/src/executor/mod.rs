@@ -281,11 +281,10 @@ impl Executor {
         lock(&self.shared.running)
             .insert(id, Handle { mailbox: mailbox.clone(), exit: exit_rx, log: log.clone() });
         let shared = self.shared.clone();
-        let driver = Driver::new(shared.clone(), saga, state, lease, mailbox.clone(), log);
+        let mut driver = Driver::new(shared.clone(), saga, state, lease, mailbox.clone(), log);
         // The driver lives in the task and is borrowed by `queue` and `run`: moving it into `run`
         // would keep two copies of it in the task's future, per Operation in flight.
         self.shared.tasks.spawn(async move {
-            let mut driver = driver;
             let permit = driver.queue(shared.permits.clone()).await;
             let exit = match permit {
                 Some(_permit) => driver.run().await,

@@ -32,7 +32,7 @@ async fn a_cancel_during_a_long_step_ends_it_within_100_ms_and_rolls_back() {
     let executor = crate::executor(std::sync::Arc::new(saga_core::MemoryStore::new()), vec![saga]);
     let id = crate::start(&executor, "s").await;
     wait_until_started(&executor, id, "long").await;
-    let asked = saga_core_now_ms();
+    let asked = saga_core::now_ms();
     executor.cancel(id, "ops", "wrong version").await.unwrap();
     // CancelRequested is durable when cancel returns.
     let records = executor.store().read(id).await.unwrap();
@@ -56,10 +56,6 @@ async fn a_cancel_during_a_long_step_ends_it_within_100_ms_and_rolls_back() {
     // Cancelling a finished Operation is a clear error.
     let err = executor.cancel(id, "ops", "again").await.unwrap_err();
     assert!(matches!(err, Error::AlreadyFinished { .. }), "{err}");
-}
-
-fn saga_core_now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 #[tokio::test]

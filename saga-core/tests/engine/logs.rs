@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::{
-    activity_report, async_trait, render_log, write_activity_csv, ActivityRow, FollowEvent,
+    activity_report, async_trait, now_ms, render_log, write_activity_csv, ActivityRow, FollowEvent,
     LogSource, MemoryStore, OperationLogLayer, Outcome, Resource, Saga, Step, StepContext,
     StepError, StepKind, ACTIVITY_COLUMNS,
 };
@@ -206,8 +206,4 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     assert_eq!(executor.delete_environment("prod").await.unwrap(), 3);
     assert!(activity_report(store.as_ref(), "prod", before, after).await.unwrap().is_empty());
     assert_eq!(activity_report(store.as_ref(), "staging", before, after).await.unwrap().len(), 1);
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
