@@ -12,25 +12,11 @@
 //! Throughput is in steps (elements) per second.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput};
-use saga_benches::{duroxide_peer, engine, raw, runtime, steno_peer};
+use saga_benches::{duroxide_peer, engine, raw, runtime, steno_peer, timed};
 use saga_store::SledStore;
-
-fn timed<F: std::future::Future<Output = ()>>(
-    rt: &tokio::runtime::Runtime,
-    iters: u64,
-    mut run: impl FnMut() -> F,
-) -> Duration {
-    rt.block_on(async {
-        let started = Instant::now();
-        for _ in 0..iters {
-            run().await;
-        }
-        started.elapsed()
-    })
-}
 
 fn sequential(c: &mut Criterion) {
     const STEPS: usize = 100;

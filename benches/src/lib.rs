@@ -23,3 +23,19 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("building the tokio runtime")
 }
+
+/// Runs `run` `iters` times one after the other on `rt` and returns the time taken: the body of
+/// criterion's `iter_custom` for async workloads.
+pub fn timed<F: std::future::Future<Output = ()>>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    mut run: impl FnMut() -> F,
+) -> std::time::Duration {
+    rt.block_on(async {
+        let started = std::time::Instant::now();
+        for _ in 0..iters {
+            run().await;
+        }
+        started.elapsed()
+    })
+}
