@@ -3,13 +3,40 @@
 //! [`OperationState::apply`] is an explicit state machine: every record is checked against the
 //! state before it and an illegal one is an [`Error::IllegalRecord`] naming the Operation and the
 //! record's sequence number. The executor derives all its decisions from this state.
+//!
+//! # What `OperationFinished` must agree with
+//!
+//! The outcome must be the one the executor's planner (`executor::plan`) writes for the state it
+//! closes, as far as the records tell it. No step or compensation may be running (while rolling
+//! back, an execute whose outcome a crash lost is the exception: it was compensated with
+//! `Executed::Unknown`), and:
+//!
+//! - **succeeded**: not rolling back (no cancel, no permanent step failure), and every step in
+//!   the log succeeded (none running, waiting for a retry or failed);
+//! - **rolled back** / **rollback incomplete**: rolling back, the cause is exactly
+//!   [`OperationState::rollback_cause`] (the cancel if one is recorded, else the first permanent
+//!   `StepFailed`), and no compensation waits for a retry;
+//! - **rolled back**: no compensation failed for good;
+//! - **rollback incomplete**: a non-empty list of steps that started, each named once, in the
+//!   rollback order (`executor::plan::rollback_order`), each with a reason the log bears out:
+//!   `CompensationFailed(e)` for a step whose compensation failed for good with exactly `e`, and
+//!   `Irreversible` for a step whose compensation never started; and every step whose
+//!   compensation failed for good is named.
+//!
+//! The fold does not know the saga, and the planner never compensates an irreversible or a
+//! read-only step, so a started step whose compensation never started is, to the fold, either
+//! irreversible (the planner names it `Irreversible`) or read-only (the planner leaves it out):
+//! it may be named `Irreversible` or left out, and a rolled-back outcome may leave such steps.
+//! A compensable step the executor forgot to compensate reads the same and is not caught here;
+//! the saga-aware checks in saga-testkit catch it.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::error::Error;
 use crate::id::OperationId;
-use crate::record::{Outcome, Record, RecordKind, Resource, RollbackCause};
+use crate::record::{NotUndoneReason, Outcome, Record, RecordKind, Resource, RollbackCause};
 
 /// Where a step's `execute` stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -361,18 +388,8 @@ impl OperationState {
                         s.name
                     )));
                 }
-                let consistent = match outcome {
-                    Outcome::Succeeded => self.phase() == Phase::Running,
-                    Outcome::RolledBack { .. } | Outcome::RollbackIncomplete { .. } => {
-                        self.phase() == Phase::RollingBack
-                    }
-                };
-                if !consistent {
-                    return Err(illegal(format!(
-                        "outcome {} does not match the phase {:?}",
-                        outcome.status(),
-                        self.phase()
-                    )));
+                if let Some(problem) = self.outcome_problem(outcome) {
+                    return Err(illegal(problem));
                 }
                 self.outcome = Some(outcome.clone());
                 self.finished_ms = Some(record.at_ms);
@@ -380,6 +397,123 @@ impl OperationState {
         }
         self.next_seq += 1;
         Ok(())
+    }
+
+    /// Why `outcome` contradicts the state it closes, if it does (see the module doc for the
+    /// rules and what the fold cannot tell without the saga).
+    fn outcome_problem(&self, outcome: &Outcome) -> Option<String> {
+        let status = outcome.status();
+        let cause = match outcome {
+            Outcome::Succeeded => {
+                if let Some(recorded) = self.rollback_cause() {
+                    return Some(format!("outcome succeeded while rolling back ({recorded})"));
+                }
+                return self.steps.iter().find_map(|s| match &s.execution {
+                    Execution::Succeeded { .. } => None,
+                    Execution::Running => {
+                        Some(format!("outcome succeeded while step {} was running", s.name))
+                    }
+                    Execution::Retrying { error } => Some(format!(
+                        "outcome succeeded while step {} waits for a retry (last error: {error})",
+                        s.name
+                    )),
+                    Execution::Failed { error } => {
+                        Some(format!("outcome succeeded although step {} failed: {error}", s.name))
+                    }
+                });
+            }
+            Outcome::RolledBack { cause } | Outcome::RollbackIncomplete { cause, .. } => cause,
+        };
+        match self.rollback_cause() {
+            None => return Some(format!("outcome {status} while not rolling back")),
+            Some(recorded) if recorded != *cause => {
+                return Some(format!(
+                    "outcome {status} gives the cause \"{cause}\", but the log records \"{recorded}\""
+                ));
+            }
+            Some(_) => {}
+        }
+        // Every compensation that started has ended (a running one is refused before this).
+        if let Some((s, error)) = self.steps.iter().find_map(|s| match &s.compensation {
+            Compensation::Retrying { error } => Some((s, error)),
+            _ => None,
+        }) {
+            return Some(format!(
+                "outcome {status} while the compensation of step {} waits for a retry (last \
+                 error: {error})",
+                s.name
+            ));
+        }
+        let not_undone = match outcome {
+            Outcome::RollbackIncomplete { not_undone, .. } if not_undone.is_empty() => {
+                return Some(format!("outcome {status} names nothing as not undone"));
+            }
+            Outcome::RollbackIncomplete { not_undone, .. } => not_undone.as_slice(),
+            Outcome::Succeeded | Outcome::RolledBack { .. } => &[],
+        };
+        let mut named: HashSet<&str> = HashSet::new();
+        let mut previous: Option<(&str, RollbackRank)> = None;
+        for item in not_undone {
+            let step = item.step.as_str();
+            let Some(&i) = self.index.get(step) else {
+                return Some(format!("outcome {status} names step {step}, which never started"));
+            };
+            let s = &self.steps[i];
+            if !named.insert(step) {
+                return Some(format!("outcome {status} names step {step} twice"));
+            }
+            let wrong = match (&item.reason, &s.compensation) {
+                (NotUndoneReason::Irreversible, Compensation::NotStarted) => None,
+                (NotUndoneReason::Irreversible, _) => {
+                    Some(format!("names step {step} irreversible, but its compensation ran"))
+                }
+                (NotUndoneReason::CompensationFailed(said), Compensation::Failed { error })
+                    if said == error =>
+                {
+                    None
+                }
+                (NotUndoneReason::CompensationFailed(said), Compensation::Failed { error }) => {
+                    Some(format!(
+                        "says the compensation of step {step} failed with \"{said}\", but it \
+                         failed with \"{error}\""
+                    ))
+                }
+                (NotUndoneReason::CompensationFailed(_), Compensation::Succeeded) => {
+                    Some(format!("says the compensation of step {step} failed, but it succeeded"))
+                }
+                (NotUndoneReason::CompensationFailed(_), Compensation::NotStarted) => {
+                    Some(format!("says the compensation of step {step} failed, but it never ran"))
+                }
+                (
+                    NotUndoneReason::CompensationFailed(_),
+                    Compensation::Running | Compensation::Retrying { .. },
+                ) => {
+                    Some(format!("says the compensation of step {step} failed, but it never ended"))
+                }
+            };
+            if let Some(wrong) = wrong {
+                return Some(format!("outcome {status} {wrong}"));
+            }
+            let rank = rollback_rank(i, s);
+            if let Some((before, before_rank)) = previous {
+                if before_rank > rank {
+                    return Some(format!(
+                        "outcome {status} names step {before} before step {step}, against the \
+                         rollback order"
+                    ));
+                }
+            }
+            previous = Some((step, rank));
+        }
+        // No compensation that failed for good is left out (for a rolled-back outcome the list
+        // is empty, so any such step contradicts it).
+        self.steps.iter().find_map(|s| match &s.compensation {
+            Compensation::Failed { error } if !named.contains(s.name.as_str()) => Some(format!(
+                "outcome {status} leaves out step {}, whose compensation failed for good: {error}",
+                s.name
+            )),
+            _ => None,
+        })
     }
 
     fn running_step(&mut self, step: &str, seq: u64, what: &str) -> Result<&mut StepState, Error> {
@@ -419,9 +553,20 @@ impl OperationState {
     }
 }
 
+/// A key of the rollback order: smaller comes first.
+type RollbackRank = (Reverse<u64>, Reverse<usize>);
+
+/// Where a started step comes in the rollback order (smaller first), as the planner orders it
+/// (`executor::plan::rollback_order`): reverse order of completion, steps whose execute never
+/// ended first, latest started first among them. `start_order` is its index in `steps`.
+fn rollback_rank(start_order: usize, s: &StepState) -> RollbackRank {
+    (Reverse(s.completed_seq.unwrap_or(u64::MAX)), Reverse(start_order))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::NotUndone;
 
     fn rec(seq: u64, kind: RecordKind) -> Record {
         Record { operation: OperationId::from_u128(1), seq, at_ms: seq, kind }
@@ -519,5 +664,313 @@ mod tests {
         ];
         assert!(OperationState::fold(id, &start_after_cancel).is_err());
         assert!(OperationState::fold(id, &[]).is_err());
+    }
+
+    /// Numbers the records after `OperationCreated`.
+    fn log(kinds: Vec<RecordKind>) -> Vec<Record> {
+        let mut log = vec![created()];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            log.push(rec(i as u64 + 1, kind));
+        }
+        log
+    }
+
+    fn st(step: &str, attempt: u32) -> RecordKind {
+        RecordKind::StepStarted { step: step.into(), attempt }
+    }
+
+    fn ok(step: &str) -> RecordKind {
+        RecordKind::StepSucceeded { step: step.into(), output: b"null".to_vec() }
+    }
+
+    fn fail(step: &str, error: &str, retryable: bool) -> RecordKind {
+        RecordKind::StepFailed { step: step.into(), error: error.into(), retryable }
+    }
+
+    fn cancel(actor: &str, reason: &str) -> RecordKind {
+        RecordKind::CancelRequested { actor: actor.into(), reason: reason.into() }
+    }
+
+    fn cst(step: &str, attempt: u32) -> RecordKind {
+        RecordKind::CompensationStarted { step: step.into(), attempt }
+    }
+
+    fn cok(step: &str) -> RecordKind {
+        RecordKind::CompensationSucceeded { step: step.into() }
+    }
+
+    fn cfail(step: &str, error: &str, retryable: bool) -> RecordKind {
+        RecordKind::CompensationFailed { step: step.into(), error: error.into(), retryable }
+    }
+
+    fn fin(outcome: Outcome) -> RecordKind {
+        RecordKind::OperationFinished { outcome }
+    }
+
+    fn step_failed(step: &str, error: &str) -> RollbackCause {
+        RollbackCause::StepFailed { step: step.into(), error: error.into() }
+    }
+
+    fn cancelled(actor: &str, reason: &str) -> RollbackCause {
+        RollbackCause::Cancelled { actor: actor.into(), reason: reason.into() }
+    }
+
+    fn irreversible(step: &str) -> NotUndone {
+        NotUndone { step: step.into(), reason: NotUndoneReason::Irreversible }
+    }
+
+    fn comp_failed(step: &str, error: &str) -> NotUndone {
+        NotUndone { step: step.into(), reason: NotUndoneReason::CompensationFailed(error.into()) }
+    }
+
+    /// The log folds without its last record (an `OperationFinished`), and that record is
+    /// rejected as illegal, by its sequence number.
+    fn assert_finish_rejected(what: &str, kinds: Vec<RecordKind>) {
+        let id = OperationId::from_u128(1);
+        let log = log(kinds);
+        let last = log.len() as u64 - 1;
+        assert!(matches!(log[log.len() - 1].kind, RecordKind::OperationFinished { .. }));
+        if let Err(e) = OperationState::fold(id, &log[..log.len() - 1]) {
+            panic!("{what}: the log before OperationFinished is illegal: {e}");
+        }
+        match OperationState::fold(id, &log) {
+            Err(Error::IllegalRecord { operation, seq, problem }) => {
+                assert_eq!(operation, id, "{what}");
+                assert_eq!(seq, last, "{what}: {problem}");
+            }
+            Err(other) => panic!("{what}: rejected with another error: {other}"),
+            Ok(_) => panic!("{what}: accepted"),
+        }
+    }
+
+    fn assert_folds(what: &str, kinds: Vec<RecordKind>) -> OperationState {
+        OperationState::fold(OperationId::from_u128(1), &log(kinds))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Stage 1 runs a (compensable), r (read-only) and i (irreversible); stage 2 runs b, which
+    /// fails for good. Rollback order: b, i, r, a. The compensation of a fails for good.
+    fn incomplete_rollback(not_undone: Vec<NotUndone>) -> Vec<RecordKind> {
+        vec![
+            st("a", 1),
+            st("r", 1),
+            st("i", 1),
+            ok("a"),
+            ok("r"),
+            ok("i"),
+            st("b", 1),
+            fail("b", "x", false),
+            cst("b", 1),
+            cok("b"),
+            cst("a", 1),
+            cfail("a", "e1", true),
+            cst("a", 2),
+            cfail("a", "e2", false),
+            fin(Outcome::RollbackIncomplete { cause: step_failed("b", "x"), not_undone }),
+        ]
+    }
+
+    #[test]
+    fn folds_the_outcomes_the_engine_writes() {
+        // Success after a retried attempt.
+        let state = assert_folds(
+            "succeeded",
+            vec![
+                st("a", 1),
+                ok("a"),
+                st("b", 1),
+                fail("b", "busy", true),
+                st("b", 2),
+                ok("b"),
+                fin(Outcome::Succeeded),
+            ],
+        );
+        assert_eq!(state.outcome, Some(Outcome::Succeeded));
+        // Irreversible i named, read-only r left out, in rollback order.
+        let state = assert_folds(
+            "rollback incomplete",
+            incomplete_rollback(vec![irreversible("i"), comp_failed("a", "e2")]),
+        );
+        assert_eq!(state.phase(), Phase::Finished);
+        // A cancel recorded before the failure it caused is the cause.
+        assert_folds(
+            "cancelled",
+            vec![
+                st("a", 1),
+                ok("a"),
+                st("b", 1),
+                cancel("bob", "wrong app"),
+                fail("b", "cancelled", false),
+                cst("b", 1),
+                cok("b"),
+                cst("a", 1),
+                cok("a"),
+                fin(Outcome::RolledBack { cause: cancelled("bob", "wrong app") }),
+            ],
+        );
+        // A sibling waiting for a retry when the other failed for good is compensated first.
+        assert_folds(
+            "sibling retrying",
+            vec![
+                st("a", 1),
+                st("b", 1),
+                fail("b", "busy", true),
+                fail("a", "x", false),
+                cst("b", 1),
+                cok("b"),
+                cst("a", 1),
+                cok("a"),
+                fin(Outcome::RolledBack { cause: step_failed("a", "x") }),
+            ],
+        );
+        // A read-only step (r) is never compensated, even in a rolled-back outcome; the fold
+        // cannot tell it from a compensable step that nobody compensated (see the module doc).
+        assert_folds(
+            "read-only step left",
+            vec![
+                st("r", 1),
+                ok("r"),
+                st("b", 1),
+                fail("b", "x", false),
+                cst("b", 1),
+                cok("b"),
+                fin(Outcome::RolledBack { cause: step_failed("b", "x") }),
+            ],
+        );
+    }
+
+    #[test]
+    fn rejects_success_after_a_retryable_failure_with_no_later_attempt() {
+        assert_finish_rejected(
+            "succeeded while retrying",
+            vec![st("a", 1), ok("a"), st("b", 1), fail("b", "busy", true), fin(Outcome::Succeeded)],
+        );
+        assert_finish_rejected(
+            "succeeded while rolling back",
+            vec![st("a", 1), ok("a"), cancel("bob", "r"), fin(Outcome::Succeeded)],
+        );
+    }
+
+    #[test]
+    fn rejects_a_rollback_while_a_compensation_retries() {
+        for outcome in [
+            Outcome::RolledBack { cause: step_failed("a", "x") },
+            Outcome::RollbackIncomplete {
+                cause: step_failed("a", "x"),
+                not_undone: vec![comp_failed("a", "e")],
+            },
+        ] {
+            assert_finish_rejected(
+                outcome.status(),
+                vec![
+                    st("a", 1),
+                    fail("a", "x", false),
+                    cst("a", 1),
+                    cfail("a", "e", true),
+                    fin(outcome.clone()),
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_rollback_that_left_a_started_step_not_compensated() {
+        // a's compensation failed for good: its change stays, so "rolled back" is a lie.
+        assert_finish_rejected(
+            "rolled back, a not undone",
+            vec![
+                st("a", 1),
+                ok("a"),
+                st("b", 1),
+                fail("b", "x", false),
+                cst("b", 1),
+                cok("b"),
+                cst("a", 1),
+                cfail("a", "gone", false),
+                fin(Outcome::RolledBack { cause: step_failed("b", "x") }),
+            ],
+        );
+        // Nor may a rollback incomplete call that step irreversible (its compensation ran).
+        assert_finish_rejected(
+            "rollback incomplete, a called irreversible",
+            incomplete_rollback(vec![irreversible("i"), irreversible("a")]),
+        );
+    }
+
+    #[test]
+    fn rejects_a_rollback_cause_other_than_the_recorded_one() {
+        let cancelled_log = |cause: RollbackCause| {
+            vec![
+                st("a", 1),
+                ok("a"),
+                st("b", 1),
+                cancel("bob", "wrong app"),
+                fail("b", "cancelled", false),
+                cst("b", 1),
+                cok("b"),
+                cst("a", 1),
+                cok("a"),
+                fin(Outcome::RolledBack { cause }),
+            ]
+        };
+        assert_finish_rejected("other actor", cancelled_log(cancelled("mallory", "wrong app")));
+        assert_finish_rejected("other reason", cancelled_log(cancelled("bob", "because")));
+        assert_finish_rejected(
+            "the failure, not the cancel",
+            cancelled_log(step_failed("b", "cancelled")),
+        );
+        let failed_log = |cause: RollbackCause| {
+            vec![
+                st("a", 1),
+                ok("a"),
+                st("b", 1),
+                fail("b", "x", false),
+                cst("b", 1),
+                cok("b"),
+                cst("a", 1),
+                cok("a"),
+                fin(Outcome::RolledBack { cause }),
+            ]
+        };
+        assert_finish_rejected("other step", failed_log(step_failed("a", "x")));
+        assert_finish_rejected("other error", failed_log(step_failed("b", "y")));
+        assert_finish_rejected("a cancel never recorded", failed_log(cancelled("bob", "r")));
+        assert_folds("the recorded cause", failed_log(step_failed("b", "x")));
+    }
+
+    #[test]
+    fn rejects_a_rollback_incomplete_that_omits_or_invents_a_not_undone_step() {
+        let cases = [
+            ("omits a failed compensation", vec![irreversible("i")]),
+            ("invents a step", vec![irreversible("i"), comp_failed("a", "e2"), irreversible("z")]),
+            (
+                "names a compensated step irreversible",
+                vec![irreversible("b"), irreversible("i"), comp_failed("a", "e2")],
+            ),
+            (
+                "names a compensated step failed",
+                vec![comp_failed("b", "x"), irreversible("i"), comp_failed("a", "e2")],
+            ),
+            ("another error", vec![irreversible("i"), comp_failed("a", "e1")]),
+            (
+                "a failed compensation for a skipped step",
+                vec![comp_failed("i", "e2"), comp_failed("a", "e2")],
+            ),
+            (
+                "names a step twice",
+                vec![irreversible("i"), irreversible("i"), comp_failed("a", "e2")],
+            ),
+            ("nothing", vec![]),
+            ("out of rollback order", vec![comp_failed("a", "e2"), irreversible("i")]),
+        ];
+        for (what, not_undone) in cases {
+            assert_finish_rejected(what, incomplete_rollback(not_undone));
+        }
+        // What the fold cannot tell: r may be irreversible (named) or read-only (left out).
+        assert_folds(
+            "r named irreversible",
+            incomplete_rollback(vec![irreversible("i"), irreversible("r"), comp_failed("a", "e2")]),
+        );
+        assert_folds("i left out", incomplete_rollback(vec![comp_failed("a", "e2")]));
     }
 }

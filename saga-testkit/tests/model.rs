@@ -163,8 +163,8 @@ proptest! {
         matches_model(&case, Backend::Memory)?;
     }
 
-    /// Every log the executor writes folds, at every prefix; its mutations are rejected as the
-    /// rules in `model/mutate.rs` say.
+    /// Every log the executor writes folds; its mutations (records dropped, duplicated or
+    /// swapped; its outcome rewritten) are rejected as the rules in `model/mutate.rs` say.
     #[test]
     fn the_fold_accepts_written_logs_and_rejects_mutated_ones(case in with_crash()) {
         let run = run(&case, Backend::Memory)?;
@@ -260,9 +260,9 @@ fn a_cancel_in_a_parallel_group_matches_the_model() {
 /// A cancel is durable, then the process crashes before the cancelled step's end is recorded.
 /// The recovered executor compensates everything, then writes `OperationFinished` while the
 /// step's execution is still "running" in the fold (its outcome was lost and is never recorded),
-/// which the fold rejects: the Operation halts and never finishes. The same happens when a
-/// crash during a rollback loses the end of a parallel sibling's execute (the model properties
-/// find both).
+/// which the fold accepts while rolling back (the step was compensated with `Executed::Unknown`),
+/// so the Operation rolls back. The same holds when a crash during a rollback loses the end of a
+/// parallel sibling's execute (the model properties cover both).
 #[test]
 fn a_crash_after_a_cancel_before_the_step_ended_recovers() {
     use saga_core::{RollbackCause, StepKind};

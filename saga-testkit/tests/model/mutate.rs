@@ -1,12 +1,15 @@
 //! Mutations of an executor-written log and what the fold must say of them.
 //!
-//! The fold checks sequence numbers, so a mutation that keeps the records' own numbers (*raw*)
-//! is always illegal, except dropping the last record, which leaves a legal strict prefix (what
-//! a crash leaves). Renumbering after the mutation tests the state machine itself, and there
-//! some mutations yield another legal log: the fold does not know the saga, so dropping a
-//! `StepSucceeded` of a step that is later compensated reads as "outcome unknown after a crash",
-//! and dropping a restarted attempt reads as one attempt fewer. So a renumbered mutation must be
-//! illegal only where no legal log can result:
+//! The executor's log itself must fold. Then two families of mutations.
+//!
+//! **Moving records** (drop, duplicate, swap with the next, at every position). The fold checks
+//! sequence numbers, so a mutation that keeps the records' own numbers (*raw*) is always illegal,
+//! except dropping the last record, which leaves a legal strict prefix (what a crash leaves).
+//! Renumbering after the mutation tests the state machine itself, and there some mutations yield
+//! another legal log: the fold does not know the saga, so dropping a `StepSucceeded` of a step
+//! that is later compensated reads as "outcome unknown after a crash", and dropping a restarted
+//! attempt reads as one attempt fewer. So a renumbered mutation must be illegal only where no
+//! legal log can result:
 //!
 //! - a record written twice in a row (every record kind refuses to follow itself);
 //! - a first attempt's start (`StepStarted`/`CompensationStarted` attempt 1) dropped or moved
@@ -15,9 +18,33 @@
 //!
 //! Every other renumbered mutation must be legal or illegal at or after the mutated position:
 //! the records before it are the executor's and legal, so the fold must not blame them.
+//!
+//! **Rewriting the outcome** of the closing `OperationFinished`, everything else kept: each
+//! other outcome kind, another cause (the cancel's actor or reason changed, the failure instead
+//! of the cancel, another step or error, a cancel never recorded), and a `not_undone` entry
+//! added (any started step or an unknown one, either reason, at any position), dropped or changed
+//! (its step, its reason, its error). The fold does not know the saga, but it knows which steps
+//! the executor compensated: every started compensable step has a compensation that ended
+//! before the outcome. A started step whose compensation never started is irreversible or
+//! read-only, and the log reads the same either way. So the outcomes the fold must accept are
+//! exactly those the executor writes for this log under a saga that makes some subset of those
+//! never-compensated steps irreversible and the rest read-only: the original cause; every
+//! compensation that failed for good named with its last error, every step of the subset named
+//! `Irreversible`, nothing else, in the rollback order (steps whose execute never ended first,
+//! latest started first among them, then reverse order of completion); rolled back when that
+//! list is empty; succeeded only when the original is. Every other rewrite contradicts the log
+//! and must be rejected, naming the `OperationFinished` record; every such rewrite must be
+//! accepted.
+//!
 //! Every rejection is the typed `Error::IllegalRecord`, never a panic.
 
-use saga_core::{Error, OperationId, OperationState, Record, RecordKind};
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+use saga_core::{
+    Compensation, Error, NotUndone, NotUndoneReason, OperationId, OperationState, Outcome, Record,
+    RecordKind, RollbackCause,
+};
 
 fn renumber(mut records: Vec<Record>) -> Vec<Record> {
     for (i, r) in records.iter_mut().enumerate() {
@@ -65,12 +92,16 @@ fn illegal_from(
 }
 
 /// Every mutation of `log` (drop, duplicate, swap with the next, at every position, raw and
-/// renumbered) checked against the rules above.
+/// renumbered; rewrites of its outcome) checked against the rules above.
 pub fn problems(log: &[Record]) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(id) = log.first().map(|r| r.operation) else {
         return vec!["empty log".into()];
     };
+    if let Err(e) = OperationState::fold(id, log) {
+        problems.push(format!("the executor's log is rejected: {e}"));
+    }
+    outcome_problems(id, log, &mut problems);
     let n = log.len();
     for i in 0..n {
         let r = &log[i];
@@ -121,4 +152,217 @@ pub fn problems(log: &[Record]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// What the executor writes when it finishes the rollback of `state` for `cause`, if the steps in
+/// `irreversible` are irreversible and every other step whose compensation never started is
+/// read-only.
+fn engine_outcome(
+    state: &OperationState,
+    cause: &RollbackCause,
+    irreversible: &BTreeSet<&str>,
+) -> Outcome {
+    let mut order: Vec<(usize, &saga_core::StepState)> = state.steps.iter().enumerate().collect();
+    order.sort_by_key(|(start, s)| (Reverse(s.completed_seq.unwrap_or(u64::MAX)), Reverse(*start)));
+    let not_undone: Vec<NotUndone> = order
+        .into_iter()
+        .filter_map(|(_, s)| {
+            let reason = match &s.compensation {
+                Compensation::NotStarted if irreversible.contains(s.name.as_str()) => {
+                    NotUndoneReason::Irreversible
+                }
+                Compensation::Failed { error } => {
+                    NotUndoneReason::CompensationFailed(error.clone())
+                }
+                _ => return None,
+            };
+            Some(NotUndone { step: s.name.clone(), reason })
+        })
+        .collect();
+    if not_undone.is_empty() {
+        Outcome::RolledBack { cause: cause.clone() }
+    } else {
+        Outcome::RollbackIncomplete { cause: cause.clone(), not_undone }
+    }
+}
+
+/// Whether the executor may write `candidate` to close `state`, whose true outcome is `original`.
+fn legal_outcome(state: &OperationState, original: &Outcome, candidate: &Outcome) -> bool {
+    let (Outcome::RolledBack { cause } | Outcome::RollbackIncomplete { cause, .. }) = original
+    else {
+        return candidate == original;
+    };
+    let named: BTreeSet<&str> = match candidate {
+        Outcome::RollbackIncomplete { not_undone, .. } => not_undone
+            .iter()
+            .filter(|n| n.reason == NotUndoneReason::Irreversible)
+            .map(|n| n.step.as_str())
+            .collect(),
+        Outcome::Succeeded | Outcome::RolledBack { .. } => BTreeSet::new(),
+    };
+    let never_compensated =
+        |step: &str| state.step(step).is_some_and(|s| s.compensation == Compensation::NotStarted);
+    named.iter().all(|s| never_compensated(s)) && *candidate == engine_outcome(state, cause, &named)
+}
+
+/// Rewrites of `outcome`, each with a description.
+fn rewrites(state: &OperationState, outcome: &Outcome) -> Vec<(String, Outcome)> {
+    let mut out: Vec<(String, Outcome)> = Vec::new();
+    let steps: Vec<&str> = state.steps.iter().map(|s| s.name.as_str()).collect();
+    let first = steps.first().copied().unwrap_or("no-such-step");
+    // Causes other than the recorded one (and, for a succeeded outcome, invented ones).
+    let mut causes = vec![
+        RollbackCause::Cancelled { actor: "mallory".into(), reason: "because".into() },
+        RollbackCause::StepFailed { step: first.into(), error: "invented".into() },
+        RollbackCause::StepFailed { step: "no-such-step".into(), error: "invented".into() },
+    ];
+    if let Some((actor, reason)) = &state.cancel {
+        causes
+            .push(RollbackCause::Cancelled { actor: format!("{actor}!"), reason: reason.clone() });
+        causes
+            .push(RollbackCause::Cancelled { actor: actor.clone(), reason: format!("{reason}!") });
+    }
+    if let Some((step, error)) = &state.failure {
+        causes.push(RollbackCause::StepFailed { step: step.clone(), error: error.clone() });
+        causes.push(RollbackCause::StepFailed { step: step.clone(), error: format!("{error}!") });
+        for other in steps.iter().filter(|s| **s != step.as_str()) {
+            causes.push(RollbackCause::StepFailed { step: (*other).into(), error: error.clone() });
+        }
+    }
+    let (cause, list) = match outcome {
+        Outcome::Succeeded => {
+            for cause in causes {
+                out.push((
+                    format!("succeeded -> rolled back ({cause})"),
+                    Outcome::RolledBack { cause: cause.clone() },
+                ));
+                let not_undone =
+                    vec![NotUndone { step: first.into(), reason: NotUndoneReason::Irreversible }];
+                out.push((
+                    format!("succeeded -> rollback incomplete ({cause})"),
+                    Outcome::RollbackIncomplete { cause, not_undone },
+                ));
+            }
+            return out;
+        }
+        Outcome::RolledBack { cause } => (cause, Vec::new()),
+        Outcome::RollbackIncomplete { cause, not_undone } => (cause, not_undone.clone()),
+    };
+    let rebuild = |cause: &RollbackCause, list: Vec<NotUndone>| {
+        if matches!(outcome, Outcome::RolledBack { .. }) && list.is_empty() {
+            Outcome::RolledBack { cause: cause.clone() }
+        } else {
+            Outcome::RollbackIncomplete { cause: cause.clone(), not_undone: list }
+        }
+    };
+    // Other kinds.
+    out.push(("-> succeeded".into(), Outcome::Succeeded));
+    match outcome {
+        Outcome::RolledBack { .. } => out.push((
+            "rolled back -> rollback incomplete with nothing".into(),
+            Outcome::RollbackIncomplete { cause: cause.clone(), not_undone: Vec::new() },
+        )),
+        _ => out.push((
+            "rollback incomplete -> rolled back".into(),
+            Outcome::RolledBack { cause: cause.clone() },
+        )),
+    }
+    // Other causes.
+    for other in causes.into_iter().filter(|c| c != cause) {
+        out.push((format!("cause -> {other}"), rebuild(&other, list.clone())));
+    }
+    // Entries added, at every position: every started step (and an unknown one), either reason.
+    let mut entries: Vec<NotUndone> = Vec::new();
+    for step in steps.iter().copied().chain(["no-such-step"]) {
+        entries.push(NotUndone { step: step.into(), reason: NotUndoneReason::Irreversible });
+        entries.push(NotUndone {
+            step: step.into(),
+            reason: NotUndoneReason::CompensationFailed("invented".into()),
+        });
+        if let Some(Compensation::Failed { error }) = state.step(step).map(|s| &s.compensation) {
+            entries.push(NotUndone {
+                step: step.into(),
+                reason: NotUndoneReason::CompensationFailed(error.clone()),
+            });
+        }
+    }
+    for entry in &entries {
+        for at in 0..=list.len() {
+            let mut changed = list.clone();
+            changed.insert(at, entry.clone());
+            out.push((format!("add {entry} at {at}"), rebuild(cause, changed)));
+        }
+    }
+    // Entries dropped or changed.
+    for at in 0..list.len() {
+        let mut dropped = list.clone();
+        let entry = dropped.remove(at);
+        out.push((format!("drop {entry}"), rebuild(cause, dropped)));
+        let mut changes: Vec<NotUndone> = Vec::new();
+        for step in steps.iter().copied().chain(["no-such-step"]) {
+            if step != entry.step {
+                changes.push(NotUndone { step: step.into(), reason: entry.reason.clone() });
+            }
+        }
+        changes.push(NotUndone {
+            step: entry.step.clone(),
+            reason: match &entry.reason {
+                NotUndoneReason::Irreversible => {
+                    NotUndoneReason::CompensationFailed("invented".into())
+                }
+                NotUndoneReason::CompensationFailed(_) => NotUndoneReason::Irreversible,
+            },
+        });
+        if let NotUndoneReason::CompensationFailed(error) = &entry.reason {
+            changes.push(NotUndone {
+                step: entry.step.clone(),
+                reason: NotUndoneReason::CompensationFailed(format!("{error}!")),
+            });
+        }
+        for change in changes {
+            let mut changed = list.clone();
+            changed[at] = change.clone();
+            out.push((format!("change {entry} to {change}"), rebuild(cause, changed)));
+        }
+    }
+    out
+}
+
+/// Rewrites of the closing `OperationFinished` checked against the rule in the module doc.
+fn outcome_problems(id: OperationId, log: &[Record], problems: &mut Vec<String>) {
+    let Some((last, before)) = log.split_last() else { return };
+    let RecordKind::OperationFinished { outcome } = &last.kind else { return };
+    let state = match OperationState::fold(id, before) {
+        Ok(state) => state,
+        Err(e) => return problems.push(format!("the executor's log before its outcome: {e}")),
+    };
+    if let Outcome::RolledBack { cause } | Outcome::RollbackIncomplete { cause, .. } = outcome {
+        // The rule restates the executor's: its own outcome must be one of those it allows.
+        if !legal_outcome(&state, outcome, outcome) {
+            problems.push(format!(
+                "the executor wrote {outcome:?} ({cause}), which the rule of mutate.rs does not \
+                 allow for this log"
+            ));
+        }
+    }
+    for (what, candidate) in rewrites(&state, outcome) {
+        let mut mutated = log.to_vec();
+        if let Some(r) = mutated.last_mut() {
+            r.kind = RecordKind::OperationFinished { outcome: candidate.clone() };
+        }
+        let result = OperationState::fold(id, &mutated);
+        let what = format!("outcome rewritten ({what}): {candidate:?}");
+        match (legal_outcome(&state, outcome, &candidate), result) {
+            (true, Ok(_)) => {}
+            (true, Err(e)) => problems.push(format!("{what}: the executor may write it: {e}")),
+            (false, Err(Error::IllegalRecord { seq, .. })) if seq == last.seq => {}
+            (false, Err(Error::IllegalRecord { seq, problem, .. })) => {
+                problems.push(format!("{what}: rejected at {seq}, not at the outcome: {problem}"))
+            }
+            (false, Err(other)) => {
+                problems.push(format!("{what}: rejected with an untyped error: {other}"))
+            }
+            (false, Ok(_)) => problems.push(format!("{what}: the fold accepts it")),
+        }
+    }
 }
