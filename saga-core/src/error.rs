@@ -79,20 +79,24 @@ pub enum Error {
         /// The Operation.
         operation: OperationId,
         /// Why.
-        cause: Box<Error>,
+        #[source]
+        cause: std::sync::Arc<Error>,
     },
     /// The Operation stopped on this executor before finishing (shutdown, or a store failure);
     /// `recover()` on an executor over the same store finishes it.
     #[error("operation {0} is not running on this executor and has not finished")]
     NotRunning(OperationId),
-    /// The Operation's driver stopped because the store failed or its log became illegal;
-    /// `recover()` on an executor over the same store may resume it.
-    #[error("operation {operation} halted: {problem}")]
+    /// The Operation's driver stopped because the store failed (permanently, or transiently for
+    /// longer than the executor retries) or its log became illegal. What the store acknowledged
+    /// is all that is known: the Operation has no outcome the log can stand behind until
+    /// `recover()` on an executor over the same store resumes it.
+    #[error("operation {operation} halted: {cause}")]
     Halted {
         /// The Operation.
         operation: OperationId,
-        /// Why.
-        problem: String,
+        /// Why: typically [`Error::Store`] with the store's reason.
+        #[source]
+        cause: std::sync::Arc<Error>,
     },
     /// A report could not be written.
     #[error("cannot write the report: {0}")]
@@ -172,6 +176,16 @@ pub enum StoreError {
         /// What the decoder said.
         problem: String,
     },
+    /// A record could not be encoded (nothing was written).
+    #[error("operation {operation}: record {seq} cannot be encoded: {problem}")]
+    Encode {
+        /// The Operation.
+        operation: OperationId,
+        /// The record's sequence number.
+        seq: u64,
+        /// What the encoder said.
+        problem: String,
+    },
     /// A record was written by a newer release whose format this release cannot read.
     #[error("record format version {found} is newer than this release reads (up to {supported})")]
     NewerFormat {
@@ -197,6 +211,25 @@ pub enum StoreError {
     /// Any other backend error.
     #[error("store backend error: {0}")]
     Backend(String),
+    /// A failure that may pass (a dropped connection, a busy backend, a full queue): the same
+    /// call may succeed later. Nothing was acknowledged.
+    #[error("store temporarily unavailable: {0}")]
+    Transient(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if made again later. The executor retries such errors
+    /// with backoff; every other error halts what needed the store.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
+}
+
+impl Error {
+    /// Whether the same call may succeed if made again later (a transient store error).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_transient())
+    }
 }
 
 /// Whether a step error is worth retrying.

@@ -54,6 +54,7 @@
 #![forbid(unsafe_code)]
 
 mod capture;
+mod check;
 mod error;
 mod executor;
 mod fold;
@@ -69,6 +70,7 @@ mod step;
 mod store;
 
 pub use crate::capture::OperationLogLayer;
+pub use crate::check::{CheckReport, Finding, Problem};
 pub use crate::error::{ContextError, Error, ErrorKind, Result, StepError, StoreError};
 pub use crate::executor::{
     Executor, ExecutorBuilder, FollowEvent, LogFollower, RecoveryReport, DEFAULT_LOG_RETENTION,
@@ -89,7 +91,7 @@ pub use crate::report::{
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::{GroupBuilder, Saga, SagaBuilder, StepInfo};
 pub use crate::step::{Executed, Step, StepContext, StepKind};
-pub use crate::store::{check_sequence, Lease, Store};
+pub use crate::store::{check_sequence, Lease, Listing, Store};
 
 /// Re-exported so that steps and stores implement the traits with the same macro version.
 pub use async_trait::async_trait;

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::check::{CheckReport, Finding, Problem};
 use crate::error::StoreError;
 use crate::id::{now_ms, OperationId};
 use crate::oplog::LogLine;
 use crate::record::{Record, RecordKind};
-use crate::store::{check_sequence, Lease, Store};
+use crate::store::{check_sequence, Lease, Listing, Store};
 
 /// A [`Store`] in memory. Nothing is durable beyond the process; records appended are visible to
 /// every later read at once. Cloning is not offered: share it behind an `Arc`.
@@ -19,7 +20,7 @@ use crate::store::{check_sequence, Lease, Store};
 /// use saga_core::{MemoryStore, Store};
 /// # tokio::runtime::Runtime::new()?.block_on(async {
 /// let store = MemoryStore::new();
-/// assert!(store.list_unfinished().await?.is_empty());
+/// assert!(store.list_unfinished().await?.ids.is_empty());
 /// # Ok::<(), saga_core::StoreError>(())
 /// # })?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -109,8 +110,8 @@ impl Store for MemoryStore {
         Ok(entry.records.clone())
     }
 
-    async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> {
-        Ok(self.lock().unfinished.iter().copied().collect())
+    async fn list_unfinished(&self) -> Result<Listing, StoreError> {
+        Ok(Listing::of(self.lock().unfinished.iter().copied().collect()))
     }
 
     async fn claim(
@@ -153,14 +154,14 @@ impl Store for MemoryStore {
         environment: &str,
         since_ms: u64,
         until_ms: u64,
-    ) -> Result<Vec<OperationId>, StoreError> {
+    ) -> Result<Listing, StoreError> {
         if since_ms >= until_ms {
-            return Ok(Vec::new());
+            return Ok(Listing::default());
         }
         let inner = self.lock();
         let from = (environment.to_owned(), since_ms, OperationId::from_u128(0));
         let to = (environment.to_owned(), until_ms, OperationId::from_u128(0));
-        Ok(inner.by_environment.range(from..to).map(|((_, _, id), _)| *id).collect())
+        Ok(Listing::of(inner.by_environment.range(from..to).map(|((_, _, id), _)| *id).collect()))
     }
 
     async fn append_log(
@@ -203,5 +204,75 @@ impl Store for MemoryStore {
         }
         inner.by_environment.retain(|(env, _, _), _| env != environment);
         Ok(ids.len() as u64)
+    }
+
+    /// The maps are changed together under one lock, so a check of a `MemoryStore` finds
+    /// nothing unless a bug of this crate left them apart; it checks them all the same.
+    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let mut report = CheckReport::default();
+        let mut found = |operation, problem| {
+            report.findings.push(Finding { operation: Some(operation), problem, repaired: repair })
+        };
+        for (id, entry) in &inner.operations {
+            let finished = entry
+                .records
+                .last()
+                .is_some_and(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
+            if finished && inner.unfinished.contains(id) {
+                found(*id, Problem::StaleUnfinishedMark);
+                if repair {
+                    inner.unfinished.remove(id);
+                }
+            } else if !finished && !inner.unfinished.contains(id) {
+                found(*id, Problem::MissingUnfinishedMark);
+                if repair {
+                    inner.unfinished.insert(*id);
+                }
+            }
+            let created_ms = entry.records.first().map_or(0, |r| r.at_ms);
+            let key = (entry.environment.clone(), created_ms, *id);
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                inner.by_environment.entry(key)
+            {
+                found(*id, Problem::MissingIndexEntry);
+                if repair {
+                    slot.insert(());
+                }
+            }
+        }
+        let operations = &inner.operations;
+        let matches = |(env, at, id): &(String, u64, OperationId)| {
+            operations.get(id).is_some_and(|e| {
+                e.environment == *env && e.records.first().is_some_and(|r| r.at_ms == *at)
+            })
+        };
+        let dangling: Vec<OperationId> =
+            inner.unfinished.iter().filter(|id| !operations.contains_key(id)).copied().collect();
+        for id in dangling {
+            found(id, Problem::DanglingEntry { index: "unfinished".into() });
+            if repair {
+                inner.unfinished.remove(&id);
+            }
+        }
+        let dangling: Vec<_> =
+            inner.by_environment.keys().filter(|k| !matches(k)).cloned().collect();
+        for key in dangling {
+            found(key.2, Problem::DanglingEntry { index: "by_environment".into() });
+            if repair {
+                inner.by_environment.remove(&key);
+            }
+        }
+        let dangling: Vec<OperationId> =
+            inner.leases.keys().filter(|id| !operations.contains_key(id)).copied().collect();
+        for id in dangling {
+            found(id, Problem::DanglingEntry { index: "leases".into() });
+            if repair {
+                inner.leases.remove(&id);
+            }
+        }
+        report.operations = operations.len() as u64;
+        Ok(report)
     }
 }

@@ -220,7 +220,14 @@ impl LogSink {
         if lines.is_empty() {
             return Ok(());
         }
-        store.append_log(self.operation, &lines).await
+        let result = store.append_log(self.operation, &lines).await;
+        if result.is_err() {
+            // Keep them for the next flush, ahead of the lines written meanwhile.
+            let mut inner = self.lock();
+            let newer = std::mem::replace(&mut inner.pending, lines);
+            inner.pending.extend(newer);
+        }
+        result
     }
 
     /// A receiver of the lines written from now on, and the lines written but not yet flushed.

@@ -262,14 +262,14 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Encodes a record: the format version byte, then postcard.
-pub fn encode(record: &Record) -> Vec<u8> {
-    let out = vec![FORMAT_VERSION];
-    // Serializing to a Vec cannot fail for these types; an error would be a bug in serde.
-    match postcard::to_extend(record, out) {
-        Ok(bytes) => bytes,
-        Err(_) => vec![FORMAT_VERSION],
-    }
+/// Encodes a record: the format version byte, then postcard. A record that does not serialize
+/// is an error naming it ([`StoreError::Encode`]), never bytes that would not decode.
+pub fn encode(record: &Record) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(record, vec![FORMAT_VERSION]).map_err(|e| StoreError::Encode {
+        operation: record.operation,
+        seq: record.seq,
+        problem: e.to_string(),
+    })
 }
 
 /// Decodes a record written by [`encode`]. `operation` and `position` name the record in the
@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let r = sample();
-        let bytes = encode(&r);
+        let bytes = encode(&r).expect("encodes");
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(decode(&bytes, r.operation, 3).expect("decodes"), r);
     }
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn bad_bytes_are_typed_errors() {
         let r = sample();
-        let bytes = encode(&r);
+        let bytes = encode(&r).expect("encodes");
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut], r.operation, 3).is_err(), "cut at {cut}");
         }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::check::CheckReport;
 use crate::error::StoreError;
 use crate::id::OperationId;
 use crate::oplog::LogLine;
@@ -26,6 +27,24 @@ pub struct Lease {
     pub expires_ms: u64,
 }
 
+/// What a listing from an index found: the Operations it names, and the entries that name none
+/// (a key or value that does not decode), each a typed error saying where. One damaged entry
+/// never hides the others.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The Operations named, in the index's order.
+    pub ids: Vec<OperationId>,
+    /// The entries that could not be read, each saying which index and key.
+    pub damaged: Vec<StoreError>,
+}
+
+impl Listing {
+    /// A listing of these ids with nothing damaged.
+    pub fn of(ids: Vec<OperationId>) -> Self {
+        Listing { ids, damaged: Vec::new() }
+    }
+}
+
 /// Where Operations live: their records, their leases, an index by environment and their log lines.
 ///
 /// # Contract
@@ -44,9 +63,17 @@ pub struct Lease {
 ///   several processes must make `claim` durable before it returns, or epochs could repeat.
 /// - **Unfinished.** [`list_unfinished`](Store::list_unfinished) lists Operations without an
 ///   `OperationFinished` record, without reading finished ones; an append of `OperationFinished`
-///   removes the Operation from that list in the same durable write.
+///   removes the Operation from that list in the same durable write. An index entry that does
+///   not decode is returned in [`Listing::damaged`], never as an error of the whole listing.
+/// - **Acknowledged reads.** `read`, the listings and `read_log` show what was acknowledged: a
+///   record whose `create` or `append` failed is never shown as if it were durable (it may
+///   reappear after a restart, since an unacknowledged write may or may not have reached the
+///   disk, but never as an answer given while the failure is known).
 /// - **Index.** [`list_environment`](Store::list_environment) returns the ids of one environment
-///   created in `[since_ms, until_ms)`, in creation order, from an index.
+///   created in `[since_ms, until_ms)`, in creation order, from an index; damaged entries as in
+///   `list_unfinished`.
+/// - **Check.** [`check`](Store::check) reconciles the indexes with the records and, when asked,
+///   repairs from the records alone what disagrees; it never changes a record.
 /// - **Log lines** need not be durable when [`append_log`](Store::append_log) returns; they are
 ///   written with the next durable write at the latest. They may be purged by age while records stay.
 /// - Every method may be called concurrently, and calling `release` twice is harmless.
@@ -57,7 +84,7 @@ pub struct Lease {
 /// use std::sync::Mutex;
 /// use std::time::Duration;
 /// use async_trait::async_trait;
-/// use saga_core::{Lease, LogLine, OperationId, Record, Store, StoreError};
+/// use saga_core::{CheckReport, Lease, Listing, LogLine, OperationId, Record, Store, StoreError};
 ///
 /// #[derive(Default)]
 /// struct VecStore(Mutex<Vec<Record>>);
@@ -75,17 +102,18 @@ pub struct Lease {
 ///     async fn read(&self, id: OperationId) -> Result<Vec<Record>, StoreError> {
 ///         Ok(self.0.lock().unwrap().iter().filter(|r| r.operation == id).cloned().collect())
 ///     }
-///     async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> { Ok(vec![]) }
+///     async fn list_unfinished(&self) -> Result<Listing, StoreError> { Ok(Listing::default()) }
 ///     async fn claim(&self, id: OperationId, owner: &str, _: Duration) -> Result<Lease, StoreError> {
 ///         Ok(Lease { operation: id, owner: owner.into(), epoch: 2, expires_ms: u64::MAX })
 ///     }
 ///     async fn renew(&self, lease: &Lease, _: Duration) -> Result<Lease, StoreError> { Ok(lease.clone()) }
 ///     async fn release(&self, _: &Lease) -> Result<(), StoreError> { Ok(()) }
-///     async fn list_environment(&self, _: &str, _: u64, _: u64) -> Result<Vec<OperationId>, StoreError> { Ok(vec![]) }
+///     async fn list_environment(&self, _: &str, _: u64, _: u64) -> Result<Listing, StoreError> { Ok(Listing::default()) }
 ///     async fn append_log(&self, _: OperationId, _: &[LogLine]) -> Result<(), StoreError> { Ok(()) }
 ///     async fn read_log(&self, _: OperationId) -> Result<Vec<LogLine>, StoreError> { Ok(vec![]) }
 ///     async fn purge_logs(&self, _: u64) -> Result<u64, StoreError> { Ok(0) }
 ///     async fn delete_environment(&self, _: &str) -> Result<u64, StoreError> { Ok(0) }
+///     async fn check(&self, _: bool) -> Result<CheckReport, StoreError> { Ok(CheckReport::default()) }
 /// }
 /// ```
 ///
@@ -107,8 +135,9 @@ pub trait Store: Send + Sync + 'static {
     /// All records of one Operation, in order. [`StoreError::NotFound`] if it does not exist.
     async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError>;
 
-    /// The Operations that have not finished, in id order.
-    async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError>;
+    /// The Operations that have not finished, in id order, and the entries of that index that
+    /// do not decode.
+    async fn list_unfinished(&self) -> Result<Listing, StoreError>;
 
     /// Takes ownership of an Operation for `ttl`.
     async fn claim(
@@ -124,13 +153,14 @@ pub trait Store: Send + Sync + 'static {
     /// Gives up a lease, so that another executor may claim the Operation at once.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
-    /// Ids of the Operations of `environment` created in `[since_ms, until_ms)`, in creation order.
+    /// Ids of the Operations of `environment` created in `[since_ms, until_ms)`, in creation
+    /// order, and the entries of that range that do not decode.
     async fn list_environment(
         &self,
         environment: &str,
         since_ms: u64,
         until_ms: u64,
-    ) -> Result<Vec<OperationId>, StoreError>;
+    ) -> Result<Listing, StoreError>;
 
     /// Appends log lines of one Operation (not necessarily durable on return).
     async fn append_log(&self, operation: OperationId, lines: &[LogLine])
@@ -145,6 +175,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every Operation of an environment: records, index entries, leases and log lines.
     /// Returns how many Operations went.
     async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError>;
+
+    /// Reconciles the indexes (unfinished, environment, leases, log lines) with the records:
+    /// reports every mismatch and, when `repair` is set, repairs what the records alone can
+    /// repair (see [`Problem`](crate::Problem)). Records are never changed. Safe to call while
+    /// Operations run: each Operation is checked atomically with respect to its appends.
+    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError>;
 }
 
 impl Lease {

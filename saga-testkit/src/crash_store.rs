@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::{async_trait, Lease, LogLine, OperationId, Record, Store, StoreError};
+use saga_core::{
+    async_trait, CheckReport, Lease, Listing, LogLine, OperationId, Record, Store, StoreError,
+};
 
 /// Wraps a store and stops accepting records once `budget` of them (`OperationCreated`
 /// included) were written, as if the process died right after the last one became durable: a
@@ -89,7 +91,7 @@ impl Store for CrashingStore {
         self.inner.read(id).await
     }
 
-    async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> {
+    async fn list_unfinished(&self) -> Result<Listing, StoreError> {
         self.inner.list_unfinished().await
     }
 
@@ -118,7 +120,7 @@ impl Store for CrashingStore {
         environment: &str,
         since_ms: u64,
         until_ms: u64,
-    ) -> Result<Vec<OperationId>, StoreError> {
+    ) -> Result<Listing, StoreError> {
         self.inner.list_environment(environment, since_ms, until_ms).await
     }
 
@@ -136,5 +138,9 @@ impl Store for CrashingStore {
 
     async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
         self.inner.delete_environment(environment).await
+    }
+
+    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
+        self.inner.check(repair).await
     }
 }

@@ -206,7 +206,10 @@ impl<W: World> SagaCheck<W> {
                         if let Some((_, cause)) =
                             report.unrecoverable.into_iter().find(|(op, _)| *op == id)
                         {
-                            return Err(engine(cause));
+                            return Err(engine(saga_core::Error::Unrecoverable {
+                                operation: id,
+                                cause,
+                            }));
                         }
                         let outcome = self.wait(&second, id, &scenario).await?.map_err(engine)?;
                         (id, outcome, true)

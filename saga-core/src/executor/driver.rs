@@ -37,7 +37,7 @@ pub(crate) enum Exit {
     /// Stopped at a step boundary by a shutdown; `recover()` continues it.
     Stopped,
     /// Stopped because the store failed or the log became illegal; `recover()` may continue it.
-    Halted(String),
+    Halted(Arc<Error>),
 }
 
 enum Event {
@@ -65,6 +65,8 @@ pub(crate) struct Driver {
     /// one of another stage is checked against the saga by `StepContext::output`).
     outputs: Arc<Outputs>,
     stopping: bool,
+    /// The outcome's log line, written once the outcome is durable.
+    outcome_line: Option<(LogLevel, String)>,
     _capture: crate::capture::Registration,
 }
 
@@ -109,6 +111,7 @@ impl Driver {
             info,
             outputs: Arc::new(outputs),
             stopping: false,
+            outcome_line: None,
             _capture: crate::capture::register(state_id, &log_for_capture),
         }
     }
@@ -141,7 +144,7 @@ impl Driver {
             Ok(exit) => exit,
             Err(e) => {
                 self.log.line(LogLevel::Error, None, format!("operation halted: {e}"));
-                Exit::Halted(e.to_string())
+                Exit::Halted(Arc::new(e))
             }
         };
         // Best effort: log lines and the lease matter less than the records, which are durable.
@@ -183,6 +186,10 @@ impl Driver {
                 self.running.push(future);
             }
             if let Some(outcome) = &self.state.outcome {
+                // Durable now: only now may the log say so.
+                if let Some((level, line)) = self.outcome_line.take() {
+                    self.log.final_line(level, line);
+                }
                 return Ok(Exit::Finished(outcome.clone()));
             }
             if self.stopping && self.running.is_empty() {
@@ -218,9 +225,7 @@ impl Driver {
                 }
                 command = commands.recv() => self.on_command(command).await?,
                 _ = &mut shutting_down, if !self.stopping => self.begin_stopping(),
-                _ = renew.tick() => {
-                    self.lease = self.shared.store.renew(&self.lease, self.shared.lease_ttl).await?;
-                }
+                _ = renew.tick() => self.renew().await?,
             }
         }
     }
@@ -246,12 +251,62 @@ impl Driver {
         Ok(())
     }
 
+    /// Renews the lease; a transient store error is logged and left to the next renewal, a
+    /// lost lease (fenced) or a permanent error halts the Operation.
+    async fn renew(&mut self) -> Result<(), Error> {
+        match self.shared.store.renew(&self.lease, self.shared.lease_ttl).await {
+            Ok(lease) => self.lease = lease,
+            Err(e) if e.is_transient() => self.log.line(
+                LogLevel::Warn,
+                None,
+                format!("lease renewal failed, trying again at the next renewal: {e}"),
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
     /// Hands the log lines to the store, then makes the queued records durable; the records'
-    /// durable write covers the lines written before it.
+    /// durable write covers the lines written before it. A transient store error is retried
+    /// with backoff (see [`STORE_RETRY`]), with a log line each time; a permanent one, or a
+    /// transient one that outlasts the retries, halts the Operation.
     async fn commit(&mut self) -> Result<(), Error> {
+        let mut attempt = 0;
+        loop {
+            match self.try_commit().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && attempt + 1 < STORE_RETRY.max_attempts => {
+                    attempt += 1;
+                    let delay = STORE_RETRY.delay(attempt);
+                    self.log.line(
+                        LogLevel::Warn,
+                        None,
+                        format!(
+                            "store write failed, retrying in {:.1} s (attempt {} of {}): {e}",
+                            delay.as_secs_f64(),
+                            attempt + 1,
+                            STORE_RETRY.max_attempts
+                        ),
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_commit(&mut self) -> Result<(), Error> {
         self.log.flush(self.shared.store.as_ref()).await?;
         if !self.pending.is_empty() {
-            self.shared.store.append(&self.lease, &self.pending).await?;
+            match self.shared.store.append(&self.lease, &self.pending).await {
+                Ok(()) => {}
+                // An earlier attempt that reported a transient failure may have been written
+                // after all: the store then expects the record after them.
+                Err(crate::StoreError::OutOfSequence { expected, .. })
+                    if already_stored(self.shared.store.as_ref(), &self.pending, expected)
+                        .await? => {}
+                Err(e) => return Err(e.into()),
+            }
             self.pending.clear();
         }
         Ok(())
@@ -301,7 +356,7 @@ impl Driver {
                 let result = tokio::select! {
                     biased;
                     _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
-                    result = with_timeout(timeout, runner.execute(&ctx)) => result,
+                    result = with_timeout(timeout, unwind(runner.execute(&ctx))) => result,
                 };
                 Event::Executed { step, result }
             }
@@ -335,7 +390,7 @@ impl Driver {
         let span = tracing::info_span!("saga_step", operation = %self.state.id, step = %step, phase = "compensate");
         Ok(Box::pin(
             async move {
-                let result = with_timeout(timeout, runner.compensate(&ctx, executed)).await;
+                let result = with_timeout(timeout, unwind(runner.compensate(&ctx, executed))).await;
                 Event::Compensated { step, result }
             }
             .instrument(span),
@@ -422,7 +477,7 @@ impl Driver {
             }
         }
         self.record(RecordKind::OperationFinished { outcome })?;
-        self.log.final_line(level, line);
+        self.outcome_line = Some((level, line));
         Ok(())
     }
 
@@ -544,11 +599,20 @@ impl Driver {
     async fn on_command(&mut self, command: Command) -> Result<(), Error> {
         match command {
             Command::Cancel { actor, reason, reply } => {
-                let answer = self.cancel(actor, reason).await;
-                let failed_to_record = matches!(answer, Err(Error::Store(_)));
-                let _ = reply.send(answer);
-                if failed_to_record {
-                    return Err(Error::NotRunning(self.state.id));
+                match self.cancel(actor, reason).await {
+                    // The cancel could not be recorded: the canceller is told why, and the
+                    // Operation halts with the same cause.
+                    Err(Error::Store(e)) => {
+                        let cause = Arc::new(Error::Store(e));
+                        let _ = reply.send(Err(Error::Halted {
+                            operation: self.state.id,
+                            cause: cause.clone(),
+                        }));
+                        return Err(Error::Halted { operation: self.state.id, cause });
+                    }
+                    answer => {
+                        let _ = reply.send(answer);
+                    }
                 }
             }
         }
@@ -583,6 +647,51 @@ impl Driver {
         self.flight.waiting.clear();
         self.flight.due.clear();
         Ok(())
+    }
+}
+
+/// How the driver retries a transient store error: ten attempts, about 30 s in all, then it
+/// halts the Operation with that error.
+const STORE_RETRY: crate::RetryPolicy = crate::RetryPolicy {
+    max_attempts: 10,
+    initial_delay: Duration::from_millis(50),
+    max_delay: Duration::from_secs(8),
+    multiplier: 2.0,
+    max_elapsed: None,
+};
+
+/// Whether the store holds exactly the `pending` records already (an append that failed
+/// transiently but was written), given the sequence number the store expects next.
+async fn already_stored(
+    store: &dyn crate::Store,
+    pending: &[Record],
+    expected: u64,
+) -> Result<bool, Error> {
+    let Some(first) = pending.first() else { return Ok(true) };
+    if expected != first.seq + pending.len() as u64 {
+        return Ok(false);
+    }
+    let stored = store.read(first.operation).await?;
+    let from = usize::try_from(first.seq).unwrap_or(usize::MAX);
+    Ok(stored.get(from..).is_some_and(|tail| {
+        tail.len() == pending.len()
+            && tail.iter().zip(pending).all(|(a, b)| a.kind == b.kind && a.seq == b.seq)
+    }))
+}
+
+/// Runs a step's future, turning a panic into a failed attempt with a permanent error, so that
+/// the Operation and the executor go on.
+async fn unwind<T>(future: impl Future<Output = Result<T, StepError>>) -> Result<T, StepError> {
+    match std::panic::AssertUnwindSafe(future).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Err(StepError::permanent(format!("step panicked: {message}")))
+        }
     }
 }
 

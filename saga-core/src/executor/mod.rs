@@ -2,6 +2,7 @@
 
 mod driver;
 mod follow;
+mod guard;
 mod mailbox;
 pub(crate) mod plan;
 
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use self::driver::{Command, Driver, Exit};
 pub use self::follow::{FollowEvent, LogFollower};
+use self::guard::Driving;
 use self::mailbox::Mailbox;
 use crate::error::{Error, Result, StoreError};
 use crate::fold::{OperationState, Phase};
@@ -74,10 +76,32 @@ pub(crate) struct Shared {
     max_log_lines: u64,
     permits: Arc<Semaphore>,
     running: Mutex<HashMap<OperationId, Handle>>,
-    unrecoverable: Mutex<HashMap<OperationId, String>>,
+    /// Operations that stopped here without an outcome the log stands behind, and why: their
+    /// answers (`wait`, `status`, `cancel`) are that failure until a `recover()` resumes them.
+    troubled: Mutex<HashMap<OperationId, Trouble>>,
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
     recovering: tokio::sync::Mutex<()>,
+}
+
+/// Why an Operation is not running here although it has not finished.
+#[derive(Clone)]
+enum Trouble {
+    /// Its driver stopped on a store failure or an illegal log.
+    Halted(Arc<Error>),
+    /// `recover()` could not resume it.
+    Unrecoverable(Arc<Error>),
+}
+
+impl Trouble {
+    fn error(&self, operation: OperationId) -> Error {
+        match self {
+            Trouble::Halted(cause) => Error::Halted { operation, cause: cause.clone() },
+            Trouble::Unrecoverable(cause) => {
+                Error::Unrecoverable { operation, cause: cause.clone() }
+            }
+        }
+    }
 }
 
 struct Handle {
@@ -102,8 +126,13 @@ pub struct RecoveryReport {
     pub resumed: Vec<OperationId>,
     /// Operations owned by another executor whose lease has not expired.
     pub owned_elsewhere: Vec<OperationId>,
-    /// Operations that cannot be resumed, with why (unknown saga, illegal log).
-    pub unrecoverable: Vec<(OperationId, Error)>,
+    /// Operations that cannot be resumed, with why: an unknown saga, an illegal log, a damaged
+    /// record or lease, or a store error while reading it (a transient one, see
+    /// [`Error::is_transient`], may pass at a later `recover()`). The others still resume.
+    pub unrecoverable: Vec<(OperationId, Arc<Error>)>,
+    /// Entries of the unfinished index that name no Operation (a key that does not decode),
+    /// each saying where; [`Executor::check`] removes them.
+    pub damaged: Vec<StoreError>,
 }
 
 /// Builds an [`Executor`].
@@ -131,9 +160,15 @@ impl ExecutorBuilder {
         self
     }
 
-    /// The executor's name in leases. Give every executor that shares a store its own name, and
-    /// keep it across restarts: a restarted executor reclaims its own Operations at once, while
-    /// another name has to wait for their leases to expire. The default is the host's name.
+    /// The executor's name in leases. Every executor that shares a store needs its own name:
+    /// two executors with one name would both drive an Operation. The default is unique to this
+    /// process (`host:pid:random`), so a restarted process waits for its predecessor's leases to
+    /// expire before it resumes their Operations. A process that is the only one to use its
+    /// store, and wants its Operations back at once after a restart, names itself with a name
+    /// it keeps across restarts (and never runs twice at once).
+    ///
+    /// Within one process, two executors never drive one Operation at once, whatever their
+    /// names: a claim of an Operation that another executor of the process drives is refused.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self
@@ -184,7 +219,7 @@ impl ExecutorBuilder {
                 max_log_lines: self.max_log_lines,
                 permits: Arc::new(Semaphore::new(self.max_running)),
                 running: Mutex::new(HashMap::new()),
-                unrecoverable: Mutex::new(HashMap::new()),
+                troubled: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 recovering: tokio::sync::Mutex::new(()),
@@ -242,6 +277,9 @@ impl Executor {
         let params = serde_json::to_vec(params)
             .map_err(|source| Error::Serialize { what: "the params".into(), source })?;
         let id = OperationId::new();
+        let Some(driving) = Driving::reserve(id) else {
+            return Err(Error::Store(StoreError::AlreadyExists(id)));
+        };
         let record = Record {
             operation: id,
             seq: 0,
@@ -264,7 +302,7 @@ impl Executor {
             None,
             format!("operation {id} created: {saga} v{version} on {} by {actor}", state.resource),
         );
-        self.spawn(definition, state, lease, log);
+        self.spawn(definition, state, lease, log, driving);
         Ok(id)
     }
 
@@ -274,8 +312,10 @@ impl Executor {
         state: OperationState,
         lease: crate::Lease,
         log: Arc<LogSink>,
+        driving: Driving,
     ) {
         let id = state.id;
+        lock(&self.shared.troubled).remove(&id);
         let mailbox = Arc::new(Mailbox::default());
         let (exit_tx, exit_rx) = watch::channel(None);
         lock(&self.shared.running)
@@ -285,6 +325,7 @@ impl Executor {
         // The driver lives in the task and is borrowed by `queue` and `run`: moving it into `run`
         // would keep two copies of it in the task's future, per Operation in flight.
         self.shared.tasks.spawn(async move {
+            let _driving = driving;
             let permit = driver.queue(shared.permits.clone()).await;
             let exit = match permit {
                 Some(_permit) => driver.run().await,
@@ -294,6 +335,9 @@ impl Executor {
                 }
             };
             mailbox.close();
+            if let Exit::Halted(cause) = &exit {
+                lock(&shared.troubled).insert(id, Trouble::Halted(cause.clone()));
+            }
             lock(&shared.running).remove(&id);
             let _ = exit_tx.send(Some(exit));
         });
@@ -314,6 +358,9 @@ impl Executor {
             }
         }
         // Not running here (or it ended while we asked): answer from the log.
+        if let Some(trouble) = self.trouble(id) {
+            return Err(trouble.error(id));
+        }
         let state = self.status(id).await?;
         if let Some(outcome) = state.outcome {
             return Err(Error::AlreadyFinished { operation: id, outcome });
@@ -321,8 +368,13 @@ impl Executor {
         Err(Error::NotRunning(id))
     }
 
-    /// The Operation's state, folded from its records in the store.
+    /// The Operation's state, folded from its acknowledged records in the store. For an
+    /// Operation that halted here on a store failure, that failure ([`Error::Halted`]), until a
+    /// `recover()` resumes it: its records in the store may not be all that happened.
     pub async fn status(&self, id: OperationId) -> Result<OperationState> {
+        if let Some(trouble @ Trouble::Halted(_)) = self.trouble(id) {
+            return Err(trouble.error(id));
+        }
         let records = self.shared.store.read(id).await.map_err(|e| match e {
             StoreError::NotFound(id) => Error::NotFound(id),
             other => Error::Store(other),
@@ -330,9 +382,10 @@ impl Executor {
         OperationState::fold(id, &records)
     }
 
-    /// Waits for the Operation's outcome. For an Operation not running here, answers from the log:
-    /// its outcome if it finished, [`Error::NotRunning`] if not, [`Error::Unrecoverable`] if
-    /// recovery could not resume it.
+    /// Waits for the Operation's outcome, which is durable when it is returned. For an Operation
+    /// not running here, answers from the log: its outcome if it finished,
+    /// [`Error::Halted`] with the store's reason if it stopped here on a store failure,
+    /// [`Error::Unrecoverable`] if recovery could not resume it, [`Error::NotRunning`] otherwise.
     pub async fn wait(&self, id: OperationId) -> Result<Outcome> {
         let exit = lock(&self.shared.running).get(&id).map(|h| h.exit.clone());
         if let Some(mut exit) = exit {
@@ -340,17 +393,12 @@ impl Executor {
             match ended {
                 Some(Exit::Finished(outcome)) => return Ok(outcome),
                 Some(Exit::Stopped) => return Err(Error::NotRunning(id)),
-                Some(Exit::Halted(problem)) => {
-                    return Err(Error::Halted { operation: id, problem });
-                }
+                Some(Exit::Halted(cause)) => return Err(Error::Halted { operation: id, cause }),
                 None => {}
             }
         }
-        if let Some(cause) = lock(&self.shared.unrecoverable).get(&id) {
-            return Err(Error::Unrecoverable {
-                operation: id,
-                cause: Box::new(Error::Halted { operation: id, problem: cause.clone() }),
-            });
+        if let Some(trouble) = self.trouble(id) {
+            return Err(trouble.error(id));
         }
         match self.status(id).await?.outcome {
             Some(outcome) => Ok(outcome),
@@ -358,79 +406,111 @@ impl Executor {
         }
     }
 
+    fn trouble(&self, id: OperationId) -> Option<Trouble> {
+        lock(&self.shared.troubled).get(&id).cloned()
+    }
+
     /// Resumes every unfinished Operation of the store that no other live executor owns: forward
-    /// if it was healthy, backward if it had failed or been cancelled. An Operation whose saga is
-    /// not registered or whose log is illegal is reported as unrecoverable; the others still resume.
+    /// if it was healthy, backward if it had failed or been cancelled. An Operation that cannot be
+    /// resumed (its saga is not registered, its log is illegal, a record or its lease is damaged,
+    /// the store fails to read it) is reported as unrecoverable by name; the others still resume.
+    /// Fails as a whole only when the unfinished list itself cannot be read.
     pub async fn recover(&self) -> Result<RecoveryReport> {
         // One recovery at a time per executor, so that two never claim the same Operation.
         let _recovering = self.shared.recovering.lock().await;
-        let ids = self.shared.store.list_unfinished().await?;
+        let listing = self.shared.store.list_unfinished().await?;
+        let ids = listing.ids;
         // Claim and read every Operation first, several at once, and only then resume them: the
         // resumed Operations' writes would otherwise queue the remaining claims behind them.
         let mut prepared = futures::stream::iter(ids)
             .map(|id| self.recover_one(id))
             .buffered(RECOVERY_CONCURRENCY);
-        let mut report = RecoveryReport::default();
+        let mut report = RecoveryReport { damaged: listing.damaged, ..RecoveryReport::default() };
         let mut resume = Vec::new();
         while let Some(found) = prepared.next().await {
             if self.shared.shutdown.is_cancelled() {
                 return Err(Error::ShuttingDown);
             }
-            match found? {
-                Recovered::Running => {}
+            match found {
+                Recovered::Skipped => {}
                 Recovered::OwnedElsewhere(id) => report.owned_elsewhere.push(id),
-                Recovered::Unrecoverable(id, cause) => report.unrecoverable.push((id, cause)),
+                Recovered::Unrecoverable(id, cause) => {
+                    lock(&self.shared.troubled).insert(id, Trouble::Unrecoverable(cause.clone()));
+                    report.unrecoverable.push((id, cause));
+                }
                 Recovered::Ready(ready) => {
-                    report.resumed.push(ready.1.id);
+                    report.resumed.push(ready.state.id);
                     resume.push(*ready);
                 }
             }
         }
-        for (saga, state, lease, log) in resume {
+        for Ready { saga, state, lease, log, driving } in resume {
             log.line(
                 LogLevel::Info,
                 None,
                 format!("recovered by {}: {}", self.shared.owner, describe(&state)),
             );
-            self.spawn(saga, state, lease, log);
+            self.spawn(saga, state, lease, log, driving);
         }
         Ok(report)
     }
 
-    /// Claims and reads one unfinished Operation for [`Executor::recover`].
-    async fn recover_one(&self, id: OperationId) -> Result<Recovered> {
-        if lock(&self.shared.running).contains_key(&id) {
-            return Ok(Recovered::Running);
-        }
+    /// Claims and reads one unfinished Operation for [`Executor::recover`]. Every failure is
+    /// this Operation's alone.
+    async fn recover_one(&self, id: OperationId) -> Recovered {
+        // Never two drivers of one Operation in this process, whatever the executors' names.
+        let Some(driving) = Driving::reserve(id) else {
+            return if lock(&self.shared.running).contains_key(&id) {
+                Recovered::Skipped
+            } else {
+                Recovered::OwnedElsewhere(id)
+            };
+        };
         let lease =
             match self.shared.store.claim(id, &self.shared.owner, self.shared.lease_ttl).await {
                 Ok(lease) => lease,
-                Err(StoreError::Owned { .. }) => return Ok(Recovered::OwnedElsewhere(id)),
-                Err(e) => return Err(e.into()),
+                Err(StoreError::Owned { .. }) => return Recovered::OwnedElsewhere(id),
+                Err(e) => return Recovered::Unrecoverable(id, Arc::new(e.into())),
             };
         match self.prepare(id).await {
-            Ok((saga, state, log)) => Ok(Recovered::Ready(Box::new((saga, state, lease, log)))),
+            Ok(Some((saga, state, log))) => {
+                Recovered::Ready(Box::new(Ready { saga, state, lease, log, driving }))
+            }
+            Ok(None) => {
+                // Finished, though still listed as unfinished: `check` unlists it.
+                let _ = self.shared.store.release(&lease).await;
+                Recovered::Skipped
+            }
             Err(cause) => {
                 let _ = self.shared.store.release(&lease).await;
-                let sink = LogSink::new(id, self.next_log_seq(id).await, self.shared.max_log_lines);
-                sink.line(LogLevel::Error, None, format!("unrecoverable: {cause}"));
-                let _ = sink.flush(self.shared.store.as_ref()).await;
-                lock(&self.shared.unrecoverable).insert(id, cause.to_string());
-                Ok(Recovered::Unrecoverable(id, cause))
+                // A line in its log says why, unless its log cannot be read either: a line
+                // numbered from a guess could overwrite stored lines.
+                if let Ok(seq) = self.next_log_seq(id).await {
+                    let sink = LogSink::new(id, seq, self.shared.max_log_lines);
+                    sink.line(LogLevel::Error, None, format!("unrecoverable: {cause}"));
+                    let _ = sink.flush(self.shared.store.as_ref()).await;
+                }
+                Recovered::Unrecoverable(id, Arc::new(cause))
             }
         }
     }
 
-    async fn next_log_seq(&self, id: OperationId) -> u64 {
-        match self.shared.store.read_log(id).await {
-            Ok(lines) => lines.last().map_or(0, |l| l.seq + 1),
-            Err(_) => 0,
-        }
+    /// The number of the Operation's next log line, from its stored lines.
+    async fn next_log_seq(&self, id: OperationId) -> Result<u64> {
+        let lines = self.shared.store.read_log(id).await?;
+        Ok(lines.last().map_or(0, |l| l.seq + 1))
     }
 
-    async fn prepare(&self, id: OperationId) -> Result<(Arc<Saga>, OperationState, Arc<LogSink>)> {
+    /// Reads and folds an Operation for recovery; `None` if it already finished.
+    async fn prepare(
+        &self,
+        id: OperationId,
+    ) -> Result<Option<(Arc<Saga>, OperationState, Arc<LogSink>)>> {
         let records = self.shared.store.read(id).await?;
         let state = OperationState::fold(id, &records)?;
+        if state.outcome.is_some() {
+            return Ok(None);
+        }
         let saga = self
             .shared
             .sagas
@@ -454,8 +534,8 @@ impl Executor {
             }
         }
         let log =
-            Arc::new(LogSink::new(id, self.next_log_seq(id).await, self.shared.max_log_lines));
-        Ok((saga, state, log))
+            Arc::new(LogSink::new(id, self.next_log_seq(id).await?, self.shared.max_log_lines));
+        Ok(Some((saga, state, log)))
     }
 
     /// The Operation's stored log lines.
@@ -484,6 +564,13 @@ impl Executor {
         Ok(self.shared.store.delete_environment(environment).await?)
     }
 
+    /// Reconciles the store's indexes with its records (see [`Store::check`]) and, when `repair`
+    /// is set, repairs what the records alone can: an Operation missing from the unfinished
+    /// index is listed again, so that the next `recover()` resumes it.
+    pub async fn check(&self, repair: bool) -> Result<crate::CheckReport> {
+        Ok(self.shared.store.check(repair).await?)
+    }
+
     /// Whether the Operation is running on this executor now.
     pub fn is_running(&self, id: OperationId) -> bool {
         lock(&self.shared.running).contains_key(&id)
@@ -498,14 +585,17 @@ impl Executor {
     }
 }
 
-/// The host's name (`HOSTNAME`, or `/etc/hostname`), stable across restarts.
+/// A name unique to this executor: the host's name (`HOSTNAME`, or `/etc/hostname`), the
+/// process id and a random part, so that two processes on one host, or two executors in one
+/// process, never share a name.
 fn default_owner() -> String {
-    std::env::var("HOSTNAME")
+    let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "executor".to_owned())
+        .unwrap_or_else(|| "executor".to_owned());
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 /// How many Operations `recover()` claims and reads at once.
@@ -513,14 +603,23 @@ const RECOVERY_CONCURRENCY: usize = 32;
 
 /// What recovery found for one Operation.
 enum Recovered {
-    /// It already runs here.
-    Running,
-    /// Another executor's lease holds it.
+    /// It already runs here, or it already finished.
+    Skipped,
+    /// Another executor's lease holds it, or another executor of this process drives it.
     OwnedElsewhere(OperationId),
     /// It cannot be resumed, for this reason.
-    Unrecoverable(OperationId, Error),
+    Unrecoverable(OperationId, Arc<Error>),
     /// Claimed and folded, ready to resume.
-    Ready(Box<(Arc<Saga>, OperationState, crate::Lease, Arc<LogSink>)>),
+    Ready(Box<Ready>),
+}
+
+/// An Operation claimed and folded by recovery.
+struct Ready {
+    saga: Arc<Saga>,
+    state: OperationState,
+    lease: crate::Lease,
+    log: Arc<LogSink>,
+    driving: Driving,
 }
 
 fn describe(state: &OperationState) -> String {

@@ -60,7 +60,7 @@ async fn crash_everywhere(fail_at: Option<usize>) {
         let records = memory.read(id).await.unwrap();
         OperationState::fold(id, &records)
             .unwrap_or_else(|e| panic!("crash after {crash_after}: {e}"));
-        assert!(memory.list_unfinished().await.unwrap().is_empty());
+        assert!(memory.list_unfinished().await.unwrap().ids.is_empty());
     }
 }
 
@@ -116,7 +116,7 @@ async fn an_unknown_saga_at_recovery_is_unrecoverable_and_the_others_still_recov
     let (id, cause) = &report.unrecoverable[0];
     assert_eq!(*id, retired);
     assert!(
-        matches!(cause, Error::UnknownSaga { name, version: Some(3) } if name == "retired"),
+        matches!(cause.as_ref(), Error::UnknownSaga { name, version: Some(3) } if name == "retired"),
         "{cause}"
     );
     assert_eq!(second.wait(known).await.unwrap(), Outcome::Succeeded);

@@ -5,8 +5,10 @@ mod support;
 
 mod cancel;
 mod crash;
+mod faults;
 mod forward;
 mod logs;
+mod report;
 mod rollback;
 
 use std::sync::Arc;

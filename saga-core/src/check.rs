@@ -1,0 +1,100 @@
+//! Consistency checks of a store: its indexes reconciled with its records.
+
+use std::fmt;
+
+use crate::error::StoreError;
+use crate::id::OperationId;
+
+/// What [`Store::check`](crate::Store::check) found: every mismatch between the store's indexes
+/// and its records, and whether it was repaired.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// How many Operations' records were read.
+    pub operations: u64,
+    /// Every mismatch, in the order found.
+    pub findings: Vec<Finding>,
+}
+
+impl CheckReport {
+    /// Whether nothing is wrong, or everything wrong was repaired.
+    pub fn is_healthy(&self) -> bool {
+        self.findings.iter().all(|f| f.repaired)
+    }
+}
+
+/// One mismatch found by a check.
+#[derive(Debug)]
+pub struct Finding {
+    /// The Operation it concerns, when an id can be read.
+    pub operation: Option<OperationId>,
+    /// What is wrong.
+    pub problem: Problem,
+    /// Whether the check repaired it (only when asked to, and only from the records alone).
+    pub repaired: bool,
+}
+
+/// What a check found wrong.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Problem {
+    /// The records have no `OperationFinished`, but the unfinished index does not list the
+    /// Operation, so recovery would never resume it. Repair: list it.
+    MissingUnfinishedMark,
+    /// The records end with `OperationFinished`, but the unfinished index still lists the
+    /// Operation. Repair: unlist it.
+    StaleUnfinishedMark,
+    /// The environment index has no entry for the Operation, so no report shows it. Repair: add
+    /// the entry from its `OperationCreated` record.
+    MissingIndexEntry,
+    /// An index entry (`index` names which) names an Operation that has no records, or an entry
+    /// disagreeing with its `OperationCreated` record. Repair: remove the entry.
+    DanglingEntry {
+        /// The index (`unfinished`, `by_environment`, `leases`, `logs`).
+        index: String,
+    },
+    /// An index entry whose key or value does not decode. Repair: remove it (the records alone
+    /// say what it should have been, and the other repairs re-create it).
+    DamagedEntry {
+        /// The index.
+        index: String,
+        /// The decoder's error, saying where.
+        cause: StoreError,
+    },
+    /// The Operation's records do not read (a record that does not decode, a gap, a first record
+    /// that is not `OperationCreated`). Not repairable from the records alone.
+    DamagedRecords(StoreError),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::MissingUnfinishedMark => {
+                f.write_str("unfinished, but missing from the unfinished index")
+            }
+            Problem::StaleUnfinishedMark => {
+                f.write_str("finished, but still listed in the unfinished index")
+            }
+            Problem::MissingIndexEntry => f.write_str("missing from the environment index"),
+            Problem::DanglingEntry { index } => {
+                write!(f, "the {index} index names it, but it has no matching records")
+            }
+            Problem::DamagedEntry { index, cause } => {
+                write!(f, "a damaged entry in the {index} index: {cause}")
+            }
+            Problem::DamagedRecords(cause) => write!(f, "its records do not read: {cause}"),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.operation {
+            Some(id) => write!(f, "operation {id}: {}", self.problem)?,
+            None => write!(f, "{}", self.problem)?,
+        }
+        if self.repaired {
+            f.write_str(" (repaired)")?;
+        }
+        Ok(())
+    }
+}
