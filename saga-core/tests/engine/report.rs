@@ -1,0 +1,429 @@
+//! Activity reports over a damaged store, the cancel and failure columns, and hostile cells.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use saga_core::{
+    activity_report, async_trait, now_ms, write_activity_csv, ActivityRow, CheckReport, Executor,
+    Lease, Listing, LogLine, MemoryStore, OperationId, Outcome, Record, RecordKind, Resource, Saga,
+    Store, StoreError, ACTIVITY_COLUMNS,
+};
+
+use crate::support::{TestStep, World};
+
+/// A `MemoryStore` with chosen damage: reads of some ids fail with a corrupt record, the
+/// environment listing names some ids that have no records and reports damaged entries.
+#[derive(Default)]
+struct DamagedStore {
+    inner: MemoryStore,
+    corrupt: Mutex<HashSet<OperationId>>,
+    /// Ids the listing names at these positions, with no records behind them.
+    dangling: Mutex<Vec<(usize, OperationId)>>,
+    /// Problems of listing entries that name no Operation.
+    damaged_entries: Mutex<Vec<String>>,
+}
+
+impl DamagedStore {
+    fn corrupt(&self, id: OperationId) {
+        self.corrupt.lock().unwrap().insert(id);
+    }
+}
+
+#[async_trait]
+impl Store for DamagedStore {
+    async fn create(
+        &self,
+        record: &Record,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.inner.create(record, owner, ttl).await
+    }
+
+    async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
+        self.inner.append(lease, records).await
+    }
+
+    async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError> {
+        if self.corrupt.lock().unwrap().contains(&operation) {
+            return Err(StoreError::CorruptRecord {
+                operation,
+                position: 2,
+                problem: "bad checksum".into(),
+            });
+        }
+        self.inner.read(operation).await
+    }
+
+    async fn list_unfinished(&self) -> Result<Listing, StoreError> {
+        self.inner.list_unfinished().await
+    }
+
+    async fn claim(
+        &self,
+        operation: OperationId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.inner.claim(operation, owner, ttl).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        self.inner.renew(lease, ttl).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.inner.release(lease).await
+    }
+
+    async fn list_environment(
+        &self,
+        environment: &str,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> Result<Listing, StoreError> {
+        let mut listing = self.inner.list_environment(environment, since_ms, until_ms).await?;
+        for &(at, id) in self.dangling.lock().unwrap().iter() {
+            listing.ids.insert(at.min(listing.ids.len()), id);
+        }
+        for problem in self.damaged_entries.lock().unwrap().iter() {
+            listing.damaged.push(StoreError::Corrupt {
+                place: "by_environment".into(),
+                problem: problem.clone(),
+            });
+        }
+        Ok(listing)
+    }
+
+    async fn append_log(
+        &self,
+        operation: OperationId,
+        lines: &[LogLine],
+    ) -> Result<(), StoreError> {
+        self.inner.append_log(operation, lines).await
+    }
+
+    async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
+        self.inner.read_log(operation).await
+    }
+
+    async fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.inner.purge_logs(before_ms).await
+    }
+
+    async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
+        self.inner.delete_environment(environment).await
+    }
+
+    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
+        self.inner.check(repair).await
+    }
+}
+
+fn deploy(world: &World) -> Saga {
+    Saga::builder("deploy", 1).step("a", TestStep::new("a", world)).build().unwrap()
+}
+
+/// Runs one Operation to its end and returns its id.
+async fn run_one(executor: &Executor, saga: &str, resource: &str, actor: &str) -> OperationId {
+    let id =
+        executor.start(saga, &(), "prod", Resource::new("app", resource), actor).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), executor.wait(id)).await.unwrap().unwrap();
+    id
+}
+
+/// Three Operations of `prod` run through an executor over a `DamagedStore`.
+async fn three_operations() -> (Arc<DamagedStore>, Executor, Vec<OperationId>, u64) {
+    let world = World::default();
+    let store = Arc::new(DamagedStore::default());
+    let executor = crate::executor(store.clone(), vec![deploy(&world)]);
+    let before = now_ms();
+    let mut ids = Vec::new();
+    for name in ["one", "two", "three"] {
+        ids.push(run_one(&executor, "deploy", name, "alice").await);
+    }
+    (store, executor, ids, before)
+}
+
+fn assert_normal(row: &ActivityRow, id: OperationId, resource: &str) {
+    assert_eq!(row.operation, id);
+    assert_eq!(row.status, "succeeded");
+    assert_eq!(row.resource, resource);
+    assert_eq!(row.problem, None);
+}
+
+/// Creates an Operation of `prod` in `store` directly, with these records after its creation.
+async fn write_log(store: &dyn Store, environment: &str, kinds: Vec<RecordKind>) -> OperationId {
+    let id = OperationId::new();
+    let at_ms = now_ms();
+    let created = Record {
+        operation: id,
+        seq: 0,
+        at_ms,
+        kind: RecordKind::OperationCreated {
+            saga: "deploy".into(),
+            version: 1,
+            params: b"null".to_vec(),
+            environment: environment.into(),
+            resource: Resource::new("app", "bad"),
+            actor: "mallory".into(),
+        },
+    };
+    let lease = store.create(&created, "writer", Duration::from_secs(60)).await.unwrap();
+    let records: Vec<Record> = kinds
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| Record { operation: id, seq: i as u64 + 1, at_ms, kind })
+        .collect();
+    store.append(&lease, &records).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn a_corrupt_operation_gets_a_damaged_row_in_its_place_and_the_others_still_list() {
+    let (store, _executor, ids, before) = three_operations().await;
+    store.corrupt(ids[1]);
+    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    assert_normal(&rows[0], ids[0], "one");
+    assert_normal(&rows[2], ids[2], "three");
+    let damaged = &rows[1];
+    assert_eq!(damaged.operation, ids[1]);
+    assert_eq!(damaged.status, ActivityRow::DAMAGED);
+    let problem = damaged.problem.as_deref().unwrap();
+    assert!(problem.contains("record at position 2 is corrupt: bad checksum"), "{problem}");
+    assert!(problem.contains(&ids[1].to_string()), "{problem}");
+    let cells = damaged.cells();
+    assert_eq!(cells[0], ids[1].to_string());
+    assert_eq!(cells[2], "damaged");
+    assert_eq!(cells[ACTIVITY_COLUMNS.len() - 1], problem);
+}
+
+#[tokio::test]
+async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
+    let (store, _executor, ids, before) = three_operations().await;
+    let missing = OperationId::new();
+    store.dangling.lock().unwrap().push((1, missing));
+    store.damaged_entries.lock().unwrap().push("key 0xff does not decode".into());
+    // A StepSucceeded with no StepStarted: the store takes it, the fold does not.
+    let illegal = write_log(
+        store.as_ref(),
+        "prod",
+        vec![RecordKind::StepSucceeded { step: "a".into(), output: b"null".to_vec() }],
+    )
+    .await;
+    // The same in another environment stays out of this one's report.
+    write_log(
+        store.as_ref(),
+        "staging",
+        vec![RecordKind::StepSucceeded { step: "a".into(), output: b"null".to_vec() }],
+    )
+    .await;
+
+    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    let got: Vec<(OperationId, &str)> =
+        rows.iter().map(|r| (r.operation, r.status.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (ids[0], "succeeded"),
+            (missing, "damaged"),
+            (ids[1], "succeeded"),
+            (ids[2], "succeeded"),
+            (illegal, "damaged"),
+            (ActivityRow::NO_OPERATION, "damaged"),
+        ],
+        "{rows:#?}"
+    );
+    let not_found = rows[1].problem.as_deref().unwrap();
+    assert_eq!(not_found, format!("operation {missing} not found"));
+
+    let illegal_row = &rows[4];
+    let problem = illegal_row.problem.as_deref().unwrap();
+    assert!(problem.contains(&format!("operation {illegal}: record 1 is illegal")), "{problem}");
+    // What the legal OperationCreated record says is kept.
+    assert_eq!(illegal_row.actor, "mallory");
+    assert_eq!(illegal_row.resource, "bad");
+    assert_eq!(illegal_row.operation_type, "deploy");
+
+    let entry = &rows[5];
+    assert!(!entry.names_operation());
+    let problem = entry.problem.as_deref().unwrap();
+    assert!(problem.contains("by_environment") && problem.contains("key 0xff"), "{problem}");
+    let cells = entry.cells();
+    assert_eq!(cells[0], "", "no id is known");
+    assert_eq!(cells[2], "damaged");
+
+    // The staging report has its own illegal Operation and nothing of prod's.
+    store.damaged_entries.lock().unwrap().clear();
+    store.dangling.lock().unwrap().clear();
+    let staged = activity_report(store.as_ref(), "staging", before, now_ms() + 1).await.unwrap();
+    assert_eq!(staged.len(), 1, "{staged:#?}");
+    assert_eq!(staged[0].status, "damaged");
+    assert!(!ids.contains(&staged[0].operation) && staged[0].operation != illegal);
+}
+
+#[tokio::test]
+async fn an_operation_whose_first_record_names_another_environment_stays_out() {
+    let store = Arc::new(DamagedStore::default());
+    let before = now_ms();
+    let elsewhere = write_log(
+        store.as_ref(),
+        "staging",
+        vec![RecordKind::StepSucceeded { step: "a".into(), output: b"null".to_vec() }],
+    )
+    .await;
+    // The prod index names it by mistake: its log is illegal, yet its records say staging.
+    store.dangling.lock().unwrap().push((0, elsewhere));
+    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    assert!(rows.is_empty(), "{rows:#?}");
+}
+
+#[tokio::test]
+async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
+    let world = World::default();
+    let slow = Saga::builder("slow", 1)
+        .step("a", TestStep::new("a", &world))
+        .step("long", TestStep::new("long", &world).slow(Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    let failing = Saga::builder("resize", 1)
+        .step("grow", TestStep::new("grow", &world))
+        .step("restart", TestStep::new("restart", &world).failing())
+        .build()
+        .unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let executor = crate::executor(store.clone(), vec![slow, failing, deploy(&world)]);
+    let before = now_ms();
+    let cancelled =
+        executor.start("slow", &(), "prod", Resource::new("app", "web"), "alice").await.unwrap();
+    for _ in 0..1000 {
+        if executor.status(cancelled).await.unwrap().step("long").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    executor.cancel(cancelled, "ops-bob", "wrong version").await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), executor.wait(cancelled))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.status(), "rolled back");
+    let failed = run_one(&executor, "resize", "db", "carol").await;
+    let fine = run_one(&executor, "deploy", "web", "dave").await;
+
+    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.operation).collect::<Vec<_>>(), [cancelled, failed, fine]);
+    let column = |name: &str| ACTIVITY_COLUMNS.iter().position(|c| *c == name).unwrap();
+
+    let cells = rows[0].cells();
+    assert_eq!(rows[0].cancelled_by.as_deref(), Some("ops-bob"));
+    assert_eq!(rows[0].cancel_reason.as_deref(), Some("wrong version"));
+    assert_eq!(cells[column("cancelled by")], "ops-bob");
+    assert_eq!(cells[column("cancel reason")], "wrong version");
+    assert_eq!(cells[column("status")], "rolled back");
+
+    let cells = rows[1].cells();
+    assert_eq!(rows[1].failure.as_deref(), Some("restart broke"));
+    assert_eq!(cells[column("failed step")], "restart");
+    assert_eq!(cells[column("failure")], "restart broke");
+    assert_eq!(cells[column("cancelled by")], "");
+    assert_eq!(cells[column("cancel reason")], "");
+
+    let cells = rows[2].cells();
+    assert_eq!(executor.wait(fine).await.unwrap(), Outcome::Succeeded);
+    for name in ["failed step", "failure", "cancelled by", "cancel reason", "problem"] {
+        assert_eq!(cells[column(name)], "", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn the_csv_parses_back_with_damaged_rows_and_every_hostile_cell_neutralised() {
+    let world = World::default();
+    let saga = Saga::builder("deploy", 1)
+        .step("a", TestStep::new("a", &world))
+        .step("long", TestStep::new("long", &world).slow(Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    let store = Arc::new(DamagedStore::default());
+    let executor = crate::executor(store.clone(), vec![saga]);
+    let before = now_ms();
+    let hostile = [
+        "\u{FEFF}=HYPERLINK(\"http://x\",\"y\")",
+        " =1+1",
+        "\u{FF1D}1+1",
+        "\u{200B}+1",
+        "\u{00A0}\u{FF20}SUM(A1)",
+        "\n-1",
+        "\0@x",
+        "\u{FE66}1",
+        "\u{2060}\u{FE62}1",
+    ];
+    let mut ids = Vec::new();
+    for (i, name) in hostile.iter().enumerate() {
+        let id =
+            executor.start("deploy", &(), "prod", Resource::new("app", *name), name).await.unwrap();
+        for _ in 0..1000 {
+            if executor.status(id).await.unwrap().step("long").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Cancelled by the hostile name, for a hostile reason.
+        executor.cancel(id, name, hostile[(i + 1) % hostile.len()]).await.unwrap();
+        executor.wait(id).await.unwrap();
+        ids.push(id);
+    }
+    store.corrupt(ids[2]);
+    store.damaged_entries.lock().unwrap().push("=cmd|' /C calc'!A0".into());
+
+    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    assert_eq!(rows.len(), hostile.len() + 1);
+    let mut bytes = Vec::new();
+    write_activity_csv(&rows, &mut bytes).unwrap();
+    let mut reader = csv::Reader::from_reader(bytes.as_slice());
+    assert_eq!(reader.headers().unwrap().iter().collect::<Vec<_>>(), ACTIVITY_COLUMNS);
+    let parsed: Vec<Vec<String>> =
+        reader.records().map(|r| r.unwrap().iter().map(str::to_owned).collect()).collect();
+    assert_eq!(parsed.len(), rows.len());
+    for (row, cells) in rows.iter().zip(&parsed) {
+        let expected: Vec<String> =
+            row.cells().iter().map(|c| saga_core::neutralise_cell(c).into_owned()).collect();
+        assert_eq!(cells, &expected);
+    }
+    let column = |name: &str| ACTIVITY_COLUMNS.iter().position(|c| *c == name).unwrap();
+    for (i, name) in hostile.iter().enumerate() {
+        let cells = &parsed[i];
+        if i == 2 {
+            assert_eq!(cells[column("status")], "damaged");
+            assert!(cells[column("problem")].contains("bad checksum"));
+            continue;
+        }
+        for col in ["resource", "actor", "cancelled by"] {
+            assert_eq!(cells[column(col)], format!("'{name}"), "{col} of {name:?}");
+        }
+        let reason = hostile[(i + 1) % hostile.len()];
+        assert_eq!(cells[column("cancel reason")], format!("'{reason}"));
+    }
+    let last = parsed.last().unwrap();
+    assert_eq!(last[column("operation id")], "");
+    assert_eq!(last[column("status")], "damaged");
+    assert!(last[column("problem")].starts_with("corrupt data in by_environment: ="));
+    // No cell starts with a sign once its trimmable prefix is gone, unless quoted by `'`.
+    for cells in &parsed {
+        for cell in cells {
+            let visible = cell.trim_start_matches(|c: char| {
+                c.is_whitespace() || c.is_control() || "\u{FEFF}\u{200B}\u{2060}".contains(c)
+            });
+            let first = visible.chars().next();
+            assert!(
+                !matches!(
+                    first,
+                    Some('=' | '+' | '-' | '@' | '＝' | '＋' | '－' | '＠' | '﹦' | '﹢')
+                ),
+                "{cell:?}"
+            );
+        }
+    }
+}
