@@ -15,6 +15,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use saga_core::StoreError;
 
@@ -27,6 +28,43 @@ pub(crate) struct DiskSync {
     dir: PathBuf,
     db_file: File,
     synced_blobs: HashSet<OsString>,
+    faults: Faults,
+}
+
+/// A sync failure armed for tests ([`crate::SledStore::inject_sync_failure`]): shared by the
+/// store and its [`DiskSync`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Faults(Arc<Mutex<Option<Fault>>>);
+
+#[derive(Debug)]
+struct Fault {
+    /// How many syncs still succeed before the failing one.
+    after: u64,
+    error: io::Error,
+}
+
+impl Faults {
+    /// Arms a failure: the next `after` syncs succeed, the one after them fails with `error`.
+    pub(crate) fn arm(&self, after: u64, error: io::Error) {
+        *self.lock() = Some(Fault { after, error });
+    }
+
+    /// The error the sync about to run must fail with, if one is armed for it.
+    fn take(&self) -> Option<io::Error> {
+        let mut slot = self.lock();
+        match slot.as_mut() {
+            Some(fault) if fault.after > 0 => {
+                fault.after -= 1;
+                None
+            }
+            Some(_) => slot.take().map(|f| f.error),
+            None => None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Fault>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 fn io_error(context: String) -> impl FnOnce(io::Error) -> StoreError {
@@ -67,19 +105,33 @@ impl DiskSync {
             sync_dir(&blobs)?;
         }
         sync_dir(dir)?;
-        let mut sync = DiskSync { db, dir: dir.to_owned(), db_file, synced_blobs: HashSet::new() };
+        let mut sync = DiskSync {
+            db,
+            dir: dir.to_owned(),
+            db_file,
+            synced_blobs: HashSet::new(),
+            faults: Faults::default(),
+        };
         sync.sync_blobs()?;
         Ok(sync)
     }
 
+    /// The handle that arms a sync failure, for tests.
+    pub(crate) fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
     /// Makes every write made to the database before the call durable: sled's `flush`, then
-    /// `fdatasync` of new blob files, of `blobs/` and of `db`.
+    /// `fdatasync` of new blob files, of `blobs/` and of `db`. A failure armed through
+    /// [`Faults`] replaces the `fdatasync` of `db` (after sled's flush, as a real one would).
     pub(crate) fn sync(&mut self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| sled_error("flushing", e))?;
         self.sync_blobs()?;
-        self.db_file
-            .sync_data()
-            .map_err(io_error(format!("fdatasync of {}", self.dir.join("db").display())))
+        let context = format!("fdatasync of {}", self.dir.join("db").display());
+        match self.faults.take() {
+            Some(error) => Err(io_error(context)(error)),
+            None => self.db_file.sync_data().map_err(io_error(context)),
+        }
     }
 
     fn sync_blobs(&mut self) -> Result<(), StoreError> {

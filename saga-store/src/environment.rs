@@ -1,32 +1,34 @@
 //! The environment index: listing and deleting an environment's Operations.
 
-use saga_core::{OperationId, StoreError};
+use saga_core::{Listing, OperationId, StoreError};
 
 use crate::codec::sled_error;
 use crate::keys;
 use crate::open::Trees;
 
 impl Trees {
-    /// Ids of `environment` created in `[since_ms, until_ms)`, in creation order.
+    /// Ids of `environment` created in `[since_ms, until_ms)`, in creation order, and the keys
+    /// of that range that are no index key.
     pub(crate) fn list_environment(
         &self,
         environment: &str,
         since_ms: u64,
         until_ms: u64,
-    ) -> Result<Vec<OperationId>, StoreError> {
+    ) -> Result<Listing, StoreError> {
+        let mut listing = Listing::default();
         if since_ms >= until_ms {
-            return Ok(Vec::new());
+            return Ok(listing);
         }
         let from = keys::environment_bound(environment, since_ms);
         let to = keys::environment_bound(environment, until_ms);
-        self.by_environment
-            .range(from..to)
-            .keys()
-            .map(|key| {
-                let key = key.map_err(|e| sled_error("reading the environment index", e))?;
-                keys::parse_environment_key(&key)
-            })
-            .collect()
+        for key in self.by_environment.range(from..to).keys() {
+            let key = key.map_err(|e| sled_error("reading the environment index", e))?;
+            match keys::parse_environment_entry(&key) {
+                Ok((_, _, id)) => listing.ids.push(id),
+                Err(damaged) => listing.damaged.push(damaged),
+            }
+        }
+        Ok(listing)
     }
 
     /// Deletes every Operation of `environment`: records, unfinished mark, lease, log lines and
@@ -42,7 +44,14 @@ impl Trees {
             .map_err(|e| sled_error("reading the environment index", e))?;
         let mut deleted = 0;
         for index_key in entries {
-            let id = keys::parse_environment_key(&index_key)?;
+            let id = match keys::parse_environment_key(&index_key) {
+                Ok(id) => id,
+                Err(e) => {
+                    // Isolation: the others go on; `check` reports and removes this one.
+                    tracing::warn!(error = %e, "skipping a damaged environment index entry");
+                    continue;
+                }
+            };
             self.remove_operation(id)?;
             self.by_environment
                 .remove(&index_key)

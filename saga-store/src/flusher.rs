@@ -10,6 +10,9 @@
 //! A failed sync poisons the flusher: after a failed `fdatasync` the kernel may have dropped the
 //! dirty pages, so no later sync can prove them written. Every waiting and later writer gets
 //! [`StoreError::Unavailable`].
+//!
+//! [`Tickets`] is the part writers use from the blocking pool: taking a ticket right after a
+//! write, and asking which tickets are durable (for [`crate::acks`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -19,21 +22,29 @@ use tokio::sync::watch;
 
 use saga_core::StoreError;
 
-use crate::disk::DiskSync;
+use crate::disk::{DiskSync, Faults};
 
 /// The group-commit flusher of one store. Stops (after a last sync) when dropped.
 #[derive(Debug)]
 pub(crate) struct Flusher {
     shared: Arc<Shared>,
     progress: watch::Receiver<Progress>,
+    faults: Faults,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Takes tickets and tells which are durable; cheap to clone, usable from any thread.
+#[derive(Clone, Debug)]
+pub(crate) struct Tickets(Arc<Shared>);
 
 #[derive(Debug, Default)]
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     syncs: AtomicU64,
+    /// Every ticket up to this one is durable (as [`Progress::durable`], readable without the
+    /// channel).
+    durable: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +74,7 @@ impl Flusher {
     pub(crate) fn start(sync: DiskSync) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared::default());
         let (tx, progress) = watch::channel(Progress::default());
+        let faults = sync.faults();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("saga-store-flusher".into())
@@ -71,7 +83,7 @@ impl Flusher {
                 context: "starting the flusher thread".into(),
                 source,
             })?;
-        Ok(Flusher { shared, progress, thread: Some(thread) })
+        Ok(Flusher { shared, progress, faults, thread: Some(thread) })
     }
 
     /// Fails if an earlier sync failed, so that no write is made that could never be durable.
@@ -84,12 +96,17 @@ impl Flusher {
 
     /// A ticket for the writes made before this call. Wakes the flusher.
     pub(crate) fn ticket(&self) -> u64 {
-        let mut state = self.shared.lock();
-        state.tickets += 1;
-        let ticket = state.tickets;
-        drop(state);
-        self.shared.wake.notify_one();
-        ticket
+        take_ticket(&self.shared)
+    }
+
+    /// The ticket handle, for writers on other threads.
+    pub(crate) fn tickets(&self) -> Tickets {
+        Tickets(self.shared.clone())
+    }
+
+    /// The handle that arms a sync failure, for tests.
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Waits until a sync that began after `ticket` was taken has finished.
@@ -109,6 +126,27 @@ impl Flusher {
     pub(crate) fn syncs(&self) -> u64 {
         self.shared.syncs.load(Ordering::Relaxed)
     }
+}
+
+impl Tickets {
+    /// A ticket for the writes made before this call. Wakes the flusher.
+    pub(crate) fn ticket(&self) -> u64 {
+        take_ticket(&self.0)
+    }
+
+    /// Every ticket up to this one is durable. Never grows again after a failed sync.
+    pub(crate) fn durable(&self) -> u64 {
+        self.0.durable.load(Ordering::Acquire)
+    }
+}
+
+fn take_ticket(shared: &Shared) -> u64 {
+    let mut state = shared.lock();
+    state.tickets += 1;
+    let ticket = state.tickets;
+    drop(state);
+    shared.wake.notify_one();
+    ticket
 }
 
 fn unavailable(why: &str) -> StoreError {
@@ -133,6 +171,7 @@ fn run(mut sync: DiskSync, shared: &Shared, progress: &watch::Sender<Progress>) 
         match result {
             Ok(()) => {
                 durable = target;
+                shared.durable.store(target, Ordering::Release);
                 progress.send_modify(|p| p.durable = target);
             }
             Err(e) => {

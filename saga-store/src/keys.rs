@@ -69,7 +69,8 @@ pub(crate) fn time_key(at_ms: u64, id: OperationId, seq: u64) -> [u8; 32] {
     key
 }
 
-fn corrupt_key(tree: &str, key: &[u8], expected: &str) -> StoreError {
+/// The error of a key of `tree` of the wrong length (`expected` says what it should be).
+pub(crate) fn corrupt_key(tree: &str, key: &[u8], expected: &str) -> StoreError {
     StoreError::Corrupt {
         place: format!("tree {tree}, key {key:02x?}"),
         problem: format!("key of {} bytes, expected {expected}", key.len()),
@@ -98,6 +99,33 @@ pub(crate) fn parse_environment_key(key: &[u8]) -> Result<OperationId, StoreErro
         Some(start) if start >= 16 => parse_operation(BY_ENVIRONMENT, &key[start..]),
         _ => Err(corrupt_key(BY_ENVIRONMENT, key, "at least 32")),
     }
+}
+
+/// The environment, creation time and id of an environment index key, checked against the
+/// layout (the length prefix, then the name, 8 bytes of time and 16 of id).
+pub(crate) fn parse_environment_entry(
+    key: &[u8],
+) -> Result<(String, u64, OperationId), StoreError> {
+    let Some((len, rest)) = key.split_first_chunk::<8>() else {
+        return Err(corrupt_key(BY_ENVIRONMENT, key, "at least 32"));
+    };
+    let len = u64::from_be_bytes(*len);
+    let name_len = usize::try_from(len).ok().filter(|n| rest.len().checked_sub(24) == Some(*n));
+    let Some(name_len) = name_len else {
+        return Err(corrupt_key(
+            BY_ENVIRONMENT,
+            key,
+            &format!("8 + {len} + 24 (its length prefix)"),
+        ));
+    };
+    let (name, rest) = rest.split_at(name_len);
+    let environment = std::str::from_utf8(name).map_err(|e| StoreError::Corrupt {
+        place: format!("tree {BY_ENVIRONMENT}, key {key:02x?}"),
+        problem: format!("the environment name is not UTF-8: {e}"),
+    })?;
+    let (ms, id) = rest.split_at(8);
+    let ms = u64::from_be_bytes(ms.try_into().map_err(|_| corrupt_key(BY_ENVIRONMENT, key, "8"))?);
+    Ok((environment.to_owned(), ms, parse_operation(BY_ENVIRONMENT, id)?))
 }
 
 /// The id and sequence number of a log-by-time key.
@@ -131,6 +159,16 @@ mod tests {
         assert!(!plain.starts_with(&environment_prefix("a\0\0\0\0\0\0\0")));
         assert_eq!(parse_environment_key(&plain).expect("parses"), id);
         assert!(parse_environment_key(&[0; 20]).is_err());
+        let entry = parse_environment_entry(&longer).expect("parses");
+        assert_eq!(entry, ("a\0\0\0\0\0\0\0".to_owned(), 5, id));
+        assert!(parse_environment_entry(&plain[..plain.len() - 1]).is_err());
+        let mut extra = plain.clone();
+        extra.push(0);
+        assert!(parse_environment_entry(&extra).is_err());
+        assert!(parse_environment_entry(&[0; 5]).is_err());
+        let mut bad_name = environment_key("é", 5, id);
+        bad_name[9] = 0xff;
+        assert!(parse_environment_entry(&bad_name).is_err());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Main types: [`SledStore`] (opened with [`SledStore::open`], or, for tests only,
 //! [`SledStore::open_without_fsync`]) and [`Durability`]. Errors are
-//! [`saga_core::StoreError`]s.
+//! [`saga_core::StoreError`]s. For tests, `SledStore::inject_sync_failure` (hidden from these
+//! docs) makes a coming sync fail as a failing `fdatasync` would.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -32,7 +33,7 @@
 //! let lease = store.create(&created, "executor-1", Duration::from_secs(30)).await?;
 //! assert_eq!(lease.epoch, 1);
 //! assert_eq!(store.read(id).await?, vec![created]);
-//! assert_eq!(store.list_unfinished().await?, vec![id]);
+//! assert_eq!(store.list_unfinished().await?.ids, vec![id]);
 //! # Ok::<(), saga_core::StoreError>(())
 //! # })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -67,6 +68,10 @@
 //!   version byte is refused the same way when read. Bad bytes in a record are
 //!   [`StoreError::CorruptRecord`](saga_core::StoreError::CorruptRecord) naming the Operation and
 //!   the position, never a panic.
+//! - Isolation: a key of `unfinished` or `by_environment` that does not follow the layout is
+//!   returned in [`Listing::damaged`](saga_core::Listing::damaged) as a
+//!   [`StoreError::Corrupt`](saga_core::StoreError::Corrupt) naming the tree and the key; the
+//!   other entries are listed as usual. A damaged lease fails its own Operation's writes only.
 //! - A second process opening the same directory gets
 //!   [`StoreError::Locked`](saga_core::StoreError::Locked) at once (sled takes a non-blocking
 //!   `flock` on the `db` file).
@@ -99,6 +104,46 @@
 //! them ([`SledStore::sync_count`] counts the rounds). After a failed sync the store refuses every
 //! later write with [`StoreError::Unavailable`](saga_core::StoreError::Unavailable): the kernel
 //! may have dropped the pages, so no later sync could prove them written.
+//!
+//! # Acknowledged reads
+//!
+//! A `create` or `append` changes sled (memory) before its sync, so sled holds records that are
+//! not acknowledged: while the sync runs, and for good if it fails. Reads never show them. The
+//! store keeps in memory, for each Operation with a `create` or `append` not yet acknowledged,
+//! the first sequence number that write added (registered under the write lock before the
+//! write reaches sled), and whether it finished the Operation. Then:
+//!
+//! - `read` returns the records before the first unacknowledged one, and
+//!   [`StoreError::NotFound`](saga_core::StoreError::NotFound) when even `OperationCreated` is
+//!   not acknowledged;
+//! - `list_unfinished` still lists an Operation whose `OperationFinished` is not acknowledged,
+//!   and neither listing shows an Operation whose `create` is not;
+//! - a write is forgotten once the sync covering it succeeds (also when its caller stopped
+//!   waiting: the next read that finds its sync done forgets it). After a failed sync the
+//!   unacknowledged writes stay hidden for the life of the store object, which refuses every
+//!   later write anyway. A store reopened after the failure shows what reached the disk: every
+//!   acknowledged record, and perhaps some that were not (as after a crash: a prefix of them).
+//!
+//! The cost is a few short locks of a small map, never held across I/O: an `append` without
+//! `OperationFinished` takes it once before its write and once after its sync; a `create` or a
+//! finishing `append` (which run in the blocking pool) once more, to record its sync's ticket.
+//! A store opened without fsync acknowledges a write once sled holds it, and tracks nothing.
+//!
+//! # Check
+//!
+//! [`check`](saga_core::Store::check) walks the `records` tree one Operation at a time, each
+//! under the write lock (so never halfway through an `append`; the other Operations' appends go
+//! on between): records that do not read, or whose first is not `OperationCreated`, are
+//! `DamagedRecords`; a finished Operation still marked is a `StaleUnfinishedMark`, an unfinished
+//! one not marked a `MissingUnfinishedMark`; a missing `by_environment` entry (from the
+//! `OperationCreated` record's environment and time) a `MissingIndexEntry`. Then every entry of
+//! `unfinished`, `by_environment`, `leases` and `logs`: an entry whose Operation has no records
+//! (or, in `by_environment`, another environment or creation time) is a `DanglingEntry`; a key
+//! or value that does not decode (a lease of a newer format too) is a `DamagedEntry`. With
+//! `repair`, each finding but `DamagedRecords` is fixed (the mark or the entry added or
+//! removed) and the repairs are synced, through the group commit, before `check` returns;
+//! records are never changed. A poisoned store refuses a repairing check and still answers one
+//! without repair.
 //!
 //! # Evidence
 //!
@@ -148,6 +193,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+mod acks;
+mod check;
 mod codec;
 mod disk;
 mod environment;

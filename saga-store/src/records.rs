@@ -3,28 +3,32 @@
 use sled::Transactional;
 
 use saga_core::{
-    check_sequence, decode, encode, now_ms, Lease, OperationId, Record, RecordKind, StoreError,
+    check_sequence, decode, encode, now_ms, Lease, Listing, OperationId, Record, RecordKind,
+    StoreError,
 };
 
+use crate::acks::Acks;
 use crate::codec::{sled_error, transaction_error};
 use crate::keys;
 use crate::open::Trees;
 
 impl Trees {
     /// Writes an Operation's first record, its unfinished mark, its index entry and its first
-    /// lease in one atomic write.
+    /// lease in one atomic write. With `acks`, the write is registered there (at sequence number
+    /// 0) before it is made; the caller takes its ticket.
     pub(crate) fn create(
         &self,
         record: &Record,
         owner: &str,
         ttl: std::time::Duration,
+        acks: Option<&Acks>,
     ) -> Result<Lease, StoreError> {
         let id = record.operation;
         let RecordKind::OperationCreated { environment, .. } = &record.kind else {
             return Err(StoreError::OutOfSequence { operation: id, expected: 0, got: record.seq });
         };
         check_sequence(id, 0, std::slice::from_ref(record))?;
-        let bytes = encode(record);
+        let bytes = encode(record)?;
         let index_key = keys::environment_key(environment, record.at_ms, id);
         let _writing = self.lock();
         if self.next_seq(id)?.is_some() {
@@ -33,7 +37,10 @@ impl Trees {
         let lease = Lease::claim_after(None, id, owner, ttl, now_ms())?;
         let lease_bytes = crate::codec::encode_lease(&lease)?;
         let op_key = keys::operation_key(id);
-        (&self.records, &self.unfinished, &self.by_environment, &self.leases)
+        if let Some(acks) = acks {
+            acks.begin(id, 0, false);
+        }
+        let written = (&self.records, &self.unfinished, &self.by_environment, &self.leases)
             .transaction(|(records, unfinished, index, leases)| {
                 records.insert(&keys::seq_key(id, 0)[..], bytes.as_slice())?;
                 unfinished.insert(&op_key[..], &[][..])?;
@@ -41,16 +48,30 @@ impl Trees {
                 leases.insert(&op_key[..], lease_bytes.as_slice())?;
                 Ok(())
             })
-            .map_err(|e| transaction_error("creating an operation", e))?;
+            .map_err(|e| transaction_error("creating an operation", e));
+        if let (Err(_), Some(acks)) = (&written, acks) {
+            // A failed transaction wrote nothing.
+            acks.forget(id, 0);
+        }
+        written?;
         Ok(lease)
     }
 
     /// Appends records after checking the lease and the sequence; an `OperationFinished` record
-    /// removes the unfinished mark in the same atomic write.
-    pub(crate) fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
+    /// removes the unfinished mark in the same atomic write. Returns the sequence number of the
+    /// first record written, or `None` if there were none. With `acks`, the write is registered
+    /// there before it is made; the caller takes its ticket.
+    pub(crate) fn append(
+        &self,
+        lease: &Lease,
+        records: &[Record],
+        acks: Option<&Acks>,
+    ) -> Result<Option<u64>, StoreError> {
         let id = lease.operation;
-        let encoded: Vec<([u8; 24], Vec<u8>)> =
-            records.iter().map(|r| (keys::seq_key(id, r.seq), encode(r))).collect();
+        let encoded = records
+            .iter()
+            .map(|r| Ok((keys::seq_key(id, r.seq), encode(r)?)))
+            .collect::<Result<Vec<([u8; 24], Vec<u8>)>, StoreError>>()?;
         let finished =
             records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
         let _writing = self.lock();
@@ -58,7 +79,10 @@ impl Trees {
         let next = self.next_seq(id)?.ok_or(StoreError::NotFound(id))?;
         check_sequence(id, next, records)?;
         if records.is_empty() {
-            return Ok(());
+            return Ok(None);
+        }
+        if let Some(acks) = acks {
+            acks.begin(id, next, finished);
         }
         if !finished {
             // Plain inserts, in sequence order, under the write lock. A sled transaction (or
@@ -66,25 +90,31 @@ impl Trees {
             // and after the batch, which serialises every writer on the disk and defeats group
             // commit. Without one, a crash keeps a prefix of sled's log, so a prefix of these
             // records: a legal log (no gap), as if the crash had come before the append.
+            // A failed insert may leave a prefix written: it stays registered in `acks`, never
+            // acknowledged.
             for (key, bytes) in &encoded {
                 self.records
                     .insert(&key[..], bytes.as_slice())
                     .map_err(|e| sled_error("appending records", e))?;
             }
-            return Ok(());
+            return Ok(Some(next));
         }
         let op_key = keys::operation_key(id);
-        (&self.records, &self.unfinished)
+        let written = (&self.records, &self.unfinished)
             .transaction(|(tree, unfinished)| {
                 for (key, bytes) in &encoded {
                     tree.insert(&key[..], bytes.as_slice())?;
                 }
-                if finished {
-                    unfinished.remove(&op_key[..])?;
-                }
+                unfinished.remove(&op_key[..])?;
                 Ok(())
             })
-            .map_err(|e| transaction_error("appending records", e))
+            .map_err(|e| transaction_error("appending records", e));
+        if let (Err(_), Some(acks)) = (&written, acks) {
+            // A failed transaction wrote nothing.
+            acks.forget(id, next);
+        }
+        written?;
+        Ok(Some(next))
     }
 
     /// The sequence number after the Operation's last record, or `None` if it has none.
@@ -124,15 +154,25 @@ impl Trees {
         Ok(out)
     }
 
-    /// The ids of the unfinished tree, in id order; finished Operations are never read.
-    pub(crate) fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> {
-        self.unfinished
-            .iter()
-            .keys()
-            .map(|key| {
-                let key = key.map_err(|e| sled_error("listing unfinished operations", e))?;
-                keys::parse_operation(keys::UNFINISHED, &key)
-            })
-            .collect()
+    /// The ids of the unfinished tree, in id order, and its keys that are no id; finished
+    /// Operations are never read.
+    pub(crate) fn list_unfinished(&self) -> Result<Listing, StoreError> {
+        let mut listing = Listing::default();
+        for key in self.unfinished.iter().keys() {
+            let key = key.map_err(|e| sled_error("listing unfinished operations", e))?;
+            match keys::parse_operation(keys::UNFINISHED, &key) {
+                Ok(id) => listing.ids.push(id),
+                Err(damaged) => listing.damaged.push(damaged),
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Whether the Operation has any record (or any key under its id in `records`).
+    pub(crate) fn has_records(&self, id: OperationId) -> Result<bool, StoreError> {
+        match self.records.scan_prefix(keys::operation_key(id)).keys().next() {
+            None => Ok(false),
+            Some(key) => key.map(|_| true).map_err(|e| sled_error("reading records", e)),
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! [`SledStore`]: the [`Store`] over sled, with group commit.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,8 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use saga_core::{Lease, LogLine, OperationId, Record, RecordKind, Store, StoreError};
+use saga_core::{
+    CheckReport, Lease, Listing, LogLine, OperationId, Record, RecordKind, Store, StoreError,
+};
 
+use crate::acks::{Acks, Hidden};
 use crate::disk::DiskSync;
 use crate::flusher::Flusher;
 use crate::open::{open, Trees};
@@ -37,6 +41,9 @@ pub enum Durability {
 pub struct SledStore {
     // Declared before `trees`: the flusher stops before the trees are dropped.
     flusher: Option<Flusher>,
+    /// The writes not acknowledged yet (with the flusher: without fsync, a write is
+    /// acknowledged once in sled).
+    acks: Option<Arc<Acks>>,
     trees: Arc<Trees>,
     path: PathBuf,
     durability: Durability,
@@ -88,7 +95,8 @@ impl SledStore {
             Durability::Fsync => Some(Flusher::start(DiskSync::open(trees.db.clone(), &path)?)?),
             Durability::NoSync => None,
         };
-        Ok(SledStore { flusher, trees, path, durability })
+        let acks = flusher.as_ref().map(|f| Arc::new(Acks::new(f.tickets())));
+        Ok(SledStore { flusher, acks, trees, path, durability })
     }
 
     /// The store's directory.
@@ -106,6 +114,27 @@ impl SledStore {
     /// than the number of appends.
     pub fn sync_count(&self) -> u64 {
         self.flusher.as_ref().map_or(0, Flusher::syncs)
+    }
+
+    /// **For tests only** (hidden from the docs; not part of the stable API): makes a coming
+    /// sync fail as if `fdatasync` of the `db` file had returned `error` (for example
+    /// `std::io::Error::from_raw_os_error(5)`, EIO, or `28`, ENOSPC). The next `after` syncs
+    /// succeed and the one after them fails; sled's flush before it still runs, as it would.
+    /// [`SledStore::sync_count`] counts the syncs made so far: with one writer, each `create`,
+    /// `append` (of at least one record), `purge_logs` and `delete_environment` is one sync.
+    ///
+    /// The failure then behaves as a real one: the writers waiting for that sync get
+    /// [`StoreError::Unavailable`], what they wrote stays hidden from reads, and the store
+    /// refuses every later write. Arming it again before it fired replaces the earlier one.
+    ///
+    /// # Panics
+    ///
+    /// If the store was opened without fsync ([`Durability::NoSync`]): it never syncs.
+    #[doc(hidden)]
+    pub fn inject_sync_failure(&self, after: u64, error: std::io::Error) {
+        let flusher = self.flusher.as_ref();
+        let flusher = flusher.expect("inject_sync_failure needs a store opened with fsync");
+        flusher.faults().arm(after, error);
     }
 
     /// Runs `f` on the trees in tokio's blocking pool, after refusing to write if syncing has
@@ -155,6 +184,51 @@ impl SledStore {
             None => Ok(()),
         }
     }
+
+    /// Waits for the sync of `ticket`, which covers the write of `id` registered in `acks` at
+    /// `from`, and forgets that write once it is acknowledged. A failed sync leaves it there:
+    /// hidden from reads for the life of the store.
+    async fn acknowledge(
+        &self,
+        acks: &Acks,
+        id: OperationId,
+        from: u64,
+        ticket: u64,
+    ) -> Result<(), StoreError> {
+        let Some(flusher) = &self.flusher else { return Ok(()) };
+        flusher.wait(ticket).await?;
+        acks.forget(id, from);
+        Ok(())
+    }
+
+    /// What reads must hide of `id`.
+    fn hidden(&self, id: OperationId) -> Option<Hidden> {
+        self.acks.as_ref().and_then(|acks| acks.hidden(id))
+    }
+}
+
+/// The Operations whose `OperationCreated` is not acknowledged.
+fn not_created(hidden: &[(OperationId, Hidden)]) -> HashSet<OperationId> {
+    hidden.iter().filter(|(_, w)| w.created()).map(|(id, _)| *id).collect()
+}
+
+/// The write of an inline `append` while its writer waits for the sync: if the writer stops
+/// waiting (its future is dropped), the write's ticket is recorded, so that the write is
+/// acknowledged, and shown, once that ticket is durable.
+struct Waiting<'a> {
+    acks: &'a Acks,
+    id: OperationId,
+    from: u64,
+    ticket: u64,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.acks.set_ticket(self.id, self.from, self.ticket);
+        }
+    }
 }
 
 #[async_trait]
@@ -165,34 +239,91 @@ impl Store for SledStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let (record, owner) = (record.clone(), owner.to_owned());
-        let lease = self.write(move |t| t.create(&record, &owner, ttl)).await?;
-        self.commit().await?;
+        let Some(acks) = self.acks.clone() else {
+            let (record, owner) = (record.clone(), owner.to_owned());
+            return self.write(move |t| t.create(&record, &owner, ttl, None)).await;
+        };
+        let id = record.operation;
+        let (record, owner, writer_acks) = (record.clone(), owner.to_owned(), acks.clone());
+        let (lease, ticket) = self
+            .write(move |t| {
+                let lease = t.create(&record, &owner, ttl, Some(&writer_acks))?;
+                Ok((lease, writer_acks.ticket(id, 0)))
+            })
+            .await?;
+        self.acknowledge(&acks, id, 0, ticket).await?;
         Ok(lease)
     }
 
     async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
+        let id = lease.operation;
         let finishing =
             records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
-        if finishing {
-            // A sled transaction (records and the unfinished mark), which may wait for the disk.
-            let (lease, records) = (lease.clone(), records.to_vec());
-            self.write(move |t| t.append(&lease, &records)).await?;
-        } else {
-            self.write_inline(|t| t.append(lease, records))?;
-        }
-        if records.is_empty() {
+        let Some(acks) = self.acks.as_deref() else {
+            if finishing {
+                let (lease, records) = (lease.clone(), records.to_vec());
+                self.write(move |t| t.append(&lease, &records, None)).await?;
+            } else {
+                self.write_inline(|t| t.append(lease, records, None))?;
+            }
             return Ok(());
+        };
+        if finishing {
+            // A sled transaction (records and the unfinished mark), which may wait for the disk,
+            // in the blocking pool: the ticket is recorded there, since this future may be
+            // dropped before the write is made.
+            let writer_acks = self.acks.clone();
+            let (lease, records) = (lease.clone(), records.to_vec());
+            let written = self
+                .write(move |t| {
+                    let writer_acks = writer_acks.as_deref();
+                    let from = t.append(&lease, &records, writer_acks)?;
+                    Ok(from.zip(writer_acks).map(|(from, acks)| (from, acks.ticket(id, from))))
+                })
+                .await?;
+            match written {
+                Some((from, ticket)) => self.acknowledge(acks, id, from, ticket).await,
+                None => Ok(()),
+            }
+        } else {
+            let Some(from) = self.write_inline(|t| t.append(lease, records, Some(acks)))? else {
+                return Ok(());
+            };
+            // No await since the write: the ticket covers it. It is recorded with the write
+            // only if this future is dropped while it waits.
+            let mut waiting = Waiting { acks, id, from, ticket: acks.fresh_ticket(), done: false };
+            let result = self.acknowledge(acks, id, from, waiting.ticket).await;
+            waiting.done = true;
+            result
         }
-        self.commit().await
     }
 
     async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError> {
-        self.blocking(move |t| t.read(operation)).await
+        let mut records = self.blocking(move |t| t.read(operation)).await?;
+        // Asked after reading: see `acks`.
+        if let Some(hidden) = self.hidden(operation) {
+            if hidden.created() {
+                return Err(StoreError::NotFound(operation));
+            }
+            records.truncate(usize::try_from(hidden.from).unwrap_or(usize::MAX));
+        }
+        Ok(records)
     }
 
-    async fn list_unfinished(&self) -> Result<Vec<OperationId>, StoreError> {
-        self.blocking(Trees::list_unfinished).await
+    async fn list_unfinished(&self) -> Result<Listing, StoreError> {
+        let mut listing = self.blocking(Trees::list_unfinished).await?;
+        let hidden = self.acks.as_ref().map(|acks| acks.all_hidden()).unwrap_or_default();
+        if !hidden.is_empty() {
+            // An unacknowledged create does not exist yet; an unacknowledged finish did not
+            // happen yet.
+            let absent = not_created(&hidden);
+            listing.ids.retain(|id| !absent.contains(id));
+            let unfinished = hidden.iter().filter(|(_, w)| w.finishing && !w.created());
+            listing.ids.extend(unfinished.map(|(id, _)| *id));
+            listing.ids.sort_unstable();
+            listing.ids.dedup();
+        }
+        Ok(listing)
     }
 
     async fn claim(
@@ -218,9 +349,16 @@ impl Store for SledStore {
         environment: &str,
         since_ms: u64,
         until_ms: u64,
-    ) -> Result<Vec<OperationId>, StoreError> {
+    ) -> Result<Listing, StoreError> {
         let environment = environment.to_owned();
-        self.blocking(move |t| t.list_environment(&environment, since_ms, until_ms)).await
+        let mut listing =
+            self.blocking(move |t| t.list_environment(&environment, since_ms, until_ms)).await?;
+        let hidden = self.acks.as_ref().map(|acks| acks.all_hidden()).unwrap_or_default();
+        if !hidden.is_empty() {
+            let absent = not_created(&hidden);
+            listing.ids.retain(|id| !absent.contains(id));
+        }
+        Ok(listing)
     }
 
     async fn append_log(
@@ -249,5 +387,16 @@ impl Store for SledStore {
         let deleted = self.write(move |t| t.delete_environment(&environment)).await?;
         self.commit().await?;
         Ok(deleted)
+    }
+
+    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
+        if !repair {
+            return self.blocking(|t| t.check(false)).await;
+        }
+        let report = self.write(|t| t.check(true)).await?;
+        if report.findings.iter().any(|f| f.repaired) {
+            self.commit().await?;
+        }
+        Ok(report)
     }
 }

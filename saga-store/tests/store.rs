@@ -1,6 +1,9 @@
 //! Black-box tests of `SledStore`: the store contract, reopening, bad bytes, the lock, group
-//! commit, and an executor running over it.
+//! commit, failing syncs (`faults`), the consistency check (`check`), and an executor running
+//! over it.
 
+mod check;
+mod faults;
 mod support;
 
 use std::sync::Arc;
@@ -114,9 +117,9 @@ async fn unfinished_shrinks_and_never_reads_finished_operations() {
     let (a, lease_a) = create(&store, "prod", 10).await;
     let (b, _) = create(&store, "prod", 11).await;
     let (c, _) = create(&store, "prod", 12).await;
-    assert_eq!(store.list_unfinished().await.expect("lists"), vec![a, b, c]);
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![a, b, c]);
     store.append(&lease_a, &[finished(a, 1)]).await.expect("finishes");
-    assert_eq!(store.list_unfinished().await.expect("lists"), vec![b, c]);
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![b, c]);
     drop(store);
 
     // Garbage in the finished Operation's records does not disturb the list: it is never read.
@@ -129,7 +132,7 @@ async fn unfinished_shrinks_and_never_reads_finished_operations() {
         db.flush().expect("flushes");
     }
     let store = SledStore::open(&path).expect("reopens");
-    assert_eq!(store.list_unfinished().await.expect("lists"), vec![b, c]);
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![b, c]);
 }
 
 // ---------------------------------------------------------------- environment index
@@ -145,18 +148,21 @@ async fn lists_an_environment_within_bounds_and_alone() {
     let (y, _) = create(&store, "a\0", 25).await;
     let (b, _) = create(&store, "b", 20).await;
 
-    assert_eq!(store.list_environment("a", 0, u64::MAX).await.expect("lists"), vec![a1, a2, a3]);
-    assert_eq!(store.list_environment("a", 10, 30).await.expect("lists"), vec![a1, a2]);
-    assert_eq!(store.list_environment("a", 11, 31).await.expect("lists"), vec![a2, a3]);
-    assert!(store.list_environment("a", 20, 20).await.expect("lists").is_empty());
-    assert!(store.list_environment("a", 30, 10).await.expect("lists").is_empty());
     assert_eq!(
-        store.list_environment("a\0\0\0\0\0\0\0", 0, u64::MAX).await.expect("lists"),
+        store.list_environment("a", 0, u64::MAX).await.expect("lists").ids,
+        vec![a1, a2, a3]
+    );
+    assert_eq!(store.list_environment("a", 10, 30).await.expect("lists").ids, vec![a1, a2]);
+    assert_eq!(store.list_environment("a", 11, 31).await.expect("lists").ids, vec![a2, a3]);
+    assert!(store.list_environment("a", 20, 20).await.expect("lists").ids.is_empty());
+    assert!(store.list_environment("a", 30, 10).await.expect("lists").ids.is_empty());
+    assert_eq!(
+        store.list_environment("a\0\0\0\0\0\0\0", 0, u64::MAX).await.expect("lists").ids,
         vec![x]
     );
-    assert_eq!(store.list_environment("a\0", 0, u64::MAX).await.expect("lists"), vec![y]);
-    assert_eq!(store.list_environment("b", 0, u64::MAX).await.expect("lists"), vec![b]);
-    assert!(store.list_environment("", 0, u64::MAX).await.expect("lists").is_empty());
+    assert_eq!(store.list_environment("a\0", 0, u64::MAX).await.expect("lists").ids, vec![y]);
+    assert_eq!(store.list_environment("b", 0, u64::MAX).await.expect("lists").ids, vec![b]);
+    assert!(store.list_environment("", 0, u64::MAX).await.expect("lists").ids.is_empty());
 }
 
 // ---------------------------------------------------------------- log lines
@@ -222,9 +228,9 @@ async fn deleting_an_environment_removes_everything_of_it_only() {
         store.append(&lease, &[succeeded(a1, 2, "a", b"1")]).await,
         Err(StoreError::Fenced { .. })
     ));
-    assert!(store.list_environment("gone", 0, u64::MAX).await.expect("lists").is_empty());
-    assert_eq!(store.list_unfinished().await.expect("lists"), vec![keep]);
-    assert_eq!(store.list_environment("kept", 0, u64::MAX).await.expect("lists"), vec![keep]);
+    assert!(store.list_environment("gone", 0, u64::MAX).await.expect("lists").ids.is_empty());
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![keep]);
+    assert_eq!(store.list_environment("kept", 0, u64::MAX).await.expect("lists").ids, vec![keep]);
     assert_eq!(store.read_log(keep).await.expect("reads").len(), 1);
     assert_eq!(store.delete_environment("gone").await.expect("deletes"), 0);
     // The time index of deleted lines went too: a purge finds only the kept line.
@@ -250,8 +256,8 @@ async fn reopening_keeps_everything() {
     let store = SledStore::open(&path).expect("reopens");
     assert_eq!(store.read(a).await.expect("reads"), records_a);
     assert_eq!(store.read(b).await.expect("reads").len(), 2);
-    assert_eq!(store.list_unfinished().await.expect("lists"), vec![a]);
-    assert_eq!(store.list_environment("prod", 0, u64::MAX).await.expect("lists"), vec![a, b]);
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![a]);
+    assert_eq!(store.list_environment("prod", 0, u64::MAX).await.expect("lists").ids, vec![a, b]);
     assert_eq!(store.read_log(a).await.expect("reads"), vec![line(a, 0, 100)]);
     // The lease survived: the old one is still current, and another owner is refused.
     store.append(&lease_a, &[started(a, 3, "b")]).await.expect("appends");
@@ -300,7 +306,7 @@ async fn corrupt_and_truncated_records_are_typed_errors() {
     store.append(&lease, &batch).await.expect("appends");
     drop(store);
 
-    let good = encode(&batch[1]);
+    let good = encode(&batch[1]).expect("encodes");
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", good[..good.len() / 2].to_vec()),
         ("empty", Vec::new()),
@@ -315,8 +321,11 @@ async fn corrupt_and_truncated_records_are_typed_errors() {
             b.push(0);
             b
         }),
-        ("another operation's record", encode(&succeeded(OperationId::new(), 2, "a", b"1"))),
-        ("another position's record", encode(&succeeded(id, 9, "a", b"1"))),
+        (
+            "another operation's record",
+            encode(&succeeded(OperationId::new(), 2, "a", b"1")).expect("encodes"),
+        ),
+        ("another position's record", encode(&succeeded(id, 9, "a", b"1")).expect("encodes")),
     ];
     for (what, bytes) in cases {
         overwrite_record(&path, id, 2, &bytes);
@@ -348,7 +357,7 @@ async fn newer_formats_are_refused() {
     drop(store);
 
     // A record written by a newer release.
-    let mut newer = encode(&started(id, 1, "a"));
+    let mut newer = encode(&started(id, 1, "a")).expect("encodes");
     newer[0] = FORMAT_VERSION + 1;
     overwrite_record(&path, id, 1, &newer);
     let store = SledStore::open(&path).expect("reopens");
@@ -458,7 +467,7 @@ async fn concurrent_operations_share_syncs() {
     eprintln!("320 appends, {syncs} syncs");
     assert!(syncs >= 10, "each Operation waited for its own syncs: {syncs}");
     assert!(syncs < 320, "320 appends should share syncs, made {syncs}");
-    for id in store.list_unfinished().await.expect("lists") {
+    for id in store.list_unfinished().await.expect("lists").ids {
         assert_eq!(store.read(id).await.expect("reads").len(), 11);
     }
 }
@@ -554,7 +563,7 @@ mod executor {
         let bad = bad.expect("starts");
         let outcome = exec.wait(bad).await.expect("waits");
         assert_eq!(outcome.status(), "rolled back", "{outcome:?}");
-        assert!(store.list_unfinished().await.expect("lists").is_empty());
+        assert!(store.list_unfinished().await.expect("lists").ids.is_empty());
         assert!(!exec.log(bad).await.expect("log").is_empty());
         exec.shutdown().await;
         drop(exec);
@@ -570,14 +579,14 @@ mod executor {
         drop(store);
 
         let store = Arc::new(SledStore::open(&path).expect("reopens"));
-        assert_eq!(store.list_unfinished().await.expect("lists"), vec![half]);
+        assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![half]);
         let exec = executor(store.clone());
         tokio::time::sleep(Duration::from_millis(2)).await;
         let report = exec.recover().await.expect("recovers");
         assert_eq!(report.resumed, vec![half], "{report:?}");
         assert_eq!(exec.wait(half).await.expect("waits"), Outcome::Succeeded);
-        assert!(store.list_unfinished().await.expect("lists").is_empty());
-        let ids = store.list_environment("prod", 0, u64::MAX).await.expect("lists");
+        assert!(store.list_unfinished().await.expect("lists").ids.is_empty());
+        let ids = store.list_environment("prod", 0, u64::MAX).await.expect("lists").ids;
         assert_eq!(ids, vec![ok, bad, half]);
         exec.shutdown().await;
     }
