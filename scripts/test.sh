@@ -26,6 +26,12 @@ for env in "$SAGA_SERVICES_DIR"/*.env; do
   set -a; . "$env"; set +a
 done
 
+# The quickstart's fault-injection test runs it under strace (and fails without it under CI=true).
+if ! command -v strace >/dev/null 2>&1; then
+  echo "==> installing strace"
+  apt-get install -y strace || { apt-get update && apt-get install -y strace; }
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"

@@ -17,6 +17,8 @@ pub(crate) enum Command {
     Log { data: PathBuf, id: OperationId },
     /// Print the activity report as CSV.
     Report { data: PathBuf, since_ms: u64, until_ms: u64 },
+    /// Reconcile the store's indexes with its records, repairing unless `dry_run`.
+    Check { data: PathBuf, dry_run: bool },
 }
 
 /// The flags of a run.
@@ -25,6 +27,7 @@ pub(crate) struct RunArgs {
     pub(crate) data: PathBuf,
     pub(crate) site: String,
     pub(crate) fail_at: Option<String>,
+    pub(crate) panic_at: Option<String>,
     pub(crate) crash_at: Option<String>,
     pub(crate) cancel_after: Option<u64>,
     pub(crate) warm_ms: u64,
@@ -33,11 +36,14 @@ pub(crate) struct RunArgs {
 /// The help text.
 pub(crate) fn usage() -> String {
     format!(
-        "usage: quickstart [--data DIR] [--site NAME] [--fail-at STEP] [--crash-at STEP] \
-         [--cancel-after MS] [--warm-ms MS]\n       quickstart [--data DIR] resume\n       \
-         quickstart [--data DIR] log ID\n       quickstart [--data DIR] report [--since RFC3339] \
-         [--until RFC3339]\n\nDIR defaults to ./quickstart-data; NAME to demo; MS of --warm-ms to \
-         1200.\nSteps, in order: {}",
+        "usage: quickstart [--data DIR] [--site NAME] [--fail-at STEP] [--panic-at STEP] \
+         [--crash-at STEP] [--cancel-after MS] [--warm-ms MS]\n       quickstart [--data DIR] \
+         resume\n       quickstart [--data DIR] log ID\n       quickstart [--data DIR] report \
+         [--since RFC3339] [--until RFC3339]\n       quickstart [--data DIR] check [--dry-run]\n\n\
+         --fail-at makes STEP fail, --panic-at makes it panic, --crash-at aborts the process after \
+         its effect.\ncheck repairs the store's indexes (--dry-run: only reports); `resume` then \
+         resumes what it listed again.\nDIR defaults to ./quickstart-data; NAME to demo; MS of \
+         --warm-ms to 1200.\nSteps, in order: {}",
         STEPS.join(", ")
     )
 }
@@ -49,12 +55,14 @@ pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Command
         data: PathBuf::new(),
         site: "demo".into(),
         fail_at: None,
+        panic_at: None,
         crash_at: None,
         cancel_after: None,
         warm_ms: 1200,
     };
     let mut since = None;
     let mut until = None;
+    let mut dry_run = false;
     let mut positional = Vec::new();
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -64,6 +72,7 @@ pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Command
             "--data" => data = PathBuf::from(value("--data")?),
             "--site" => run.site = value("--site")?,
             "--fail-at" => run.fail_at = Some(step(value("--fail-at")?)?),
+            "--panic-at" => run.panic_at = Some(step(value("--panic-at")?)?),
             "--crash-at" => run.crash_at = Some(step(value("--crash-at")?)?),
             "--cancel-after" => {
                 run.cancel_after = Some(number("--cancel-after", &value("--cancel-after")?)?)
@@ -71,6 +80,7 @@ pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Command
             "--warm-ms" => run.warm_ms = number("--warm-ms", &value("--warm-ms")?)?,
             "--since" => since = Some(time("--since", &value("--since")?)?),
             "--until" => until = Some(time("--until", &value("--until")?)?),
+            "--dry-run" => dry_run = true,
             flag if flag.starts_with('-') => {
                 return Err(format!("unknown flag {flag}\n{}", usage()))
             }
@@ -93,6 +103,7 @@ pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Command
             since_ms: since.unwrap_or(0),
             until_ms: until.unwrap_or(u64::MAX),
         },
+        ["check"] => Command::Check { data, dry_run },
         _ => return Err(format!("unexpected arguments {positional:?}\n{}", usage())),
     }))
 }

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! cargo run -p saga-examples --example quickstart -- [--data DIR] [--site NAME]
-//!     [--fail-at STEP] [--crash-at STEP] [--cancel-after MS] [--warm-ms MS]
+//!     [--fail-at STEP] [--panic-at STEP] [--crash-at STEP] [--cancel-after MS] [--warm-ms MS]
 //! cargo run -p saga-examples --example quickstart -- resume | log ID | report [--since T] [--until T]
+//! cargo run -p saga-examples --example quickstart -- check [--dry-run]
 //! ```
 //!
 //! Steps: create the site directory, write its config, run a "migration" (irreversible: appends a
@@ -12,8 +13,33 @@
 //! `world/public`). It streams the Operation's log as it happens and ends each Operation with
 //! `operation <id>: succeeded`, `operation <id>: rolled back` or
 //! `operation <id>: rollback incomplete: <what was not undone>`. Every run first recovers what an
-//! earlier run left unfinished (after `--crash-at`, or a kill). The exit status is 0 only when
-//! every Operation it ran succeeded.
+//! earlier run left unfinished (after `--crash-at`, or a kill).
+//!
+//! Faults to try: `--fail-at STEP` makes the step fail (permanently) before its effect,
+//! `--panic-at STEP` makes it panic there instead (the engine records a failed attempt with the
+//! error `step panicked: ...` and rolls back; the process goes on), and `--crash-at STEP` aborts
+//! the process right after the step's effect (the next run resumes it).
+//!
+//! `check` reconciles the store's indexes with its records and prints one line per problem, then
+//! `checked N operations: M problems, K repaired`; it repairs what the records alone can, unless
+//! `--dry-run` is given. An Operation it lists again as unfinished is left as it is: run
+//! `quickstart resume` (which `check` suggests) to resume it.
+//!
+//! Exit status:
+//!
+//! - 0: every Operation it ran (or resumed) succeeded; for `check`, the store is healthy (nothing
+//!   wrong, or everything wrong repaired);
+//! - 1: an Operation did not succeed (rolled back, rollback incomplete, unrecoverable); for
+//!   `check`, a problem remains;
+//! - 2: an error: a bad flag, or the store failed (for example a failed sync, after which the
+//!   Operation has no outcome the log can stand behind: a later `resume` finishes it);
+//! - 3: every Operation succeeded, but writing standard output failed (say `quickstart >
+//!   /dev/full`), with one line `quickstart: cannot write to standard output: <error>` on stderr.
+//!
+//! A failed write to standard output never ends the program in the middle of an Operation: the
+//! printing stops, the Operations run to their ends, and the status says how they ended. A
+//! reader that went away (`quickstart | head`, a broken pipe) is no error: nothing is said, and
+//! the status is the Operations' own.
 
 mod cli;
 mod steps;
@@ -25,35 +51,93 @@ use std::time::Duration;
 
 use saga_core::{
     render_log, write_activity_csv, Executor, FollowEvent, OperationId, OperationLogLayer, Outcome,
-    Resource,
+    Problem, Resource,
 };
 use saga_store::SledStore;
 use tracing_subscriber::prelude::*;
 
-use crate::cli::Command;
+use crate::cli::{Command, RunArgs};
 use crate::steps::{Params, World};
 
 /// The environment every quickstart Operation belongs to.
 const ENVIRONMENT: &str = "quickstart";
 
-/// Prints one line; a reader that went away (`quickstart | head`) ends the program quietly.
+/// Prints one line to standard output (see [`output`]): a failed write stops the printing,
+/// never the program.
 macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
-            std::process::exit(0);
+    ($($arg:tt)*) => {
+        crate::output::line(format_args!($($arg)*))
+    };
+}
+
+/// Standard output, whose failure is remembered rather than fatal: after the first failed write
+/// nothing more is printed, the Operations go on to their ends, and `main` reports the failure
+/// in the exit status.
+mod output {
+    use std::io::{self, Write as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::OnceLock;
+
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    static FIRST_ERROR: OnceLock<io::Error> = OnceLock::new();
+
+    /// Writes `args` and a newline, unless an earlier write failed.
+    pub(crate) fn line(args: std::fmt::Arguments<'_>) {
+        write_with(|out| {
+            out.write_fmt(args)?;
+            out.write_all(b"\n")
+        });
+    }
+
+    /// Writes `bytes` as they are, unless an earlier write failed.
+    pub(crate) fn bytes(bytes: &[u8]) {
+        write_with(|out| out.write_all(bytes));
+    }
+
+    /// Flushes what standard output still buffers.
+    pub(crate) fn flush() {
+        write_with(|out| out.flush());
+    }
+
+    fn write_with(write: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>) {
+        if FAILED.load(Ordering::Acquire) {
+            return;
         }
-    }};
+        let mut out = io::stdout().lock();
+        if let Err(e) = write(&mut out) {
+            let _ = FIRST_ERROR.set(e);
+            FAILED.store(true, Ordering::Release);
+        }
+    }
+
+    /// The first failed write's error, unless it was a broken pipe (a reader that went away,
+    /// as in `quickstart | head`, which is no error).
+    pub(crate) fn failure() -> Option<&'static io::Error> {
+        FIRST_ERROR.get().filter(|e| e.kind() != io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// Writes one line to standard error; a failure there has nowhere left to be told.
+fn complain(message: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "quickstart: {message}");
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
+    let result = run();
+    output::flush();
+    if let Err(e) = &result {
+        complain(format_args!("{e}"));
+    }
+    let output_failed = output::failure();
+    if let Some(e) = output_failed {
+        complain(format_args!("cannot write to standard output: {e}"));
+    }
+    match result {
+        Err(_) => ExitCode::from(2),
         Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("quickstart: {e}");
-            ExitCode::from(2)
-        }
+        Ok(true) if output_failed.is_some() => ExitCode::from(3),
+        Ok(true) => ExitCode::SUCCESS,
     }
 }
 
@@ -85,35 +169,15 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
     match command {
         Command::Run(run) => {
             let (executor, _world) = open(&run.data)?;
-            let mut all_succeeded = resume(&executor).await?;
-            let params = Params {
-                site: run.site.clone(),
-                fail_at: run.fail_at,
-                crash_at: run.crash_at,
-                warm_ms: run.warm_ms,
-            };
-            let actor = std::env::var("USER").unwrap_or_else(|_| "quickstart".into());
-            let id = executor
-                .start(steps::SAGA, &params, ENVIRONMENT, Resource::new("site", &run.site), &actor)
-                .await?;
-            if let Some(ms) = run.cancel_after {
-                let canceller = executor.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    if let Err(e) = canceller.cancel(id, &actor, "--cancel-after").await {
-                        eprintln!("quickstart: cancel refused: {e}");
-                    }
-                });
-            }
-            all_succeeded &= stream(&executor, id).await?;
+            let result = run_one(&executor, &run).await;
             executor.shutdown().await;
-            Ok(all_succeeded)
+            result
         }
         Command::Resume { data } => {
             let (executor, _world) = open(&data)?;
-            let all_succeeded = resume(&executor).await?;
+            let result = resume(&executor).await;
             executor.shutdown().await;
-            Ok(all_succeeded)
+            result
         }
         Command::Log { data, id } => {
             let (executor, _world) = open(&data)?;
@@ -130,16 +194,56 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
                 until_ms,
             )
             .await?;
-            write_activity_csv(&rows, std::io::stdout().lock())?;
+            // Into memory first, so that a failed write of stdout is told like any other.
+            let mut csv = Vec::new();
+            write_activity_csv(&rows, &mut csv)?;
+            output::bytes(&csv);
             Ok(true)
         }
+        Command::Check { data, dry_run } => {
+            let (executor, _world) = open(&data)?;
+            let result = check(&executor, dry_run).await;
+            executor.shutdown().await;
+            result
+        }
     }
+}
+
+/// Recovers what an earlier run left unfinished, then runs one new Operation to its end.
+async fn run_one(executor: &Executor, run: &RunArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut all_succeeded = resume(executor).await?;
+    let params = Params {
+        site: run.site.clone(),
+        fail_at: run.fail_at.clone(),
+        panic_at: run.panic_at.clone(),
+        crash_at: run.crash_at.clone(),
+        warm_ms: run.warm_ms,
+    };
+    let actor = std::env::var("USER").unwrap_or_else(|_| "quickstart".into());
+    let id = executor
+        .start(steps::SAGA, &params, ENVIRONMENT, Resource::new("site", &run.site), &actor)
+        .await?;
+    if let Some(ms) = run.cancel_after {
+        let canceller = executor.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if let Err(e) = canceller.cancel(id, &actor, "--cancel-after").await {
+                complain(format_args!("cancel refused: {e}"));
+            }
+        });
+    }
+    all_succeeded &= stream(executor, id).await?;
+    Ok(all_succeeded)
 }
 
 /// Recovers what an earlier run left unfinished and streams each to its end.
 async fn resume(executor: &Executor) -> Result<bool, Box<dyn std::error::Error>> {
     let report = executor.recover().await?;
     let mut all_succeeded = true;
+    for cause in &report.damaged {
+        say!("unfinished index: {cause} (`quickstart check` repairs it)");
+        all_succeeded = false;
+    }
     for (id, cause) in &report.unrecoverable {
         say!("operation {id}: unrecoverable: {cause}");
         all_succeeded = false;
@@ -163,4 +267,29 @@ async fn stream(executor: &Executor, id: OperationId) -> Result<bool, Box<dyn st
     let outcome = executor.wait(id).await?;
     say!("operation {id}: {outcome}");
     Ok(outcome == Outcome::Succeeded)
+}
+
+/// Checks the store (repairing it unless `dry_run`) and prints what it found. True if healthy.
+async fn check(executor: &Executor, dry_run: bool) -> Result<bool, Box<dyn std::error::Error>> {
+    let report = executor.check(!dry_run).await?;
+    for finding in &report.findings {
+        say!("{finding}");
+    }
+    let repaired = report.findings.iter().filter(|f| f.repaired).count();
+    say!(
+        "checked {} operations: {} problems, {repaired} repaired",
+        report.operations,
+        report.findings.len()
+    );
+    let relisted = report
+        .findings
+        .iter()
+        .any(|f| f.repaired && matches!(f.problem, Problem::MissingUnfinishedMark));
+    if relisted {
+        say!("run `quickstart resume` to resume the operations listed again as unfinished");
+    }
+    if dry_run && !report.findings.is_empty() {
+        say!("nothing was repaired (--dry-run); run `quickstart check` to repair what can be");
+    }
+    Ok(report.is_healthy())
 }

@@ -24,6 +24,9 @@ pub(crate) struct Params {
     pub(crate) site: String,
     /// The step that fails (permanently) before its effect.
     pub(crate) fail_at: Option<String>,
+    /// The step that panics before its effect. Absent from the params of older runs.
+    #[serde(default)]
+    pub(crate) panic_at: Option<String>,
     /// The step after whose effect the process aborts, on its first attempt only.
     pub(crate) crash_at: Option<String>,
     /// How long warming the cache takes.
@@ -83,12 +86,15 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> StepError {
     StepError::transient(format!("{what} {}: {e}", path.display()))
 }
 
-/// Fails before the effect if `--fail-at` names this step.
+/// Fails before the effect if `--fail-at` names this step; panics there if `--panic-at` does.
 fn before(ctx: &StepContext) -> Result<Params, StepError> {
     let params: Params = ctx.params()?;
     if params.fail_at.as_deref() == Some(ctx.step_name()) {
         tracing::warn!("injected failure (--fail-at)");
         return Err(StepError::permanent("injected failure (--fail-at)"));
+    }
+    if params.panic_at.as_deref() == Some(ctx.step_name()) {
+        panic!("injected panic (--panic-at)");
     }
     Ok(params)
 }

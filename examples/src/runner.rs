@@ -1,8 +1,10 @@
 //! `Runner`: the executor on the sled store, recovery first, and the Operation's log streamed.
 
+use std::io::{self, Write as _};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use saga_core::{Executor, FollowEvent, OperationId, OperationLogLayer, Outcome, Resource, Saga};
@@ -13,12 +15,28 @@ use tracing_subscriber::prelude::*;
 
 use crate::BoxError;
 
-/// Prints one line to stdout; a reader that went away (`example | head`) ends the program quietly.
+/// Set once a write to stdout failed: nothing more is printed.
+static OUTPUT_FAILED: AtomicBool = AtomicBool::new(false);
+/// The first failed write's error.
+static OUTPUT_ERROR: OnceLock<io::Error> = OnceLock::new();
+
+/// Prints one line to stdout. A failed write never ends the program (an Operation may be
+/// running): printing stops, the error is remembered, and [`Runner::exit_code`] reports it,
+/// unless it was a broken pipe (a reader that went away, `example | head`), which is no error.
 pub fn say(line: &str) {
-    use std::io::Write as _;
-    if writeln!(std::io::stdout().lock(), "{line}").is_err() {
-        std::process::exit(0);
+    if OUTPUT_FAILED.load(Ordering::Acquire) {
+        return;
     }
+    let mut out = io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        let _ = OUTPUT_ERROR.set(e);
+        OUTPUT_FAILED.store(true, Ordering::Release);
+    }
+}
+
+/// The first failed write to stdout by [`say`], unless it was a broken pipe.
+fn output_failure() -> Option<&'static io::Error> {
+    OUTPUT_ERROR.get().filter(|e| e.kind() != io::ErrorKind::BrokenPipe)
 }
 
 /// Runs an example's Operations: an [`Executor`] over the sled store in `DIR/store`.
@@ -37,15 +55,24 @@ impl Runner {
     }
 
     /// The exit code for an example's result: 0 if every Operation succeeded, 1 if one did not,
-    /// 2 (after printing the error) if the example could not run.
+    /// 2 (after printing the error) if the example could not run, and 3 if every Operation
+    /// succeeded but writing stdout failed (other than a broken pipe). A failed write of stdout
+    /// is also told on stderr, as `<example>: cannot write to standard output: <error>`.
     pub fn exit_code(example: &str, result: Result<bool, BoxError>) -> ExitCode {
+        let _ = io::stdout().lock().flush();
+        let mut stderr = io::stderr().lock();
+        if let Err(e) = &result {
+            let _ = writeln!(stderr, "{example}: {e}");
+        }
+        let output_failed = output_failure();
+        if let Some(e) = output_failed {
+            let _ = writeln!(stderr, "{example}: cannot write to standard output: {e}");
+        }
         match result {
-            Ok(true) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(2),
             Ok(false) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("{example}: {e}");
-                ExitCode::from(2)
-            }
+            Ok(true) if output_failed.is_some() => ExitCode::from(3),
+            Ok(true) => ExitCode::SUCCESS,
         }
     }
 
@@ -64,9 +91,13 @@ impl Runner {
     }
 
     /// Recovers what an earlier run left unfinished (after `--crash-at` or a kill) and streams
-    /// each to its end. Returns the outcomes, and whether any Operation was unrecoverable.
+    /// each to its end. Returns the outcomes, and whether any Operation was unrecoverable (or
+    /// an entry of the unfinished index was damaged, so that it may hide one).
     pub async fn resume(&self) -> Result<(Vec<(OperationId, Outcome)>, bool), BoxError> {
         let report = self.executor.recover().await?;
+        for cause in &report.damaged {
+            say(&format!("unfinished index: {cause}"));
+        }
         for (id, cause) in &report.unrecoverable {
             say(&format!("operation {id}: unrecoverable: {cause}"));
         }
@@ -75,7 +106,7 @@ impl Runner {
             say(&format!("resuming operation {id}"));
             outcomes.push((id, self.stream(id).await?));
         }
-        Ok((outcomes, !report.unrecoverable.is_empty()))
+        Ok((outcomes, !report.unrecoverable.is_empty() || !report.damaged.is_empty()))
     }
 
     /// Starts an Operation of saga `saga` on `resource` with `params`, cancels it after

@@ -1,19 +1,30 @@
-//! The quickstart as a user runs it: a golden run, and runs killed with SIGKILL at random instants
-//! then resumed, after which every Operation has exactly one outcome and the world matches it.
+//! The quickstart as a user runs it: a golden run; runs killed with SIGKILL at random instants
+//! then resumed, after which every Operation has exactly one outcome and the world matches it;
+//! a stdout that fails (`/dev/full`) or goes away; a step that panics; `check` repairing a store
+//! that lost an outcome; and, under `strace`, every `fdatasync` of a run failing in turn, which is
+//! never reported as success.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use saga_core::{NotUndone, NotUndoneReason, OperationState, Outcome, RecordKind, Store};
+use saga_core::{
+    NotUndone, NotUndoneReason, OperationId, OperationState, Outcome, Record, RecordKind, Store,
+};
 use saga_store::SledStore;
 
 /// The quickstart binary, which `cargo test` builds next to this test's directory.
-fn quickstart() -> Command {
+fn quickstart_exe() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let debug = exe.parent().and_then(Path::parent).unwrap();
-    let mut command = Command::new(debug.join("examples").join("quickstart"));
+    debug.join("examples").join("quickstart")
+}
+
+fn quickstart() -> Command {
+    let mut command = Command::new(quickstart_exe());
     command.env("USER", "tester");
     command
 }
@@ -77,9 +88,400 @@ fn bad_flags_are_errors_that_say_what() {
     let out = run(&["--fail-at", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown step \"nope\""));
+    let out = run(&["--panic-at", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown step \"nope\""));
+    let out = run(&["--panic-at"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--panic-at needs a value"));
+    let out = run(&["check", "extra"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected arguments"));
     let out = run(&["--help"]);
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("create-site, write-config, migrate, warm-cache, publish"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("create-site, write-config, migrate, warm-cache, publish"), "{help}");
+    assert!(help.contains("[--panic-at STEP]"), "{help}");
+    assert!(help.contains("check [--dry-run]"), "{help}");
+}
+
+/// Every Operation in the store of `data`, with its records, and the unfinished listing; read
+/// after the quickstart exited.
+fn stored(data: &Path) -> (Vec<(OperationId, Vec<Record>)>, Vec<OperationId>) {
+    let store = SledStore::open(data.join("store")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let listing = runtime.block_on(store.list_environment("quickstart", 0, u64::MAX)).unwrap();
+    assert!(listing.damaged.is_empty(), "{:?}", listing.damaged);
+    let unfinished = runtime.block_on(store.list_unfinished()).unwrap();
+    assert!(unfinished.damaged.is_empty(), "{:?}", unfinished.damaged);
+    let operations =
+        listing.ids.into_iter().map(|id| (id, runtime.block_on(store.read(id)).unwrap())).collect();
+    (operations, unfinished.ids)
+}
+
+fn outcomes(records: &[Record]) -> Vec<Outcome> {
+    records
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RecordKind::OperationFinished { outcome } => Some(outcome.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The id in the last `operation <id>: ...` line of `stdout`.
+fn last_id(stdout: &str) -> OperationId {
+    let line = stdout.lines().rev().find(|l| l.starts_with("operation ")).unwrap();
+    line["operation ".len()..].split(':').next().unwrap().parse().unwrap()
+}
+
+/// Every path under `root` with what it holds (a file's bytes, a link's target), to compare a
+/// world before and after.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(root: &Path, dir: &Path, into: &mut BTreeMap<PathBuf, String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(root).unwrap().to_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.file_type().is_symlink() {
+                into.insert(
+                    relative,
+                    format!("-> {}", std::fs::read_link(&path).unwrap().display()),
+                );
+            } else if meta.is_dir() {
+                into.insert(relative, "dir".into());
+                walk(root, &path, into);
+            } else {
+                into.insert(
+                    relative,
+                    String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into(),
+                );
+            }
+        }
+    }
+    let mut into = BTreeMap::new();
+    walk(root, root, &mut into);
+    into
+}
+
+#[test]
+fn a_stdout_that_fails_never_ends_the_operation_midway_and_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let full = std::fs::File::options().write(true).open("/dev/full").unwrap();
+    let out = quickstart()
+        .args(["--data", data.to_str().unwrap(), "--warm-ms", "60"])
+        .stdout(Stdio::from(full))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let told: Vec<&str> = stderr.lines().collect();
+    assert_eq!(told.len(), 1, "{stderr}");
+    assert!(
+        told[0].starts_with("quickstart: cannot write to standard output: ")
+            && told[0].contains("No space left on device"),
+        "{stderr}"
+    );
+
+    // The Operation ran to its end: one outcome, nothing left unfinished.
+    let (operations, unfinished) = stored(&data);
+    assert_eq!(operations.len(), 1);
+    let (id, records) = &operations[0];
+    assert_eq!(outcomes(records), [Outcome::Succeeded], "operation {id}");
+    assert!(unfinished.is_empty(), "{unfinished:?}");
+    assert!(data.join("world/public/demo").symlink_metadata().is_ok());
+}
+
+#[test]
+fn a_reader_that_goes_away_is_no_error_and_the_operation_still_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = quickstart()
+        .args(["--data", data.to_str().unwrap(), "--warm-ms", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `quickstart | head -0`: the reader is gone before the first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let (operations, unfinished) = stored(&data);
+    assert_eq!(operations.len(), 1);
+    assert_eq!(outcomes(&operations[0].1), [Outcome::Succeeded]);
+    assert!(unfinished.is_empty(), "{unfinished:?}");
+}
+
+#[test]
+fn a_step_that_panics_fails_its_attempt_and_rolls_back_without_ending_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let first = run(&["--data", data_arg, "--site", "first", "--warm-ms", "20"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let world = data.join("world");
+    let before = snapshot(&world);
+
+    let out = run(&[
+        "--data",
+        data_arg,
+        "--site",
+        "second",
+        "--panic-at",
+        "write-config",
+        "--warm-ms",
+        "20",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Exit status 1 (an Operation did not succeed), not a signal: the process did not abort.
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("step panicked: injected panic (--panic-at)"), "{stdout}");
+    let id = last_id(&stdout);
+    assert!(stdout.ends_with(&format!("operation {id}: rolled back\n")), "{stdout}");
+    assert_eq!(snapshot(&world), before, "the rollback left the world as it was");
+
+    let (operations, unfinished) = stored(&data);
+    assert!(unfinished.is_empty(), "{unfinished:?}");
+    assert_eq!(operations.len(), 2);
+    for (op, records) in &operations {
+        let outcomes = outcomes(records);
+        assert_eq!(outcomes.len(), 1, "operation {op}: {outcomes:?}");
+        if *op == id {
+            assert!(matches!(outcomes[0], Outcome::RolledBack { .. }), "{outcomes:?}");
+        } else {
+            assert_eq!(outcomes[0], Outcome::Succeeded);
+        }
+    }
+}
+
+/// Opens the sled database of a store directly, waiting for a lock that a store just dropped in
+/// this process may still hold for a moment.
+fn open_sled(path: &Path) -> sled::Db {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(path).flush_every_ms(None).open() {
+            Ok(db) => return db,
+            Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open {}: {e}", path.display()),
+        }
+    }
+}
+
+#[test]
+fn check_finds_and_repairs_a_finished_operation_that_lost_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let out = run(&["--data", data_arg, "--warm-ms", "20"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = last_id(&String::from_utf8_lossy(&out.stdout));
+    let (operations, _) = stored(&data);
+    let records = &operations.iter().find(|(op, _)| *op == id).unwrap().1;
+    let last = records.last().unwrap();
+    assert!(matches!(last.kind, RecordKind::OperationFinished { .. }), "{last:?}");
+
+    // Damage: the last record (`OperationFinished`) goes. The Operation has no outcome now, and
+    // no unfinished mark either (the finishing append removed it), so recovery never sees it.
+    {
+        let db = open_sled(&data.join("store"));
+        let tree = db.open_tree("records").unwrap();
+        let mut key = id.as_u128().to_be_bytes().to_vec();
+        key.extend_from_slice(&last.seq.to_be_bytes());
+        assert!(tree.remove(key).unwrap().is_some(), "the record was where keys.rs says");
+        db.flush().unwrap();
+    }
+    let ignored = run(&["--data", data_arg, "resume"]);
+    assert_eq!(ignored.status.code(), Some(0));
+    let ignored = String::from_utf8_lossy(&ignored.stdout);
+    assert!(!ignored.contains(&id.to_string()), "resume saw it: {ignored}");
+
+    let problem = format!("operation {id}: unfinished, but missing from the unfinished index");
+    let dry = run(&["--data", data_arg, "check", "--dry-run"]);
+    let dry_out = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(1), "{dry_out}{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(dry_out.lines().any(|l| l == problem), "{dry_out}");
+    assert!(dry_out.contains("checked 1 operations: 1 problems, 0 repaired"), "{dry_out}");
+    // A dry run repairs nothing.
+    let again = run(&["--data", data_arg, "check", "--dry-run"]);
+    assert_eq!(again.status.code(), Some(1));
+
+    let repair = run(&["--data", data_arg, "check"]);
+    let repair_out = String::from_utf8_lossy(&repair.stdout);
+    assert_eq!(repair.status.code(), Some(0), "{repair_out}");
+    assert!(repair_out.lines().any(|l| l == format!("{problem} (repaired)")), "{repair_out}");
+    assert!(repair_out.contains("checked 1 operations: 1 problems, 1 repaired"), "{repair_out}");
+    assert!(repair_out.contains("quickstart resume"), "{repair_out}");
+    let healthy = run(&["--data", data_arg, "check", "--dry-run"]);
+    let healthy_out = String::from_utf8_lossy(&healthy.stdout);
+    assert_eq!(healthy.status.code(), Some(0), "{healthy_out}");
+    assert!(healthy_out.contains("checked 1 operations: 0 problems, 0 repaired"), "{healthy_out}");
+
+    let resumed = run(&["--data", data_arg, "resume"]);
+    let resumed_out = String::from_utf8_lossy(&resumed.stdout);
+    assert_eq!(resumed.status.code(), Some(0), "{resumed_out}");
+    assert!(resumed_out.contains(&format!("resuming operation {id}")), "{resumed_out}");
+    assert!(resumed_out.ends_with(&format!("operation {id}: succeeded\n")), "{resumed_out}");
+    let (operations, unfinished) = stored(&data);
+    assert!(unfinished.is_empty(), "{unfinished:?}");
+    for (op, records) in &operations {
+        assert_eq!(outcomes(records), [Outcome::Succeeded], "operation {op}");
+    }
+}
+
+/// Whether `strace` can run here. Under `CI=true` its absence fails the test; elsewhere the
+/// test says it skipped.
+fn strace_available(test: &str) -> bool {
+    let works = Command::new("strace")
+        .args(["-qq", "-e", "trace=none", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: strace is not installed (or cannot trace); scripts/test.sh installs it"
+        );
+        println!("SKIPPED {test}: strace not installed");
+    }
+    works
+}
+
+/// Runs `command` to its end, or kills it (and what it started) after `limit` and fails.
+fn output_within(command: &mut Command, limit: Duration, what: &str) -> Output {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            kill_tree(child.id());
+            let _ = child.wait();
+            let stdout = String::from_utf8_lossy(&stdout.join().unwrap()).into_owned();
+            let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
+            panic!("{what}: still running after {limit:?} (a hang); stdout:\n{stdout}\nstderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+/// SIGKILLs `pid` and its descendants (strace's tracee survives strace's death otherwise).
+fn kill_tree(pid: u32) {
+    let children = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect::<Vec<_>>();
+    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    for child in children {
+        if let Ok(child) = child.parse() {
+            kill_tree(child);
+        }
+    }
+}
+
+#[test]
+fn under_strace_a_failing_sync_is_never_reported_as_success() {
+    let test = "under_strace_a_failing_sync_is_never_reported_as_success";
+    if !strace_available(test) {
+        return;
+    }
+    let limit = Duration::from_secs(60);
+    let exe = quickstart_exe();
+    let dir = tempfile::tempdir().unwrap();
+
+    // How many fdatasyncs a plain run makes.
+    let plain = dir.path().join("plain");
+    let trace = dir.path().join("fdatasync.txt");
+    let out = output_within(
+        Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=fdatasync", "-o"])
+            .arg(&trace)
+            .arg(&exe)
+            .args(["--data", plain.to_str().unwrap(), "--warm-ms", "20"])
+            .env("USER", "tester"),
+        limit,
+        "the plain run under strace",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let syncs = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("fdatasync("))
+        .count();
+    println!("a plain run makes {syncs} fdatasync calls");
+    assert!(syncs >= 2, "a run syncs at least its create and its outcome: {syncs}");
+
+    for k in 1..=syncs {
+        let data = dir.path().join(format!("fail-{k}"));
+        let data_arg = data.to_str().unwrap();
+        let what = format!("fdatasync {k} of {syncs} failing with EIO (and every one after)");
+        let out = output_within(
+            Command::new("strace")
+                .args(["-f", "-qq", "-e", "trace=fdatasync", "-e"])
+                .arg(format!("inject=fdatasync:error=EIO:when={k}+"))
+                .args(["-o", "/dev/null"])
+                .arg(&exe)
+                .args(["--data", data_arg, "--warm-ms", "20"])
+                .env("USER", "tester"),
+            limit,
+            &what,
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let shown = format!("{what}: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+        assert!(matches!(out.status.code(), Some(c) if c != 0), "{shown}");
+        assert!(
+            !stdout.lines().any(|l| l.starts_with("operation ") && l.ends_with(": succeeded")),
+            "{shown}"
+        );
+        assert!(!stdout.lines().any(|l| l.ends_with("operation succeeded")), "{shown}");
+        assert!(stderr.contains("Input/output error") || stderr.contains("store"), "{shown}");
+        assert!(!stderr.contains("panicked at"), "{shown}");
+
+        // Without the fault, `resume` finishes what reached the disk, to one outcome each.
+        let resumed = output_within(
+            quickstart().args(["--data", data_arg, "resume"]),
+            limit,
+            &format!("resume after {what}"),
+        );
+        let resumed_out = String::from_utf8_lossy(&resumed.stdout);
+        let shown = format!(
+            "resume after {what}: {:?}\nstdout:\n{resumed_out}\nstderr:\n{}",
+            resumed.status,
+            String::from_utf8_lossy(&resumed.stderr)
+        );
+        let (operations, unfinished) = stored(&data);
+        assert!(unfinished.is_empty(), "{shown}\nunfinished: {unfinished:?}");
+        let mut all_succeeded = true;
+        for (op, records) in &operations {
+            let outcomes = outcomes(records);
+            assert_eq!(outcomes.len(), 1, "{shown}\noperation {op}: {outcomes:?}");
+            all_succeeded &= outcomes[0] == Outcome::Succeeded;
+        }
+        let expected = if all_succeeded { 0 } else { 1 };
+        assert_eq!(resumed.status.code(), Some(expected), "{shown}");
+        println!(
+            "K={k}: exit {:?}; after resume {} operation(s), exit {expected}",
+            out.status.code(),
+            operations.len()
+        );
+    }
 }
 
 fn site_of(state: &OperationState) -> String {
@@ -133,8 +535,8 @@ fn runs_killed_at_random_instants_resume_to_one_outcome_that_the_world_matches()
     let world = data.join("world");
     let migrations = std::fs::read_to_string(world.join("migrations.log")).unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let ids = runtime.block_on(store.list_environment("quickstart", 0, u64::MAX)).unwrap();
-    assert!(runtime.block_on(store.list_unfinished()).unwrap().is_empty());
+    let ids = runtime.block_on(store.list_environment("quickstart", 0, u64::MAX)).unwrap().ids;
+    assert!(runtime.block_on(store.list_unfinished()).unwrap().ids.is_empty());
     let mut sites = Vec::new();
     let mut outcomes = std::collections::BTreeMap::new();
     for id in ids {
