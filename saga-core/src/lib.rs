@@ -91,7 +91,7 @@ pub use crate::report::{
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::{GroupBuilder, Saga, SagaBuilder, StepInfo};
 pub use crate::step::{Executed, Step, StepContext, StepKind};
-pub use crate::store::{check_sequence, Lease, Listing, Store};
+pub use crate::store::{check_sequence, CancelRequest, Lease, Listing, Store};
 
 /// Re-exported so that steps and stores implement the traits with the same macro version.
 pub use async_trait::async_trait;

@@ -11,7 +11,7 @@ use crate::error::StoreError;
 use crate::id::{now_ms, OperationId};
 use crate::oplog::LogLine;
 use crate::record::{Record, RecordKind};
-use crate::store::{check_sequence, Lease, Listing, Store};
+use crate::store::{check_sequence, CancelRequest, Lease, Listing, Store};
 
 /// A [`Store`] in memory. Nothing is durable beyond the process; records appended are visible to
 /// every later read at once. Cloning is not offered: share it behind an `Arc`.
@@ -37,6 +37,7 @@ struct Inner {
     by_environment: BTreeMap<(String, u64, OperationId), ()>,
     leases: HashMap<OperationId, Lease>,
     logs: HashMap<OperationId, Vec<LogLine>>,
+    cancels: BTreeMap<OperationId, CancelRequest>,
 }
 
 #[derive(Debug)]
@@ -100,6 +101,7 @@ impl Store for MemoryStore {
         entry.records.extend_from_slice(records);
         if records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. })) {
             inner.unfinished.remove(&lease.operation);
+            inner.cancels.remove(&lease.operation);
         }
         Ok(())
     }
@@ -201,6 +203,7 @@ impl Store for MemoryStore {
             inner.unfinished.remove(id);
             inner.leases.remove(id);
             inner.logs.remove(id);
+            inner.cancels.remove(id);
         }
         inner.by_environment.retain(|(env, _, _), _| env != environment);
         Ok(ids.len() as u64)
@@ -274,5 +277,20 @@ impl Store for MemoryStore {
         }
         report.operations = operations.len() as u64;
         Ok(report)
+    }
+
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if !inner.operations.contains_key(&request.operation) {
+            return Err(StoreError::NotFound(request.operation));
+        }
+        if inner.unfinished.contains(&request.operation) {
+            inner.cancels.entry(request.operation).or_insert_with(|| request.clone());
+        }
+        Ok(())
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
+        Ok(self.lock().cancels.values().cloned().collect())
     }
 }

@@ -27,6 +27,21 @@ pub struct Lease {
     pub expires_ms: u64,
 }
 
+/// A durable request to cancel an Operation, made by an executor that does not run it (another
+/// executor runs it, or none does yet). Its owner sees it and rolls back as for a local cancel;
+/// an executor that claims the Operation later sees it at claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CancelRequest {
+    /// The Operation.
+    pub operation: OperationId,
+    /// Who asked.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// When (Unix ms).
+    pub at_ms: u64,
+}
+
 /// What a listing from an index found: the Operations it names, and the entries that name none
 /// (a key or value that does not decode), each a typed error saying where. One damaged entry
 /// never hides the others.
@@ -76,6 +91,10 @@ impl Listing {
 ///   repairs from the records alone what disagrees; it never changes a record.
 /// - **Log lines** need not be durable when [`append_log`](Store::append_log) returns; they are
 ///   written with the next durable write at the latest. They may be purged by age while records stay.
+/// - **Cancel requests.** [`request_cancel`](Store::request_cancel) is durable when it returns;
+///   the first request of an Operation stays (a later one is not recorded) until an append of
+///   `OperationFinished` removes it in the same durable write.
+///   [`cancel_requests`](Store::cancel_requests) lists every pending one.
 /// - Every method may be called concurrently, and calling `release` twice is harmless.
 ///
 /// A store that keeps everything in a `Vec`, to show the shape (see [`MemoryStore`] for a whole one):
@@ -84,7 +103,7 @@ impl Listing {
 /// use std::sync::Mutex;
 /// use std::time::Duration;
 /// use async_trait::async_trait;
-/// use saga_core::{CheckReport, Lease, Listing, LogLine, OperationId, Record, Store, StoreError};
+/// use saga_core::{CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, Store, StoreError};
 ///
 /// #[derive(Default)]
 /// struct VecStore(Mutex<Vec<Record>>);
@@ -114,6 +133,8 @@ impl Listing {
 ///     async fn purge_logs(&self, _: u64) -> Result<u64, StoreError> { Ok(0) }
 ///     async fn delete_environment(&self, _: &str) -> Result<u64, StoreError> { Ok(0) }
 ///     async fn check(&self, _: bool) -> Result<CheckReport, StoreError> { Ok(CheckReport::default()) }
+///     async fn request_cancel(&self, _: &CancelRequest) -> Result<(), StoreError> { Ok(()) }
+///     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> { Ok(vec![]) }
 /// }
 /// ```
 ///
@@ -181,6 +202,13 @@ pub trait Store: Send + Sync + 'static {
     /// repair (see [`Problem`](crate::Problem)). Records are never changed. Safe to call while
     /// Operations run: each Operation is checked atomically with respect to its appends.
     async fn check(&self, repair: bool) -> Result<CheckReport, StoreError>;
+
+    /// Records a request to cancel an unfinished Operation, durably. Does nothing if the
+    /// Operation already has a pending request; [`StoreError::NotFound`] if it does not exist.
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError>;
+
+    /// Every pending cancel request (of Operations that have not finished), in id order.
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError>;
 }
 
 impl Lease {

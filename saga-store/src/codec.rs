@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use saga_core::{Lease, LogLine, OperationId, StoreError, FORMAT_VERSION};
+use saga_core::{CancelRequest, Lease, LogLine, OperationId, StoreError, FORMAT_VERSION};
 
 /// A lease as stored (the Operation is the key).
 #[derive(Serialize, Deserialize)]
@@ -52,6 +52,33 @@ pub(crate) fn encode_lease(lease: &Lease) -> Result<Vec<u8>, StoreError> {
 pub(crate) fn decode_lease(bytes: &[u8], operation: OperationId) -> Result<Lease, StoreError> {
     let stored: StoredLease = from_bytes(bytes, &|| format!("lease of operation {operation}"))?;
     Ok(Lease { operation, owner: stored.owner, epoch: stored.epoch, expires_ms: stored.expires_ms })
+}
+
+/// A cancel request as stored (the Operation is the key).
+#[derive(Serialize, Deserialize)]
+struct StoredCancel {
+    actor: String,
+    reason: String,
+    at_ms: u64,
+}
+
+/// Encodes a cancel request.
+pub(crate) fn encode_cancel(request: &CancelRequest) -> Result<Vec<u8>, StoreError> {
+    to_bytes(&StoredCancel {
+        actor: request.actor.clone(),
+        reason: request.reason.clone(),
+        at_ms: request.at_ms,
+    })
+}
+
+/// Decodes the cancel request of `operation`.
+pub(crate) fn decode_cancel(
+    bytes: &[u8],
+    operation: OperationId,
+) -> Result<CancelRequest, StoreError> {
+    let stored: StoredCancel =
+        from_bytes(bytes, &|| format!("cancel request of operation {operation}"))?;
+    Ok(CancelRequest { operation, actor: stored.actor, reason: stored.reason, at_ms: stored.at_ms })
 }
 
 /// Encodes a log line.

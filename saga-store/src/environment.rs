@@ -71,6 +71,7 @@ impl Trees {
         }
         self.records.apply_batch(records).map_err(|e| sled_error("deleting records", e))?;
         self.leases.remove(op_key).map_err(|e| sled_error("deleting a lease", e))?;
+        self.cancels.remove(op_key).map_err(|e| sled_error("deleting a cancel request", e))?;
         self.remove_log(id)
     }
 }

@@ -16,6 +16,8 @@ pub(crate) const LEASES: &str = "leases";
 pub(crate) const LOGS: &str = "logs";
 /// Log lines by time, for purging: `at ms (8) ++ id (16) ++ seq (8)` → empty.
 pub(crate) const LOGS_BY_TIME: &str = "logs_by_time";
+/// Pending cancel requests: `id (16)` → version byte ++ postcard request.
+pub(crate) const CANCELS: &str = "cancels";
 /// Store metadata: [`META_LAYOUT`] and [`META_RECORD_FORMAT`] → one version byte each.
 pub(crate) const META: &str = "meta";
 

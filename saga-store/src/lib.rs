@@ -55,6 +55,7 @@
 //! | `leases` | id (16) | owner, epoch, expiry |
 //! | `logs` | id (16) ++ seq (8) | log line |
 //! | `logs_by_time` | at ms (8) ++ id (16) ++ seq (8) | empty |
+//! | `cancels` | id (16) | actor, reason, at ms of the first pending cancel request |
 //! | `meta` | `layout`, `record_format` | one version byte each |
 //!
 //! - `create` writes the first record, the `unfinished` mark, the index entry and the lease in one
@@ -194,6 +195,7 @@
 #![forbid(unsafe_code)]
 
 mod acks;
+mod cancels;
 mod check;
 mod codec;
 mod disk;

@@ -20,6 +20,7 @@ pub(crate) struct Trees {
     pub(crate) unfinished: sled::Tree,
     pub(crate) by_environment: sled::Tree,
     pub(crate) leases: sled::Tree,
+    pub(crate) cancels: sled::Tree,
     pub(crate) logs: sled::Tree,
     pub(crate) logs_by_time: sled::Tree,
     /// Serializes read-check-write sequences (lease and sequence checks, then the write). Only
@@ -51,6 +52,7 @@ pub(crate) fn open(path: &Path) -> Result<Trees, StoreError> {
         unfinished: tree(keys::UNFINISHED)?,
         by_environment: tree(keys::BY_ENVIRONMENT)?,
         leases: tree(keys::LEASES)?,
+        cancels: tree(keys::CANCELS)?,
         logs: tree(keys::LOGS)?,
         logs_by_time: tree(keys::LOGS_BY_TIME)?,
         writing: Mutex::new(()),

@@ -100,12 +100,13 @@ impl Trees {
             return Ok(Some(next));
         }
         let op_key = keys::operation_key(id);
-        let written = (&self.records, &self.unfinished)
-            .transaction(|(tree, unfinished)| {
+        let written = (&self.records, &self.unfinished, &self.cancels)
+            .transaction(|(tree, unfinished, cancels)| {
                 for (key, bytes) in &encoded {
                     tree.insert(&key[..], bytes.as_slice())?;
                 }
                 unfinished.remove(&op_key[..])?;
+                cancels.remove(&op_key[..])?;
                 Ok(())
             })
             .map_err(|e| transaction_error("appending records", e));

@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use saga_core::{
-    CheckReport, Lease, Listing, LogLine, OperationId, Record, RecordKind, Store, StoreError,
+    CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, RecordKind, Store,
+    StoreError,
 };
 
 use crate::acks::{Acks, Hidden};
@@ -398,5 +399,17 @@ impl Store for SledStore {
             self.commit().await?;
         }
         Ok(report)
+    }
+
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+        let request = request.clone();
+        if self.write(move |t| t.request_cancel(&request)).await? {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
+        self.blocking(Trees::cancel_requests).await
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::{
-    async_trait, CheckReport, Lease, Listing, LogLine, OperationId, Record, Store, StoreError,
+    async_trait, CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, Store,
+    StoreError,
 };
 
 /// Wraps a store and stops accepting records once `budget` of them (`OperationCreated`
@@ -142,5 +143,13 @@ impl Store for CrashingStore {
 
     async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
         self.inner.check(repair).await
+    }
+
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+        self.inner.request_cancel(request).await
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
+        self.inner.cancel_requests().await
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct Driver {
     stopping: bool,
     /// The outcome's log line, written once the outcome is durable.
     outcome_line: Option<(LogLevel, String)>,
+    /// A cancel request found in the store at claim, applied before anything else runs.
+    pub(crate) cancel_at_start: Option<crate::CancelRequest>,
     _capture: crate::capture::Registration,
 }
 
@@ -112,6 +114,7 @@ impl Driver {
             outputs: Arc::new(outputs),
             stopping: false,
             outcome_line: None,
+            cancel_at_start: None,
             _capture: crate::capture::register(state_id, &log_for_capture),
         }
     }
@@ -163,6 +166,17 @@ impl Driver {
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
         let commands = self.commands.clone();
+        if let Some(request) = self.cancel_at_start.take() {
+            match self.cancel(request.actor.clone(), request.reason.clone()).await {
+                Ok(()) => {}
+                Err(e @ Error::Store(_)) => return Err(e),
+                Err(refused) => self.log.line(
+                    LogLevel::Warn,
+                    None,
+                    format!("cancel requested by {} refused: {refused}", request.actor),
+                ),
+            }
+        }
         loop {
             let actions = if self.stopping {
                 Vec::new()

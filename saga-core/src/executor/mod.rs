@@ -5,9 +5,11 @@ mod follow;
 mod guard;
 mod mailbox;
 pub(crate) mod plan;
+mod watcher;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,7 +29,7 @@ use crate::id::{now_ms, OperationId};
 use crate::oplog::{LogLevel, LogLine, LogSink};
 use crate::record::{Outcome, Record, RecordKind, Resource};
 use crate::saga::Saga;
-use crate::store::Store;
+use crate::store::{CancelRequest, Store};
 
 /// How long per-Operation log lines are kept by default: 90 days. Activity (the records) is kept
 /// for the lifetime of the environment.
@@ -82,6 +84,12 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     tasks: TaskTracker,
     recovering: tokio::sync::Mutex<()>,
+    /// How often unfinished Operations are looked for and claimed (`None`: never on its own).
+    takeover_interval: Option<Duration>,
+    /// How often cancel requests in the store are looked for.
+    cancel_poll: Duration,
+    /// Whether the watcher task (cancel requests, takeover) was started.
+    watching: AtomicBool,
 }
 
 /// Why an Operation is not running here although it has not finished.
@@ -144,6 +152,8 @@ pub struct ExecutorBuilder {
     lease_ttl: Duration,
     max_running: usize,
     max_log_lines: u64,
+    takeover_interval: Option<Duration>,
+    cancel_poll: Duration,
 }
 
 impl fmt::Debug for ExecutorBuilder {
@@ -177,6 +187,25 @@ impl ExecutorBuilder {
     /// How long a lease lasts unless renewed (renewed every third of it). Default 30 s.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How often the executor looks, on its own, for unfinished Operations that nobody holds (a
+    /// lease that expired because its executor died, or that was never taken) and resumes them,
+    /// as [`Executor::recover`] does: when one executor dies, the others carry on within its
+    /// lease time plus this interval. `None` turns it off (only `recover()` resumes). Operations
+    /// that were found unrecoverable for a lasting cause are not tried again by this scan. The
+    /// scan starts with the first `start` or `recover`. Default 5 s.
+    pub fn takeover_interval(mut self, interval: Option<Duration>) -> Self {
+        self.takeover_interval = interval.map(|i| i.max(Duration::from_millis(10)));
+        self
+    }
+
+    /// How often the executor looks for cancel requests that other executors recorded in the
+    /// store for the Operations it runs (see [`Executor::cancel`]). Default 250 ms, so that a
+    /// cancel from elsewhere is seen within 1 s.
+    pub fn cancel_poll_interval(mut self, interval: Duration) -> Self {
+        self.cancel_poll = interval.max(Duration::from_millis(5));
         self
     }
 
@@ -223,6 +252,9 @@ impl ExecutorBuilder {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 recovering: tokio::sync::Mutex::new(()),
+                takeover_interval: self.takeover_interval,
+                cancel_poll: self.cancel_poll,
+                watching: AtomicBool::new(false),
             }),
         })
     }
@@ -242,6 +274,17 @@ impl Executor {
             lease_ttl: Duration::from_secs(30),
             max_running: 10_000,
             max_log_lines: crate::oplog::DEFAULT_MAX_LINES,
+            takeover_interval: Some(Duration::from_secs(5)),
+            cancel_poll: Duration::from_millis(250),
+        }
+    }
+
+    /// Starts the watcher task (cancel requests, takeover) once, from within the runtime.
+    fn ensure_watching(&self) {
+        if !self.shared.watching.swap(true, Ordering::SeqCst) {
+            let shared = Arc::downgrade(&self.shared);
+            let shutdown = self.shared.shutdown.clone();
+            self.shared.tasks.spawn(watcher::watch(shared, shutdown));
         }
     }
 
@@ -268,6 +311,7 @@ impl Executor {
         if self.shared.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
+        self.ensure_watching();
         let version = *self
             .shared
             .latest
@@ -302,7 +346,7 @@ impl Executor {
             None,
             format!("operation {id} created: {saga} v{version} on {} by {actor}", state.resource),
         );
-        self.spawn(definition, state, lease, log, driving);
+        self.spawn(definition, state, lease, log, driving, None);
         Ok(id)
     }
 
@@ -313,6 +357,7 @@ impl Executor {
         lease: crate::Lease,
         log: Arc<LogSink>,
         driving: Driving,
+        cancel: Option<CancelRequest>,
     ) {
         let id = state.id;
         lock(&self.shared.troubled).remove(&id);
@@ -322,6 +367,7 @@ impl Executor {
             .insert(id, Handle { mailbox: mailbox.clone(), exit: exit_rx, log: log.clone() });
         let shared = self.shared.clone();
         let mut driver = Driver::new(shared.clone(), saga, state, lease, mailbox.clone(), log);
+        driver.cancel_at_start = cancel;
         // The driver lives in the task and is borrowed by `queue` and `run`: moving it into `run`
         // would keep two copies of it in the task's future, per Operation in flight.
         self.shared.tasks.spawn(async move {
@@ -343,9 +389,15 @@ impl Executor {
         });
     }
 
-    /// Cancels an Operation: once `CancelRequested` is durable it returns, the running step's
-    /// cancellation token fires and the rollback starts. Cancelling an Operation already rolling
-    /// back does nothing; cancelling a finished one, or one past its point of no return, is an error.
+    /// Cancels an Operation. For one running here: once `CancelRequested` is durable it returns,
+    /// the running step's cancellation token fires and the rollback starts. For one running on
+    /// another executor, or on none (its executor died and nobody recovered it yet): once a
+    /// [`CancelRequest`] is durable in the store it returns; the owner sees it within its cancel
+    /// poll interval (250 ms by default) and rolls back exactly as for a local cancel, and an
+    /// executor that claims the Operation later sees it at claim. Cancelling an Operation already
+    /// rolling back does nothing; cancelling a finished one, or one past its point of no return,
+    /// is an error (for an Operation running elsewhere, the point of no return is checked from
+    /// the log when its saga is registered here, and again by its owner).
     pub async fn cancel(&self, id: OperationId, actor: &str, reason: &str) -> Result<()> {
         let mailbox = lock(&self.shared.running).get(&id).map(|h| h.mailbox.clone());
         if let Some(mailbox) = mailbox {
@@ -358,14 +410,43 @@ impl Executor {
             }
         }
         // Not running here (or it ended while we asked): answer from the log.
-        if let Some(trouble) = self.trouble(id) {
+        if let Some(trouble @ Trouble::Halted(_)) = self.trouble(id) {
             return Err(trouble.error(id));
         }
         let state = self.status(id).await?;
-        if let Some(outcome) = state.outcome {
-            return Err(Error::AlreadyFinished { operation: id, outcome });
+        self.refuse_cancel(&state)?;
+        if state.phase() == Phase::RollingBack {
+            return Ok(());
         }
-        Err(Error::NotRunning(id))
+        let request = CancelRequest {
+            operation: id,
+            actor: actor.to_owned(),
+            reason: reason.to_owned(),
+            at_ms: now_ms(),
+        };
+        self.shared.store.request_cancel(&request).await?;
+        // It may have finished meanwhile (the finishing write drops the request).
+        let state = self.status(id).await?;
+        if state.cancel.is_none() {
+            self.refuse_cancel(&state)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses to cancel a finished Operation, or one past its point of no return.
+    fn refuse_cancel(&self, state: &OperationState) -> Result<()> {
+        if let Some(outcome) = &state.outcome {
+            return Err(Error::AlreadyFinished { operation: state.id, outcome: outcome.clone() });
+        }
+        if let Some(saga) = self.saga(&state.saga, state.version) {
+            if plan::past_point_of_no_return(saga, state) {
+                return Err(Error::PastPointOfNoReturn {
+                    operation: state.id,
+                    step: saga.point_of_no_return().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The Operation's state, folded from its acknowledged records in the store. For an
@@ -416,10 +497,36 @@ impl Executor {
     /// the store fails to read it) is reported as unrecoverable by name; the others still resume.
     /// Fails as a whole only when the unfinished list itself cannot be read.
     pub async fn recover(&self) -> Result<RecoveryReport> {
+        self.ensure_watching();
+        self.recover_unfinished(false).await
+    }
+
+    /// [`Executor::recover`], or with `scan` the takeover scan, which leaves out what is running
+    /// here and what was found unrecoverable for a lasting cause.
+    async fn recover_unfinished(&self, scan: bool) -> Result<RecoveryReport> {
         // One recovery at a time per executor, so that two never claim the same Operation.
         let _recovering = self.shared.recovering.lock().await;
         let listing = self.shared.store.list_unfinished().await?;
-        let ids = listing.ids;
+        let mut ids = listing.ids;
+        if scan {
+            let running = lock(&self.shared.running);
+            let troubled = lock(&self.shared.troubled);
+            ids.retain(|id| {
+                !running.contains_key(id)
+                    && !matches!(troubled.get(id), Some(Trouble::Unrecoverable(c)) if !c.is_transient())
+            });
+        }
+        if ids.is_empty() {
+            return Ok(RecoveryReport { damaged: listing.damaged, ..RecoveryReport::default() });
+        }
+        let cancels: HashMap<OperationId, CancelRequest> = self
+            .shared
+            .store
+            .cancel_requests()
+            .await?
+            .into_iter()
+            .map(|r| (r.operation, r))
+            .collect();
         // Claim and read every Operation first, several at once, and only then resume them: the
         // resumed Operations' writes would otherwise queue the remaining claims behind them.
         let mut prepared = futures::stream::iter(ids)
@@ -450,7 +557,8 @@ impl Executor {
                 None,
                 format!("recovered by {}: {}", self.shared.owner, describe(&state)),
             );
-            self.spawn(saga, state, lease, log, driving);
+            let cancel = cancels.get(&state.id).cloned();
+            self.spawn(saga, state, lease, log, driving, cancel);
         }
         Ok(report)
     }
@@ -569,6 +677,32 @@ impl Executor {
     /// index is listed again, so that the next `recover()` resumes it.
     pub async fn check(&self, repair: bool) -> Result<crate::CheckReport> {
         Ok(self.shared.store.check(repair).await?)
+    }
+
+    /// Hands the store's cancel requests of Operations running here to their drivers, once each.
+    async fn deliver_cancels(&self, delivered: &mut std::collections::HashSet<OperationId>) {
+        if lock(&self.shared.running).is_empty() {
+            delivered.clear();
+            return;
+        }
+        let requests = match self.shared.store.cancel_requests().await {
+            Ok(requests) => requests,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read cancel requests; trying again");
+                return;
+            }
+        };
+        let running = lock(&self.shared.running);
+        delivered.retain(|id| running.contains_key(id));
+        for request in requests {
+            let Some(handle) = running.get(&request.operation) else { continue };
+            if delivered.insert(request.operation) {
+                let (reply, _answer) = oneshot::channel();
+                let command =
+                    Command::Cancel { actor: request.actor, reason: request.reason, reply };
+                let _ = handle.mailbox.send(command);
+            }
+        }
     }
 
     /// Whether the Operation is running on this executor now.

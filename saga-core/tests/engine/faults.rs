@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_core::{
-    async_trait, CheckReport, Error, Executor, Lease, Listing, LogLine, MemoryStore, OperationId,
-    Outcome, Record, RecordKind, Saga, Step, StepContext, StepError, Store, StoreError,
+    async_trait, CancelRequest, CheckReport, Error, Executor, Lease, Listing, LogLine, MemoryStore,
+    OperationId, Outcome, Record, RecordKind, Saga, Step, StepContext, StepError, Store,
+    StoreError,
 };
 
 use crate::support::{TestStep, World};
@@ -151,6 +152,14 @@ impl Store for FaultStore {
 
     async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
         self.inner.check(repair).await
+    }
+
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+        self.inner.request_cancel(request).await
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
+        self.inner.cancel_requests().await
     }
 }
 

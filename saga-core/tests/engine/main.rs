@@ -8,6 +8,7 @@ mod crash;
 mod faults;
 mod forward;
 mod logs;
+mod many;
 mod report;
 mod rollback;
 

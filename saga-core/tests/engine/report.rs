@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_core::{
-    activity_report, async_trait, now_ms, write_activity_csv, ActivityRow, CheckReport, Executor,
-    Lease, Listing, LogLine, MemoryStore, OperationId, Outcome, Record, RecordKind, Resource, Saga,
-    Store, StoreError, ACTIVITY_COLUMNS,
+    activity_report, async_trait, now_ms, write_activity_csv, ActivityRow, CancelRequest,
+    CheckReport, Executor, Lease, Listing, LogLine, MemoryStore, OperationId, Outcome, Record,
+    RecordKind, Resource, Saga, Store, StoreError, ACTIVITY_COLUMNS,
 };
 
 use crate::support::{TestStep, World};
@@ -118,6 +118,14 @@ impl Store for DamagedStore {
 
     async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
         self.inner.check(repair).await
+    }
+
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+        self.inner.request_cancel(request).await
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
+        self.inner.cancel_requests().await
     }
 }
 
