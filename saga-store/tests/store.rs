@@ -3,6 +3,7 @@
 //! over it.
 
 mod check;
+mod conformance;
 mod faults;
 mod support;
 

@@ -20,6 +20,8 @@
 //! - Proptest strategies: [`saga_shapes`] (random [`SagaShape`]s: stages, parallel groups, step
 //!   kinds, a point of no return), [`fault_plans`] and [`fault_plans_for`] (random plans for a
 //!   shape or a user's saga).
+//! - A store conformance suite, [`conformance`]: the [`Store`](saga_core::Store) contract as
+//!   checks that any store runs with one call ([`conformance::run_all`]) or one test per check.
 //!
 //! A user's saga, checked:
 //!
@@ -84,6 +86,7 @@
 
 mod builder;
 mod checks;
+pub mod conformance;
 mod crash_store;
 mod error;
 mod faults;
