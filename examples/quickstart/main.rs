@@ -2,10 +2,10 @@
 //! embedded sled store in `DIR/store`, needing nothing but cargo.
 //!
 //! ```text
-//! cargo run -p saga-examples --example quickstart -- [--data DIR] [--site NAME]
+//! cargo run -p saga-examples --example quickstart -- [--data DIR] [--owner NAME] [--site NAME]
 //!     [--fail-at STEP] [--panic-at STEP] [--crash-at STEP] [--cancel-after MS] [--warm-ms MS]
-//! cargo run -p saga-examples --example quickstart -- resume | log ID | report [--since T] [--until T]
-//! cargo run -p saga-examples --example quickstart -- check [--dry-run]
+//! cargo run -p saga-examples --example quickstart -- [--data DIR] [--owner NAME]
+//!     resume | log ID | report [--since T] [--until T] | check [--dry-run]
 //! ```
 //!
 //! Steps: create the site directory, write its config, run a "migration" (irreversible: appends a
@@ -19,6 +19,13 @@
 //! `--panic-at STEP` makes it panic there instead (the engine records a failed attempt with the
 //! error `step panicked: ...` and rolls back; the process goes on), and `--crash-at STEP` aborts
 //! the process right after the step's effect (the next run resumes it).
+//!
+//! `--owner NAME` (default `quickstart`) names the executor, which holds a lease on each
+//! Operation it runs (30 s, renewed while it runs). A quickstart started again under the same
+//! name reclaims the leases its crashed predecessor held at once; under another name it leaves
+//! those Operations (`owned by another executor`) until their leases expire, and a later run
+//! resumes them. Two processes must never share a name: each would take the other's leases for
+//! its own. The sled store lets only one process open it at a time anyway.
 //!
 //! `check` reconciles the store's indexes with its records and prints one line per problem, then
 //! `checked N operations: M problems, K repaired`; it repairs what the records alone can, unless
@@ -44,7 +51,6 @@
 mod cli;
 mod steps;
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +62,7 @@ use saga_core::{
 use saga_store::SledStore;
 use tracing_subscriber::prelude::*;
 
-use crate::cli::{Command, RunArgs};
+use crate::cli::{Command, RunArgs, StoreArgs};
 use crate::steps::{Params, World};
 
 /// The environment every quickstart Operation belongs to.
@@ -154,12 +160,13 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     runtime.block_on(async_main(command))
 }
 
-fn open(data: &Path) -> Result<(Executor, World), Box<dyn std::error::Error>> {
+fn open(args: &StoreArgs) -> Result<(Executor, World), Box<dyn std::error::Error>> {
+    let data = &args.data;
     let world = World::new(data.join("world"));
     std::fs::create_dir_all(data.join("world"))?;
     let store = SledStore::open(data.join("store"))?;
     let executor = Executor::builder(Arc::new(store))
-        .owner("quickstart")
+        .owner(args.owner.as_str())
         .saga(steps::saga(&world)?)
         .build()?;
     Ok((executor, world))
@@ -168,25 +175,25 @@ fn open(data: &Path) -> Result<(Executor, World), Box<dyn std::error::Error>> {
 async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>> {
     match command {
         Command::Run(run) => {
-            let (executor, _world) = open(&run.data)?;
+            let (executor, _world) = open(&run.store)?;
             let result = run_one(&executor, &run).await;
             executor.shutdown().await;
             result
         }
-        Command::Resume { data } => {
-            let (executor, _world) = open(&data)?;
+        Command::Resume { store } => {
+            let (executor, _world) = open(&store)?;
             let result = resume(&executor).await;
             executor.shutdown().await;
             result
         }
-        Command::Log { data, id } => {
-            let (executor, _world) = open(&data)?;
+        Command::Log { store, id } => {
+            let (executor, _world) = open(&store)?;
             executor.status(id).await?;
             say!("{}", render_log(&executor.log(id).await?).trim_end());
             Ok(true)
         }
-        Command::Report { data, since_ms, until_ms } => {
-            let (executor, _world) = open(&data)?;
+        Command::Report { store, since_ms, until_ms } => {
+            let (executor, _world) = open(&store)?;
             let rows = saga_core::activity_report(
                 executor.store().as_ref(),
                 ENVIRONMENT,
@@ -200,8 +207,8 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
             output::bytes(&csv);
             Ok(true)
         }
-        Command::Check { data, dry_run } => {
-            let (executor, _world) = open(&data)?;
+        Command::Check { store, dry_run } => {
+            let (executor, _world) = open(&store)?;
             let result = check(&executor, dry_run).await;
             executor.shutdown().await;
             result
@@ -247,6 +254,9 @@ async fn resume(executor: &Executor) -> Result<bool, Box<dyn std::error::Error>>
     for (id, cause) in &report.unrecoverable {
         say!("operation {id}: unrecoverable: {cause}");
         all_succeeded = false;
+    }
+    for id in &report.owned_elsewhere {
+        say!("operation {id}: owned by another executor until its lease expires; not resumed");
     }
     for id in report.resumed {
         say!("resuming operation {id}");

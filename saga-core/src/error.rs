@@ -208,20 +208,86 @@ pub enum StoreError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// Any other backend error.
-    #[error("store backend error: {0}")]
-    Backend(String),
+    /// Any other backend error; the backend's own error is the [`source`](std::error::Error::source).
+    #[error("store backend error in {context}: {source}")]
+    Backend {
+        /// What was being done.
+        context: String,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A failure that may pass (a dropped connection, a busy backend, a full queue): the same
-    /// call may succeed later. Nothing was acknowledged.
-    #[error("store temporarily unavailable: {0}")]
-    Transient(String),
+    /// call may succeed later. Nothing was acknowledged. The backend's own error is the
+    /// [`source`](std::error::Error::source).
+    #[error("store temporarily unavailable in {context}: {source}")]
+    Transient {
+        /// What was being done.
+        context: String,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl StoreError {
+    /// A [`StoreError::Backend`]: `source` is the backend's error (or, for a `&str` or a
+    /// `String`, a message), `context` says what was being done.
+    ///
+    /// ```
+    /// use saga_core::StoreError;
+    /// let e = StoreError::backend("reading a lease", "tree missing");
+    /// assert_eq!(e.to_string(), "store backend error in reading a lease: tree missing");
+    /// assert!(!e.is_transient());
+    /// ```
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Backend { context: context.into(), source: source.into() }
+    }
+
+    /// A [`StoreError::Transient`]: `source` is the backend's error (or, for a `&str` or a
+    /// `String`, a message), `context` says what was being done.
+    ///
+    /// ```
+    /// use saga_core::StoreError;
+    /// let e = StoreError::transient("appending records", "connection reset");
+    /// assert!(e.is_transient());
+    /// ```
+    pub fn transient(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Transient { context: context.into(), source: source.into() }
+    }
+
     /// Whether the same call may succeed if made again later. The executor retries such errors
     /// with backoff; every other error halts what needed the store.
+    ///
+    /// Transient are [`StoreError::Transient`], and [`StoreError::Io`] whose
+    /// [`io::ErrorKind`](std::io::ErrorKind) says the call was cut short rather than refused:
+    /// `Interrupted`, `WouldBlock`, `TimedOut`, `ConnectionReset`, `ConnectionAborted` and
+    /// `BrokenPipe`. Every other I/O error is permanent, notably a full disk (`ENOSPC`) and
+    /// `EIO`: after a failed sync the kernel may have dropped the dirty pages, so a store whose
+    /// sync failed is poisoned ([`StoreError::Unavailable`]) and no retry can make it durable.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient(_))
+        use std::io::ErrorKind::{
+            BrokenPipe, ConnectionAborted, ConnectionReset, Interrupted, TimedOut, WouldBlock,
+        };
+        match self {
+            StoreError::Transient { .. } => true,
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                Interrupted
+                    | WouldBlock
+                    | TimedOut
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | BrokenPipe
+            ),
+            _ => false,
+        }
     }
 }
 
@@ -340,5 +406,78 @@ pub enum ContextError {
 impl From<ContextError> for StepError {
     fn from(e: ContextError) -> Self {
         StepError::permanent(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+    use std::io;
+
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("backend said no")]
+    struct BackendFailure;
+
+    #[test]
+    fn store_errors_keep_the_backend_error_as_source() {
+        let e = StoreError::backend("reading a lease", BackendFailure);
+        assert_eq!(e.to_string(), "store backend error in reading a lease: backend said no");
+        let source = e.source().expect("has a source");
+        assert!(source.downcast_ref::<BackendFailure>().is_some());
+
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer");
+        let e = StoreError::transient("appending records", reset);
+        assert_eq!(
+            e.to_string(),
+            "store temporarily unavailable in appending records: reset by peer"
+        );
+        let source = e.source().expect("has a source");
+        let io = source.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io.kind(), io::ErrorKind::ConnectionReset);
+
+        let e = StoreError::backend("encoding", "a message");
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("a message"));
+
+        let e = Error::from(StoreError::backend("listing", BackendFailure));
+        assert!(e.source().and_then(|s| s.downcast_ref::<BackendFailure>()).is_some());
+    }
+
+    #[test]
+    fn transient_store_errors_follow_the_rule() {
+        assert!(StoreError::transient("x", "busy").is_transient());
+        assert!(!StoreError::backend("x", "broken").is_transient());
+        assert!(!StoreError::Unavailable("crashed".into()).is_transient());
+
+        let io_error = |kind: io::ErrorKind| StoreError::Io {
+            context: "writing".into(),
+            source: io::Error::from(kind),
+        };
+        for kind in [
+            io::ErrorKind::Interrupted,
+            io::ErrorKind::WouldBlock,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::BrokenPipe,
+        ] {
+            assert!(io_error(kind).is_transient(), "{kind:?}");
+            assert!(Error::from(io_error(kind)).is_transient(), "{kind:?}");
+        }
+        for kind in [
+            io::ErrorKind::NotFound,
+            io::ErrorKind::PermissionDenied,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::Other,
+        ] {
+            assert!(!io_error(kind).is_transient(), "{kind:?}");
+        }
+        let full = io::Error::from_raw_os_error(28); // ENOSPC
+        let eio = io::Error::from_raw_os_error(5); // EIO
+        for source in [full, eio] {
+            let e = StoreError::Io { context: "fdatasync".into(), source };
+            assert!(!e.is_transient(), "{e}");
+        }
     }
 }

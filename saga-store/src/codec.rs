@@ -17,7 +17,7 @@ struct StoredLease {
 
 fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_extend(value, vec![FORMAT_VERSION])
-        .map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
+        .map_err(|e| StoreError::backend("encoding a value", e))
 }
 
 fn from_bytes<'a, T: Deserialize<'a>>(
@@ -111,7 +111,7 @@ pub(crate) fn sled_error(context: &str, error: sled::Error) -> StoreError {
             place: format!("sled log at {at:?}"),
             problem: format!("sled found corruption while {context}"),
         },
-        other => StoreError::Backend(format!("{context}: {other}")),
+        other => StoreError::backend(context, other),
     }
 }
 

@@ -15,10 +15,10 @@ impl Trees {
         let mut entries = Vec::with_capacity(lines.len());
         for line in lines {
             if line.operation != id {
-                return Err(StoreError::Backend(format!(
-                    "log line {} of operation {} appended to operation {id}",
-                    line.seq, line.operation
-                )));
+                return Err(StoreError::backend(
+                    format!("appending log lines to operation {id}"),
+                    format!("log line {} belongs to operation {}", line.seq, line.operation),
+                ));
             }
             entries.push((
                 keys::seq_key(id, line.seq),
