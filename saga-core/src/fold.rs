@@ -151,6 +151,10 @@ pub struct OperationState {
     pub finished_ms: Option<u64>,
     /// The sequence number the next record must have.
     pub next_seq: u64,
+    /// The Operation it waits for, directly ahead of it in its resource's queue, when nothing of
+    /// it ran yet. Not part of the log: [`Executor::status`](crate::Executor::status) fills it
+    /// in from the store; the fold leaves it `None`.
+    pub waiting_for: Option<OperationId>,
     index: HashMap<String, usize>,
 }
 
@@ -213,6 +217,7 @@ impl OperationState {
                 outcome: None,
                 finished_ms: None,
                 next_seq: 1,
+                waiting_for: None,
                 index: HashMap::new(),
             }),
             other => Err(illegal(&format!(

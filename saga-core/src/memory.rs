@@ -10,7 +10,7 @@ use crate::check::{CheckReport, Finding, Problem};
 use crate::error::StoreError;
 use crate::id::{now_ms, OperationId};
 use crate::oplog::LogLine;
-use crate::record::{Record, RecordKind};
+use crate::record::{Record, RecordKind, Resource};
 use crate::store::{check_sequence, CancelRequest, Lease, Listing, Store};
 
 /// A [`Store`] in memory. Nothing is durable beyond the process; records appended are visible to
@@ -38,12 +38,27 @@ struct Inner {
     leases: HashMap<OperationId, Lease>,
     logs: HashMap<OperationId, Vec<LogLine>>,
     cancels: BTreeMap<OperationId, CancelRequest>,
+    /// The unfinished Operations of each resource, in creation order.
+    queues: HashMap<Resource, Vec<OperationId>>,
 }
 
 #[derive(Debug)]
 struct Entry {
     records: Vec<Record>,
     environment: String,
+    resource: Resource,
+}
+
+impl Inner {
+    fn dequeue(&mut self, id: OperationId) {
+        let Some(resource) = self.operations.get(&id).map(|e| e.resource.clone()) else { return };
+        if let Some(queue) = self.queues.get_mut(&resource) {
+            queue.retain(|q| *q != id);
+            if queue.is_empty() {
+                self.queues.remove(&resource);
+            }
+        }
+    }
 }
 
 impl MemoryStore {
@@ -67,7 +82,7 @@ impl Store for MemoryStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let RecordKind::OperationCreated { environment, .. } = &record.kind else {
+        let RecordKind::OperationCreated { environment, resource, .. } = &record.kind else {
             return Err(StoreError::OutOfSequence {
                 operation: record.operation,
                 expected: 0,
@@ -82,8 +97,13 @@ impl Store for MemoryStore {
         let lease = Lease::claim_after(None, record.operation, owner, ttl, now_ms())?;
         inner.operations.insert(
             record.operation,
-            Entry { records: vec![record.clone()], environment: environment.clone() },
+            Entry {
+                records: vec![record.clone()],
+                environment: environment.clone(),
+                resource: resource.clone(),
+            },
         );
+        inner.queues.entry(resource.clone()).or_default().push(record.operation);
         inner.unfinished.insert(record.operation);
         inner.by_environment.insert((environment.clone(), record.at_ms, record.operation), ());
         inner.leases.insert(record.operation, lease.clone());
@@ -102,6 +122,7 @@ impl Store for MemoryStore {
         if records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. })) {
             inner.unfinished.remove(&lease.operation);
             inner.cancels.remove(&lease.operation);
+            inner.dequeue(lease.operation);
         }
         Ok(())
     }
@@ -199,6 +220,7 @@ impl Store for MemoryStore {
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {
+            inner.dequeue(*id);
             inner.operations.remove(id);
             inner.unfinished.remove(id);
             inner.leases.remove(id);
@@ -292,5 +314,9 @@ impl Store for MemoryStore {
 
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
         Ok(self.lock().cancels.values().cloned().collect())
+    }
+
+    async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
+        Ok(self.lock().queues.get(resource).cloned().unwrap_or_default())
     }
 }

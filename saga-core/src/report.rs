@@ -213,7 +213,7 @@ pub async fn activity_report(
     for id in listing.ids {
         let records = match store.read(id).await {
             Ok(records) => records,
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Transient(_))) => {
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Transient { .. })) => {
                 return Err(e.into())
             }
             Err(e) => {

@@ -8,7 +8,7 @@ use crate::check::CheckReport;
 use crate::error::StoreError;
 use crate::id::OperationId;
 use crate::oplog::LogLine;
-use crate::record::Record;
+use crate::record::{Record, Resource};
 
 /// Ownership of one Operation by one executor, for a time.
 ///
@@ -91,6 +91,11 @@ impl Listing {
 ///   repairs from the records alone what disagrees; it never changes a record.
 /// - **Log lines** need not be durable when [`append_log`](Store::append_log) returns; they are
 ///   written with the next durable write at the latest. They may be purged by age while records stay.
+/// - **Resource queues.** [`resource_queue`](Store::resource_queue) lists the unfinished
+///   Operations of one resource in creation order: `create` adds the Operation at the end in its
+///   durable write, an append of `OperationFinished` (and `delete_environment`) removes it in
+///   the same durable write. The executor runs an Operation only when it heads its resource's
+///   queue.
 /// - **Cancel requests.** [`request_cancel`](Store::request_cancel) is durable when it returns;
 ///   the first request of an Operation stays (a later one is not recorded) until an append of
 ///   `OperationFinished` removes it in the same durable write.
@@ -103,7 +108,7 @@ impl Listing {
 /// use std::sync::Mutex;
 /// use std::time::Duration;
 /// use async_trait::async_trait;
-/// use saga_core::{CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, Store, StoreError};
+/// use saga_core::{CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, Resource, Store, StoreError};
 ///
 /// #[derive(Default)]
 /// struct VecStore(Mutex<Vec<Record>>);
@@ -135,6 +140,7 @@ impl Listing {
 ///     async fn check(&self, _: bool) -> Result<CheckReport, StoreError> { Ok(CheckReport::default()) }
 ///     async fn request_cancel(&self, _: &CancelRequest) -> Result<(), StoreError> { Ok(()) }
 ///     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> { Ok(vec![]) }
+///     async fn resource_queue(&self, _: &Resource) -> Result<Vec<OperationId>, StoreError> { Ok(vec![]) }
 /// }
 /// ```
 ///
@@ -209,6 +215,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every pending cancel request (of Operations that have not finished), in id order.
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError>;
+
+    /// The unfinished Operations of `resource`, in the order they were created.
+    async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError>;
 }
 
 impl Lease {

@@ -65,6 +65,12 @@ impl Trees {
         let op_key = keys::operation_key(id);
         // The unfinished mark first, so that recovery never meets an Operation half deleted.
         self.unfinished.remove(op_key).map_err(|e| sled_error("deleting a mark", e))?;
+        // Its queue entry is found from its first record, so before the records go.
+        if let Some(queue_key) = self.queue_key(id)? {
+            self.by_resource
+                .remove(queue_key)
+                .map_err(|e| sled_error("deleting a queue entry", e))?;
+        }
         let mut records = sled::Batch::default();
         for key in self.records.scan_prefix(op_key).keys() {
             records.remove(key.map_err(|e| sled_error("reading records", e))?);

@@ -16,6 +16,9 @@ pub(crate) const LEASES: &str = "leases";
 pub(crate) const LOGS: &str = "logs";
 /// Log lines by time, for purging: `at ms (8) ++ id (16) ++ seq (8)` → empty.
 pub(crate) const LOGS_BY_TIME: &str = "logs_by_time";
+/// Resource queues: `len(kind) (8) ++ kind ++ len(name) (8) ++ name ++ id (16)` → empty: the
+/// unfinished Operations of each resource, in id (creation) order.
+pub(crate) const BY_RESOURCE: &str = "by_resource";
 /// Pending cancel requests: `id (16)` → version byte ++ postcard request.
 pub(crate) const CANCELS: &str = "cancels";
 /// Store metadata: [`META_LAYOUT`] and [`META_RECORD_FORMAT`] → one version byte each.
@@ -36,6 +39,25 @@ pub(crate) fn seq_key(id: OperationId, seq: u64) -> [u8; 24] {
     let mut key = [0u8; 24];
     key[..16].copy_from_slice(&operation_key(id));
     key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The prefix of one resource's queue keys: each part length-prefixed, so that no resource's keys
+/// are a prefix of another's.
+pub(crate) fn resource_prefix(resource: &saga_core::Resource) -> Vec<u8> {
+    let (kind, name) = (resource.kind.as_bytes(), resource.name.as_bytes());
+    let mut key = Vec::with_capacity(16 + kind.len() + name.len() + 16);
+    key.extend_from_slice(&(kind.len() as u64).to_be_bytes());
+    key.extend_from_slice(kind);
+    key.extend_from_slice(&(name.len() as u64).to_be_bytes());
+    key.extend_from_slice(name);
+    key
+}
+
+/// The queue key of Operation `id` of `resource`.
+pub(crate) fn resource_key(resource: &saga_core::Resource, id: OperationId) -> Vec<u8> {
+    let mut key = resource_prefix(resource);
+    key.extend_from_slice(&operation_key(id));
     key
 }
 

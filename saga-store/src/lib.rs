@@ -55,6 +55,7 @@
 //! | `leases` | id (16) | owner, epoch, expiry |
 //! | `logs` | id (16) ++ seq (8) | log line |
 //! | `logs_by_time` | at ms (8) ++ id (16) ++ seq (8) | empty |
+//! | `by_resource` | len(kind) (8) ++ kind ++ len(name) (8) ++ name ++ id (16) | empty |
 //! | `cancels` | id (16) | actor, reason, at ms of the first pending cancel request |
 //! | `meta` | `layout`, `record_format` | one version byte each |
 //!
@@ -206,6 +207,7 @@ mod leases;
 mod logs;
 mod open;
 mod records;
+mod resources;
 mod store;
 
 pub use crate::store::{Durability, SledStore};

@@ -21,6 +21,7 @@ pub(crate) struct Trees {
     pub(crate) by_environment: sled::Tree,
     pub(crate) leases: sled::Tree,
     pub(crate) cancels: sled::Tree,
+    pub(crate) by_resource: sled::Tree,
     pub(crate) logs: sled::Tree,
     pub(crate) logs_by_time: sled::Tree,
     /// Serializes read-check-write sequences (lease and sequence checks, then the write). Only
@@ -53,6 +54,7 @@ pub(crate) fn open(path: &Path) -> Result<Trees, StoreError> {
         by_environment: tree(keys::BY_ENVIRONMENT)?,
         leases: tree(keys::LEASES)?,
         cancels: tree(keys::CANCELS)?,
+        by_resource: tree(keys::BY_RESOURCE)?,
         logs: tree(keys::LOGS)?,
         logs_by_time: tree(keys::LOGS_BY_TIME)?,
         writing: Mutex::new(()),

@@ -24,12 +24,13 @@ impl Trees {
         acks: Option<&Acks>,
     ) -> Result<Lease, StoreError> {
         let id = record.operation;
-        let RecordKind::OperationCreated { environment, .. } = &record.kind else {
+        let RecordKind::OperationCreated { environment, resource, .. } = &record.kind else {
             return Err(StoreError::OutOfSequence { operation: id, expected: 0, got: record.seq });
         };
         check_sequence(id, 0, std::slice::from_ref(record))?;
         let bytes = encode(record)?;
         let index_key = keys::environment_key(environment, record.at_ms, id);
+        let queue_key = keys::resource_key(resource, id);
         let _writing = self.lock();
         if self.next_seq(id)?.is_some() {
             return Err(StoreError::AlreadyExists(id));
@@ -40,12 +41,19 @@ impl Trees {
         if let Some(acks) = acks {
             acks.begin(id, 0, false);
         }
-        let written = (&self.records, &self.unfinished, &self.by_environment, &self.leases)
-            .transaction(|(records, unfinished, index, leases)| {
+        let written = (
+            &self.records,
+            &self.unfinished,
+            &self.by_environment,
+            &self.leases,
+            &self.by_resource,
+        )
+            .transaction(|(records, unfinished, index, leases, queues)| {
                 records.insert(&keys::seq_key(id, 0)[..], bytes.as_slice())?;
                 unfinished.insert(&op_key[..], &[][..])?;
                 index.insert(index_key.as_slice(), &[][..])?;
                 leases.insert(&op_key[..], lease_bytes.as_slice())?;
+                queues.insert(queue_key.as_slice(), &[][..])?;
                 Ok(())
             })
             .map_err(|e| transaction_error("creating an operation", e));
@@ -100,13 +108,17 @@ impl Trees {
             return Ok(Some(next));
         }
         let op_key = keys::operation_key(id);
-        let written = (&self.records, &self.unfinished, &self.cancels)
-            .transaction(|(tree, unfinished, cancels)| {
+        let queue_key = self.queue_key(id)?;
+        let written = (&self.records, &self.unfinished, &self.cancels, &self.by_resource)
+            .transaction(|(tree, unfinished, cancels, queues)| {
                 for (key, bytes) in &encoded {
                     tree.insert(&key[..], bytes.as_slice())?;
                 }
                 unfinished.remove(&op_key[..])?;
                 cancels.remove(&op_key[..])?;
+                if let Some(queue_key) = &queue_key {
+                    queues.remove(queue_key.as_slice())?;
+                }
                 Ok(())
             })
             .map_err(|e| transaction_error("appending records", e));

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use saga_core::{
-    CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, RecordKind, Store,
-    StoreError,
+    CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, RecordKind, Resource,
+    Store, StoreError,
 };
 
 use crate::acks::{Acks, Hidden};
@@ -174,7 +174,7 @@ impl SledStore {
         let trees = self.trees.clone();
         tokio::task::spawn_blocking(move || f(&trees))
             .await
-            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+            .map_err(|e| StoreError::backend("running a store task", e))?
     }
 
     /// Returns once everything written before the call is durable: a sync that began after the
@@ -411,5 +411,27 @@ impl Store for SledStore {
 
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
         self.blocking(Trees::cancel_requests).await
+    }
+
+    async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
+        let mut queue = self.trees.resource_queue(resource)?;
+        let hidden = self.acks.as_ref().map(|acks| acks.all_hidden()).unwrap_or_default();
+        if !hidden.is_empty() {
+            // As for the unfinished list: an unacknowledged create is not queued yet, and an
+            // unacknowledged finish did not leave the queue yet.
+            let absent = not_created(&hidden);
+            queue.retain(|id| !absent.contains(id));
+            for (id, write) in &hidden {
+                if write.finishing && !write.created() && !queue.contains(id) {
+                    if let Some(key) = self.trees.queue_key(*id)? {
+                        if key.starts_with(&crate::keys::resource_prefix(resource)) {
+                            queue.push(*id);
+                        }
+                    }
+                }
+            }
+            queue.sort_unstable();
+        }
+        Ok(queue)
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::{
-    async_trait, CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, Store,
-    StoreError,
+    async_trait, CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record,
+    Resource, Store, StoreError,
 };
 
 /// Wraps a store and stops accepting records once `budget` of them (`OperationCreated`
@@ -151,5 +151,9 @@ impl Store for CrashingStore {
 
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
         self.inner.cancel_requests().await
+    }
+
+    async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
+        self.inner.resource_queue(resource).await
     }
 }

@@ -177,6 +177,9 @@ impl Driver {
                 ),
             }
         }
+        if self.is_fresh() {
+            self.wait_turn(&mut renew).await?;
+        }
         loop {
             let actions = if self.stopping {
                 Vec::new()
@@ -239,6 +242,57 @@ impl Driver {
                 }
                 command = commands.recv() => self.on_command(command).await?,
                 _ = &mut shutting_down, if !self.stopping => self.begin_stopping(),
+                _ = renew.tick() => self.renew().await?,
+            }
+        }
+    }
+
+    /// Whether nothing of the Operation ran yet, so that it still waits for its resource.
+    fn is_fresh(&self) -> bool {
+        self.state.steps.is_empty() && self.state.cancel.is_none() && self.state.outcome.is_none()
+    }
+
+    /// Waits until the Operation heads its resource's queue (every Operation created earlier on
+    /// the same resource finished), saying in the log what it waits for. A cancel ends the wait
+    /// (the Operation then rolls back with nothing to undo), and so does a shutdown; the lease
+    /// is renewed meanwhile.
+    async fn wait_turn(&mut self, renew: &mut tokio::time::Interval) -> Result<(), Error> {
+        let mut waiting_for = None;
+        let commands = self.commands.clone();
+        loop {
+            let queue = self.shared.store.resource_queue(&self.state.resource).await?;
+            let ahead = super::ahead_of(&queue, self.state.id);
+            let Some(ahead) = ahead else {
+                if waiting_for.is_some() {
+                    self.log.line(
+                        LogLevel::Info,
+                        None,
+                        format!("{} is free; starting", self.state.resource),
+                    );
+                }
+                return Ok(());
+            };
+            if waiting_for != Some(ahead) {
+                self.log.line(
+                    LogLevel::Info,
+                    None,
+                    format!("waiting for operation {ahead} on {} to finish", self.state.resource),
+                );
+                self.log.flush(self.shared.store.as_ref()).await?;
+                waiting_for = Some(ahead);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.shared.cancel_poll) => {}
+                command = commands.recv() => {
+                    self.on_command(command).await?;
+                    if self.state.cancel.is_some() {
+                        return Ok(());
+                    }
+                }
+                _ = self.shared.shutdown.cancelled() => {
+                    self.begin_stopping();
+                    return Ok(());
+                }
                 _ = renew.tick() => self.renew().await?,
             }
         }

@@ -86,8 +86,9 @@ pub(crate) struct Shared {
     recovering: tokio::sync::Mutex<()>,
     /// How often unfinished Operations are looked for and claimed (`None`: never on its own).
     takeover_interval: Option<Duration>,
-    /// How often cancel requests in the store are looked for.
-    cancel_poll: Duration,
+    /// How often cancel requests in the store are looked for (and a queued Operation looks at
+    /// its resource's queue).
+    pub(crate) cancel_poll: Duration,
     /// Whether the watcher task (cancel requests, takeover) was started.
     watching: AtomicBool,
 }
@@ -371,7 +372,6 @@ impl Executor {
         // The driver lives in the task and is borrowed by `queue` and `run`: moving it into `run`
         // would keep two copies of it in the task's future, per Operation in flight.
         self.shared.tasks.spawn(async move {
-            let _driving = driving;
             let permit = driver.queue(shared.permits.clone()).await;
             let exit = match permit {
                 Some(_permit) => driver.run().await,
@@ -385,6 +385,10 @@ impl Executor {
                 lock(&shared.troubled).insert(id, Trouble::Halted(cause.clone()));
             }
             lock(&shared.running).remove(&id);
+            // The driver (with any step future it still held) and its reservation go before
+            // anyone waiting hears of the end: whoever acts on it may drive the Operation next.
+            drop(driver);
+            drop(driving);
             let _ = exit_tx.send(Some(exit));
         });
     }
@@ -460,7 +464,12 @@ impl Executor {
             StoreError::NotFound(id) => Error::NotFound(id),
             other => Error::Store(other),
         })?;
-        OperationState::fold(id, &records)
+        let mut state = OperationState::fold(id, &records)?;
+        if state.outcome.is_none() && state.steps.is_empty() && state.cancel.is_none() {
+            let queue = self.shared.store.resource_queue(&state.resource).await?;
+            state.waiting_for = ahead_of(&queue, id);
+        }
+        Ok(state)
     }
 
     /// Waits for the Operation's outcome, which is durable when it is returned. For an Operation
@@ -754,6 +763,12 @@ struct Ready {
     lease: crate::Lease,
     log: Arc<LogSink>,
     driving: Driving,
+}
+
+/// The Operation directly ahead of `id` in its resource's queue, if any.
+pub(crate) fn ahead_of(queue: &[OperationId], id: OperationId) -> Option<OperationId> {
+    let position = queue.iter().position(|q| *q == id)?;
+    position.checked_sub(1).map(|before| queue[before])
 }
 
 fn describe(state: &OperationState) -> String {

@@ -55,7 +55,7 @@ fn sync_failed() -> StoreError {
 }
 
 fn flaky() -> StoreError {
-    StoreError::Transient("connection reset".into())
+    StoreError::transient("a test double", "connection reset")
 }
 
 fn finishes(records: &[Record]) -> bool {
@@ -160,6 +160,13 @@ impl Store for FaultStore {
 
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
         self.inner.cancel_requests().await
+    }
+
+    async fn resource_queue(
+        &self,
+        resource: &saga_core::Resource,
+    ) -> Result<Vec<OperationId>, StoreError> {
+        self.inner.resource_queue(resource).await
     }
 }
 
@@ -288,8 +295,8 @@ async fn two_unfinished(store: Arc<FaultStore>, world: &World) -> (OperationId, 
         .unwrap();
     *store.append_rule.lock().unwrap() =
         Some(Box::new(|_| Some(AppendFault { written: false, error: sync_failed })));
-    let a = crate::start(&first, "three").await;
-    let b = crate::start(&first, "three").await;
+    let a = crate::start_on(&first, "three", "a").await;
+    let b = crate::start_on(&first, "three", "b").await;
     let _ = wait(&first, a).await;
     let _ = wait(&first, b).await;
     store.heal();

@@ -9,6 +9,7 @@ mod faults;
 mod forward;
 mod logs;
 mod many;
+mod queue;
 mod report;
 mod rollback;
 
@@ -25,9 +26,15 @@ pub fn executor(store: Arc<dyn Store>, sagas: Vec<Saga>) -> Executor {
     builder.build().expect("valid executor")
 }
 
-/// Starts an Operation of `saga` with empty params.
+/// Starts an Operation of `saga` with empty params, on resource `app web`.
 pub async fn start(executor: &Executor, saga: &str) -> OperationId {
-    executor.start(saga, &(), "test", Resource::new("app", "web"), "tester").await.expect("started")
+    start_on(executor, saga, "web").await
+}
+
+/// Starts an Operation of `saga` with empty params, on resource `app <app>`: Operations on one
+/// resource run one at a time, in start order.
+pub async fn start_on(executor: &Executor, saga: &str, app: &str) -> OperationId {
+    executor.start(saga, &(), "test", Resource::new("app", app), "tester").await.expect("started")
 }
 
 /// Runs one Operation of `saga` to its outcome.

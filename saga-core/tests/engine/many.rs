@@ -236,3 +236,21 @@ fn futures_finished(store: &MemoryStore, id: OperationId) -> bool {
         })
         .unwrap_or(false)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovery_right_after_a_halt_resumes_the_operation() {
+    // Once `wait` answers that the driver halted, that driver is gone: a recovery by the same
+    // name at once claims and resumes the Operation (it used to race the driver's end).
+    for round in 0..50 {
+        let (world, overlap) = (World::default(), Overlap::default());
+        let memory = Arc::new(MemoryStore::new());
+        let crashing = Arc::new(CrashingStore::new(memory.clone(), 3));
+        let first = node(crashing, "same", slow_saga(1, &overlap, &world));
+        let id = crate::start(&first, "slow").await;
+        assert!(matches!(first.wait(id).await, Err(Error::Halted { .. })), "round {round}");
+        let second = node(memory.clone(), "same", slow_saga(1, &overlap, &world));
+        let report = second.recover().await.unwrap();
+        assert_eq!(report.resumed, vec![id], "round {round}: {report:?}");
+        assert_eq!(second.wait(id).await.unwrap(), Outcome::Succeeded, "round {round}");
+    }
+}

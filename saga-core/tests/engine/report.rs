@@ -127,6 +127,10 @@ impl Store for DamagedStore {
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
         self.inner.cancel_requests().await
     }
+
+    async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
+        self.inner.resource_queue(resource).await
+    }
 }
 
 fn deploy(world: &World) -> Saga {

@@ -1,0 +1,43 @@
+//! Resource queues: the unfinished Operations of each resource, in creation order.
+
+use saga_core::{decode, OperationId, RecordKind, Resource, StoreError};
+
+use crate::codec::sled_error;
+use crate::keys;
+use crate::open::Trees;
+
+impl Trees {
+    /// The unfinished Operations of `resource`, in id (creation) order. A key that does not
+    /// decode is left out with a warning, so that it never blocks the others' turn.
+    pub(crate) fn resource_queue(
+        &self,
+        resource: &Resource,
+    ) -> Result<Vec<OperationId>, StoreError> {
+        let prefix = keys::resource_prefix(resource);
+        let mut out = Vec::new();
+        for key in self.by_resource.scan_prefix(&prefix).keys() {
+            let key = key.map_err(|e| sled_error("reading a resource queue", e))?;
+            match keys::parse_operation(keys::BY_RESOURCE, &key[prefix.len()..]) {
+                Ok(id) => out.push(id),
+                Err(e) => tracing::warn!(error = %e, "a damaged queue entry is left out"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The queue key of Operation `id`, from its `OperationCreated` record (`None` if it has none
+    /// that decodes).
+    pub(crate) fn queue_key(&self, id: OperationId) -> Result<Option<Vec<u8>>, StoreError> {
+        let first = self
+            .records
+            .get(keys::seq_key(id, 0))
+            .map_err(|e| sled_error("reading a record", e))?;
+        let Some(bytes) = first else { return Ok(None) };
+        Ok(match decode(&bytes, id, 0).map(|r| r.kind) {
+            Ok(RecordKind::OperationCreated { resource, .. }) => {
+                Some(keys::resource_key(&resource, id))
+            }
+            _ => None,
+        })
+    }
+}
