@@ -79,9 +79,10 @@ async fn memory_per_operation(store: Arc<dyn Store>, n: usize) -> f64 {
         let executor = executor.clone();
         starts.spawn(async move {
             let mut ids = Vec::new();
-            for _ in (chunk..n).step_by(64) {
+            for i in (chunk..n).step_by(64) {
+                // A resource each: Operations on one resource would wait for each other.
                 let id = executor
-                    .start("gate", &(), "bench", Resource::new("app", "web"), "bench")
+                    .start("gate", &(), "bench", Resource::new("app", format!("web-{i}")), "bench")
                     .await
                     .expect("starting an operation");
                 ids.push(id);

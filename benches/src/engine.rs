@@ -47,10 +47,15 @@ pub fn executor(store: Arc<dyn Store>, steps: usize, max_running: usize) -> Exec
         .expect("building the executor")
 }
 
-/// Starts one Operation and waits for its outcome, which must be a success.
+/// Numbers the resources of [`run_one`].
+static NEXT_APP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Starts one Operation, on a resource of its own (Operations on one resource run one at a
+/// time), and waits for its outcome, which must be a success.
 pub async fn run_one(executor: &Executor) {
+    let app = format!("web-{}", NEXT_APP.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let id = executor
-        .start(SAGA, &(), "bench", Resource::new("app", "web"), "bench")
+        .start(SAGA, &(), "bench", Resource::new("app", app), "bench")
         .await
         .expect("starting an operation");
     let outcome = executor.wait(id).await.expect("waiting for an operation");

@@ -101,6 +101,14 @@ pub enum Error {
     /// A report could not be written.
     #[error("cannot write the report: {0}")]
     Report(String),
+    /// The resource has an unfinished Operation, and the caller asked not to wait behind it.
+    #[error("{resource} is busy with operation {operation}")]
+    ResourceBusy {
+        /// The resource.
+        resource: crate::record::Resource,
+        /// The unfinished Operation that heads its queue.
+        operation: OperationId,
+    },
     /// The executor is shutting down and takes no new Operations.
     #[error("the executor is shutting down")]
     ShuttingDown,

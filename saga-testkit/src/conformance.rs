@@ -113,9 +113,71 @@ where
     check_on_healthy_store(fresh().await).await;
     concurrent_appenders(fresh().await).await;
     cancel_requests(fresh().await).await;
+    resource_queues(fresh().await).await;
 }
 
 // ------------------------------------------------------------------------------ the checks
+
+/// `resource_queue` lists a resource's unfinished Operations in creation order; a finish (at the
+/// end of a batch too) and `delete_environment` remove them; resources whose kind and name
+/// concatenate alike (`ab`/`c` and `a`/`bc`) never share a queue.
+pub async fn resource_queues<S: Store + ?Sized>(store: Arc<S>) {
+    Ctx::new("resource_queues", store)
+        .run(|cx| async move {
+            let on = |id: OperationId, kind: &str, name: &str, env: &str| {
+                let mut record = created(id, env, now_ms());
+                if let RecordKind::OperationCreated { resource, .. } = &mut record.kind {
+                    *resource = Resource::new(kind, name);
+                }
+                record
+            };
+            let queue = |kind: &str, name: &str| {
+                let resource = Resource::new(kind, name);
+                let store = cx.store.clone();
+                async move { store.resource_queue(&resource).await }
+            };
+            let empty = cx.ok("reading an empty queue", queue("app", "web").await);
+            if !empty.is_empty() {
+                cx.fail(format!("an empty store has a queue: {empty:?}"));
+            }
+            let ids: Vec<OperationId> = (0..4).map(|_| OperationId::new()).collect();
+            let mut leases = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                let env = if i == 3 { "gone" } else { "prod" };
+                let what = format!("creating Operation {i} on ab/c");
+                leases
+                    .push(cx.ok(&what, cx.store.create(&on(*id, "ab", "c", env), "x", LONG).await));
+            }
+            let other = OperationId::new();
+            cx.ok(
+                "creating on a/bc",
+                cx.store.create(&on(other, "a", "bc", "prod"), "x", LONG).await,
+            );
+            let got = cx.ok("reading the queue of ab/c", queue("ab", "c").await);
+            if got != ids {
+                cx.fail(format!("expected {ids:?} in creation order, got {got:?}"));
+            }
+            let got = cx.ok("reading the queue of a/bc", queue("a", "bc").await);
+            if got != vec![other] {
+                cx.fail(format!("a/bc shares a queue with ab/c: {got:?}"));
+            }
+            let batch = [started(ids[1], 1), finished(ids[1], 2)];
+            cx.ok("finishing the second in a batch", cx.store.append(&leases[1], &batch).await);
+            cx.ok("finishing the first", cx.store.append(&leases[0], &[finished(ids[0], 1)]).await);
+            cx.ok(
+                "deleting the environment of the fourth",
+                cx.store.delete_environment("gone").await,
+            );
+            let got = cx.ok("reading the queue of ab/c", queue("ab", "c").await);
+            if got != vec![ids[2]] {
+                cx.fail(format!(
+                    "after two finishes and a deletion expected [{}], got {got:?}",
+                    ids[2]
+                ));
+            }
+        })
+        .await;
+}
 
 /// `request_cancel` records the first request of an unfinished Operation (a second one does not
 /// replace it), `cancel_requests` lists every pending one in id order, an append of

@@ -38,6 +38,7 @@ checks! {
     conformance_check_on_healthy_store => check_on_healthy_store,
     conformance_concurrent_appenders => concurrent_appenders,
     conformance_cancel_requests => cancel_requests,
+    conformance_resource_queues => resource_queues,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

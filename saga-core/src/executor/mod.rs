@@ -300,7 +300,10 @@ impl Executor {
     }
 
     /// Starts an Operation of the highest registered version of saga `saga`. Returns once its
-    /// `OperationCreated` record is durable; the steps run in the background.
+    /// `OperationCreated` record is durable; the steps run in the background. If `resource` has
+    /// unfinished Operations, this one waits behind them, in start order, across executors and
+    /// restarts (its log and [`OperationState::waiting_for`] say for which);
+    /// [`Executor::start_if_idle`] refuses instead.
     pub async fn start<P: Serialize + ?Sized>(
         &self,
         saga: &str,
@@ -308,6 +311,32 @@ impl Executor {
         environment: &str,
         resource: Resource,
         actor: &str,
+    ) -> Result<OperationId> {
+        self.start_inner(saga, params, environment, resource, actor, false).await
+    }
+
+    /// [`Executor::start`], but refused with [`Error::ResourceBusy`] when `resource` has an
+    /// unfinished Operation at the time of the call, instead of waiting behind it. (Two calls
+    /// racing on an idle resource may both start; the second then waits behind the first.)
+    pub async fn start_if_idle<P: Serialize + ?Sized>(
+        &self,
+        saga: &str,
+        params: &P,
+        environment: &str,
+        resource: Resource,
+        actor: &str,
+    ) -> Result<OperationId> {
+        self.start_inner(saga, params, environment, resource, actor, true).await
+    }
+
+    async fn start_inner<P: Serialize + ?Sized>(
+        &self,
+        saga: &str,
+        params: &P,
+        environment: &str,
+        resource: Resource,
+        actor: &str,
+        if_idle: bool,
     ) -> Result<OperationId> {
         if self.shared.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -321,6 +350,11 @@ impl Executor {
         let definition = self.shared.sagas[&(saga.to_owned(), version)].clone();
         let params = serde_json::to_vec(params)
             .map_err(|source| Error::Serialize { what: "the params".into(), source })?;
+        if if_idle {
+            if let Some(busy) = self.shared.store.resource_queue(&resource).await?.first() {
+                return Err(Error::ResourceBusy { resource, operation: *busy });
+            }
+        }
         let id = OperationId::new();
         let Some(driving) = Driving::reserve(id) else {
             return Err(Error::Store(StoreError::AlreadyExists(id)));

@@ -158,3 +158,22 @@ async fn the_queue_survives_a_restart() {
     assert_eq!(seconds.len(), 1, "{spans:?}");
     assert!(seconds[0].1 >= first_end, "the second started before the first ended");
 }
+
+#[tokio::test]
+async fn start_if_idle_refuses_a_busy_resource() {
+    let spans = Spans::default();
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let a = node(store.clone(), "a", timed(200, &spans));
+    let web = || saga_core::Resource::new("app", "web");
+    let first = a.start_if_idle("timed", &(), "test", web(), "t").await.expect("idle");
+    let err = a.start_if_idle("timed", &(), "test", web(), "t").await.expect_err("busy");
+    assert!(
+        matches!(&err, saga_core::Error::ResourceBusy { operation, .. } if *operation == first),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), format!("app web is busy with operation {first}"));
+    let other = saga_core::Resource::new("app", "api");
+    a.start_if_idle("timed", &(), "test", other, "t").await.expect("another resource is idle");
+    assert_eq!(a.wait(first).await.unwrap(), Outcome::Succeeded);
+    a.start_if_idle("timed", &(), "test", web(), "t").await.expect("idle again");
+}

@@ -43,6 +43,7 @@ checks! {
     conformance_check_on_healthy_store => check_on_healthy_store,
     conformance_concurrent_appenders => concurrent_appenders,
     conformance_cancel_requests => cancel_requests,
+    conformance_resource_queues => resource_queues,
 }
 
 /// The whole suite in one call, as a store without a test per check would run it: the
