@@ -60,47 +60,81 @@ impl Listing {
     }
 }
 
-/// Where Operations live: their records, their leases, an index by environment and their log lines.
+/// Where Operations live: their records, their leases, their indexes (unfinished, by
+/// environment, by resource), cancel requests and log lines.
+///
+/// One contract for one process or many: every rule below is the store's to enforce, atomically
+/// and with its own clock, whatever executors (in one process or on several machines) call it
+/// at once. A store for several machines (PostgreSQL) implements it without reading any other
+/// store's code; saga-testkit's `conformance` suite states it as tests that every store runs.
+///
+/// **Why one trait.** The methods are grouped below by what they store (records, leases,
+/// indexes, requests, log lines, maintenance), but they stay one trait: several of them must
+/// change more than one group in one atomic, durable write (`create` writes a record, a lease,
+/// and three index entries; a finishing `append` writes records and clears the unfinished mark,
+/// the resource queue entry and the cancel request), which separate traits over separate
+/// backends could not promise. An embedder passes one `Arc<dyn Store>`.
 ///
 /// # Contract
 ///
-/// - **Durability.** When [`create`](Store::create) or [`append`](Store::append) returns `Ok`, the
-///   records are durable: they survive a crash of the process (and, for a store that says so, a
-///   power loss). A store that does not sync says so in its name. Concurrent appends of different
-///   Operations may share one flush (group commit).
+/// Records ([`create`](Store::create), [`append`](Store::append), [`read`](Store::read)):
+///
+/// - **Durability.** When `create` or `append` returns `Ok`, the records are durable: they
+///   survive a crash of the process (and, for a store that says so, a power loss). A store that
+///   does not sync says so in its name. Concurrent appends of different Operations may share one
+///   flush (group commit).
 /// - **Order.** An Operation's records are appended in sequence order with no gap; a store refuses
 ///   any other sequence number with [`StoreError::OutOfSequence`] and returns records in order.
-/// - **Leases.** `create` grants the creator the first lease. [`claim`](Store::claim) succeeds when
-///   no lease is held, when it expired, or when the caller already holds it, and always grants a
-///   higher epoch. `append` with a lease that is not current fails with [`StoreError::Fenced`].
-///   A store that only one process opens may keep lease changes in memory until its next durable
-///   write (a lease lost in a crash belonged to the executor that crashed); a store shared by
-///   several processes must make `claim` durable before it returns, or epochs could repeat.
-/// - **Unfinished.** [`list_unfinished`](Store::list_unfinished) lists Operations without an
-///   `OperationFinished` record, without reading finished ones; an append of `OperationFinished`
-///   removes the Operation from that list in the same durable write. An index entry that does
-///   not decode is returned in [`Listing::damaged`], never as an error of the whole listing.
 /// - **Acknowledged reads.** `read`, the listings and `read_log` show what was acknowledged: a
 ///   record whose `create` or `append` failed is never shown as if it were durable (it may
 ///   reappear after a restart, since an unacknowledged write may or may not have reached the
 ///   disk, but never as an answer given while the failure is known).
-/// - **Index.** [`list_environment`](Store::list_environment) returns the ids of one environment
-///   created in `[since_ms, until_ms)`, in creation order, from an index; damaged entries as in
-///   `list_unfinished`.
-/// - **Check.** [`check`](Store::check) reconciles the indexes with the records and, when asked,
-///   repairs from the records alone what disagrees; it never changes a record.
-/// - **Log lines** need not be durable when [`append_log`](Store::append_log) returns; they are
-///   written with the next durable write at the latest. They may be purged by age while records stay.
-/// - **Resource queues.** [`resource_queue`](Store::resource_queue) lists the unfinished
-///   Operations of one resource in creation order: `create` adds the Operation at the end in its
-///   durable write, an append of `OperationFinished` (and `delete_environment`) removes it in
-///   the same durable write. The executor runs an Operation only when it heads its resource's
-///   queue.
-/// - **Cancel requests.** [`request_cancel`](Store::request_cancel) is durable when it returns;
-///   the first request of an Operation stays (a later one is not recorded) until an append of
-///   `OperationFinished` removes it in the same durable write.
-///   [`cancel_requests`](Store::cancel_requests) lists every pending one.
-/// - Every method may be called concurrently, and calling `release` twice is harmless.
+///
+/// Leases ([`claim`](Store::claim), [`renew`](Store::renew), [`release`](Store::release)):
+///
+/// - `create` grants the creator the first lease. `claim` succeeds when no lease is held, when it
+///   expired (by the store's clock), or when the caller already holds it, and always grants a
+///   higher epoch; of concurrent claims exactly one wins. `append` and `renew` with a lease that
+///   is not current fail with [`StoreError::Fenced`] and write nothing (fencing is checked in the
+///   same atomic write as the append). A store that only one process opens may keep lease
+///   changes in memory until its next durable write (a lease lost in a crash belonged to the
+///   executor that crashed); a store shared by several processes must make `claim` durable
+///   before it returns, or epochs could repeat. Calling `release` twice is harmless.
+///
+/// Indexes ([`list_unfinished`](Store::list_unfinished),
+/// [`list_environment`](Store::list_environment), [`resource_queue`](Store::resource_queue)):
+///
+/// - **Unfinished.** `list_unfinished` lists Operations without an `OperationFinished` record,
+///   without reading finished ones; an append of `OperationFinished` removes the Operation from
+///   that list in the same durable write. An index entry that does not decode is returned in
+///   [`Listing::damaged`], never as an error of the whole listing.
+/// - **By environment.** `list_environment` returns the ids of one environment created in
+///   `[since_ms, until_ms)`, in creation order, from an index; damaged entries as above.
+/// - **Resource queues.** `resource_queue` lists the unfinished Operations of one resource in
+///   creation order: `create` adds the Operation at the end in its durable write, an append of
+///   `OperationFinished` (and `delete_environment`) removes it in the same durable write. The
+///   executor runs an Operation only when it heads its resource's queue.
+///
+/// Requests ([`request_cancel`](Store::request_cancel), [`cancel_requests`](Store::cancel_requests)):
+///
+/// - `request_cancel` is durable when it returns; the first request of an Operation stays (a
+///   later one is not recorded) until an append of `OperationFinished` removes it in the same
+///   durable write. `cancel_requests` lists every pending one.
+///
+/// Log lines ([`append_log`](Store::append_log), [`read_log`](Store::read_log),
+/// [`purge_logs`](Store::purge_logs)):
+///
+/// - Log lines need not be durable when `append_log` returns; they are written with the next
+///   durable write at the latest. They may be purged by age while records stay.
+///
+/// Maintenance ([`delete_environment`](Store::delete_environment), [`check`](Store::check)):
+///
+/// - `check` reconciles the indexes with the records and, when asked, repairs from the records
+///   alone what disagrees; it never changes a record.
+///
+/// Every method may be called concurrently. [`StoreError::is_transient`] tells the executor which
+/// errors to retry; a backend's own error travels as the `source` of [`StoreError::Backend`] or
+/// [`StoreError::Transient`].
 ///
 /// A store that keeps everything in a `Vec`, to show the shape (see [`MemoryStore`] for a whole one):
 ///
