@@ -15,7 +15,7 @@ use crate::support::*;
 
 /// Opens the store's directory with sled alone, runs `edit` on it and flushes.
 fn edit(path: &Path, edit: impl FnOnce(&sled::Db)) {
-    let db = sled::open(path).expect("sled opens");
+    let db = open_sled(path);
     edit(&db);
     db.flush().expect("flushes");
 }

@@ -74,3 +74,19 @@ pub(crate) async fn create(
         store.create(&created(id, "s", environment, at_ms), "me", TTL).await.expect("creates");
     (id, lease)
 }
+
+/// Opens a store's directory with sled alone, once a `SledStore` on it was dropped. sled may
+/// release its file lock a moment after the drop returns, so this waits up to 2 s for it, as
+/// `SledStore::open` itself waits up to 1 s.
+pub(crate) fn open_sled(path: &std::path::Path) -> sled::Db {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if start.elapsed() < std::time::Duration::from_secs(2) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("sled opens {}: {e}", path.display()),
+        }
+    }
+}
