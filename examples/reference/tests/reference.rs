@@ -4,7 +4,7 @@
 //!
 //! Each example runs as a user runs it (its binary, with `--fail-at`, `--crash-at`,
 //! `--cancel-after`), and its saga — the very definition the example runs, through
-//! [`saga_examples::Define`] — is checked with `saga-testkit`: every step fails in turn (before
+//! [`saga_reference::Define`] — is checked with `saga-testkit`: every step fails in turn (before
 //! and after its effect) and rolls back to the world it started from; a crash recovers to the
 //! outcome and world of an uninterrupted run. `crash_anywhere` over every record takes too long
 //! against real Docker (each run creates and stops containers), so the crash check covers a
@@ -37,8 +37,8 @@ mod support;
 use std::time::Duration;
 
 use saga_core::{Outcome, RollbackCause};
-use saga_examples::database::Layout;
-use saga_examples::{containers, emulator, Clients};
+use saga_reference::database::Layout;
+use saga_reference::{containers, emulator, Clients};
 use saga_testkit::{FaultPlan, SagaCheck};
 use support::{crash_subset, example, Guard, Probe, Tb};
 
@@ -56,7 +56,7 @@ fn zero_downtime_deploy_keeps_the_app_reachable_from_the_command_line() {
     let out = deploy(&["--drain-ms", "1000"]);
     assert!(out.stdout.ends_with(": succeeded\n"), "{}", out.all());
     let setup: zero_downtime_deploy::Setup =
-        saga_examples::Recorded::new(&guard.data, "deploy-setup").load().unwrap();
+        saga_reference::Recorded::new(&guard.data, "deploy-setup").load().unwrap();
     let clients = runtime.block_on(Clients::connect(&services.endpoint)).unwrap();
     let probe = Probe::start(&runtime, clients.clone(), &setup);
 

@@ -24,7 +24,7 @@ pub struct FaultFlags {
 ///
 /// ```
 /// use saga_core::{async_trait, Saga, Step, StepContext, StepError};
-/// use saga_examples::Injected;
+/// use saga_reference::Injected;
 ///
 /// struct Noop;
 /// #[async_trait]

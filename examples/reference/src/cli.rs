@@ -55,7 +55,7 @@ impl Cli {
     /// The help text, listing the steps.
     pub fn usage(&self) -> String {
         let mut text = format!(
-            "{name}: {about}\n\nusage: cargo run -p saga-examples --example {name} -- [FLAGS]\n\n\
+            "{name}: {about}\n\nusage: cargo run -p saga-reference --example {name} -- [FLAGS]\n\n\
              flags:\n  \
              --data DIR          store and recorded setup (default ./{name}-data)\n  \
              --aws-endpoint URL  the AWS API emulator (default: $SAGA_AWS_ENDPOINT)\n  \

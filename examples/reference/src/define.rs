@@ -9,7 +9,7 @@ use saga_core::{GroupBuilder, SagaBuilder, Step};
 ///
 /// ```
 /// use saga_core::{async_trait, Saga, Step, StepContext, StepError};
-/// use saga_examples::{Define, DefineGroup};
+/// use saga_reference::{Define, DefineGroup};
 ///
 /// struct Noop;
 /// #[async_trait]

@@ -3,7 +3,7 @@
 //! the Operation is cancelled — the registered targets answer.
 //!
 //! ```text
-//! cargo run -p saga-examples --example zero_downtime_deploy -- --aws-endpoint URL \
+//! cargo run -p saga-reference --example zero_downtime_deploy -- --aws-endpoint URL \
 //!     --registry HOST:PORT [--registry HOST:PORT] [--data DIR] [--fail-at STEP] [--crash-at STEP]
 //!     [--cancel-after MS] [--drain-ms MS] [--cleanup]
 //! ```
@@ -36,7 +36,7 @@ use bollard::Docker;
 use saga_core::{
     async_trait, Executed, Input, Resource, RetryPolicy, Step, StepContext, StepError, StepKind,
 };
-use saga_examples::{
+use saga_reference::{
     containers, emulator, say, Args, BoxError, Cli, Clients, Define, DefineGroup, FaultFlags,
     Injected, Recorded, Runner,
 };

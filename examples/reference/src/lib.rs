@@ -17,7 +17,7 @@
 //!   [`emulator`]), and names and labels its containers by app ([`containers`]).
 //!
 //! ```no_run
-//! use saga_examples::{Args, Cli};
+//! use saga_reference::{Args, Cli};
 //!
 //! let cli = Cli::new("resize_volume", "grows a volume", &["grow", "restart"]);
 //! let args: Args = match cli.parse(std::env::args().skip(1))? {

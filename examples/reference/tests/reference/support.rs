@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use saga_core::{async_trait, Step};
-use saga_examples::database::{Layout, DATA_FILE};
-use saga_examples::{containers, emulator, http_get_local, Args, Clients, Define, DefineGroup};
+use saga_reference::database::{Layout, DATA_FILE};
+use saga_reference::{containers, emulator, http_get_local, Args, Clients, Define, DefineGroup};
 use saga_testkit::{FaultPlan, SagaCheck, TestGroupBuilder, TestSagaBuilder, World};
 
 use crate::redeploy_database::Redeploy;
@@ -93,7 +93,7 @@ impl Guard {
 
     /// The flags a user would pass.
     pub(crate) fn args(&self, services: &Services) -> Args {
-        let cli = saga_examples::Cli::new("test", "test", &[]);
+        let cli = saga_reference::Cli::new("test", "test", &[]);
         let mut args =
             cli.parse(["--aws-endpoint".to_owned(), services.endpoint.clone()]).unwrap().unwrap();
         args.data = self.data.clone();
@@ -269,7 +269,7 @@ pub(crate) async fn crash_subset<W: World>(
 fn on_thread<F, Fut>(endpoint: &str, f: F)
 where
     F: FnOnce(Clients) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), saga_examples::BoxError>>,
+    Fut: std::future::Future<Output = Result<(), saga_reference::BoxError>>,
 {
     let endpoint = endpoint.to_owned();
     std::thread::spawn(move || {
@@ -280,7 +280,7 @@ where
     .unwrap_or_else(|e| panic!("resetting the world: {e}"));
 }
 
-async fn start_container(clients: &Clients, name: &str) -> Result<(), saga_examples::BoxError> {
+async fn start_container(clients: &Clients, name: &str) -> Result<(), saga_reference::BoxError> {
     match clients.docker.start_container(name, None).await {
         Ok(()) => Ok(()),
         Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),

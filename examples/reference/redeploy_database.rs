@@ -2,7 +2,7 @@
 //! EBS volume move from instance A to instance B.
 //!
 //! ```text
-//! cargo run -p saga-examples --example redeploy_database -- --aws-endpoint URL \
+//! cargo run -p saga-reference --example redeploy_database -- --aws-endpoint URL \
 //!     --registry HOST:PORT [--registry HOST:PORT] [--data DIR] [--fail-at STEP] [--crash-at STEP]
 //!     [--cancel-after MS] [--cleanup]
 //! ```
@@ -10,7 +10,7 @@
 //! Needs the local Docker Engine, an image registry serving the test image
 //! (`scripts/services/registry.sh start`) and the AWS API emulator (`scripts/services/moto.sh
 //! start`). Both instances are emulator instances and both "engines" are the local Docker Engine;
-//! a "mount" is a directory under `DIR/hosts/<instance>` (see [`saga_examples::database`]).
+//! a "mount" is a directory under `DIR/hosts/<instance>` (see [`saga_reference::database`]).
 //!
 //! Every precondition comes first — B is running, the image is pulled on B's engine, the new
 //! container is created — and only then the downtime starts: stop the old container, unmount and
@@ -28,8 +28,8 @@ use aws_sdk_ec2::types::InstanceType;
 use saga_core::{
     async_trait, Executed, Input, OperationId, RecordKind, Resource, Step, StepContext, StepError,
 };
-use saga_examples::database::{Layout, DATA_FILE};
-use saga_examples::{
+use saga_reference::database::{Layout, DATA_FILE};
+use saga_reference::{
     containers, emulator, say, Args, BoxError, Cli, Clients, Define, FaultFlags, Injected,
     Recorded, Runner,
 };

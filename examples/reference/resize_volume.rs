@@ -2,7 +2,7 @@
 //! (a volume cannot shrink) and restarts the database container so that it sees the new size.
 //!
 //! ```text
-//! cargo run -p saga-examples --example resize_volume -- --aws-endpoint URL \
+//! cargo run -p saga-reference --example resize_volume -- --aws-endpoint URL \
 //!     --registry HOST:PORT [--data DIR] [--grow-by GIB] [--fail-at STEP] [--crash-at STEP]
 //!     [--cancel-after MS] [--cleanup]
 //! ```
@@ -10,7 +10,7 @@
 //! Needs the local Docker Engine, an image registry serving the test image
 //! (`scripts/services/registry.sh start`) and the AWS API emulator
 //! (`scripts/services/moto.sh start`). The first run sets up an instance, a 10 GiB volume
-//! attached and mounted there (see [`saga_examples::database`]) and the database serving it.
+//! attached and mounted there (see [`saga_reference::database`]) and the database serving it.
 //!
 //! A failure after the grow rolls back everything else — the container runs again — and ends with
 //! `rollback incomplete: grow (irreversible)`; the example then prints the volume's sizes, which
@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceType;
 use saga_core::{Input, OperationId, Outcome, RecordKind, Resource};
-use saga_examples::database::{Layout, DATA_FILE};
-use saga_examples::{
+use saga_reference::database::{Layout, DATA_FILE};
+use saga_reference::{
     containers, emulator, say, Args, BoxError, Cli, Clients, Define, FaultFlags, Injected,
     Recorded, Runner,
 };
