@@ -200,15 +200,22 @@ impl SagaBuilder {
         self
     }
 
-    /// Checks the definition: no duplicate or empty step names, no empty group, every `needs`
-    /// naming a step of an earlier stage, at least one step.
+    /// Checks the definition: a saga name and step names that are not empty and hold no
+    /// whitespace or control character (they appear in logs, reports and command lines), no
+    /// duplicate step names, no empty group, every `needs` naming a step of an earlier stage, at
+    /// least one step.
     pub fn build(self) -> Result<Saga, Error> {
         let mut problems = self.problems;
+        if let Some(problem) = name_problem(&self.name) {
+            problems.push(format!("the saga name {problem}"));
+        }
         let mut stage_of = HashMap::new();
         for (stage, entries) in self.stages.iter().enumerate() {
             for e in entries {
                 if e.name.is_empty() {
                     problems.push(format!("a step in stage {stage} has an empty name"));
+                } else if let Some(problem) = name_problem(&e.name) {
+                    problems.push(format!("step name {:?} {problem}", e.name));
                 }
                 if stage_of.insert(e.name.clone(), stage).is_some() {
                     problems.push(format!("duplicate step name {:?}", e.name));
@@ -245,6 +252,19 @@ impl SagaBuilder {
             point_of_no_return: self.point_of_no_return,
             stage_of,
         })
+    }
+}
+
+/// What is wrong with a saga or step name, if anything.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("is empty")
+    } else if name.chars().any(char::is_whitespace) {
+        Some("holds whitespace")
+    } else if name.chars().any(char::is_control) {
+        Some("holds a control character")
+    } else {
+        None
     }
 }
 
@@ -303,6 +323,17 @@ mod tests {
             Err(Error::InvalidSaga { problem, .. }) => problem,
             other => panic!("expected InvalidSaga, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn names_with_whitespace_or_control_characters_are_build_errors() {
+        for bad in ["", " ", "de ploy", "deploy\n", "tab\t", "nul\0", "bell\u{7}", "nbsp\u{a0}"] {
+            let saga = problem(Saga::builder(bad, 1).step("a", Noop));
+            assert!(saga.contains("the saga name"), "{bad:?}: {saga}");
+            let step = problem(Saga::builder("s", 1).step(bad, Noop));
+            assert!(step.contains("name"), "{bad:?}: {step}");
+        }
+        assert!(Saga::builder("deploy-web_v2.1", 1).step("pull:image", Noop).build().is_ok());
     }
 
     #[test]
