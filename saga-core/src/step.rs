@@ -107,14 +107,29 @@ pub trait Step: Send + Sync + 'static {
         StepKind::Compensable
     }
 
-    /// How `execute` and `compensate` are retried. The default is [`RetryPolicy::default`].
+    /// How `execute` is retried. The default is [`RetryPolicy::default`].
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::default()
     }
 
-    /// How long one attempt may take before it fails with a transient error. The default is none.
+    /// How long one attempt of `execute` may take before it fails with a transient error. The
+    /// default is none.
     fn timeout(&self) -> Option<Duration> {
         None
+    }
+
+    /// How `compensate` is retried; the default is the step's [`retry_policy`](Step::retry_policy).
+    /// A compensation is retried on any error (a permanent one too) while this policy allows,
+    /// since giving up leaves a change in place; once it no longer does, the change is reported
+    /// as not undone. Give a slow or flaky cleanup more room here than its `execute` has.
+    fn compensation_retry_policy(&self) -> RetryPolicy {
+        self.retry_policy()
+    }
+
+    /// How long one attempt of `compensate` may take before it fails with a transient error; the
+    /// default is the step's [`timeout`](Step::timeout).
+    fn compensation_timeout(&self) -> Option<Duration> {
+        self.timeout()
     }
 }
 
@@ -249,6 +264,8 @@ pub(crate) trait ErasedStep: Send + Sync + 'static {
     fn kind(&self) -> StepKind;
     fn retry_policy(&self) -> RetryPolicy;
     fn timeout(&self) -> Option<Duration>;
+    fn compensation_retry_policy(&self) -> RetryPolicy;
+    fn compensation_timeout(&self) -> Option<Duration>;
 }
 
 #[async_trait]
@@ -292,5 +309,13 @@ impl<S: Step> ErasedStep for S {
 
     fn timeout(&self) -> Option<Duration> {
         Step::timeout(self)
+    }
+
+    fn compensation_retry_policy(&self) -> RetryPolicy {
+        Step::compensation_retry_policy(self)
+    }
+
+    fn compensation_timeout(&self) -> Option<Duration> {
+        Step::compensation_timeout(self)
     }
 }

@@ -454,7 +454,7 @@ impl Driver {
         let ctx = self.context(&step, attempt, CancellationToken::new());
         let entry = self.saga.entry(&step).ok_or_else(|| self.unknown_step(&step))?;
         let runner = entry.step.clone();
-        let timeout = runner.timeout();
+        let timeout = runner.compensation_timeout();
         let span = tracing::info_span!("saga_step", operation = %self.state.id, step = %step, phase = "compensate");
         Ok(Box::pin(
             async move {
@@ -484,7 +484,7 @@ impl Driver {
             (Execution::Retrying { error }, _) => error.clone(),
             _ => "an earlier attempt failed".to_owned(),
         };
-        let policy = self.policy(step);
+        let policy = self.policy(step, compensation);
         let delay = policy.delay(attempts);
         self.flight.waiting.insert(step.to_owned());
         let what = if compensation { "compensation of " } else { "" };
@@ -515,8 +515,14 @@ impl Driver {
             .is_some_and(|p| self.saga.stage_of(step).is_some_and(|stage| stage > p))
     }
 
-    fn policy(&self, step: &str) -> crate::RetryPolicy {
-        self.saga.entry(step).map(|e| e.step.retry_policy()).unwrap_or_default()
+    /// The retry policy of the step's `execute`, or of its `compensate`.
+    fn policy(&self, step: &str, compensation: bool) -> crate::RetryPolicy {
+        let Some(entry) = self.saga.entry(step) else { return crate::RetryPolicy::default() };
+        if compensation {
+            entry.step.compensation_retry_policy()
+        } else {
+            entry.step.retry_policy()
+        }
     }
 
     fn finish(&mut self, outcome: Outcome) -> Result<(), Error> {
@@ -661,7 +667,7 @@ impl Driver {
         // A compensation is retried even on a permanent error while attempts remain: giving up
         // leaves a change in place, which is worse than one more try.
         (error.is_transient() || compensation)
-            && self.policy(step).allows_another(attempts, elapsed)
+            && self.policy(step, compensation).allows_another(attempts, elapsed)
     }
 
     async fn on_command(&mut self, command: Command) -> Result<(), Error> {

@@ -124,3 +124,74 @@ async fn a_failed_branch_waits_for_its_sibling_then_compensates_both() {
     assert!(world.effects().is_empty());
     assert!(!world.journal().iter().any(|e| e.contains("never")));
 }
+
+/// A step whose compensation is slow and fails `flaky` times first, with its own timeout and
+/// retry policy for `compensate` when `own` is set (else the step's, which are tight).
+struct SlowCleanup {
+    own: bool,
+    flaky: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl saga_core::Step for SlowCleanup {
+    type Output = ();
+    async fn execute(&self, _: &saga_core::StepContext) -> Result<(), saga_core::StepError> {
+        Ok(())
+    }
+    async fn compensate(
+        &self,
+        _: &saga_core::StepContext,
+        _: saga_core::Executed<()>,
+    ) -> Result<(), saga_core::StepError> {
+        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+        if self.flaky.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.flaky.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(saga_core::StepError::transient("cleanup flaked"));
+        }
+        Ok(())
+    }
+    fn retry_policy(&self) -> saga_core::RetryPolicy {
+        saga_core::RetryPolicy::none()
+    }
+    fn timeout(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_millis(50))
+    }
+    fn compensation_retry_policy(&self) -> saga_core::RetryPolicy {
+        if self.own {
+            saga_core::RetryPolicy::exponential(4, std::time::Duration::from_millis(5))
+        } else {
+            self.retry_policy()
+        }
+    }
+    fn compensation_timeout(&self) -> Option<std::time::Duration> {
+        if self.own {
+            Some(std::time::Duration::from_secs(2))
+        } else {
+            self.timeout()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_compensation_has_its_own_timeout_and_retry_policy() {
+    let world = World::default();
+    for own in [false, true] {
+        let cleanup = SlowCleanup { own, flaky: std::sync::atomic::AtomicU32::new(2) };
+        let saga = Saga::builder("s", 1)
+            .step("cleanup", cleanup)
+            .step("b", TestStep::new("b", &world).failing())
+            .build()
+            .unwrap();
+        let (outcome, _, _) = crate::run(saga).await;
+        if own {
+            // 2 s per attempt and 4 attempts: two flakes, then it is undone.
+            assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+        } else {
+            // The step's 50 ms timeout and single attempt: the slow cleanup times out for good.
+            let Outcome::RollbackIncomplete { not_undone, .. } = &outcome else {
+                panic!("{outcome:?}")
+            };
+            assert!(not_undone[0].to_string().contains("timed out after"), "{}", not_undone[0]);
+        }
+    }
+}
