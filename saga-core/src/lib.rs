@@ -90,7 +90,7 @@ pub use crate::report::{
 };
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::{GroupBuilder, Saga, SagaBuilder, StepInfo};
-pub use crate::step::{Executed, Step, StepContext, StepKind};
+pub use crate::step::{Executed, Step, StepContext, StepKind, DEFAULT_CANCEL_GRACE};
 pub use crate::store::{check_sequence, CancelRequest, Lease, Listing, Store};
 
 /// Re-exported so that steps and stores implement the traits with the same macro version.

@@ -118,6 +118,16 @@ pub trait Step: Send + Sync + 'static {
         None
     }
 
+    /// How long `execute` may go on once the Operation is cancelled (or a sibling branch of its
+    /// parallel group failed): the step's [`cancellation`](StepContext::cancellation) token fires,
+    /// and a step that watches it may clean up and return within this time. What it returns then
+    /// is recorded as it returned (`StepSucceeded` or `StepFailed`); a step still running when
+    /// the grace period ends is dropped and recorded as failed with `cancelled`. Either way it
+    /// started, so the rollback compensates it. The default is 5 s.
+    fn cancel_grace(&self) -> Duration {
+        DEFAULT_CANCEL_GRACE
+    }
+
     /// How `compensate` is retried; the default is the step's [`retry_policy`](Step::retry_policy).
     /// A compensation is retried on any error (a permanent one too) while this policy allows,
     /// since giving up leaves a change in place; once it no longer does, the change is reported
@@ -132,6 +142,9 @@ pub trait Step: Send + Sync + 'static {
         self.timeout()
     }
 }
+
+/// How long a cancelled step's `execute` may go on by default: see [`Step::cancel_grace`].
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// What a step may read while it runs: the Operation's params, earlier steps' outputs, a
 /// cancellation token and an idempotency key.
@@ -266,6 +279,7 @@ pub(crate) trait ErasedStep: Send + Sync + 'static {
     fn timeout(&self) -> Option<Duration>;
     fn compensation_retry_policy(&self) -> RetryPolicy;
     fn compensation_timeout(&self) -> Option<Duration>;
+    fn cancel_grace(&self) -> Duration;
 }
 
 #[async_trait]
@@ -317,5 +331,9 @@ impl<S: Step> ErasedStep for S {
 
     fn compensation_timeout(&self) -> Option<Duration> {
         Step::compensation_timeout(self)
+    }
+
+    fn cancel_grace(&self) -> Duration {
+        Step::cancel_grace(self)
     }
 }

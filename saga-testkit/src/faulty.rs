@@ -136,4 +136,16 @@ impl<S: Step> Step for Faulty<S> {
     fn timeout(&self) -> Option<Duration> {
         self.inner.timeout()
     }
+
+    fn compensation_retry_policy(&self) -> RetryPolicy {
+        self.inner.compensation_retry_policy()
+    }
+
+    fn compensation_timeout(&self) -> Option<Duration> {
+        self.inner.compensation_timeout()
+    }
+
+    fn cancel_grace(&self) -> Duration {
+        self.inner.cancel_grace()
+    }
 }

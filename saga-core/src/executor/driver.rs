@@ -418,13 +418,20 @@ impl Driver {
         let entry = self.saga.entry(&step).ok_or_else(|| self.unknown_step(&step))?;
         let runner = entry.step.clone();
         let timeout = runner.timeout();
+        let grace = runner.cancel_grace();
         let span = tracing::info_span!("saga_step", operation = %self.state.id, step = %step, phase = "execute");
         Ok(Box::pin(
             async move {
+                let run = with_timeout(timeout, unwind(runner.execute(&ctx)));
+                tokio::pin!(run);
                 let result = tokio::select! {
                     biased;
-                    _ = ctx.cancel.cancelled() => Err(StepError::cancelled()),
-                    result = with_timeout(timeout, unwind(runner.execute(&ctx))) => result,
+                    result = &mut run => result,
+                    // Cancelled: the step sees its token and has its grace period to return.
+                    _ = ctx.cancel.cancelled() => match tokio::time::timeout(grace, &mut run).await {
+                        Ok(result) => result,
+                        Err(_) => Err(StepError::cancelled()),
+                    },
                 };
                 Event::Executed { step, result }
             }
@@ -646,7 +653,11 @@ impl Driver {
                 Some(&step),
                 format!("step {step} failed: {message}; rolling back"),
             );
-            // Siblings waiting for a retry will not run again; compensate them at once.
+            // Running siblings are cancelled the same way as by a cancel (their tokens fire, they
+            // have their grace period); siblings waiting for a retry will not run again and are
+            // compensated at once. Either way they are compensated in reverse order of when
+            // their execute ended, as every started step is.
+            self.cancel.cancel();
             self.timers.clear();
             self.flight.waiting.clear();
             self.flight.due.clear();

@@ -160,3 +160,67 @@ async fn a_queued_operation_can_be_cancelled_at_once_and_never_starts() {
     assert!(executor.status(queued).await.unwrap().steps.is_empty(), "nothing of it ran");
     assert_eq!(executor.wait(running).await.unwrap(), Outcome::Succeeded);
 }
+
+/// A long step that watches its token (`cleans_up`) and returns after cleaning up, or ignores it.
+struct Watching {
+    cleans_up: bool,
+    world: World,
+}
+
+#[async_trait::async_trait]
+impl saga_core::Step for Watching {
+    type Output = ();
+    async fn execute(&self, ctx: &saga_core::StepContext) -> Result<(), saga_core::StepError> {
+        if self.cleans_up {
+            ctx.cancellation().cancelled().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.world.record_note("cleaned up long");
+            return Err(saga_core::StepError::permanent("stopped: half-copied files removed"));
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(())
+    }
+    fn cancel_grace(&self) -> Duration {
+        Duration::from_millis(300)
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_step_sees_its_token_and_has_its_grace_period_to_return() {
+    for cleans_up in [true, false] {
+        let world = World::default();
+        let saga = Saga::builder("s", 1)
+            .step("long", Watching { cleans_up, world: world.clone() })
+            .build()
+            .unwrap();
+        let executor =
+            crate::executor(std::sync::Arc::new(saga_core::MemoryStore::new()), vec![saga]);
+        let id = crate::start(&executor, "s").await;
+        wait_until_started(&executor, id, "long").await;
+        let asked = std::time::Instant::now();
+        executor.cancel(id, "ops", "stop").await.unwrap();
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(5), executor.wait(id)).await.unwrap().unwrap();
+        assert_eq!(outcome.status(), "rolled back");
+        let took = asked.elapsed();
+        let records = executor.store().read(id).await.unwrap();
+        let error = records
+            .iter()
+            .find_map(|r| match &r.kind {
+                RecordKind::StepFailed { step, error, .. } if step == "long" => Some(error.clone()),
+                _ => None,
+            })
+            .expect("the step's end is recorded");
+        if cleans_up {
+            // It returned within its grace: what it returned is recorded, its cleanup ran.
+            assert_eq!(error, "stopped: half-copied files removed");
+            assert!(world.journal().contains(&"cleaned up long".to_owned()));
+            assert!(took < Duration::from_millis(300), "took {took:?}");
+        } else {
+            // It ignored its token: dropped once the 300 ms grace passed, recorded as cancelled.
+            assert_eq!(error, "cancelled");
+            assert!(took >= Duration::from_millis(290), "dropped before its grace ended: {took:?}");
+            assert!(took < Duration::from_secs(2), "took {took:?}");
+        }
+    }
+}

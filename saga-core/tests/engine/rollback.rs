@@ -106,20 +106,28 @@ async fn irreversible_steps_are_skipped_and_reported_and_read_only_steps_ignored
 }
 
 #[tokio::test]
-async fn a_failed_branch_waits_for_its_sibling_then_compensates_both() {
+async fn a_failed_branch_cancels_its_running_sibling_then_compensates_both() {
     let world = World::default();
     let saga = Saga::builder("s", 1)
         .step("a", TestStep::new("a", &world))
         .parallel(|g| {
             g.step("fast-fail", TestStep::new("fast-fail", &world).failing())
-                .step("slow", TestStep::new("slow", &world).slow(Duration::from_millis(200)))
+                .step("slow", TestStep::new("slow", &world).slow(Duration::from_secs(3)))
         })
         .step("never", TestStep::new("never", &world))
         .build()
         .unwrap();
-    let (outcome, _, _) = crate::run(saga).await;
+    let started = std::time::Instant::now();
+    let (outcome, executor, id) = crate::run(saga).await;
     assert_eq!(outcome.status(), "rolled back");
-    // The sibling finished after the failure, so it is undone first, then the failed step, then a.
+    // The rollback did not wait for the 3 s sibling: it was cancelled (no grace: it does not
+    // watch its token) and recorded as such.
+    assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
+    let records = executor.store().read(id).await.unwrap();
+    assert!(records.iter().any(|r| matches!(&r.kind,
+        saga_core::RecordKind::StepFailed { step, error, .. } if step == "slow" && error == "cancelled")));
+    // The sibling's execute ended after the failure, so it is undone first, then the failed
+    // step, then a.
     assert_eq!(world.compensated(), ["slow", "fast-fail", "a"]);
     assert!(world.effects().is_empty());
     assert!(!world.journal().iter().any(|e| e.contains("never")));

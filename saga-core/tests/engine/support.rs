@@ -34,6 +34,11 @@ impl World {
         self.inner.lock().unwrap().journal.push(entry);
     }
 
+    /// Adds an entry to the journal, for steps written in a test file.
+    pub fn record_note(&self, entry: &str) {
+        self.note(entry.to_owned());
+    }
+
     fn apply(&self, effect: &str, present: bool) {
         let mut inner = self.inner.lock().unwrap();
         if present {
@@ -170,5 +175,10 @@ impl Step for TestStep {
 
     fn retry_policy(&self) -> RetryPolicy {
         self.retry.clone()
+    }
+
+    /// It does not watch its cancellation token, so it gets no grace period.
+    fn cancel_grace(&self) -> Duration {
+        Duration::ZERO
     }
 }
