@@ -16,8 +16,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! A store's own test file may rather call the checks one by one, one `#[tokio::test]` each, so
-//! that a failure names its test (name them `conformance_<check>`):
+//! A store's own test file may rather run the checks one by one, one `#[tokio::test]` each, so
+//! that a failure names its test. [`conformance_tests!`](crate::conformance_tests) writes them
+//! all, `conformance_<check>`, from a future that gives a fresh store and whatever must outlive
+//! it (a temporary directory, a database schema), so that a check added here runs on every
+//! store (the crate using it needs `tokio` with its `macros` and `rt-multi-thread` features):
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use saga_core::MemoryStore;
+//! saga_testkit::conformance_tests!(async { ((), Arc::new(MemoryStore::new())) });
+//! ```
+//!
+//! or call one check by hand:
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -114,6 +125,43 @@ where
     concurrent_appenders(fresh().await).await;
     cancel_requests(fresh().await).await;
     resource_queues(fresh().await).await;
+}
+
+/// Writes one `#[tokio::test]` per conformance check, named `conformance_<check>`, each on a
+/// fresh store from `$fresh`: a future giving `(guard, Arc<S>)`, where `guard` (a temporary
+/// directory, say, or `()`) lives until the test ends. See the [module docs](crate::conformance).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($fresh:expr) => {
+        $crate::conformance_tests!(@each $fresh;
+            conformance_ordering_and_gaps => ordering_and_gaps,
+            conformance_acknowledged_writes => acknowledged_writes,
+            conformance_lease_on_create => lease_on_create,
+            conformance_claim_race => claim_race,
+            conformance_epochs_grow => epochs_grow,
+            conformance_leases_fencing => leases_fencing,
+            conformance_lease_expiry => lease_expiry,
+            conformance_release => release,
+            conformance_unfinished_list => unfinished_list,
+            conformance_environment_bounds => environment_bounds,
+            conformance_environment_names => environment_names,
+            conformance_log_lines => log_lines,
+            conformance_delete_environment => delete_environment,
+            conformance_check_on_healthy_store => check_on_healthy_store,
+            conformance_concurrent_appenders => concurrent_appenders,
+            conformance_cancel_requests => cancel_requests,
+            conformance_resource_queues => resource_queues,
+        );
+    };
+    (@each $fresh:expr; $($test:ident => $check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let (_guard, store) = $fresh.await;
+                $crate::conformance::$check(store).await;
+            }
+        )*
+    };
 }
 
 // ------------------------------------------------------------------------------ the checks

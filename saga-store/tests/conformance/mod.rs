@@ -14,37 +14,7 @@ fn fresh() -> (TempDir, Arc<SledStore>) {
     (dir, Arc::new(store))
 }
 
-macro_rules! checks {
-    ($($test:ident => $check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $test() {
-                let (_dir, store) = fresh();
-                conformance::$check(store).await;
-            }
-        )*
-    };
-}
-
-checks! {
-    conformance_ordering_and_gaps => ordering_and_gaps,
-    conformance_acknowledged_writes => acknowledged_writes,
-    conformance_lease_on_create => lease_on_create,
-    conformance_claim_race => claim_race,
-    conformance_epochs_grow => epochs_grow,
-    conformance_leases_fencing => leases_fencing,
-    conformance_lease_expiry => lease_expiry,
-    conformance_release => release,
-    conformance_unfinished_list => unfinished_list,
-    conformance_environment_bounds => environment_bounds,
-    conformance_environment_names => environment_names,
-    conformance_log_lines => log_lines,
-    conformance_delete_environment => delete_environment,
-    conformance_check_on_healthy_store => check_on_healthy_store,
-    conformance_concurrent_appenders => concurrent_appenders,
-    conformance_cancel_requests => cancel_requests,
-    conformance_resource_queues => resource_queues,
-}
+saga_testkit::conformance_tests!(async { fresh() });
 
 /// The whole suite in one call, as a store without a test per check would run it: the
 /// temporary directories are kept until the end.
