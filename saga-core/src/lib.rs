@@ -86,7 +86,7 @@ pub use crate::record::{
 };
 pub use crate::report::{
     activity_report, iso_week_containing, neutralise_cell, weekly_activity_report,
-    write_activity_csv, ActivityRow, ACTIVITY_COLUMNS,
+    write_activity_csv, ActivityRow, ActivityStatus, ACTIVITY_COLUMNS,
 };
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::{GroupBuilder, Saga, SagaBuilder, StepInfo};

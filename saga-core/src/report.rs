@@ -4,7 +4,7 @@
 //! names into an [`ActivityRow`]. A report tells the whole story even when part of the store is
 //! damaged: an Operation whose records do not read (a corrupt record, a gap, an index entry
 //! naming an Operation the store does not have) or do not fold (an illegal log) gets a row of
-//! status [`ActivityRow::DAMAGED`] in its place, saying why in its `problem`, and an index entry
+//! status [`ActivityStatus::Damaged`] in its place, saying why in its `problem`, and an index entry
 //! that names no Operation at all gets such a row at the end. Only a store that cannot list, or
 //! that is unavailable while the report reads, fails the report as a whole.
 //!
@@ -25,7 +25,7 @@ use crate::store::Store;
 /// The CSV header, in column order: the Operation's identity and timing, then how it ended
 /// (`failed step` and `failure`: the step failure that started the rollback and its error;
 /// `not undone`; `cancelled by` and `cancel reason`: the cancel request), and last `problem`,
-/// why a [`damaged`](ActivityRow::DAMAGED) row's Operation could not be read.
+/// why a [`damaged`](ActivityStatus::Damaged) row's Operation could not be read.
 pub const ACTIVITY_COLUMNS: [&str; 15] = [
     "operation id",
     "operation type",
@@ -52,9 +52,9 @@ pub struct ActivityRow {
     pub operation: OperationId,
     /// Its saga's name (empty in a damaged row whose `OperationCreated` record did not read).
     pub operation_type: String,
-    /// `succeeded`, `rolled back`, `rollback incomplete`, `running`, `rolling back`, or
-    /// [`damaged`](ActivityRow::DAMAGED) when its records could not be read or folded.
-    pub status: String,
+    /// Where it stands; [`ActivityStatus::Damaged`] when its records could not be read or
+    /// folded.
+    pub status: ActivityStatus,
     /// The resource's type (empty if unknown, as `operation_type`).
     pub resource_type: String,
     /// The resource's name (empty if unknown, as `operation_type`).
@@ -82,22 +82,59 @@ pub struct ActivityRow {
     pub problem: Option<String>,
 }
 
-impl ActivityRow {
-    /// The status of a row whose Operation could not be read or folded, or of an index entry
-    /// that names no Operation.
-    pub const DAMAGED: &'static str = "damaged";
+/// Where an Operation of an activity report stands. `Display` gives the words of the report's
+/// `status` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ActivityStatus {
+    /// Every step succeeded (`succeeded`).
+    Succeeded,
+    /// Everything was undone (`rolled back`).
+    RolledBack,
+    /// Some changes stay, each named in `not undone` (`rollback incomplete`).
+    RollbackIncomplete,
+    /// Not finished, going forward or waiting for its turn (`running`).
+    Running,
+    /// Not finished, rolling back (`rolling back`).
+    RollingBack,
+    /// Its records could not be read or folded, or an index entry names no Operation
+    /// (`damaged`); the row's `problem` says why.
+    Damaged,
+}
 
+impl ActivityStatus {
+    /// The status of an Operation in this state.
+    pub fn of(state: &OperationState) -> Self {
+        match (&state.outcome, state.phase()) {
+            (Some(Outcome::Succeeded), _) => ActivityStatus::Succeeded,
+            (Some(Outcome::RolledBack { .. }), _) => ActivityStatus::RolledBack,
+            (Some(Outcome::RollbackIncomplete { .. }), _) => ActivityStatus::RollbackIncomplete,
+            (None, Phase::RollingBack) => ActivityStatus::RollingBack,
+            (None, _) => ActivityStatus::Running,
+        }
+    }
+}
+
+impl fmt::Display for ActivityStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ActivityStatus::Succeeded => "succeeded",
+            ActivityStatus::RolledBack => "rolled back",
+            ActivityStatus::RollbackIncomplete => "rollback incomplete",
+            ActivityStatus::Running => "running",
+            ActivityStatus::RollingBack => "rolling back",
+            ActivityStatus::Damaged => "damaged",
+        })
+    }
+}
+
+impl ActivityRow {
     /// The `operation` of the row of an index entry that names no Operation: the nil id, which
     /// [`OperationId::new`] never makes.
     pub const NO_OPERATION: OperationId = OperationId::from_u128(0);
 
     /// The row of an Operation, from its folded state.
     pub fn from_state(state: &OperationState) -> Self {
-        let status = match (&state.outcome, state.phase()) {
-            (Some(outcome), _) => outcome.status(),
-            (None, Phase::RollingBack) => "rolling back",
-            (None, _) => "running",
-        };
         let not_undone = match &state.outcome {
             Some(Outcome::RollbackIncomplete { not_undone, .. }) => {
                 not_undone.iter().map(ToString::to_string).collect()
@@ -107,7 +144,7 @@ impl ActivityRow {
         ActivityRow {
             operation: state.id,
             operation_type: state.saga.clone(),
-            status: status.to_owned(),
+            status: ActivityStatus::of(state),
             resource_type: state.resource.kind.clone(),
             resource: state.resource.name.clone(),
             actor: state.actor.clone(),
@@ -128,7 +165,7 @@ impl ActivityRow {
         ActivityRow {
             operation,
             operation_type: String::new(),
-            status: Self::DAMAGED.to_owned(),
+            status: ActivityStatus::Damaged,
             resource_type: String::new(),
             resource: String::new(),
             actor: String::new(),
@@ -167,7 +204,7 @@ impl ActivityRow {
         [
             if named { self.operation.to_string() } else { String::new() },
             self.operation_type.clone(),
-            self.status.clone(),
+            self.status.to_string(),
             self.resource_type.clone(),
             self.resource.clone(),
             self.actor.clone(),
@@ -476,7 +513,7 @@ mod tests {
         let cells = row.cells();
         assert_eq!(cells.len(), ACTIVITY_COLUMNS.len());
         assert_eq!(cells[0], "");
-        assert_eq!(cells[2], ActivityRow::DAMAGED);
+        assert_eq!(cells[2], "damaged");
         assert_eq!(cells[6], "");
         assert_eq!(cells[14], "corrupt data in by_environment: bad key");
         let id = OperationId::new();
@@ -484,6 +521,30 @@ mod tests {
         assert!(row.names_operation());
         assert_eq!(row.cells()[0], id.to_string());
         assert_eq!(row.created_ms, id.created_ms());
+    }
+
+    #[test]
+    fn statuses_display_the_report_words() {
+        let words: Vec<String> = [
+            ActivityStatus::Succeeded,
+            ActivityStatus::RolledBack,
+            ActivityStatus::RollbackIncomplete,
+            ActivityStatus::Running,
+            ActivityStatus::RollingBack,
+            ActivityStatus::Damaged,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let expected = [
+            "succeeded",
+            "rolled back",
+            "rollback incomplete",
+            "running",
+            "rolling back",
+            "damaged",
+        ];
+        assert_eq!(words, expected);
     }
 
     #[test]

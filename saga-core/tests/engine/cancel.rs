@@ -102,6 +102,15 @@ async fn a_cancel_does_not_interrupt_a_compensation() {
     assert_eq!(executor.wait(id).await.unwrap().status(), "rolled back");
     assert_eq!(world.compensated(), ["b", "a"]);
     assert!(world.effects().is_empty());
+    // The running compensation of a was not interrupted and run again: one attempt, recorded
+    // once, and no CancelRequested (the Operation was already rolling back).
+    let records = executor.store().read(id).await.unwrap();
+    let starts = records
+        .iter()
+        .filter(|r| matches!(&r.kind, RecordKind::CompensationStarted { step, .. } if step == "a"))
+        .count();
+    assert_eq!(starts, 1, "{records:?}");
+    assert!(!records.iter().any(|r| matches!(r.kind, RecordKind::CancelRequested { .. })));
 }
 
 #[tokio::test]

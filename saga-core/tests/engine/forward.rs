@@ -133,10 +133,10 @@ async fn a_parallel_group_runs_its_steps_at_once() {
 #[tokio::test]
 async fn past_the_point_of_no_return_failures_retry_forward() {
     let world = World::default();
-    let mut flaky = TestStep::new("b", &world).failing();
+    // Five failures, then success, with a policy that allows one attempt: before the point of no
+    // return this would roll back; past it, it retries forward.
+    let mut flaky = TestStep::new("b", &world).transient_failures(5);
     flaky.retry = RetryPolicy::exponential(1, Duration::from_millis(1));
-    // A permanent error that goes away after a few attempts: make it transient-count based.
-    let flaky = TestStep { fail: false, ..flaky }.transient_failures(5);
     let saga = Saga::builder("s", 1)
         .step("a", TestStep::new("a", &world))
         .point_of_no_return()

@@ -171,7 +171,7 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     assert_eq!(staged.iter().map(|r| r.operation).collect::<Vec<_>>(), [staging]);
 
     let resize = &rows[2];
-    assert_eq!(resize.status, "rollback incomplete");
+    assert_eq!(resize.status, saga_core::ActivityStatus::RollbackIncomplete);
     assert_eq!(resize.failed_step.as_deref(), Some("restart"));
     assert_eq!(resize.not_undone, ["grow (irreversible)"]);
 

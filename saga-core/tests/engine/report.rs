@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_core::{
-    activity_report, async_trait, now_ms, write_activity_csv, ActivityRow, CancelRequest,
-    CheckReport, Executor, Lease, Listing, LogLine, MemoryStore, OperationId, Outcome, Record,
-    RecordKind, Resource, Saga, Store, StoreError, ACTIVITY_COLUMNS,
+    activity_report, async_trait, now_ms, write_activity_csv, ActivityRow, ActivityStatus,
+    CancelRequest, CheckReport, Executor, Lease, Listing, LogLine, MemoryStore, OperationId,
+    Outcome, Record, RecordKind, Resource, Saga, Store, StoreError, ACTIVITY_COLUMNS,
 };
 
 use crate::support::{TestStep, World};
@@ -160,7 +160,7 @@ async fn three_operations() -> (Arc<DamagedStore>, Executor, Vec<OperationId>, u
 
 fn assert_normal(row: &ActivityRow, id: OperationId, resource: &str) {
     assert_eq!(row.operation, id);
-    assert_eq!(row.status, "succeeded");
+    assert_eq!(row.status, ActivityStatus::Succeeded);
     assert_eq!(row.resource, resource);
     assert_eq!(row.problem, None);
 }
@@ -202,7 +202,7 @@ async fn a_corrupt_operation_gets_a_damaged_row_in_its_place_and_the_others_stil
     assert_normal(&rows[2], ids[2], "three");
     let damaged = &rows[1];
     assert_eq!(damaged.operation, ids[1]);
-    assert_eq!(damaged.status, ActivityRow::DAMAGED);
+    assert_eq!(damaged.status, ActivityStatus::Damaged);
     let problem = damaged.problem.as_deref().unwrap();
     assert!(problem.contains("record at position 2 is corrupt: bad checksum"), "{problem}");
     assert!(problem.contains(&ids[1].to_string()), "{problem}");
@@ -234,17 +234,17 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
     .await;
 
     let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
-    let got: Vec<(OperationId, &str)> =
-        rows.iter().map(|r| (r.operation, r.status.as_str())).collect();
+    let got: Vec<(OperationId, ActivityStatus)> =
+        rows.iter().map(|r| (r.operation, r.status)).collect();
     assert_eq!(
         got,
         [
-            (ids[0], "succeeded"),
-            (missing, "damaged"),
-            (ids[1], "succeeded"),
-            (ids[2], "succeeded"),
-            (illegal, "damaged"),
-            (ActivityRow::NO_OPERATION, "damaged"),
+            (ids[0], ActivityStatus::Succeeded),
+            (missing, ActivityStatus::Damaged),
+            (ids[1], ActivityStatus::Succeeded),
+            (ids[2], ActivityStatus::Succeeded),
+            (illegal, ActivityStatus::Damaged),
+            (ActivityRow::NO_OPERATION, ActivityStatus::Damaged),
         ],
         "{rows:#?}"
     );
@@ -272,7 +272,7 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
     store.dangling.lock().unwrap().clear();
     let staged = activity_report(store.as_ref(), "staging", before, now_ms() + 1).await.unwrap();
     assert_eq!(staged.len(), 1, "{staged:#?}");
-    assert_eq!(staged[0].status, "damaged");
+    assert_eq!(staged[0].status, ActivityStatus::Damaged);
     assert!(!ids.contains(&staged[0].operation) && staged[0].operation != illegal);
 }
 
