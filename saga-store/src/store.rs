@@ -128,14 +128,19 @@ impl SledStore {
     /// [`StoreError::Unavailable`], what they wrote stays hidden from reads, and the store
     /// refuses every later write. Arming it again before it fired replaces the earlier one.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// If the store was opened without fsync ([`Durability::NoSync`]): it never syncs.
+    /// [`StoreError::Unavailable`] if the store was opened without fsync ([`Durability::NoSync`]):
+    /// it never syncs, so there is nothing to make fail.
     #[doc(hidden)]
-    pub fn inject_sync_failure(&self, after: u64, error: std::io::Error) {
-        let flusher = self.flusher.as_ref();
-        let flusher = flusher.expect("inject_sync_failure needs a store opened with fsync");
+    pub fn inject_sync_failure(&self, after: u64, error: std::io::Error) -> Result<(), StoreError> {
+        let Some(flusher) = self.flusher.as_ref() else {
+            return Err(StoreError::Unavailable(
+                "no sync to make fail: the store was opened without fsync".into(),
+            ));
+        };
         flusher.faults().arm(after, error);
+        Ok(())
     }
 
     /// Runs `f` on the trees in tokio's blocking pool, after refusing to write if syncing has

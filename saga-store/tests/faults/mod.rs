@@ -47,7 +47,7 @@ async fn a_failed_sync_fails_the_append_and_hides_its_records() {
     let acknowledged = store.read(id).await.expect("reads");
     assert_eq!(acknowledged.len(), 2);
 
-    store.inject_sync_failure(0, eio());
+    store.inject_sync_failure(0, eio()).expect("a store with fsync");
     let failed = store.append(&lease, &[succeeded(id, 2, "a", b"1"), started(id, 3, "b")]).await;
     match &failed {
         Err(e @ StoreError::Unavailable(why)) => {
@@ -85,7 +85,7 @@ async fn an_unacknowledged_finish_leaves_the_operation_unfinished() {
     let (b, _) = create(&store, "prod", 11).await;
     store.append(&lease_a, &[started(a, 1, "a")]).await.expect("appends");
 
-    store.inject_sync_failure(0, io::Error::from_raw_os_error(ENOSPC));
+    store.inject_sync_failure(0, io::Error::from_raw_os_error(ENOSPC)).expect("a store with fsync");
     let failed = store.append(&lease_a, &[succeeded(a, 2, "a", b"1"), finished(a, 3)]).await;
     assert!(is_unavailable(&failed), "{failed:?}");
     // The finish was not acknowledged: still unfinished, and its records not shown.
@@ -111,7 +111,7 @@ async fn an_unacknowledged_finish_leaves_the_operation_unfinished() {
 async fn an_unacknowledged_create_does_not_exist() {
     let (_dir, path, store) = open_temp();
     let (kept, _) = create(&store, "prod", 10).await;
-    store.inject_sync_failure(0, eio());
+    store.inject_sync_failure(0, eio()).expect("a store with fsync");
     let id = OperationId::new();
     let failed = store.create(&created(id, "s", "prod", 20), "me", TTL).await;
     assert!(is_unavailable(&failed), "{failed:?}");
@@ -128,7 +128,7 @@ async fn the_failure_comes_at_the_sync_it_was_armed_for() {
     let (_dir, _path, store) = open_temp();
     let (id, lease) = create(&store, "prod", 10).await;
     let before = store.sync_count();
-    store.inject_sync_failure(2, eio());
+    store.inject_sync_failure(2, eio()).expect("a store with fsync");
     store.append(&lease, &[started(id, 1, "a")]).await.expect("first sync succeeds");
     store.append(&lease, &[succeeded(id, 2, "a", b"1")]).await.expect("second sync succeeds");
     let third = store.append(&lease, &[started(id, 3, "b")]).await;
@@ -146,7 +146,7 @@ async fn concurrent_writers_see_exactly_what_was_acknowledged() {
     for i in 0..16 {
         operations.push(create(store.as_ref(), "prod", i).await);
     }
-    store.inject_sync_failure(20, eio());
+    store.inject_sync_failure(20, eio()).expect("a store with fsync");
     let mut tasks = Vec::new();
     for (id, lease) in operations {
         let store = store.clone();
@@ -209,7 +209,7 @@ async fn without_fsync_nothing_is_hidden() {
     assert_eq!(store.read(id).await.expect("reads").len(), 3);
     assert!(store.list_unfinished().await.expect("lists").ids.is_empty());
     let hook = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store.inject_sync_failure(0, eio());
+        store.inject_sync_failure(0, eio()).expect("a store with fsync");
     }));
     assert!(hook.is_err(), "a store that never syncs cannot fail a sync");
 }
