@@ -705,18 +705,7 @@ impl Driver {
     }
 
     async fn cancel(&mut self, actor: String, reason: String) -> Result<(), Error> {
-        if let Some(outcome) = &self.state.outcome {
-            return Err(Error::AlreadyFinished {
-                operation: self.state.id,
-                outcome: outcome.clone(),
-            });
-        }
-        if plan::past_point_of_no_return(&self.saga, &self.state) {
-            return Err(Error::PastPointOfNoReturn {
-                operation: self.state.id,
-                step: self.saga.point_of_no_return().unwrap_or_default().to_owned(),
-            });
-        }
+        plan::refuse_cancel(Some(&self.saga), &self.state)?;
         if self.state.phase() == Phase::RollingBack {
             return Ok(());
         }

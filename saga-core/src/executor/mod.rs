@@ -473,18 +473,8 @@ impl Executor {
 
     /// Refuses to cancel a finished Operation, or one past its point of no return.
     fn refuse_cancel(&self, state: &OperationState) -> Result<()> {
-        if let Some(outcome) = &state.outcome {
-            return Err(Error::AlreadyFinished { operation: state.id, outcome: outcome.clone() });
-        }
-        if let Some(saga) = self.saga(&state.saga, state.version) {
-            if plan::past_point_of_no_return(saga, state) {
-                return Err(Error::PastPointOfNoReturn {
-                    operation: state.id,
-                    step: saga.point_of_no_return().unwrap_or_default().to_owned(),
-                });
-            }
-        }
-        Ok(())
+        let saga = self.saga(&state.saga, state.version).map(Arc::as_ref);
+        plan::refuse_cancel(saga, state)
     }
 
     /// The Operation's state, folded from its acknowledged records in the store. For an

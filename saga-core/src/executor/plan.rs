@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use crate::error::Error;
 use crate::fold::{Compensation, Execution, OperationState, Phase, StepState};
 use crate::record::{NotUndone, NotUndoneReason, Outcome};
 use crate::saga::Saga;
@@ -70,6 +71,21 @@ pub(crate) fn current_stage_from(saga: &Saga, state: &OperationState, from: usiz
 /// Whether every step up to the point of no return has succeeded.
 pub(crate) fn past_point_of_no_return(saga: &Saga, state: &OperationState) -> bool {
     saga.point_of_no_return_stage().is_some_and(|p| current_stage(saga, state) > p)
+}
+
+/// Refuses to cancel a finished Operation, or one past its point of no return (checked only when
+/// its saga is known): the one rule of a local cancel and of a cancel through the store.
+pub(crate) fn refuse_cancel(saga: Option<&Saga>, state: &OperationState) -> Result<(), Error> {
+    if let Some(outcome) = &state.outcome {
+        return Err(Error::AlreadyFinished { operation: state.id, outcome: outcome.clone() });
+    }
+    if let Some(saga) = saga.filter(|saga| past_point_of_no_return(saga, state)) {
+        return Err(Error::PastPointOfNoReturn {
+            operation: state.id,
+            step: saga.point_of_no_return().unwrap_or_default().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The next actions. Empty means: wait for something in flight.
