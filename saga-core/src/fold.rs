@@ -748,6 +748,23 @@ mod tests {
         }
     }
 
+    /// Bob cancels while b runs; b ends cancelled, both are compensated, and the Operation
+    /// finishes rolled back with `cause`.
+    fn cancelled_log(cause: RollbackCause) -> Vec<RecordKind> {
+        vec![
+            st("a", 1),
+            ok("a"),
+            st("b", 1),
+            cancel("bob", "wrong app"),
+            fail("b", "cancelled", false),
+            cst("b", 1),
+            cok("b"),
+            cst("a", 1),
+            cok("a"),
+            fin(Outcome::RolledBack { cause }),
+        ]
+    }
+
     fn assert_folds(what: &str, kinds: Vec<RecordKind>) -> OperationState {
         OperationState::fold(OperationId::from_u128(1), &log(kinds))
             .unwrap_or_else(|e| panic!("{what}: {e}"))
@@ -798,21 +815,7 @@ mod tests {
         );
         assert_eq!(state.phase(), Phase::Finished);
         // A cancel recorded before the failure it caused is the cause.
-        assert_folds(
-            "cancelled",
-            vec![
-                st("a", 1),
-                ok("a"),
-                st("b", 1),
-                cancel("bob", "wrong app"),
-                fail("b", "cancelled", false),
-                cst("b", 1),
-                cok("b"),
-                cst("a", 1),
-                cok("a"),
-                fin(Outcome::RolledBack { cause: cancelled("bob", "wrong app") }),
-            ],
-        );
+        assert_folds("cancelled", cancelled_log(cancelled("bob", "wrong app")));
         // A sibling waiting for a retry when the other failed for good is compensated first.
         assert_folds(
             "sibling retrying",
@@ -904,20 +907,6 @@ mod tests {
 
     #[test]
     fn rejects_a_rollback_cause_other_than_the_recorded_one() {
-        let cancelled_log = |cause: RollbackCause| {
-            vec![
-                st("a", 1),
-                ok("a"),
-                st("b", 1),
-                cancel("bob", "wrong app"),
-                fail("b", "cancelled", false),
-                cst("b", 1),
-                cok("b"),
-                cst("a", 1),
-                cok("a"),
-                fin(Outcome::RolledBack { cause }),
-            ]
-        };
         assert_finish_rejected("other actor", cancelled_log(cancelled("mallory", "wrong app")));
         assert_finish_rejected("other reason", cancelled_log(cancelled("bob", "because")));
         assert_finish_rejected(
