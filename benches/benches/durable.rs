@@ -41,7 +41,7 @@ fn sequential(c: &mut Criterion) {
     group.bench_function("saga_sled", |b| {
         b.iter_custom(|iters| timed(&rt, iters, || engine::run_one(&executor)))
     });
-    rt.block_on(executor.shutdown());
+    rt.block_on(executor.shutdown(Duration::from_secs(60)));
 
     let steno = steno_peer::Workload::new(STEPS);
     let sec = rt.block_on(async {
@@ -80,7 +80,7 @@ fn concurrent(c: &mut Criterion) {
     group.bench_function("saga_sled", |b| {
         b.iter_custom(|iters| timed(&rt, iters, || engine::run_many(&executor, OPERATIONS)))
     });
-    rt.block_on(executor.shutdown());
+    rt.block_on(executor.shutdown(Duration::from_secs(60)));
 
     let steno = steno_peer::Workload::new(STEPS);
     let sec = rt.block_on(async {

@@ -38,7 +38,7 @@ fn workload(c: &mut Criterion, name: &str, operations: usize, steps: usize) {
     group.bench_function("saga_memory", |b| {
         b.iter_custom(|iters| timed(&rt, iters, || run_saga(executor.clone())))
     });
-    rt.block_on(executor.shutdown());
+    rt.block_on(executor.shutdown(Duration::from_secs(60)));
 
     let steno = steno_peer::Workload::new(steps);
     let sec = rt.block_on(async { steno_peer::sec(Arc::new(steno::InMemorySecStore::new())) });

@@ -9,7 +9,8 @@ use std::time::Duration;
 use criterion::{Criterion, SamplingMode, Throughput};
 use saga_benches::fixtures::{self, PERIOD_END_MS, PERIOD_START_MS, REPORTED_ENVIRONMENT};
 use saga_benches::runtime;
-use saga_core::{activity_report, Store};
+use saga_core::report::activity_report;
+use saga_core::store::Store;
 use saga_store::SledStore;
 
 fn report(c: &mut Criterion) {

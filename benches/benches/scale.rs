@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use saga_benches::figures::{disk_usage, read_scale, rss_bytes, write_scale};
 use saga_benches::{duroxide_peer, engine, fixtures, runtime, steno_peer};
+use saga_core::store::Store;
 use saga_core::{
-    async_trait, Executor, MemoryStore, Resource, Saga, Step, StepContext, StepError, Store,
+    async_trait, Executor, MemoryStore, Resource, Saga, Start, Step, StepContext, StepError,
 };
 use saga_store::SledStore;
 use tokio::sync::watch;
@@ -82,7 +83,12 @@ async fn memory_per_operation(store: Arc<dyn Store>, n: usize) -> f64 {
             for i in (chunk..n).step_by(64) {
                 // A resource each: Operations on one resource would wait for each other.
                 let id = executor
-                    .start("gate", &(), "bench", Resource::new("app", format!("web-{i}")), "bench")
+                    .start(
+                        Start::new("gate", Resource::new("app", format!("web-{i}")))
+                            .params(&())
+                            .environment("bench")
+                            .actor("bench"),
+                    )
                     .await
                     .expect("starting an operation");
                 ids.push(id);
@@ -101,7 +107,7 @@ async fn memory_per_operation(store: Arc<dyn Store>, n: usize) -> f64 {
     for id in ids {
         executor.wait(id).await.expect("waiting for an operation");
     }
-    executor.shutdown().await;
+    executor.shutdown(Duration::from_secs(60)).await;
     (after.saturating_sub(before)) as f64 / n as f64
 }
 
@@ -119,7 +125,7 @@ async fn recover(n: usize) -> f64 {
     let report = executor.recover().await.expect("recovering");
     let recovered = started.elapsed().as_secs_f64();
     assert_eq!(report.resumed.len(), n, "every unfinished operation resumes");
-    executor.shutdown().await;
+    executor.shutdown(Duration::from_secs(60)).await;
     recovered
 }
 
@@ -169,7 +175,7 @@ fn main() {
                 "syncs_per_step_1000_in_flight",
                 (store.sync_count() - before) as f64 / ((OPERATIONS - 1) * STEPS) as f64,
             );
-            rt.block_on(executor.shutdown());
+            rt.block_on(executor.shutdown(Duration::from_secs(60)));
         }
         let records = OPERATIONS * (2 + 2 * STEPS);
         let (allocated, apparent) = disk_usage(&path);

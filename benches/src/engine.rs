@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use saga_core::store::Store;
 use saga_core::{
-    async_trait, Executor, Outcome, Resource, Saga, Step, StepContext, StepError, Store,
+    async_trait, Executor, Outcome, Resource, Saga, Start, Step, StepContext, StepError,
 };
 
 /// The saga's name.
@@ -55,7 +56,12 @@ static NEXT_APP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 pub async fn run_one(executor: &Executor) {
     let app = format!("web-{}", NEXT_APP.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let id = executor
-        .start(SAGA, &(), "bench", Resource::new("app", app), "bench")
+        .start(
+            Start::new(SAGA, Resource::new("app", app))
+                .params(&())
+                .environment("bench")
+                .actor("bench"),
+        )
         .await
         .expect("starting an operation");
     let outcome = executor.wait(id).await.expect("waiting for an operation");

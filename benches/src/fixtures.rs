@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::{Lease, OperationId, Outcome, Record, RecordKind, Resource, Store};
+use saga_core::log::{Record, RecordKind};
+use saga_core::store::{Lease, Store};
+use saga_core::{OperationId, Outcome, Resource};
 
 /// One day in milliseconds.
 pub const DAY_MS: u64 = 86_400_000;

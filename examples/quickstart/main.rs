@@ -55,10 +55,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::{
-    render_log, write_activity_csv, Executor, FollowEvent, OperationId, OperationLogLayer, Outcome,
-    Problem, Resource,
-};
+use saga_core::log::{render_log, FollowEvent, OperationLogLayer};
+use saga_core::report::{activity_report, write_activity_csv};
+use saga_core::store::Problem;
+use saga_core::{Executor, OperationId, Outcome, Resource, Start};
 use saga_store::SledStore;
 use tracing_subscriber::prelude::*;
 
@@ -67,6 +67,10 @@ use crate::steps::{Params, World};
 
 /// The environment every quickstart Operation belongs to.
 const ENVIRONMENT: &str = "quickstart";
+
+/// How long a shutdown waits for the steps still running to finish on their own. The steps
+/// that are then still running are interrupted and left to the next run's `recover()`.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Prints one line to standard output (see [`output`]): a failed write stops the printing,
 /// never the program.
@@ -177,13 +181,13 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
         Command::Run(run) => {
             let (executor, _world) = open(&run.store)?;
             let result = run_one(&executor, &run).await;
-            executor.shutdown().await;
+            executor.shutdown(SHUTDOWN_DEADLINE).await;
             result
         }
         Command::Resume { store } => {
             let (executor, _world) = open(&store)?;
             let result = resume(&executor).await;
-            executor.shutdown().await;
+            executor.shutdown(SHUTDOWN_DEADLINE).await;
             result
         }
         Command::Log { store, id } => {
@@ -194,13 +198,8 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
         }
         Command::Report { store, since_ms, until_ms } => {
             let (executor, _world) = open(&store)?;
-            let rows = saga_core::activity_report(
-                executor.store().as_ref(),
-                ENVIRONMENT,
-                since_ms,
-                until_ms,
-            )
-            .await?;
+            let rows =
+                activity_report(executor.store().as_ref(), ENVIRONMENT, since_ms, until_ms).await?;
             // Into memory first, so that a failed write of stdout is told like any other.
             let mut csv = Vec::new();
             write_activity_csv(&rows, &mut csv)?;
@@ -210,7 +209,7 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
         Command::Check { store, dry_run } => {
             let (executor, _world) = open(&store)?;
             let result = check(&executor, dry_run).await;
-            executor.shutdown().await;
+            executor.shutdown(SHUTDOWN_DEADLINE).await;
             result
         }
     }
@@ -228,7 +227,12 @@ async fn run_one(executor: &Executor, run: &RunArgs) -> Result<bool, Box<dyn std
     };
     let actor = std::env::var("USER").unwrap_or_else(|_| "quickstart".into());
     let id = executor
-        .start(steps::SAGA, &params, ENVIRONMENT, Resource::new("site", &run.site), &actor)
+        .start(
+            Start::new(steps::SAGA, Resource::new("site", &run.site))
+                .params(&params)
+                .environment(ENVIRONMENT)
+                .actor(&actor),
+        )
         .await?;
     if let Some(ms) = run.cancel_after {
         let canceller = executor.clone();
@@ -257,6 +261,10 @@ async fn resume(executor: &Executor) -> Result<bool, Box<dyn std::error::Error>>
     }
     for id in &report.owned_elsewhere {
         say!("operation {id}: owned by another executor until its lease expires; not resumed");
+    }
+    for id in &report.needs_attention {
+        say!("operation {id}: needs attention past its point of no return; not resumed");
+        all_succeeded = false;
     }
     for id in report.resumed {
         say!("resuming operation {id}");

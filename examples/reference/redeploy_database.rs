@@ -25,13 +25,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceType;
+use saga_core::log::RecordKind;
+use saga_core::saga::DefineSaga;
 use saga_core::{
-    async_trait, Executed, Input, OperationId, RecordKind, Resource, Step, StepContext, StepError,
+    async_trait, Executed, Input, OperationId, Resource, Step, StepContext, StepError,
 };
 use saga_reference::database::{Layout, DATA_FILE};
 use saga_reference::{
-    containers, emulator, say, Args, BoxError, Cli, Clients, Define, FaultFlags, Injected,
-    Recorded, Runner,
+    containers, emulator, say, Args, BoxError, Cli, Clients, FaultFlags, Injected, Recorded, Runner,
 };
 use saga_steps_aws::{
     AttachVolume, DetachVolume, VolumeAttachment, VolumeOnInstance, WaitInstanceRunning, WaitPolicy,
@@ -86,7 +87,7 @@ fn params() -> Input<Redeploy> {
 }
 
 /// The saga over `clients`, pulling from `registries`, mounting under `layout`.
-pub(crate) fn define<B: Define>(
+pub(crate) fn define<B: DefineSaga>(
     saga: B,
     clients: &Clients,
     registries: &[String],

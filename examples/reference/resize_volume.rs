@@ -20,11 +20,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceType;
-use saga_core::{Input, OperationId, Outcome, RecordKind, Resource};
+use saga_core::saga::DefineSaga;
+use saga_core::{Input, OperationId, Outcome, Resource};
 use saga_reference::database::{Layout, DATA_FILE};
 use saga_reference::{
-    containers, emulator, say, Args, BoxError, Cli, Clients, Define, FaultFlags, Injected,
-    Recorded, Runner,
+    containers, emulator, say, Args, BoxError, Cli, Clients, FaultFlags, Injected, Recorded, Runner,
 };
 use saga_steps_aws::{
     ModifyVolumeSize, VolumeResized, VolumeSize, WaitInstanceRunning, WaitPolicy,
@@ -59,7 +59,7 @@ fn params() -> Input<Resize> {
 }
 
 /// The saga over `clients`.
-pub(crate) fn define<B: Define>(saga: B, clients: &Clients) -> B {
+pub(crate) fn define<B: DefineSaga>(saga: B, clients: &Clients) -> B {
     let docker = &clients.docker;
     let wait = WaitPolicy::fixed(Duration::from_millis(100), Duration::from_secs(60));
     let container = params().map(|p| p.container);
@@ -166,13 +166,8 @@ pub(crate) async fn grown(
     runner: &Runner,
     id: OperationId,
 ) -> Result<Option<VolumeResized>, BoxError> {
-    let records = runner.executor().store().read(id).await?;
-    Ok(records.iter().find_map(|r| match &r.kind {
-        RecordKind::StepSucceeded { step, output } if step == "grow" => {
-            serde_json::from_slice(output).ok()
-        }
-        _ => None,
-    }))
+    let state = runner.executor().status(id).await?;
+    Ok(state.output::<VolumeResized>("grow").ok())
 }
 
 async fn cleanup(args: &Args) -> Result<bool, BoxError> {

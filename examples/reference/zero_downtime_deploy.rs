@@ -33,12 +33,12 @@ use std::time::Duration;
 use aws_sdk_ec2::types::InstanceType;
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use bollard::Docker;
+use saga_core::saga::{DefineGroup, DefineSaga};
 use saga_core::{
     async_trait, Executed, Input, Resource, RetryPolicy, Step, StepContext, StepError, StepKind,
 };
 use saga_reference::{
-    containers, emulator, say, Args, BoxError, Cli, Clients, Define, DefineGroup, FaultFlags,
-    Injected, Recorded, Runner,
+    containers, emulator, say, Args, BoxError, Cli, Clients, FaultFlags, Injected, Recorded, Runner,
 };
 use saga_steps_aws::{SwapTargets, Target, TargetSwap, WaitPolicy};
 use saga_steps_docker::{
@@ -130,8 +130,8 @@ fn replica(new: bool, i: usize) -> Input<Replica> {
 }
 
 /// The saga over `docker` and `clients.elb`, pulling from `registries`. Written against
-/// [`Define`] so that the test checks this very definition with `saga-testkit`.
-pub(crate) fn define<B: Define>(saga: B, clients: &Clients, registries: &[String]) -> B {
+/// [`DefineSaga`] so that the test checks this very definition with `saga-testkit`.
+pub(crate) fn define<B: DefineSaga>(saga: B, clients: &Clients, registries: &[String]) -> B {
     let docker = &clients.docker;
     let http = HealthProbe::http(containers::HTTP_PORT, "/");
     let healthy = |name: Input<String>| {

@@ -49,7 +49,7 @@ impl Drop for Registration {
 ///
 /// ```
 /// use tracing_subscriber::prelude::*;
-/// let subscriber = tracing_subscriber::registry().with(saga_core::OperationLogLayer::new());
+/// let subscriber = tracing_subscriber::registry().with(saga_core::log::OperationLogLayer::new());
 /// let _guard = tracing::subscriber::set_default(subscriber);
 /// ```
 #[derive(Clone, Debug, Default)]

@@ -5,7 +5,7 @@ use std::fmt;
 use crate::error::StoreError;
 use crate::id::OperationId;
 
-/// What [`Store::check`](crate::Store::check) found: every mismatch between the store's indexes
+/// What [`Store::check`](crate::store::Store::check) found: every mismatch between the store's indexes
 /// and its records, and whether it was repaired.
 #[derive(Debug, Default)]
 pub struct CheckReport {

@@ -62,8 +62,8 @@ pub enum Error {
     AlreadyFinished {
         /// The Operation.
         operation: OperationId,
-        /// How it finished.
-        outcome: crate::record::Outcome,
+        /// How it finished (boxed: an outcome is large, and errors travel in every `Result`).
+        outcome: Box<crate::record::Outcome>,
     },
     /// The Operation is past its point of no return, so it cannot be cancelled.
     #[error("operation {operation} is past its point of no return (step {step}) and cannot be cancelled")]
@@ -97,6 +97,45 @@ pub enum Error {
         /// Why: typically [`Error::Store`] with the store's reason.
         #[source]
         cause: std::sync::Arc<Error>,
+    },
+    /// The step has no recorded output: it did not succeed, or did not start.
+    #[error("operation {operation}: step {step} has no recorded output")]
+    NoOutput {
+        /// The Operation.
+        operation: OperationId,
+        /// The step.
+        step: String,
+    },
+    /// A recorded value (the params, a step's output) does not deserialize to the type asked
+    /// for.
+    #[error("operation {operation}: {what} does not deserialize to {type_name}: {problem}")]
+    Deserialize {
+        /// The Operation.
+        operation: OperationId,
+        /// What was read.
+        what: String,
+        /// The Rust type asked for.
+        type_name: &'static str,
+        /// The deserializer's message.
+        problem: String,
+    },
+    /// The Operation needs attention: past its point of no return, a step ran out of its retry
+    /// policy. [`Executor::retry`](crate::Executor::retry) runs it again;
+    /// [`Executor::abandon`](crate::Executor::abandon) ends the Operation.
+    #[error("operation {operation} needs attention: step {step} keeps failing past the point of no return: {error}")]
+    NeedsAttention {
+        /// The Operation.
+        operation: OperationId,
+        /// The step.
+        step: String,
+        /// Its last error.
+        error: String,
+    },
+    /// The Operation does not need attention, so it cannot be retried or abandoned.
+    #[error("operation {operation} does not need attention")]
+    NoAttentionNeeded {
+        /// The Operation.
+        operation: OperationId,
     },
     /// A report could not be written.
     #[error("cannot write the report: {0}")]
@@ -243,7 +282,7 @@ impl StoreError {
     /// `String`, a message), `context` says what was being done.
     ///
     /// ```
-    /// use saga_core::StoreError;
+    /// use saga_core::store::StoreError;
     /// let e = StoreError::backend("reading a lease", "tree missing");
     /// assert_eq!(e.to_string(), "store backend error in reading a lease: tree missing");
     /// assert!(!e.is_transient());
@@ -259,7 +298,7 @@ impl StoreError {
     /// `String`, a message), `context` says what was being done.
     ///
     /// ```
-    /// use saga_core::StoreError;
+    /// use saga_core::store::StoreError;
     /// let e = StoreError::transient("appending records", "connection reset");
     /// assert!(e.is_transient());
     /// ```
@@ -327,22 +366,48 @@ pub enum ErrorKind {
 pub struct StepError {
     kind: ErrorKind,
     message: String,
+    no_effect: bool,
 }
 
 impl StepError {
     /// A transient error: retried with backoff.
     pub fn transient(message: impl fmt::Display) -> Self {
-        StepError { kind: ErrorKind::Transient, message: message.to_string() }
+        StepError { kind: ErrorKind::Transient, message: message.to_string(), no_effect: false }
     }
 
     /// A permanent error: not retried.
     pub fn permanent(message: impl fmt::Display) -> Self {
-        StepError { kind: ErrorKind::Permanent, message: message.to_string() }
+        StepError { kind: ErrorKind::Permanent, message: message.to_string(), no_effect: false }
     }
 
     /// The error a step gets when its Operation is cancelled while it runs.
     pub fn cancelled() -> Self {
         StepError::permanent("cancelled")
+    }
+
+    /// Says that the attempt failed before it changed anything (the request was refused, the
+    /// check before the change failed): the log records it
+    /// ([`RecordKind::StepFailedWithoutEffect`](crate::log::RecordKind::StepFailedWithoutEffect)),
+    /// and a step whose every attempt failed this way is left alone by the rollback: it is not
+    /// compensated, and an irreversible one is not reported as not undone, so the verdict stays
+    /// exact. Only for `execute`; a compensation's error ignores it. Say it only when it is
+    /// certain: a step that may have acted must return a plain error.
+    ///
+    /// ```
+    /// use saga_core::StepError;
+    /// let e = StepError::permanent("card declined").no_effect();
+    /// assert!(e.has_no_effect());
+    /// assert!(!StepError::permanent("timed out after charging").has_no_effect());
+    /// ```
+    #[must_use]
+    pub fn no_effect(mut self) -> Self {
+        self.no_effect = true;
+        self
+    }
+
+    /// Whether the error says the attempt changed nothing (see [`StepError::no_effect`]).
+    pub fn has_no_effect(&self) -> bool {
+        self.no_effect
     }
 
     /// Transient or permanent.

@@ -34,6 +34,8 @@ use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+
 use crate::error::Error;
 use crate::id::OperationId;
 use crate::record::{NotUndoneReason, Outcome, Record, RecordKind, Resource, RollbackCause};
@@ -107,6 +109,20 @@ pub struct StepState {
     pub compensation_first_started_ms: u64,
     /// Where `compensate` stands.
     pub compensation: Compensation,
+    /// How many `execute` attempts failed with an error that says they had no effect.
+    pub attempts_without_effect: u32,
+    /// Where the step's retry policy counts from: (attempts before, Unix ms). The first attempt
+    /// at first; an operator's retry of a step that needed attention starts the policy over.
+    pub policy_start: (u32, u64),
+}
+
+impl StepState {
+    /// Whether the step changed nothing: every attempt of it ended with an error that says it
+    /// had no effect. The rollback leaves it alone (nothing to compensate, nothing not undone).
+    pub fn had_no_effect(&self) -> bool {
+        matches!(self.execution, Execution::Retrying { .. } | Execution::Failed { .. })
+            && self.attempts_without_effect == self.attempts
+    }
 }
 
 /// The phase of an Operation, derived from its state.
@@ -116,6 +132,9 @@ pub enum Phase {
     Running,
     /// A step failed for good or a cancel was recorded: compensating.
     RollingBack,
+    /// Past the point of no return, a step ran out of its retry policy: nothing runs until an
+    /// operator retries the step or abandons the Operation.
+    NeedsAttention,
     /// It reached its outcome.
     Finished,
 }
@@ -124,37 +143,40 @@ pub enum Phase {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperationState {
     /// The Operation.
-    pub id: OperationId,
+    pub(crate) id: OperationId,
     /// The saga's name.
-    pub saga: String,
+    pub(crate) saga: String,
     /// The saga's version.
-    pub version: u32,
+    pub(crate) version: u32,
     /// The parameters (JSON).
-    pub params: Arc<[u8]>,
+    pub(crate) params: Arc<[u8]>,
     /// The environment.
-    pub environment: String,
+    pub(crate) environment: String,
     /// The resource changed.
-    pub resource: Resource,
+    pub(crate) resource: Resource,
     /// Who started it.
-    pub actor: String,
+    pub(crate) actor: String,
     /// When it was created (Unix ms).
-    pub created_ms: u64,
+    pub(crate) created_ms: u64,
     /// The steps that started, in the order they first started.
-    pub steps: Vec<StepState>,
+    pub(crate) steps: Vec<StepState>,
     /// The cancel request, if any: (actor, reason).
-    pub cancel: Option<(String, String)>,
+    pub(crate) cancel: Option<(String, String)>,
     /// The step failure that started the rollback, if any: (step, error).
-    pub failure: Option<(String, String)>,
+    pub(crate) failure: Option<(String, String)>,
     /// The outcome, once finished.
-    pub outcome: Option<Outcome>,
+    pub(crate) outcome: Option<Outcome>,
     /// When it finished (Unix ms).
-    pub finished_ms: Option<u64>,
+    pub(crate) finished_ms: Option<u64>,
+    /// The step that needs attention and its last error, while the Operation waits for an
+    /// operator (see [`Phase::NeedsAttention`]).
+    pub(crate) attention: Option<(String, String)>,
     /// The sequence number the next record must have.
-    pub next_seq: u64,
+    pub(crate) next_seq: u64,
     /// The Operation it waits for, directly ahead of it in its resource's queue, when nothing of
     /// it ran yet. Not part of the log: [`Executor::status`](crate::Executor::status) fills it
     /// in from the store; the fold leaves it `None`.
-    pub waiting_for: Option<OperationId>,
+    pub(crate) waiting_for: Option<OperationId>,
     index: HashMap<String, usize>,
 }
 
@@ -218,6 +240,7 @@ impl OperationState {
                 finished_ms: None,
                 next_seq: 1,
                 waiting_for: None,
+                attention: None,
                 index: HashMap::new(),
             }),
             other => Err(illegal(&format!(
@@ -231,6 +254,8 @@ impl OperationState {
     pub fn phase(&self) -> Phase {
         if self.outcome.is_some() {
             Phase::Finished
+        } else if self.attention.is_some() {
+            Phase::NeedsAttention
         } else if self.cancel.is_some() || self.failure.is_some() {
             Phase::RollingBack
         } else {
@@ -254,7 +279,134 @@ impl OperationState {
 
     /// A step's state, if it started.
     pub fn step(&self, name: &str) -> Option<&StepState> {
-        self.index.get(name).map(|&i| &self.steps[i])
+        self.index.get(name).and_then(|&i| self.steps.get(i))
+    }
+
+    /// The Operation.
+    pub fn id(&self) -> OperationId {
+        self.id
+    }
+
+    /// The saga's name.
+    pub fn saga(&self) -> &str {
+        &self.saga
+    }
+
+    /// The saga's version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The parameters, deserialized.
+    pub fn params<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        self.deserialize("the params", &self.params)
+    }
+
+    /// The parameters as recorded (JSON).
+    pub fn params_json(&self) -> &[u8] {
+        &self.params
+    }
+
+    /// The output step `step` recorded when it succeeded, deserialized:
+    /// [`Error::NoOutput`] if it did not succeed (or did not start).
+    ///
+    /// ```
+    /// # use saga_core::{log::{Record, RecordKind}, state::OperationState, OperationId, Resource};
+    /// let id = OperationId::from_u128(1);
+    /// let record = |seq, kind| Record { operation: id, seq, at_ms: 0, kind };
+    /// let created = RecordKind::OperationCreated {
+    ///     saga: "s".into(), version: 1, params: b"null".to_vec(), environment: "dev".into(),
+    ///     resource: Resource::new("app", "a"), actor: "bob".into(),
+    /// };
+    /// let log = [
+    ///     record(0, created),
+    ///     record(1, RecordKind::StepStarted { step: "reserve".into(), attempt: 1 }),
+    ///     record(2, RecordKind::StepSucceeded { step: "reserve".into(), output: b"42".to_vec() }),
+    /// ];
+    /// let state = OperationState::fold(id, &log)?;
+    /// assert_eq!(state.output::<u32>("reserve")?, 42);
+    /// assert!(state.output::<u32>("charge").is_err());
+    /// # Ok::<(), saga_core::Error>(())
+    /// ```
+    pub fn output<T: DeserializeOwned>(&self, step: &str) -> Result<T, Error> {
+        match self.step(step).map(|s| &s.execution) {
+            Some(Execution::Succeeded { output }) => {
+                self.deserialize(&format!("the output of step {step}"), output)
+            }
+            _ => Err(Error::NoOutput { operation: self.id, step: step.to_owned() }),
+        }
+    }
+
+    fn deserialize<T: DeserializeOwned>(&self, what: &str, json: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(json).map_err(|e| Error::Deserialize {
+            operation: self.id,
+            what: what.to_owned(),
+            type_name: std::any::type_name::<T>(),
+            problem: e.to_string(),
+        })
+    }
+
+    /// The environment.
+    pub fn environment(&self) -> &str {
+        &self.environment
+    }
+
+    /// The resource changed.
+    pub fn resource(&self) -> &Resource {
+        &self.resource
+    }
+
+    /// Who started it.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// When it was created (Unix ms).
+    pub fn created_ms(&self) -> u64 {
+        self.created_ms
+    }
+
+    /// The steps that started, in the order they first started.
+    pub fn steps(&self) -> &[StepState] {
+        &self.steps
+    }
+
+    /// The cancel, if one is recorded: (who, why).
+    pub fn cancel(&self) -> Option<(&str, &str)> {
+        self.cancel.as_ref().map(|(a, r)| (a.as_str(), r.as_str()))
+    }
+
+    /// The step failure that started the rollback, if any: (step, error).
+    pub fn failure(&self) -> Option<(&str, &str)> {
+        self.failure.as_ref().map(|(s, e)| (s.as_str(), e.as_str()))
+    }
+
+    /// The step that needs attention and its last error, while the Operation waits for an
+    /// operator ([`Phase::NeedsAttention`]).
+    pub fn attention(&self) -> Option<(&str, &str)> {
+        self.attention.as_ref().map(|(s, e)| (s.as_str(), e.as_str()))
+    }
+
+    /// The outcome, once finished.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    /// When it finished (Unix ms).
+    pub fn finished_ms(&self) -> Option<u64> {
+        self.finished_ms
+    }
+
+    /// The sequence number the next record must have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The Operation it waits for, directly ahead of it in its resource's queue, when nothing of
+    /// it ran yet. Not part of the log: [`Executor::status`](crate::Executor::status) fills it
+    /// in from the store; the fold leaves it `None`.
+    pub fn waiting_for(&self) -> Option<OperationId> {
+        self.waiting_for
     }
 
     /// Applies one record, or says why it cannot follow the records before it.
@@ -295,6 +447,8 @@ impl OperationState {
                             compensation_attempts: 0,
                             compensation_first_started_ms: 0,
                             compensation: Compensation::NotStarted,
+                            attempts_without_effect: 0,
+                            policy_start: (0, record.at_ms),
                         });
                     }
                     Some(&i) => {
@@ -319,9 +473,13 @@ impl OperationState {
                 s.execution = Execution::Succeeded { output: Arc::from(output.as_slice()) };
                 s.completed_seq = Some(seq);
             }
-            RecordKind::StepFailed { step, error, retryable } => {
+            RecordKind::StepFailed { step, error, retryable }
+            | RecordKind::StepFailedWithoutEffect { step, error, retryable } => {
                 let seq = record.seq;
                 let s = self.running_step(step, record.seq, "failed")?;
+                if matches!(record.kind, RecordKind::StepFailedWithoutEffect { .. }) {
+                    s.attempts_without_effect += 1;
+                }
                 if *retryable {
                     s.execution = Execution::Retrying { error: error.clone() };
                 } else {
@@ -331,6 +489,34 @@ impl OperationState {
                         self.failure = Some((step.clone(), error.clone()));
                     }
                 }
+            }
+            RecordKind::AttentionNeeded { step, error } => {
+                if self.phase() != Phase::Running {
+                    return Err(illegal(format!(
+                        "step {step} needs attention while the operation is not running forward"
+                    )));
+                }
+                match self.step(step).map(|s| &s.execution) {
+                    Some(Execution::Retrying { .. }) => {}
+                    _ => {
+                        return Err(illegal(format!(
+                            "step {step} needs attention but is not waiting for a retry"
+                        )))
+                    }
+                }
+                self.attention = Some((step.clone(), error.clone()));
+            }
+            RecordKind::AttentionRetried { .. } => {
+                let Some((step, _)) = self.attention.take() else {
+                    return Err(illegal("a retry while no step needs attention".into()));
+                };
+                if let Some(&i) = self.index.get(&step) {
+                    let s = &mut self.steps[i];
+                    s.policy_start = (s.attempts, record.at_ms);
+                }
+            }
+            RecordKind::CancelRequested { .. } if self.attention.is_some() => {
+                return Err(illegal("a cancel while a step needs attention".into()));
             }
             RecordKind::CancelRequested { actor, reason } => {
                 if self.cancel.is_some() {
@@ -350,6 +536,11 @@ impl OperationState {
                     )));
                 };
                 let s = &mut self.steps[i];
+                if s.had_no_effect() {
+                    return Err(illegal(format!(
+                        "compensation of step {step}, which failed without effect"
+                    )));
+                }
                 if s.compensation.is_done() {
                     return Err(illegal(format!(
                         "compensation of step {step} started after it ended"
@@ -428,7 +619,20 @@ impl OperationState {
                 });
             }
             Outcome::RolledBack { cause } | Outcome::RollbackIncomplete { cause, .. } => cause,
+            Outcome::Abandoned { step, error, .. } => {
+                return match &self.attention {
+                    Some((s, e)) if s == step && e == error => None,
+                    Some((s, e)) => Some(format!(
+                        "outcome {status} names step {step} ({error}), but step {s} needs \
+                         attention ({e})"
+                    )),
+                    None => Some(format!("outcome {status} while no step needs attention")),
+                };
+            }
         };
+        if let Some((step, _)) = &self.attention {
+            return Some(format!("outcome {status} while step {step} needs attention"));
+        }
         match self.rollback_cause() {
             None => return Some(format!("outcome {status} while not rolling back")),
             Some(recorded) if recorded != *cause => {
@@ -454,7 +658,7 @@ impl OperationState {
                 return Some(format!("outcome {status} names nothing as not undone"));
             }
             Outcome::RollbackIncomplete { not_undone, .. } => not_undone.as_slice(),
-            Outcome::Succeeded | Outcome::RolledBack { .. } => &[],
+            Outcome::Succeeded | Outcome::RolledBack { .. } | Outcome::Abandoned { .. } => &[],
         };
         let mut named: HashSet<&str> = HashSet::new();
         let mut previous: Option<(&str, RollbackRank)> = None;
@@ -466,6 +670,11 @@ impl OperationState {
             let s = &self.steps[i];
             if !named.insert(step) {
                 return Some(format!("outcome {status} names step {step} twice"));
+            }
+            if s.had_no_effect() {
+                return Some(format!(
+                    "outcome {status} names step {step} not undone, but it failed without effect"
+                ));
             }
             let wrong = match (&item.reason, &s.compensation) {
                 (NotUndoneReason::Irreversible, Compensation::NotStarted) => None,
@@ -593,6 +802,85 @@ mod tests {
 
     fn started(seq: u64, step: &str, attempt: u32) -> Record {
         rec(seq, RecordKind::StepStarted { step: step.into(), attempt })
+    }
+
+    /// `a` succeeded, then `b` failed once (retryable) and needs attention.
+    fn needing_attention() -> Vec<Record> {
+        vec![
+            created(),
+            started(1, "a", 1),
+            rec(2, RecordKind::StepSucceeded { step: "a".into(), output: b"1".to_vec() }),
+            started(3, "b", 1),
+            rec(4, RecordKind::StepFailed { step: "b".into(), error: "x".into(), retryable: true }),
+            rec(5, RecordKind::AttentionNeeded { step: "b".into(), error: "x".into() }),
+        ]
+    }
+
+    fn abandoned(step: &str, error: &str) -> Outcome {
+        Outcome::Abandoned {
+            step: step.into(),
+            error: error.into(),
+            actor: "ops".into(),
+            reason: "by hand".into(),
+        }
+    }
+
+    #[test]
+    fn attention_stops_everything_until_an_operator_decides() {
+        let id = OperationId::from_u128(1);
+        let log = needing_attention();
+        let state = OperationState::fold(id, &log).expect("legal");
+        assert_eq!(state.phase(), Phase::NeedsAttention);
+        assert_eq!(state.attention(), Some(("b", "x")));
+        let illegal_next = [
+            started(6, "b", 2),
+            rec(6, RecordKind::CancelRequested { actor: "x".into(), reason: "y".into() }),
+            rec(6, RecordKind::CompensationStarted { step: "a".into(), attempt: 1 }),
+            rec(6, RecordKind::AttentionNeeded { step: "b".into(), error: "x".into() }),
+            rec(6, RecordKind::OperationFinished { outcome: Outcome::Succeeded }),
+            rec(6, RecordKind::OperationFinished { outcome: abandoned("a", "x") }),
+            rec(6, RecordKind::OperationFinished { outcome: abandoned("b", "other") }),
+        ];
+        for record in illegal_next {
+            let mut state = state.clone();
+            assert!(state.apply(&record).is_err(), "{record:?} is refused");
+        }
+        let mut done = state.clone();
+        done.apply(&rec(6, RecordKind::OperationFinished { outcome: abandoned("b", "x") }))
+            .expect("abandoned with the step and error that needed attention");
+        assert_eq!(done.phase(), Phase::Finished);
+
+        let mut retried = state;
+        retried
+            .apply(&rec(
+                6,
+                RecordKind::AttentionRetried { actor: "ops".into(), reason: "r".into() },
+            ))
+            .expect("retried");
+        assert_eq!(retried.phase(), Phase::Running);
+        assert_eq!(retried.step("b").map(|s| s.policy_start), Some((1, 6)));
+        retried.apply(&started(7, "b", 2)).expect("the step runs again");
+    }
+
+    #[test]
+    fn attention_needs_a_step_waiting_for_a_retry_and_abandon_needs_attention() {
+        let id = OperationId::from_u128(1);
+        let mut log = needing_attention();
+        log.truncate(4);
+        log.push(rec(4, RecordKind::AttentionNeeded { step: "b".into(), error: "x".into() }));
+        assert!(OperationState::fold(id, &log).is_err(), "b is running, not waiting");
+        let log = vec![
+            created(),
+            started(1, "a", 1),
+            rec(2, RecordKind::StepSucceeded { step: "a".into(), output: b"1".to_vec() }),
+            rec(3, RecordKind::OperationFinished { outcome: abandoned("a", "x") }),
+        ];
+        assert!(OperationState::fold(id, &log).is_err(), "nothing needed attention");
+        let log = vec![
+            created(),
+            rec(1, RecordKind::AttentionRetried { actor: "ops".into(), reason: "r".into() }),
+        ];
+        assert!(OperationState::fold(id, &log).is_err(), "nothing to retry");
     }
 
     #[test]

@@ -17,11 +17,12 @@ use crate::store::{check_sequence, CancelRequest, Lease, Listing, Store};
 /// every later read at once. Cloning is not offered: share it behind an `Arc`.
 ///
 /// ```
-/// use saga_core::{MemoryStore, Store};
+/// use saga_core::MemoryStore;
+/// use saga_core::store::Store;
 /// # tokio::runtime::Runtime::new()?.block_on(async {
 /// let store = MemoryStore::new();
 /// assert!(store.list_unfinished().await?.ids.is_empty());
-/// # Ok::<(), saga_core::StoreError>(())
+/// # Ok::<(), saga_core::store::StoreError>(())
 /// # })?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

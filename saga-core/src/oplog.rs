@@ -215,7 +215,10 @@ impl LogSink {
     }
 
     /// Writes the queued lines to the store.
-    pub(crate) async fn flush(&self, store: &dyn crate::Store) -> Result<(), crate::StoreError> {
+    pub(crate) async fn flush(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<(), crate::store::StoreError> {
         let lines = std::mem::take(&mut self.lock().pending);
         if lines.is_empty() {
             return Ok(());

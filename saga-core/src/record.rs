@@ -120,6 +120,34 @@ pub enum RecordKind {
         /// The outcome.
         outcome: Outcome,
     },
+    // New variants go last: postcard encodes a variant by its index, so appending keeps every
+    // log written before readable (see `FORMAT_VERSION`).
+    /// The step's `execute` returned an error that says it had no effect
+    /// ([`StepError::no_effect`](crate::StepError::no_effect)): the attempt changed nothing.
+    StepFailedWithoutEffect {
+        /// The step.
+        step: String,
+        /// The error's message.
+        error: String,
+        /// Whether another attempt follows.
+        retryable: bool,
+    },
+    /// Past the point of no return, the step ran out of its retry policy: the Operation stops
+    /// until an operator retries it ([`Executor::retry`](crate::Executor::retry)) or abandons
+    /// it ([`Executor::abandon`](crate::Executor::abandon)).
+    AttentionNeeded {
+        /// The step.
+        step: String,
+        /// Its last error.
+        error: String,
+    },
+    /// An operator asked to retry the step that needed attention; its retry policy starts over.
+    AttentionRetried {
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl RecordKind {
@@ -131,9 +159,12 @@ impl RecordKind {
             | RecordKind::StepFailed { step, .. }
             | RecordKind::CompensationStarted { step, .. }
             | RecordKind::CompensationSucceeded { step }
-            | RecordKind::CompensationFailed { step, .. } => Some(step),
+            | RecordKind::CompensationFailed { step, .. }
+            | RecordKind::StepFailedWithoutEffect { step, .. }
+            | RecordKind::AttentionNeeded { step, .. } => Some(step),
             RecordKind::OperationCreated { .. }
             | RecordKind::CancelRequested { .. }
+            | RecordKind::AttentionRetried { .. }
             | RecordKind::OperationFinished { .. } => None,
         }
     }
@@ -150,6 +181,9 @@ impl RecordKind {
             RecordKind::CompensationSucceeded { .. } => "CompensationSucceeded",
             RecordKind::CompensationFailed { .. } => "CompensationFailed",
             RecordKind::OperationFinished { .. } => "OperationFinished",
+            RecordKind::StepFailedWithoutEffect { .. } => "StepFailedWithoutEffect",
+            RecordKind::AttentionNeeded { .. } => "AttentionNeeded",
+            RecordKind::AttentionRetried { .. } => "AttentionRetried",
         }
     }
 }
@@ -230,15 +264,29 @@ pub enum Outcome {
         /// What stays, in the order the rollback met it.
         not_undone: Vec<NotUndone>,
     },
+    /// Past its point of no return, a step needed attention and an operator abandoned the
+    /// Operation: nothing was rolled back (the changes before the point of no return stay, as
+    /// do the failing step's attempts), and the steps after it never ran.
+    Abandoned {
+        /// The step that needed attention.
+        step: String,
+        /// Its last error.
+        error: String,
+        /// Who abandoned the Operation.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Outcome {
-    /// `succeeded`, `rolled back` or `rollback incomplete`.
+    /// `succeeded`, `rolled back`, `rollback incomplete` or `abandoned`.
     pub fn status(&self) -> &'static str {
         match self {
             Outcome::Succeeded => "succeeded",
             Outcome::RolledBack { .. } => "rolled back",
             Outcome::RollbackIncomplete { .. } => "rollback incomplete",
+            Outcome::Abandoned { .. } => "abandoned",
         }
     }
 }
@@ -258,6 +306,11 @@ impl fmt::Display for Outcome {
                 }
                 Ok(())
             }
+            Outcome::Abandoned { step, error, actor, reason } => write!(
+                f,
+                "abandoned by {actor} ({reason}) at step {step}, past the point of no return \
+                 (last error: {error})"
+            ),
         }
     }
 }

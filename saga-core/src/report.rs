@@ -24,9 +24,11 @@ use crate::store::Store;
 
 /// The CSV header, in column order: the Operation's identity and timing, then how it ended
 /// (`failed step` and `failure`: the step failure that started the rollback and its error;
-/// `not undone`; `cancelled by` and `cancel reason`: the cancel request), and last `problem`,
+/// `not undone`; `cancelled by` and `cancel reason`: the cancel request; `abandoned by` and
+/// `abandon reason`: the operator who abandoned an Operation that needed attention, whose step
+/// and last error are then `failed step` and `failure`), and last `problem`,
 /// why a [`damaged`](ActivityStatus::Damaged) row's Operation could not be read.
-pub const ACTIVITY_COLUMNS: [&str; 15] = [
+pub const ACTIVITY_COLUMNS: [&str; 17] = [
     "operation id",
     "operation type",
     "status",
@@ -41,6 +43,8 @@ pub const ACTIVITY_COLUMNS: [&str; 15] = [
     "failure",
     "cancelled by",
     "cancel reason",
+    "abandoned by",
+    "abandon reason",
     "problem",
 ];
 
@@ -67,7 +71,8 @@ pub struct ActivityRow {
     pub created_ms: u64,
     /// When it finished (Unix ms), if it did.
     pub finished_ms: Option<u64>,
-    /// The step whose failure started the rollback, if any.
+    /// The step whose failure started the rollback, or the step that needs (or needed)
+    /// attention, if any.
     pub failed_step: Option<String>,
     /// What the rollback did not undo, each with its reason.
     pub not_undone: Vec<String>,
@@ -77,6 +82,10 @@ pub struct ActivityRow {
     pub cancelled_by: Option<String>,
     /// Why they asked to cancel it.
     pub cancel_reason: Option<String>,
+    /// Who abandoned it, if it was abandoned.
+    pub abandoned_by: Option<String>,
+    /// Why they abandoned it.
+    pub abandon_reason: Option<String>,
     /// In a damaged row, why the Operation (or index entry) could not be read: the message of
     /// the store's or the fold's typed error. `None` in every other row.
     pub problem: Option<String>,
@@ -97,6 +106,11 @@ pub enum ActivityStatus {
     Running,
     /// Not finished, rolling back (`rolling back`).
     RollingBack,
+    /// Not finished: past the point of no return a step ran out of its retry policy, and an
+    /// operator must retry or abandon it (`needs attention`).
+    NeedsAttention,
+    /// An operator abandoned it while it needed attention (`abandoned`).
+    Abandoned,
     /// Its records could not be read or folded, or an index entry names no Operation
     /// (`damaged`); the row's `problem` says why.
     Damaged,
@@ -109,7 +123,9 @@ impl ActivityStatus {
             (Some(Outcome::Succeeded), _) => ActivityStatus::Succeeded,
             (Some(Outcome::RolledBack { .. }), _) => ActivityStatus::RolledBack,
             (Some(Outcome::RollbackIncomplete { .. }), _) => ActivityStatus::RollbackIncomplete,
+            (Some(Outcome::Abandoned { .. }), _) => ActivityStatus::Abandoned,
             (None, Phase::RollingBack) => ActivityStatus::RollingBack,
+            (None, Phase::NeedsAttention) => ActivityStatus::NeedsAttention,
             (None, _) => ActivityStatus::Running,
         }
     }
@@ -123,6 +139,8 @@ impl fmt::Display for ActivityStatus {
             ActivityStatus::RollbackIncomplete => "rollback incomplete",
             ActivityStatus::Running => "running",
             ActivityStatus::RollingBack => "rolling back",
+            ActivityStatus::NeedsAttention => "needs attention",
+            ActivityStatus::Abandoned => "abandoned",
             ActivityStatus::Damaged => "damaged",
         })
     }
@@ -141,6 +159,18 @@ impl ActivityRow {
             }
             _ => Vec::new(),
         };
+        let (failed_step, failure) = match (&state.outcome, &state.attention, &state.failure) {
+            (Some(Outcome::Abandoned { step, error, .. }), _, _)
+            | (_, Some((step, error)), _)
+            | (_, _, Some((step, error))) => (Some(step.clone()), Some(error.clone())),
+            _ => (None, None),
+        };
+        let (abandoned_by, abandon_reason) = match &state.outcome {
+            Some(Outcome::Abandoned { actor, reason, .. }) => {
+                (Some(actor.clone()), Some(reason.clone()))
+            }
+            _ => (None, None),
+        };
         ActivityRow {
             operation: state.id,
             operation_type: state.saga.clone(),
@@ -150,11 +180,13 @@ impl ActivityRow {
             actor: state.actor.clone(),
             created_ms: state.created_ms,
             finished_ms: state.finished_ms,
-            failed_step: state.failure.as_ref().map(|(step, _)| step.clone()),
+            failed_step,
             not_undone,
-            failure: state.failure.as_ref().map(|(_, error)| error.clone()),
+            failure,
             cancelled_by: state.cancel.as_ref().map(|(actor, _)| actor.clone()),
             cancel_reason: state.cancel.as_ref().map(|(_, reason)| reason.clone()),
+            abandoned_by,
+            abandon_reason,
             problem: None,
         }
     }
@@ -176,6 +208,8 @@ impl ActivityRow {
             failure: None,
             cancelled_by: None,
             cancel_reason: None,
+            abandoned_by: None,
+            abandon_reason: None,
             problem: Some(problem.to_string()),
         }
     }
@@ -199,7 +233,7 @@ impl ActivityRow {
 
     /// The cells, in [`ACTIVITY_COLUMNS`] order, before neutralisation. An absent value is an
     /// empty cell; `not undone` joins its items with `; `.
-    pub fn cells(&self) -> [String; 15] {
+    pub fn cells(&self) -> [String; 17] {
         let named = self.names_operation();
         [
             if named { self.operation.to_string() } else { String::new() },
@@ -216,6 +250,8 @@ impl ActivityRow {
             self.failure.clone().unwrap_or_default(),
             self.cancelled_by.clone().unwrap_or_default(),
             self.cancel_reason.clone().unwrap_or_default(),
+            self.abandoned_by.clone().unwrap_or_default(),
+            self.abandon_reason.clone().unwrap_or_default(),
             self.problem.clone().unwrap_or_default(),
         ]
     }
@@ -238,7 +274,7 @@ impl ActivityRow {
 /// ([`StoreError::Unavailable`] or [`StoreError::Transient`]) while an Operation is read: those
 /// say nothing about the Operation, and the same call may succeed later.
 ///
-/// [`Listing::damaged`]: crate::Listing::damaged
+/// [`Listing::damaged`]: crate::store::Listing::damaged
 pub async fn activity_report(
     store: &dyn Store,
     environment: &str,
@@ -515,7 +551,8 @@ mod tests {
         assert_eq!(cells[0], "");
         assert_eq!(cells[2], "damaged");
         assert_eq!(cells[6], "");
-        assert_eq!(cells[14], "corrupt data in by_environment: bad key");
+        let problem = ACTIVITY_COLUMNS.iter().position(|c| *c == "problem").expect("a column");
+        assert_eq!(cells[problem], "corrupt data in by_environment: bad key");
         let id = OperationId::new();
         let row = ActivityRow::damaged(id, "gone");
         assert!(row.names_operation());
@@ -531,6 +568,8 @@ mod tests {
             ActivityStatus::RollbackIncomplete,
             ActivityStatus::Running,
             ActivityStatus::RollingBack,
+            ActivityStatus::NeedsAttention,
+            ActivityStatus::Abandoned,
             ActivityStatus::Damaged,
         ]
         .iter()
@@ -542,6 +581,8 @@ mod tests {
             "rollback incomplete",
             "running",
             "rolling back",
+            "needs attention",
+            "abandoned",
             "damaged",
         ];
         assert_eq!(words, expected);

@@ -138,7 +138,13 @@ impl Saga {
 
     pub(crate) fn entry(&self, step: &str) -> Option<&StepEntry> {
         let stage = self.stage_of(step)?;
-        self.stages[stage].iter().find(|e| e.name == step)
+        self.stages.get(stage)?.iter().find(|e| e.name == step)
+    }
+
+    /// The longest [`Step::cancel_grace`] of its steps: how long a shutdown past its deadline
+    /// waits for the running steps before it drops them.
+    pub(crate) fn longest_cancel_grace(&self) -> std::time::Duration {
+        self.stages.iter().flatten().map(|e| e.step.cancel_grace()).max().unwrap_or_default()
     }
 }
 
@@ -295,6 +301,123 @@ impl GroupBuilder {
             None => self.problems.push("needs() called before any step of a group".into()),
         }
         self
+    }
+}
+
+/// What a saga definition needs of a builder: stages of one step ([`step`](Self::step)), the
+/// outputs a step reads ([`needs`](Self::needs)), parallel groups ([`parallel`](Self::parallel)),
+/// a point of no return ([`point_of_no_return`](Self::point_of_no_return)), and
+/// [`build`](Self::build). Implemented by [`SagaBuilder`] and by `saga_testkit::TestSagaBuilder`
+/// (which wraps every step to inject faults), so that a saga factory is written once, generic over
+/// the builder, and the saga that the tests check is the very definition that runs in
+/// production. A step's kind is the step's own ([`Step::kind`]), not the builder's. A generic
+/// factory with parallel groups needs both traits in scope: a group's methods are
+/// [`DefineGroup`]'s.
+///
+/// ```
+/// use saga_core::saga::{DefineGroup, DefineSaga};
+/// use saga_core::{async_trait, Saga, Step, StepContext, StepError, StepKind};
+/// use saga_testkit::{FaultPlan, Faults, TestSagaBuilder};
+///
+/// struct Noop(StepKind);
+/// #[async_trait]
+/// impl Step for Noop {
+///     type Output = ();
+///     async fn execute(&self, _: &StepContext) -> Result<(), StepError> { Ok(()) }
+///     fn kind(&self) -> StepKind { self.0 }
+/// }
+///
+/// /// The saga, written once.
+/// fn deploy<B: DefineSaga>(saga: B) -> B {
+///     saga.step("pull", Noop(StepKind::ReadOnly))
+///         .parallel(|g| {
+///             g.step("start-a", Noop(StepKind::Compensable))
+///                 .needs(&["pull"])
+///                 .step("start-b", Noop(StepKind::Compensable))
+///         })
+///         .point_of_no_return()
+///         .step("cleanup", Noop(StepKind::Irreversible))
+/// }
+///
+/// // In production:
+/// let real = deploy(Saga::builder("deploy", 1)).build()?;
+/// // Under test, every step wrapped to inject the faults of a plan:
+/// let faults = Faults::new(FaultPlan::new().fail_compensation("start-a"));
+/// let test = deploy(TestSagaBuilder::new("deploy", 1, &faults)).build()?;
+/// assert_eq!(real.steps(), test.steps());
+/// assert_eq!(real.point_of_no_return(), test.point_of_no_return());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait DefineSaga: Sized {
+    /// The builder of one parallel group.
+    type Group: DefineGroup;
+
+    /// Adds a stage of one step (see [`SagaBuilder::step`]).
+    #[must_use]
+    fn step(self, name: impl Into<String>, step: impl Step) -> Self;
+
+    /// Declares that the step added last reads the outputs of these steps (see
+    /// [`SagaBuilder::needs`]).
+    #[must_use]
+    fn needs(self, steps: &[&str]) -> Self;
+
+    /// Adds a stage of steps that run at once (see [`SagaBuilder::parallel`]).
+    #[must_use]
+    fn parallel(self, group: impl FnOnce(Self::Group) -> Self::Group) -> Self;
+
+    /// Marks the point of no return after the stage added last (see
+    /// [`SagaBuilder::point_of_no_return`]).
+    #[must_use]
+    fn point_of_no_return(self) -> Self;
+
+    /// Checks the definition and builds the saga (see [`SagaBuilder::build`]).
+    fn build(self) -> Result<Saga, Error>;
+}
+
+/// What a saga definition needs of a parallel group's builder: see [`DefineSaga`]. Implemented
+/// by [`GroupBuilder`] and by `saga_testkit::TestGroupBuilder`.
+pub trait DefineGroup: Sized {
+    /// Adds a step to the group (see [`GroupBuilder::step`]).
+    #[must_use]
+    fn step(self, name: impl Into<String>, step: impl Step) -> Self;
+
+    /// Declares that the step added last reads the outputs of these steps (see
+    /// [`GroupBuilder::needs`]).
+    #[must_use]
+    fn needs(self, steps: &[&str]) -> Self;
+}
+
+impl DefineSaga for SagaBuilder {
+    type Group = GroupBuilder;
+
+    fn step(self, name: impl Into<String>, step: impl Step) -> Self {
+        SagaBuilder::step(self, name, step)
+    }
+
+    fn needs(self, steps: &[&str]) -> Self {
+        SagaBuilder::needs(self, steps)
+    }
+
+    fn parallel(self, group: impl FnOnce(GroupBuilder) -> GroupBuilder) -> Self {
+        SagaBuilder::parallel(self, group)
+    }
+
+    fn point_of_no_return(self) -> Self {
+        SagaBuilder::point_of_no_return(self)
+    }
+
+    fn build(self) -> Result<Saga, Error> {
+        SagaBuilder::build(self)
+    }
+}
+
+impl DefineGroup for GroupBuilder {
+    fn step(self, name: impl Into<String>, step: impl Step) -> Self {
+        GroupBuilder::step(self, name, step)
+    }
+
+    fn needs(self, steps: &[&str]) -> Self {
+        GroupBuilder::needs(self, steps)
     }
 }
 

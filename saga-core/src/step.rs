@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{ContextError, StepError};
+pub use crate::error::ContextError;
+use crate::error::StepError;
 use crate::id::OperationId;
 use crate::record::Resource;
 use crate::retry::RetryPolicy;
@@ -108,6 +109,16 @@ pub trait Step: Send + Sync + 'static {
     }
 
     /// How `execute` is retried. The default is [`RetryPolicy::default`].
+    ///
+    /// Before the saga's point of no return, transient errors are retried within this policy and
+    /// a permanent error (or the policy running out) starts the rollback. After it, the
+    /// Operation can only go forward: every error is retried within this policy, and when the
+    /// policy runs out the Operation stops and needs attention
+    /// ([`Phase::NeedsAttention`](crate::state::Phase::NeedsAttention),
+    /// [`Error::NeedsAttention`](crate::Error::NeedsAttention)) until an operator retries the
+    /// step ([`Executor::retry`](crate::Executor::retry), which starts this policy over) or
+    /// abandons the Operation ([`Executor::abandon`](crate::Executor::abandon)). Give a step
+    /// past the point of no return the patience it deserves here.
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::default()
     }
@@ -124,6 +135,10 @@ pub trait Step: Send + Sync + 'static {
     /// is recorded as it returned (`StepSucceeded` or `StepFailed`); a step still running when
     /// the grace period ends is dropped and recorded as failed with `cancelled`. Either way it
     /// started, so the rollback compensates it. The default is 5 s.
+    ///
+    /// A shutdown past its deadline ([`Executor::shutdown`](crate::Executor::shutdown)) fires
+    /// the same token with the same grace period, but rolls nothing back: a success is recorded,
+    /// anything else is not, and `recover()` runs the step again.
     fn cancel_grace(&self) -> Duration {
         DEFAULT_CANCEL_GRACE
     }

@@ -1,13 +1,18 @@
-//! The store traits: the durable log, ownership leases, the environment index and log lines.
+//! What a store author implements and what tools reading a store use: the [`Store`] trait (the
+//! durable log, ownership leases, the environment index, log lines, cancel requests, resource
+//! queues), its errors, the record encoding ([`encode`], [`decode`]) and [`Store::check`]'s report.
+//! The conformance suite in `saga-testkit` checks a store against this contract.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::check::CheckReport;
-use crate::error::StoreError;
+pub use crate::check::{CheckReport, Finding, Problem};
+pub use crate::error::StoreError;
+pub use crate::id::now_ms;
 use crate::id::OperationId;
 use crate::oplog::LogLine;
+pub use crate::record::{decode, encode, FORMAT_VERSION};
 use crate::record::{Record, Resource};
 
 /// Ownership of one Operation by one executor, for a time.
@@ -142,7 +147,9 @@ impl Listing {
 /// use std::sync::Mutex;
 /// use std::time::Duration;
 /// use async_trait::async_trait;
-/// use saga_core::{CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, Resource, Store, StoreError};
+/// use saga_core::log::{LogLine, Record};
+/// use saga_core::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+/// use saga_core::{OperationId, Resource};
 ///
 /// #[derive(Default)]
 /// struct VecStore(Mutex<Vec<Record>>);
@@ -239,7 +246,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reconciles the indexes (unfinished, environment, leases, log lines) with the records:
     /// reports every mismatch and, when `repair` is set, repairs what the records alone can
-    /// repair (see [`Problem`](crate::Problem)). Records are never changed. Safe to call while
+    /// repair (see [`Problem`]). Records are never changed. Safe to call while
     /// Operations run: each Operation is checked atomically with respect to its appends.
     async fn check(&self, repair: bool) -> Result<CheckReport, StoreError>;
 

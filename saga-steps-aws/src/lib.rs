@@ -20,7 +20,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use aws_config::BehaviorVersion;
-//! use saga_core::{Executor, MemoryStore, Resource, Saga};
+//! use saga_core::{Executor, MemoryStore, Resource, Saga, Start};
 //! use saga_steps_aws::{AttachVolume, DetachVolume, Input, VolumeAttachment, VolumeOnInstance, WaitInstanceRunning};
 //!
 //! #[derive(serde::Serialize, serde::Deserialize)]
@@ -40,7 +40,11 @@
 //!     .build()?;
 //! let executor = Executor::builder(Arc::new(MemoryStore::new())).saga(saga).build()?;
 //! let params = Move { volume: "vol-1".into(), from: "i-old".into(), to: "i-new".into() };
-//! let id = executor.start("move-volume", &params, "prod", Resource::new("database", "db1"), "alice").await?;
+//! let request = Start::new("move-volume", Resource::new("database", "db1"))
+//!     .params(&params)
+//!     .environment("prod")
+//!     .actor("alice");
+//! let id = executor.start(request).await?;
 //! println!("{}", executor.wait(id).await?);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # })?;

@@ -1,7 +1,8 @@
 //! `TargetSwap`: replaces a target group's targets without a moment with no healthy target.
 
 use aws_sdk_elasticloadbalancingv2::Client;
-use saga_core::{Input, SagaBuilder};
+use saga_core::saga::SagaBuilder;
+use saga_core::Input;
 use serde::{Deserialize, Serialize};
 
 use crate::register::{DeregisterTargets, RegisterTargets};

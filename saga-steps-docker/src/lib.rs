@@ -25,7 +25,7 @@
 //! use std::time::Duration;
 //!
 //! use bollard::Docker;
-//! use saga_core::{Executor, MemoryStore, Resource, Saga};
+//! use saga_core::{Executor, MemoryStore, Resource, Saga, Start};
 //! use saga_steps_docker::{
 //!     ContainerSpec, CreateContainer, HealthProbe, PullImage, StartContainer, StopContainer,
 //!     WaitHealthy,
@@ -44,7 +44,11 @@
 //!     .step("healthy", WaitHealthy::new(docker, "db-v16", HealthProbe::Docker))
 //!     .build()?;
 //! let executor = Executor::builder(Arc::new(MemoryStore::new())).saga(saga).build()?;
-//! let id = executor.start("redeploy-db", &(), "prod", Resource::new("db", "main"), "ops").await?;
+//! let request = Start::new("redeploy-db", Resource::new("db", "main"))
+//!     .params(&())
+//!     .environment("prod")
+//!     .actor("ops");
+//! let id = executor.start(request).await?;
 //! println!("{}", executor.wait(id).await?);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # })?;

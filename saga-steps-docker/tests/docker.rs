@@ -314,7 +314,7 @@ async fn create_is_idempotent_by_name_and_refuses_a_foreign_container() {
     assert_eq!(inspected.id.as_deref(), Some(created.id.as_str()));
     let label =
         inspected.config.and_then(|c| c.labels).and_then(|l| l.get(CREATED_BY_LABEL).cloned());
-    assert_eq!(label, Some(format!("{}-create", state.id)));
+    assert_eq!(label, Some(format!("{}-create", state.id())));
 
     // Another Operation wanting the same name: a conflict that cannot resolve; the container
     // that is not its own stays.

@@ -1,6 +1,6 @@
 //! Cancel requests: recorded by an executor that does not run the Operation, seen by its owner.
 
-use saga_core::{CancelRequest, StoreError};
+use saga_core::store::{CancelRequest, StoreError};
 
 use crate::codec::{decode_cancel, encode_cancel, sled_error};
 use crate::keys;

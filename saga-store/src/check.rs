@@ -4,9 +4,9 @@
 //! `create`, `append` or `delete_environment` runs halfway through it; the lock is taken per
 //! Operation, so appends of the others go on. Records are only read, never changed.
 
-use saga_core::{
-    decode, CheckReport, Finding, OperationId, Problem, Record, RecordKind, StoreError,
-};
+use saga_core::log::{Record, RecordKind};
+use saga_core::store::{decode, CheckReport, Finding, Problem, StoreError};
+use saga_core::OperationId;
 
 use crate::codec::{decode_lease, decode_line, sled_error};
 use crate::keys;

@@ -1,11 +1,13 @@
 //! Encoding of what the store keeps besides records (leases, log lines), and sled's errors.
 //!
-//! Records use [`saga_core::encode`]; leases and log lines use the same shape: the format version
-//! byte, then postcard.
+//! Records use [`saga_core::store::encode`]; leases and log lines use the same shape: the format
+//! version byte, then postcard.
 
 use serde::{Deserialize, Serialize};
 
-use saga_core::{CancelRequest, Lease, LogLine, OperationId, StoreError, FORMAT_VERSION};
+use saga_core::log::LogLine;
+use saga_core::store::{CancelRequest, Lease, StoreError, FORMAT_VERSION};
+use saga_core::OperationId;
 
 /// A lease as stored (the Operation is the key).
 #[derive(Serialize, Deserialize)]
@@ -128,7 +130,7 @@ pub(crate) fn transaction_error(
 
 #[cfg(test)]
 mod tests {
-    use saga_core::{LogLevel, LogSource};
+    use saga_core::log::{LogLevel, LogSource};
 
     use super::*;
 

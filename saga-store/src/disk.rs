@@ -17,7 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use saga_core::StoreError;
+use saga_core::store::StoreError;
 
 use crate::codec::sled_error;
 

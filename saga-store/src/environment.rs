@@ -1,6 +1,7 @@
 //! The environment index: listing and deleting an environment's Operations.
 
-use saga_core::{Listing, OperationId, StoreError};
+use saga_core::store::{Listing, StoreError};
+use saga_core::OperationId;
 
 use crate::codec::sled_error;
 use crate::keys;

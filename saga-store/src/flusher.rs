@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
-use saga_core::StoreError;
+use saga_core::store::StoreError;
 
 use crate::disk::{DiskSync, Faults};
 

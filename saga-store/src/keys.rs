@@ -2,9 +2,10 @@
 //!
 //! Every integer is big-endian so that sled's byte order is the numeric order.
 
-use saga_core::{OperationId, StoreError};
+use saga_core::store::StoreError;
+use saga_core::OperationId;
 
-/// Records: `id (16) ++ seq (8)` → [`saga_core::encode`]d record.
+/// Records: `id (16) ++ seq (8)` → [`saga_core::store::encode`]d record.
 pub(crate) const RECORDS: &str = "records";
 /// Unfinished Operations: `id (16)` → empty.
 pub(crate) const UNFINISHED: &str = "unfinished";

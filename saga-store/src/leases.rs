@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use saga_core::{now_ms, Lease, OperationId, StoreError};
+use saga_core::store::{now_ms, Lease, StoreError};
+use saga_core::OperationId;
 
 use crate::codec::{decode_lease, encode_lease, sled_error};
 use crate::keys;

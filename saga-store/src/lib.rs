@@ -1,15 +1,17 @@
-//! The sled store of the saga engine: [`SledStore`], a durable [`saga_core::Store`] in one
-//! directory, the embedded default for a single process.
+//! The sled store of the saga engine: [`SledStore`], a durable [`saga_core::store::Store`] in
+//! one directory, the embedded default for a single process.
 //!
 //! Main types: [`SledStore`] (opened with [`SledStore::open`], or, for tests only,
 //! [`SledStore::open_without_fsync`]) and [`Durability`]. Errors are
-//! [`saga_core::StoreError`]s. For tests, `SledStore::inject_sync_failure` (hidden from these
-//! docs) makes a coming sync fail as a failing `fdatasync` would.
+//! [`saga_core::store::StoreError`]s. For tests, `SledStore::inject_sync_failure` (hidden from
+//! these docs) makes a coming sync fail as a failing `fdatasync` would.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use saga_core::{OperationId, Record, RecordKind, Resource, Store};
+//! use saga_core::log::{Record, RecordKind};
+//! use saga_core::store::Store;
+//! use saga_core::{OperationId, Resource};
 //! use saga_store::SledStore;
 //!
 //! # let dir = tempfile::tempdir()?;
@@ -34,7 +36,7 @@
 //! assert_eq!(lease.epoch, 1);
 //! assert_eq!(store.read(id).await?, vec![created]);
 //! assert_eq!(store.list_unfinished().await?.ids, vec![id]);
-//! # Ok::<(), saga_core::StoreError>(())
+//! # Ok::<(), saga_core::store::StoreError>(())
 //! # })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -45,11 +47,11 @@
 //! # Layout
 //!
 //! Integers are big-endian, so that sled's byte order is numeric order. Every value starts with
-//! the format version byte ([`saga_core::FORMAT_VERSION`]), followed by postcard.
+//! the format version byte ([`saga_core::store::FORMAT_VERSION`]), followed by postcard.
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `records` | id (16) ++ seq (8) | [`saga_core::encode`]d record |
+//! | `records` | id (16) ++ seq (8) | [`saga_core::store::encode`]d record |
 //! | `unfinished` | id (16) | empty |
 //! | `by_environment` | len(env) (8) ++ env ++ created ms (8) ++ id (16) | empty |
 //! | `leases` | id (16) | owner, epoch, expiry |
@@ -61,22 +63,23 @@
 //!
 //! - `create` writes the first record, the `unfinished` mark, the index entry and the lease in one
 //!   sled transaction; an `append` holding `OperationFinished` removes the mark in the same
-//!   transaction as the records. [`list_unfinished`](saga_core::Store::list_unfinished) reads the
-//!   `unfinished` tree only, never a finished Operation.
+//!   transaction as the records.
+//!   [`list_unfinished`](saga_core::store::Store::list_unfinished) reads the `unfinished` tree
+//!   only, never a finished Operation.
 //! - The environment name is length-prefixed, so that `"a"` and `"a\0..."` never share keys.
 //! - `purge_logs` walks `logs_by_time` up to the cut-off only; records stay.
 //! - At open, a store whose `meta` versions are newer than this release's is refused with
-//!   [`StoreError::NewerFormat`](saga_core::StoreError::NewerFormat); a record with a newer
-//!   version byte is refused the same way when read. Bad bytes in a record are
-//!   [`StoreError::CorruptRecord`](saga_core::StoreError::CorruptRecord) naming the Operation and
-//!   the position, never a panic.
+//!   [`StoreError::NewerFormat`](saga_core::store::StoreError::NewerFormat); a record with a
+//!   newer version byte is refused the same way when read. Bad bytes in a record are
+//!   [`StoreError::CorruptRecord`](saga_core::store::StoreError::CorruptRecord) naming the
+//!   Operation and the position, never a panic.
 //! - Isolation: a key of `unfinished` or `by_environment` that does not follow the layout is
-//!   returned in [`Listing::damaged`](saga_core::Listing::damaged) as a
-//!   [`StoreError::Corrupt`](saga_core::StoreError::Corrupt) naming the tree and the key; the
-//!   other entries are listed as usual. A damaged lease fails its own Operation's writes only.
+//!   returned in [`Listing::damaged`](saga_core::store::Listing::damaged) as a
+//!   [`StoreError::Corrupt`](saga_core::store::StoreError::Corrupt) naming the tree and the key;
+//!   the other entries are listed as usual. A damaged lease fails its own Operation's writes only.
 //! - A second process opening the same directory gets
-//!   [`StoreError::Locked`](saga_core::StoreError::Locked) at once (sled takes a non-blocking
-//!   `flock` on the `db` file).
+//!   [`StoreError::Locked`](saga_core::store::StoreError::Locked) at once (sled takes a
+//!   non-blocking `flock` on the `db` file).
 //!
 //! # Durability
 //!
@@ -104,8 +107,8 @@
 //! a sync that began after its write, and the writers that arrive while one sync runs share the
 //! next. An Operation running alone costs one sync per `append` call; many running at once share
 //! them ([`SledStore::sync_count`] counts the rounds). After a failed sync the store refuses every
-//! later write with [`StoreError::Unavailable`](saga_core::StoreError::Unavailable): the kernel
-//! may have dropped the pages, so no later sync could prove them written.
+//! later write with [`StoreError::Unavailable`](saga_core::store::StoreError::Unavailable): the
+//! kernel may have dropped the pages, so no later sync could prove them written.
 //!
 //! # Acknowledged reads
 //!
@@ -116,8 +119,8 @@
 //! write reaches sled), and whether it finished the Operation. Then:
 //!
 //! - `read` returns the records before the first unacknowledged one, and
-//!   [`StoreError::NotFound`](saga_core::StoreError::NotFound) when even `OperationCreated` is
-//!   not acknowledged;
+//!   [`StoreError::NotFound`](saga_core::store::StoreError::NotFound) when even
+//!   `OperationCreated` is not acknowledged;
 //! - `list_unfinished` still lists an Operation whose `OperationFinished` is not acknowledged,
 //!   and neither listing shows an Operation whose `create` is not;
 //! - a write is forgotten once the sync covering it succeeds (also when its caller stopped
@@ -133,7 +136,7 @@
 //!
 //! # Check
 //!
-//! [`check`](saga_core::Store::check) walks the `records` tree one Operation at a time, each
+//! [`check`](saga_core::store::Store::check) walks the `records` tree one Operation at a time, each
 //! under the write lock (so never halfway through an `append`; the other Operations' appends go
 //! on between): records that do not read, or whose first is not `OperationCreated`, are
 //! `DamagedRecords`; a finished Operation still marked is a `StaleUnfinishedMark`, an unfinished

@@ -1,6 +1,8 @@
 //! Operation log lines: append, read, purge by age.
 
-use saga_core::{LogLine, OperationId, StoreError};
+use saga_core::log::LogLine;
+use saga_core::store::StoreError;
+use saga_core::OperationId;
 
 use crate::codec::{decode_line, encode_line, sled_error};
 use crate::keys;

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use saga_core::{StoreError, FORMAT_VERSION};
+use saga_core::store::{StoreError, FORMAT_VERSION};
 
 use crate::codec::sled_error;
 use crate::disk::sync_dir;

@@ -2,10 +2,9 @@
 
 use sled::Transactional;
 
-use saga_core::{
-    check_sequence, decode, encode, now_ms, Lease, Listing, OperationId, Record, RecordKind,
-    StoreError,
-};
+use saga_core::log::{Record, RecordKind};
+use saga_core::store::{check_sequence, decode, encode, now_ms, Lease, Listing, StoreError};
+use saga_core::OperationId;
 
 use crate::acks::Acks;
 use crate::codec::{sled_error, transaction_error};

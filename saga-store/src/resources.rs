@@ -1,6 +1,8 @@
 //! Resource queues: the unfinished Operations of each resource, in creation order.
 
-use saga_core::{decode, OperationId, RecordKind, Resource, StoreError};
+use saga_core::log::RecordKind;
+use saga_core::store::{decode, StoreError};
+use saga_core::{OperationId, Resource};
 
 use crate::codec::sled_error;
 use crate::keys;

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use saga_core::{
-    CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record, RecordKind, Resource,
-    Store, StoreError,
-};
+use saga_core::log::{LogLine, Record, RecordKind};
+use saga_core::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use saga_core::{OperationId, Resource};
 
 use crate::acks::{Acks, Hidden};
 use crate::disk::DiskSync;

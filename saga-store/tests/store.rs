@@ -10,10 +10,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::{
-    encode, LogLevel, LogLine, LogSource, OperationId, Outcome, RecordKind, Store, StoreError,
-    FORMAT_VERSION,
-};
+use saga_core::log::{LogLevel, LogLine, LogSource, RecordKind};
+use saga_core::store::{encode, Store, StoreError, FORMAT_VERSION};
+use saga_core::{OperationId, Outcome};
 use saga_store::{Durability, SledStore};
 
 use support::*;
@@ -504,8 +503,16 @@ async fn one_append_one_sync() {
 mod executor {
     use super::*;
     use saga_core::{
-        async_trait, Executed, Executor, Resource, Saga, Step, StepContext, StepError,
+        async_trait, Executed, Executor, Resource, Saga, Start, Step, StepContext, StepError,
     };
+
+    /// A request to start an Operation of `saga` in `prod`.
+    fn in_prod(saga: &str, app: &str, actor: &str) -> Start {
+        Start::new(saga, Resource::new("app", app)).params(&()).environment("prod").actor(actor)
+    }
+
+    /// Longer than any step here takes: a shutdown lets them finish on their own.
+    const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
 
     struct Ok1;
     #[async_trait]
@@ -556,17 +563,17 @@ mod executor {
         let store = Arc::new(store);
         let exec = executor(store.clone());
 
-        let ok = exec.start("three", &(), "prod", Resource::new("app", "web"), "alice").await;
+        let ok = exec.start(in_prod("three", "web", "alice")).await;
         let ok = ok.expect("starts");
         assert_eq!(exec.wait(ok).await.expect("waits"), Outcome::Succeeded);
 
-        let bad = exec.start("failing", &(), "prod", Resource::new("app", "db"), "bob").await;
+        let bad = exec.start(in_prod("failing", "db", "bob")).await;
         let bad = bad.expect("starts");
         let outcome = exec.wait(bad).await.expect("waits");
         assert_eq!(outcome.status(), "rolled back", "{outcome:?}");
         assert!(store.list_unfinished().await.expect("lists").ids.is_empty());
         assert!(!exec.log(bad).await.expect("log").is_empty());
-        exec.shutdown().await;
+        assert!(exec.shutdown(SHUTDOWN_DEADLINE).await.left.is_empty());
         drop(exec);
 
         // A half-run Operation, as a crashed executor leaves it: step b started, never finished.
@@ -589,6 +596,6 @@ mod executor {
         assert!(store.list_unfinished().await.expect("lists").ids.is_empty());
         let ids = store.list_environment("prod", 0, u64::MAX).await.expect("lists").ids;
         assert_eq!(ids, vec![ok, bad, half]);
-        exec.shutdown().await;
+        assert!(exec.shutdown(SHUTDOWN_DEADLINE).await.left.is_empty());
     }
 }

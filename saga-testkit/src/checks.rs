@@ -2,12 +2,11 @@
 
 use std::collections::BTreeSet;
 
-use saga_core::{
-    NotUndoneReason, OperationState, Outcome, Record, RecordKind, RollbackCause, StepKind,
-};
+use saga_core::state::OperationState;
+use saga_core::{NotUndoneReason, Outcome, RollbackCause, StepKind};
 
 use crate::error::{Error, Failure, Failures, Report, Result};
-use crate::faults::{FaultPlan, When};
+use crate::faults::{Attention, FaultPlan, When};
 use crate::harness::{Layout, Run, SagaCheck};
 use crate::world::World;
 
@@ -60,6 +59,7 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Succeeded => "succeeded".into(),
         Outcome::RolledBack { cause } => format!("rolled back ({cause})"),
         Outcome::RollbackIncomplete { cause, .. } => format!("{outcome} ({cause})"),
+        Outcome::Abandoned { .. } => outcome.to_string(),
     }
 }
 
@@ -74,17 +74,6 @@ fn normalized(outcome: &Outcome) -> Outcome {
         }
         other => other.clone(),
     }
-}
-
-/// The steps that started, by the log.
-fn started(records: &[Record]) -> BTreeSet<String> {
-    records
-        .iter()
-        .filter_map(|r| match &r.kind {
-            RecordKind::StepStarted { step, .. } => Some(step.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn differs<S: std::fmt::Debug>(what: &str, a_label: &str, a: &S, b_label: &str, b: &S) -> String {
@@ -146,24 +135,23 @@ impl<W: World> SagaCheck<W> {
     /// **Each step can fail**: for every step before the point of no return, and for a failure
     /// both before and after the step's own effect, the outcome is a rollback whose cause names
     /// that step, no compensation fails, every irreversible step that ran is reported, and the
-    /// world after the rollback equals the world before the Operation (compared only when no
-    /// irreversible step ran; the report notes the others). A step past the point of no return
-    /// fails once and must be retried forward to the world of a run without faults.
+    /// world after the rollback equals the world before the Operation. When irreversible steps
+    /// ran, their changes stay: the worlds are compared without them if the world can tell them
+    /// apart ([`World::excluding`]), and every other change must be undone exactly; otherwise the
+    /// comparison is skipped and the report notes it.
+    ///
+    /// A step past the point of no return fails once and must be retried forward to the world of
+    /// a run without faults: within its retry policy, or, when its policy allows no retry, by an
+    /// operator's retry once the Operation needs attention (the report notes it).
     pub async fn each_step_can_fail(&self) -> Result<Report> {
         let layout = self.layout()?;
         let mut tally = Tally::new(self.name(), "each_step_can_fail");
         let Some(clean) = self.baseline(&mut tally).await? else { return tally.finish() };
-        let irreversible: BTreeSet<&str> = layout
-            .steps
-            .iter()
-            .filter(|s| s.kind == StepKind::Irreversible)
-            .map(|s| s.name.as_str())
-            .collect();
         for step in &layout.steps {
             let name = step.name.as_str();
             if layout.past_point_of_no_return(step.stage) {
                 let scenario = format!("fail {name} once (past the point of no return)");
-                let plan = FaultPlan::new().fail_times(name, 1);
+                let plan = FaultPlan::new().fail_times(name, 1).on_attention(Attention::Retry);
                 let Some(run) = self.scenario(&mut tally, &scenario, &plan).await? else {
                     continue;
                 };
@@ -180,6 +168,12 @@ impl<W: World> SagaCheck<W> {
                     );
                     tally.fail(&scenario, problem);
                 }
+                if !run.attention.is_empty() {
+                    tally.notes.push(format!(
+                        "{scenario}: the retry policy of {name} allows no retry, so the \
+                         Operation needed attention and an operator's retry finished it"
+                    ));
+                }
                 continue;
             }
             for when in [When::Before, When::After] {
@@ -188,7 +182,7 @@ impl<W: World> SagaCheck<W> {
                 let Some(run) = self.scenario(&mut tally, &scenario, &plan).await? else {
                     continue;
                 };
-                check_rollback(&mut tally, &scenario, name, &irreversible, &run);
+                check_rollback(&mut tally, &scenario, name, &run);
             }
         }
         tally.finish()
@@ -326,7 +320,6 @@ fn check_rollback<S: std::fmt::Debug + PartialEq>(
     tally: &mut Tally,
     scenario: &str,
     failed: &str,
-    irreversible: &BTreeSet<&str>,
     run: &Run<S>,
 ) {
     let (cause, not_undone) = match &run.outcome {
@@ -334,6 +327,14 @@ fn check_rollback<S: std::fmt::Debug + PartialEq>(
             tally.fail(
                 scenario,
                 format!("the outcome is succeeded, not a rollback caused by {failed}"),
+            );
+            return;
+        }
+        Outcome::Abandoned { .. } => {
+            let outcome = describe(&run.outcome);
+            tally.fail(
+                scenario,
+                format!("the outcome is {outcome}, not a rollback caused by {failed}"),
             );
             return;
         }
@@ -351,27 +352,34 @@ fn check_rollback<S: std::fmt::Debug + PartialEq>(
             tally.fail(scenario, format!("the compensation of {} failed: {error}", item.step));
         }
     }
-    let ran: BTreeSet<String> =
-        started(&run.records).into_iter().filter(|s| irreversible.contains(s.as_str())).collect();
+    let ran = &run.irreversible;
     let reported: BTreeSet<String> = not_undone
         .iter()
         .filter(|n| n.reason == NotUndoneReason::Irreversible)
         .map(|n| n.step.clone())
         .collect();
-    if ran != reported {
-        tally
-            .fail(scenario, differs("irreversible steps", "that ran", &ran, "reported", &reported));
+    if *ran != reported {
+        tally.fail(scenario, differs("irreversible steps", "that ran", ran, "reported", &reported));
     }
+    let ran: Vec<&str> = ran.iter().map(String::as_str).collect();
+    let ran = ran.join(", ");
     if ran.is_empty() {
         if run.after != run.before {
             let what = "the rollback did not restore the world";
             tally.fail(scenario, differs(what, "before", &run.before, "after", &run.after));
         }
+    } else if let Some((before, after)) = &run.excluding_irreversible {
+        if after != before {
+            let what = format!(
+                "the rollback did not restore the world (the changes of irreversible steps \
+                 excluded: {ran})"
+            );
+            tally.fail(scenario, differs(&what, "before", before, "after", after));
+        }
     } else {
-        let ran: Vec<&str> = ran.iter().map(String::as_str).collect();
         tally.notes.push(format!(
-            "{scenario}: world not compared, irreversible steps ran: {}",
-            ran.join(", ")
+            "{scenario}: world not compared, irreversible steps ran: {ran} (the world does not \
+             exclude their changes, see World::excluding)"
         ));
     }
 }

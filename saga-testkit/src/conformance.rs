@@ -51,7 +51,9 @@
 //!   nothing of a refused batch written, records of another Operation refused, `read` in order,
 //!   `NotFound`, `AlreadyExists`, `create` of anything but `OperationCreated` at 0 refused.
 //! - [`acknowledged_writes`]: after `Ok`, `read` and the listings show exactly what was written;
-//!   every record kind and a large record round-trip; an empty append is harmless.
+//!   every record kind (those of the point of no return too: a failure without effect, attention
+//!   needed and retried, an abandoned outcome) and a large record round-trip; an empty append is
+//!   harmless.
 //! - [`lease_on_create`]: `create` grants the creator epoch 1 for the ttl; others are `Owned`.
 //! - [`claim_race`]: 16 concurrent claims of one Operation: exactly one wins, the others are
 //!   `Owned` by it.
@@ -81,10 +83,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use saga_core::{
-    now_ms, Lease, LogLevel, LogLine, LogSource, NotUndone, NotUndoneReason, OperationId, Outcome,
-    Record, RecordKind, Resource, RollbackCause, Store, StoreError,
-};
+use saga_core::log::{LogLevel, LogLine, LogSource, Record, RecordKind};
+use saga_core::store::{now_ms, CancelRequest, CheckReport, Lease, Store, StoreError};
+use saga_core::{NotUndone, NotUndoneReason, OperationId, Outcome, Resource, RollbackCause};
 
 /// A lease that does not expire while a check runs.
 const LONG: Duration = Duration::from_secs(600);
@@ -234,13 +235,13 @@ pub async fn resource_queues<S: Store + ?Sized>(store: Arc<S>) {
 pub async fn cancel_requests<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("cancel_requests", store)
         .run(|cx| async move {
-            let request = |id, actor: &str| saga_core::CancelRequest {
+            let request = |id, actor: &str| CancelRequest {
                 operation: id,
                 actor: actor.into(),
                 reason: format!("{actor} says stop"),
                 at_ms: now_ms(),
             };
-            let listed = |requests: Vec<saga_core::CancelRequest>| {
+            let listed = |requests: Vec<CancelRequest>| {
                 requests.into_iter().map(|r| (r.operation, r.actor)).collect::<Vec<_>>()
             };
             let none = cx.ok("listing on an empty store", cx.store.cancel_requests().await);
@@ -462,6 +463,62 @@ pub async fn acknowledged_writes<S: Store + ?Sized>(store: Arc<S>) {
             cx.assert_records(id, &expected, "right after OperationFinished").await;
             cx.assert_unfinished(&[], "right after OperationFinished").await;
             cx.assert_env("prod", 0, u64::MAX, &[id], "after OperationFinished").await;
+
+            // The kinds of the point of no return: a failure without effect, attention needed,
+            // retried, needed again, and the Operation abandoned.
+            let (other, lease, first) = cx.create("prod", now + 1, "me").await;
+            let mut expected = vec![first];
+            let kinds = vec![
+                RecordKind::StepStarted { step: "swap".into(), attempt: 1 },
+                RecordKind::StepFailedWithoutEffect {
+                    step: "swap".into(),
+                    error: "refused".into(),
+                    retryable: true,
+                },
+                RecordKind::StepStarted { step: "swap".into(), attempt: 2 },
+                RecordKind::StepFailed {
+                    step: "swap".into(),
+                    error: "timed out".into(),
+                    retryable: true,
+                },
+                RecordKind::AttentionNeeded { step: "swap".into(), error: "timed out".into() },
+                RecordKind::AttentionRetried { actor: "bob".into(), reason: "fixed it".into() },
+                RecordKind::StepStarted { step: "swap".into(), attempt: 3 },
+                RecordKind::StepFailed {
+                    step: "swap".into(),
+                    error: "timed out again".into(),
+                    retryable: true,
+                },
+                RecordKind::AttentionNeeded {
+                    step: "swap".into(),
+                    error: "timed out again".into(),
+                },
+            ];
+            for kind in kinds {
+                let name = kind.name();
+                let r = record(other, expected.len() as u64, kind);
+                let what = format!("appending {name} at {}", r.seq);
+                cx.ok(&what, cx.store.append(&lease, std::slice::from_ref(&r)).await);
+                expected.push(r);
+                cx.assert_records(other, &expected, &format!("right after {what}")).await;
+            }
+            cx.assert_unfinished(&[other], "while an Operation needs attention").await;
+            let outcome = Outcome::Abandoned {
+                step: "swap".into(),
+                error: "timed out again".into(),
+                actor: "bob".into(),
+                reason: "done by hand".into(),
+            };
+            let done =
+                record(other, expected.len() as u64, RecordKind::OperationFinished { outcome });
+            cx.ok(
+                "appending OperationFinished (abandoned)",
+                cx.store.append(&lease, std::slice::from_ref(&done)).await,
+            );
+            expected.push(done);
+            cx.assert_records(other, &expected, "right after OperationFinished (abandoned)").await;
+            cx.assert_unfinished(&[], "right after OperationFinished (abandoned)").await;
+            cx.assert_env("prod", 0, u64::MAX, &[id, other], "after both finished").await;
         })
         .await;
 }
@@ -1611,7 +1668,7 @@ fn show_records(records: &[Record]) -> String {
     format!("{} records [{}]", records.len(), shown.join(", "))
 }
 
-fn show_report(report: &saga_core::CheckReport) -> String {
+fn show_report(report: &CheckReport) -> String {
     let findings: Vec<String> = report.findings.iter().map(ToString::to_string).collect();
     format!(
         "{} findings of {} Operations: {}",

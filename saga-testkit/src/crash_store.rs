@@ -5,10 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::{
-    async_trait, CancelRequest, CheckReport, Lease, Listing, LogLine, OperationId, Record,
-    Resource, Store, StoreError,
-};
+use saga_core::log::{LogLine, Record};
+use saga_core::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use saga_core::{async_trait, OperationId, Resource};
 
 /// Wraps a store and stops accepting records once `budget` of them (`OperationCreated`
 /// included) were written, as if the process died right after the last one became durable: a
@@ -18,7 +17,8 @@ use saga_core::{
 ///
 /// ```
 /// use std::sync::Arc;
-/// use saga_core::{MemoryStore, Store};
+/// use saga_core::store::Store;
+/// use saga_core::MemoryStore;
 /// use saga_testkit::CrashingStore;
 /// let durable = Arc::new(MemoryStore::new());
 /// let crashing = CrashingStore::new(durable.clone(), 3);

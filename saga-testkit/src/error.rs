@@ -27,8 +27,8 @@ pub enum Error {
     Engine {
         /// The run (its fault plan).
         scenario: String,
-        /// The engine's error.
-        source: saga_core::Error,
+        /// The engine's error (boxed: it is large).
+        source: Box<saga_core::Error>,
     },
     /// The Operation had no outcome in time.
     #[error("{scenario}: no outcome within {timeout:?}")]
@@ -94,8 +94,10 @@ pub struct Report {
     pub check: &'static str,
     /// The scenarios run, in words.
     pub scenarios: Vec<String>,
-    /// What the check could not verify, and why (a world not compared because an irreversible
-    /// step ran, a step never compensated because it runs past the point of no return).
+    /// What the check could not verify, or did otherwise than planned, and why (a world not
+    /// compared because an irreversible step ran and the world does not exclude its changes, a
+    /// step never compensated because it runs past the point of no return, a failure past it that
+    /// needed an operator's retry).
     pub notes: Vec<String>,
 }
 

@@ -14,11 +14,16 @@ pub enum When {
 }
 
 /// A fault of a step's `execute`.
+///
+/// Past the point of no return a failing step is retried forward within its own retry policy
+/// (whatever the error); when the policy runs out, the Operation needs attention, and the plan's
+/// [`Attention`] decides (see [`FaultPlan::on_attention`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExecuteFault {
-    /// Every attempt fails with a permanent error. Before the point of no return this starts the
-    /// rollback; past it the engine retries forward forever, so use [`ExecuteFault::FailTimes`]
-    /// there.
+    /// Every attempt fails with a permanent error (that does not say it had no effect, even
+    /// before the step's own `execute`: the compensation must cope with what it is told). Before
+    /// the point of no return this starts the rollback; past it the Operation needs attention
+    /// once the step's retry policy runs out.
     Fail(When),
     /// Attempts numbered up to `n` by the engine ([`StepContext::attempt`]) fail with a permanent
     /// error before the step runs; later attempts run normally.
@@ -27,8 +32,35 @@ pub enum ExecuteFault {
     FailTimes(u32),
     /// Attempts numbered up to `n` by the engine fail with a transient error before the step
     /// runs. With `n` at least the step's `max_attempts`, the step fails for good (before the
-    /// point of no return).
+    /// point of no return) or the Operation needs attention (past it).
     Transient(u32),
+    /// Every attempt fails, before the step runs, with a permanent error that says it had no
+    /// effect ([`StepError::no_effect`]): before the point of no return the rollback leaves the
+    /// step alone (it is not compensated, and not reported as not undone, even if irreversible).
+    ///
+    /// [`StepError::no_effect`]: saga_core::StepError::no_effect
+    FailWithoutEffect,
+}
+
+/// What the operator decides when the Operation needs attention (past the point of no return, a
+/// step ran out of its retry policy): see [`FaultPlan::on_attention`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Attention {
+    /// Retry the step ([`Executor::retry`]), its retry policy starting over; at most
+    /// [`Attention::MAX_RETRIES`] times in a run, after which the run fails.
+    ///
+    /// [`Executor::retry`]: saga_core::Executor::retry
+    Retry,
+    /// Abandon the Operation ([`Executor::abandon`]): it ends with [`Outcome::Abandoned`].
+    ///
+    /// [`Executor::abandon`]: saga_core::Executor::abandon
+    /// [`Outcome::Abandoned`]: saga_core::Outcome::Abandoned
+    Abandon,
+}
+
+impl Attention {
+    /// How many times [`Attention::Retry`] retries in one run.
+    pub const MAX_RETRIES: usize = 3;
 }
 
 /// Every fault planned for one step.
@@ -58,16 +90,19 @@ impl StepFaults {
 /// Its `Display` (and `Debug`) is compact, for counterexamples:
 ///
 /// ```
-/// use saga_testkit::{FaultPlan, When};
+/// use saga_testkit::{Attention, FaultPlan, When};
 /// let plan = FaultPlan::new()
 ///     .fail("d", When::Before)
 ///     .transient("b", 2)
 ///     .fail_compensation("a")
+///     .fail_without_effect("e")
 ///     .cancel_at("c", When::After)
+///     .on_attention(Attention::Abandon)
 ///     .crash_after(7);
 /// assert_eq!(
 ///     plan.to_string(),
-///     "fail compensation a; transient b x2; fail d; cancel at c after effect; crash after 7"
+///     "fail compensation a; transient b x2; fail d; fail e without effect; \
+///      cancel at c after effect; abandon on attention; crash after 7"
 /// );
 /// assert_eq!(FaultPlan::new().to_string(), "none");
 /// ```
@@ -75,6 +110,7 @@ impl StepFaults {
 pub struct FaultPlan {
     steps: BTreeMap<String, StepFaults>,
     cancel: Option<(String, When)>,
+    attention: Option<Attention>,
     crash_after: Option<u64>,
 }
 
@@ -95,9 +131,15 @@ impl FaultPlan {
     }
 
     /// The first `n` attempts of `step` fail permanently (for steps past the point of no return,
-    /// which the engine retries forward).
+    /// which the engine retries forward within their retry policy).
     pub fn fail_times(self, step: &str, n: u32) -> Self {
         self.at(step, |f| f.execute = Some(ExecuteFault::FailTimes(n)))
+    }
+
+    /// Every attempt of `step` fails permanently, before its own `execute`, with an error that
+    /// says it had no effect ([`ExecuteFault::FailWithoutEffect`]).
+    pub fn fail_without_effect(self, step: &str) -> Self {
+        self.at(step, |f| f.execute = Some(ExecuteFault::FailWithoutEffect))
     }
 
     /// The first `n` attempts of `step` fail with a transient error.
@@ -125,6 +167,14 @@ impl FaultPlan {
     /// again the next time the step runs.
     pub fn cancel_at(mut self, step: &str, when: When) -> Self {
         self.cancel = Some((step.to_owned(), when));
+        self
+    }
+
+    /// What the operator decides each time the Operation needs attention. Without a decision, a
+    /// run whose Operation needs attention fails with the engine's
+    /// [`Error::NeedsAttention`](saga_core::Error::NeedsAttention).
+    pub fn on_attention(mut self, decision: Attention) -> Self {
+        self.attention = Some(decision);
         self
     }
 
@@ -157,6 +207,11 @@ impl FaultPlan {
         self.cancel.as_ref().map(|(step, when)| (step.as_str(), *when))
     }
 
+    /// What the operator decides when the Operation needs attention, if the plan says.
+    pub fn attention(&self) -> Option<Attention> {
+        self.attention
+    }
+
     /// After how many durable records the process crashes, if it does.
     pub fn crash(&self) -> Option<u64> {
         self.crash_after
@@ -164,7 +219,10 @@ impl FaultPlan {
 
     /// Whether the plan injects nothing.
     pub fn is_empty(&self) -> bool {
-        self.steps().next().is_none() && self.cancel.is_none() && self.crash_after.is_none()
+        self.steps().next().is_none()
+            && self.cancel.is_none()
+            && self.attention.is_none()
+            && self.crash_after.is_none()
     }
 }
 
@@ -187,6 +245,9 @@ impl fmt::Display for FaultPlan {
                 Some(ExecuteFault::Fail(when)) => items.push(format!("fail {step}{}", after(when))),
                 Some(ExecuteFault::FailTimes(n)) => items.push(format!("fail {step} x{n}")),
                 Some(ExecuteFault::Transient(n)) => items.push(format!("transient {step} x{n}")),
+                Some(ExecuteFault::FailWithoutEffect) => {
+                    items.push(format!("fail {step} without effect"))
+                }
             }
             if faults.execute_twice {
                 items.push(format!("execute {step} twice"));
@@ -197,6 +258,11 @@ impl fmt::Display for FaultPlan {
         }
         if let Some((step, when)) = &self.cancel {
             items.push(format!("cancel at {step}{}", after(*when)));
+        }
+        match self.attention {
+            None => {}
+            Some(Attention::Retry) => items.push("retry on attention".into()),
+            Some(Attention::Abandon) => items.push("abandon on attention".into()),
         }
         if let Some(r) = self.crash_after {
             items.push(format!("crash after {r}"));
@@ -235,5 +301,10 @@ mod tests {
         assert!(plan.step("zz") == StepFaults::default());
         assert!(!plan.is_empty());
         assert!(FaultPlan::new().crash_after(3).without_crash().is_empty());
+        assert!(!FaultPlan::new().on_attention(Attention::Retry).is_empty());
+        assert_eq!(
+            FaultPlan::new().fail_without_effect("a").on_attention(Attention::Retry).to_string(),
+            "fail a without effect; retry on attention"
+        );
     }
 }

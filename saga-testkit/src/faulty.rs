@@ -82,6 +82,12 @@ impl<S: Step> Step for Faulty<S> {
                     "injected failure of {name} (attempt {attempt} of {n})"
                 )));
             }
+            Some(ExecuteFault::FailWithoutEffect) => {
+                return Err(StepError::permanent(format!(
+                    "injected failure of {name} without effect"
+                ))
+                .no_effect());
+            }
             Some(ExecuteFault::Transient(n)) if attempt <= n => {
                 return Err(StepError::transient(format!(
                     "injected transient failure of {name} (attempt {attempt} of {n})"

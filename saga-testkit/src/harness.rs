@@ -1,18 +1,22 @@
 //! `SagaCheck`: a user's saga factory, world and params, and one run of them under a fault plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use saga_core::log::{Record, RecordKind};
+use saga_core::saga::StepInfo;
+use saga_core::store::Store;
 use saga_core::{
-    Executor, MemoryStore, OperationId, Outcome, Record, Resource, Saga, StepInfo, Store,
+    Error as EngineError, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start,
+    StepKind,
 };
 
 use crate::builder::TestSagaBuilder;
 use crate::crash_store::CrashingStore;
 use crate::error::{Error, Result};
-use crate::faults::FaultPlan;
+use crate::faults::{Attention, FaultPlan};
 use crate::injector::{CancelAnswer, Faults, StepStats};
 use crate::world::World;
 
@@ -74,6 +78,15 @@ pub struct Run<S> {
     /// Whether the crash happened (the plan's crash point came before the outcome) and a second
     /// executor recovered the Operation.
     pub recovered: bool,
+    /// The steps that needed attention, in order, one entry each time (by the log's
+    /// `AttentionNeeded` records); the plan's [`Attention`] decided each time.
+    pub attention: Vec<String>,
+    /// The irreversible steps that started and may have changed the world: all but those whose
+    /// every attempt failed without effect (by the log).
+    pub irreversible: BTreeSet<String>,
+    /// `before` and `after` without the changes of the steps in `irreversible`
+    /// ([`World::excluding`]), when some ran and the world can tell their changes apart.
+    pub excluding_irreversible: Option<(S, S)>,
 }
 
 /// The steps of the saga under test and its point of no return.
@@ -91,7 +104,9 @@ impl Layout {
 
 impl<W: World> SagaCheck<W> {
     /// A saga named `name`, built by `saga` over a world made by `new_world`, started with
-    /// params `null`.
+    /// params `null`. A factory written once against
+    /// [`DefineSaga`](saga_core::saga::DefineSaga) serves here as is:
+    /// `|world, saga| define(saga, world)`.
     pub fn new(
         name: impl Into<String>,
         new_world: impl Fn() -> W + Send + Sync + 'static,
@@ -148,10 +163,14 @@ impl<W: World> SagaCheck<W> {
 
     async fn start(&self, executor: &Executor, scenario: &str) -> Result<OperationId> {
         let params = self.params.as_ref().map_err(|e| Error::Params(e.clone()))?;
-        executor
-            .start(&self.name, params, "test", Resource::new("saga-testkit", &self.name), "tester")
-            .await
-            .map_err(|source| Error::Engine { scenario: scenario.to_owned(), source })
+        let request = Start::new(&self.name, Resource::new("saga-testkit", &self.name))
+            .params(params)
+            .environment("test")
+            .actor("tester");
+        executor.start(request).await.map_err(|source| Error::Engine {
+            scenario: scenario.to_owned(),
+            source: Box::new(source),
+        })
     }
 
     async fn wait(
@@ -166,59 +185,89 @@ impl<W: World> SagaCheck<W> {
     }
 
     /// Runs the saga once under `plan` on a fresh world and store, crashing and recovering if the
-    /// plan says so. Must be called within a Tokio runtime.
+    /// plan says so, and deciding as the plan says each time the Operation needs attention.
+    /// Must be called within a Tokio runtime.
     pub async fn run(&self, plan: &FaultPlan) -> Result<Run<W::Snapshot>> {
         let scenario = format!("faults: {plan}");
-        let engine = |source| Error::Engine { scenario: scenario.clone(), source };
+        let engine =
+            |source| Error::Engine { scenario: scenario.clone(), source: Box::new(source) };
+        if plan.crash() == Some(0) {
+            return Err(Error::InvalidPlan(
+                "a crash after 0 records: the Operation is never created".into(),
+            ));
+        }
         let world = (self.new_world)();
         let faults = Faults::new(plan.clone());
         let saga = self.build(&world, &faults)?;
+        let kinds: BTreeMap<String, StepKind> =
+            saga.steps().into_iter().map(|s| (s.name, s.kind)).collect();
         let before = world.snapshot().await;
         let store = (self.store)();
-        let (id, outcome, recovered) = match plan.crash() {
-            Some(0) => {
-                return Err(Error::InvalidPlan(
-                    "a crash after 0 records: the Operation is never created".into(),
-                ))
-            }
-            None => {
-                let executor = self.executor(store.clone(), saga)?;
-                let _server = faults.serve_cancels(&executor);
-                let id = self.start(&executor, &scenario).await?;
-                let outcome = self.wait(&executor, id, &scenario).await?.map_err(engine)?;
-                (id, outcome, false)
-            }
-            Some(budget) => {
-                let crashing = Arc::new(CrashingStore::new(store.clone(), budget));
-                let first = self.executor(crashing, saga)?;
-                let server = faults.serve_cancels(&first);
-                let id = self.start(&first, &scenario).await?;
-                let ended = self.wait(&first, id, &scenario).await?;
-                drop(server);
-                drop(first);
-                match ended {
-                    Ok(outcome) => (id, outcome, false),
-                    // Halted by the crash: a new process recovers over what was durable.
-                    Err(_) => {
-                        let second = self.executor(store.clone(), self.build(&world, &faults)?)?;
-                        let _server = faults.serve_cancels(&second);
-                        let report = second.recover().await.map_err(engine)?;
-                        if let Some((_, cause)) =
-                            report.unrecoverable.into_iter().find(|(op, _)| *op == id)
-                        {
-                            return Err(engine(saga_core::Error::Unrecoverable {
-                                operation: id,
-                                cause,
-                            }));
-                        }
-                        let outcome = self.wait(&second, id, &scenario).await?.map_err(engine)?;
-                        (id, outcome, true)
-                    }
+        let first: Arc<dyn Store> = match plan.crash() {
+            Some(budget) => Arc::new(CrashingStore::new(store.clone(), budget)),
+            None => store.clone(),
+        };
+        let mut executor = self.executor(first, saga)?;
+        let mut server = faults.serve_cancels(&executor);
+        let id = self.start(&executor, &scenario).await?;
+        let mut recovered = false;
+        let mut retries = 0;
+        let outcome = loop {
+            let error = match self.wait(&executor, id, &scenario).await? {
+                Ok(outcome) => break outcome,
+                Err(error) => error,
+            };
+            let decided = match (&error, plan.attention()) {
+                (EngineError::NeedsAttention { .. }, Some(Attention::Abandon)) => {
+                    executor.abandon(id, OWNER, "injected abandon").await.map(Some)
                 }
+                (EngineError::NeedsAttention { .. }, Some(Attention::Retry))
+                    if retries < Attention::MAX_RETRIES =>
+                {
+                    retries += 1;
+                    executor.retry(id, OWNER, "injected retry").await.map(|()| None)
+                }
+                // No decision, or no retry left: the run ends with the engine's error.
+                (EngineError::NeedsAttention { .. }, _) => return Err(engine(error)),
+                _ => Err(error),
+            };
+            match decided {
+                Ok(Some(outcome)) => break outcome,
+                Ok(None) => continue,
+                // Halted by the crash (or the decision refused by it): a new process recovers
+                // over what was durable.
+                Err(_) if plan.crash().is_some() && !recovered => {
+                    drop(server);
+                    drop(executor);
+                    executor = self.executor(store.clone(), self.build(&world, &faults)?)?;
+                    server = faults.serve_cancels(&executor);
+                    let report = executor.recover().await.map_err(engine)?;
+                    if let Some((_, cause)) =
+                        report.unrecoverable.into_iter().find(|(op, _)| *op == id)
+                    {
+                        return Err(engine(EngineError::Unrecoverable { operation: id, cause }));
+                    }
+                    recovered = true;
+                }
+                Err(error) => return Err(engine(error)),
             }
         };
+        drop(server);
         let after = world.snapshot().await;
         let records = store.read(id).await.map_err(|e| engine(e.into()))?;
+        let irreversible = irreversible_with_effect(&records, &kinds);
+        let excluding_irreversible = if irreversible.is_empty() {
+            None
+        } else {
+            world.excluding(&before, &irreversible).zip(world.excluding(&after, &irreversible))
+        };
+        let attention = records
+            .iter()
+            .filter_map(|r| match &r.kind {
+                RecordKind::AttentionNeeded { step, .. } => Some(step.clone()),
+                _ => None,
+            })
+            .collect();
         Ok(Run {
             plan: plan.clone(),
             outcome,
@@ -228,6 +277,34 @@ impl<W: World> SagaCheck<W> {
             stats: faults.all_stats(),
             cancel: faults.cancel_answer(),
             recovered,
+            attention,
+            irreversible,
+            excluding_irreversible,
         })
     }
+}
+
+/// The irreversible steps that started and may have had an effect: every attempt of a step that
+/// failed without effect (`StepFailedWithoutEffect`, as many as its `StepStarted`) changed nothing.
+fn irreversible_with_effect(
+    records: &[Record],
+    kinds: &BTreeMap<String, StepKind>,
+) -> BTreeSet<String> {
+    let mut attempts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for r in records {
+        match &r.kind {
+            RecordKind::StepStarted { step, .. } => attempts.entry(step).or_default().0 += 1,
+            RecordKind::StepFailedWithoutEffect { step, .. } => {
+                attempts.entry(step).or_default().1 += 1
+            }
+            _ => {}
+        }
+    }
+    attempts
+        .into_iter()
+        .filter(|(step, (started, without_effect))| {
+            kinds.get(*step) == Some(&StepKind::Irreversible) && started != without_effect
+        })
+        .map(|(step, _)| step.to_owned())
+        .collect()
 }

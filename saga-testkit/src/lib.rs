@@ -2,16 +2,21 @@
 //! [`saga_core`], for users to show that their rollbacks are right.
 //!
 //! - A [`FaultPlan`] says what to inject into one run: a permanent failure at a step (before or
-//!   after its effect), transient failures, a failing compensation, a doubled `execute` or
-//!   `compensate`, a cancel while a step runs, a crash after the `r`-th durable record (the
-//!   executor is dropped and a new one recovers over the same store).
+//!   after its effect, or saying it had no effect), transient failures, a failing compensation, a
+//!   doubled `execute` or `compensate`, a cancel while a step runs, a crash after the `r`-th
+//!   durable record (the executor is dropped and a new one recovers over the same store), and
+//!   what the operator decides when the Operation needs attention past its point of no return
+//!   ([`Attention`]: retry or abandon).
 //! - [`Faulty`] wraps a step and consults the shared [`Faults`] of the run; a
-//!   [`TestSagaBuilder`] mirrors `SagaBuilder` and wraps every step. [`CrashingStore`] is the
+//!   [`TestSagaBuilder`] mirrors `SagaBuilder` and wraps every step. Both implement
+//!   [`DefineSaga`](saga_core::saga::DefineSaga), so that one saga factory, generic over the
+//!   builder, defines the production saga and the saga under test. [`CrashingStore`] is the
 //!   store that "crashes".
 //! - [`SagaCheck`] holds a user's *saga factory* (a closure that builds the saga with a
 //!   [`TestSagaBuilder`] over a fresh [`World`]), the world and the params, and runs the checks:
 //!   [`each_step_can_fail`](SagaCheck::each_step_can_fail) (every step fails in turn; the
-//!   rollback restores the world and the outcome names the step),
+//!   rollback restores the world, less what irreversible steps changed when the world can tell
+//!   it apart ([`World::excluding`]), and the outcome names the step),
 //!   [`steps_are_idempotent`](SagaCheck::steps_are_idempotent) (every `execute` and `compensate`
 //!   run twice leaves the same world) and [`crash_anywhere`](SagaCheck::crash_anywhere) (a crash
 //!   after every record position recovers to the outcome and world of an uninterrupted run).
@@ -20,8 +25,8 @@
 //! - Proptest strategies: [`saga_shapes`] (random [`SagaShape`]s: stages, parallel groups, step
 //!   kinds, a point of no return), [`fault_plans`] and [`fault_plans_for`] (random plans for a
 //!   shape or a user's saga).
-//! - A store conformance suite, [`conformance`]: the [`Store`](saga_core::Store) contract as
-//!   checks that any store runs with one call ([`conformance::run_all`]) or one test per check.
+//! - A store conformance suite, [`conformance`]: the [`Store`](saga_core::store::Store) contract
+//!   as checks that any store runs with one call ([`conformance::run_all`]) or one test per check.
 //!
 //! A user's saga, checked:
 //!
@@ -100,7 +105,7 @@ mod world;
 pub use crate::builder::{TestGroupBuilder, TestSagaBuilder};
 pub use crate::crash_store::CrashingStore;
 pub use crate::error::{Error, Failure, Failures, Report, Result};
-pub use crate::faults::{ExecuteFault, FaultPlan, StepFaults, When};
+pub use crate::faults::{Attention, ExecuteFault, FaultPlan, StepFaults, When};
 pub use crate::faulty::Faulty;
 pub use crate::harness::{Run, SagaCheck};
 pub use crate::injector::{CancelAnswer, CancelServer, Faults, StepStats};

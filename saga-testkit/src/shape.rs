@@ -157,7 +157,8 @@ impl fmt::Debug for SagaShape {
     }
 }
 
-/// The world of a shaped saga: the names of the steps whose effect is in place.
+/// The world of a shaped saga: the names of the steps whose effect is in place. It excludes
+/// the effects of irreversible steps by name ([`World::excluding`]).
 #[derive(Clone, Debug, Default)]
 pub struct ShapeWorld(Arc<Mutex<BTreeSet<String>>>);
 
@@ -183,6 +184,15 @@ impl World for ShapeWorld {
 
     async fn snapshot(&self) -> BTreeSet<String> {
         self.effects()
+    }
+
+    /// Every step's effect is its name: excluding steps removes their names.
+    fn excluding(
+        &self,
+        snapshot: &BTreeSet<String>,
+        steps: &BTreeSet<String>,
+    ) -> Option<BTreeSet<String>> {
+        Some(snapshot.difference(steps).cloned().collect())
     }
 }
 

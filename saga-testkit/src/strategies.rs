@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use saga_core::{Saga, StepKind};
 
-use crate::faults::{FaultPlan, When};
+use crate::faults::{Attention, FaultPlan, When};
 use crate::shape::{SagaShape, StepSpec};
 
 /// The name of the `i`-th step of a generated shape: `a`..`z`, then `s26`, `s27`...
@@ -75,23 +75,34 @@ fn plans(targets: Vec<Target>) -> BoxedStrategy<FaultPlan> {
         return Just(FaultPlan::new()).boxed();
     }
     let n = targets.len();
-    let fault = (0..n, 0..7u8, 1..=3u32, any::<bool>());
-    proptest::collection::vec(fault, 0..=3)
-        .prop_map(move |faults| {
+    let fault = (0..n, 0..8u8, 1..=3u32, any::<bool>());
+    (proptest::collection::vec(fault, 0..=3), any::<bool>())
+        .prop_map(move |(faults, abandon)| {
             let mut plan = FaultPlan::new();
+            let mut forward_faults = false;
             for (i, kind, times, late) in faults {
                 let t = &targets[i];
                 let when = if late { When::After } else { When::Before };
+                forward_faults |= t.forward_only && matches!(kind, 0 | 1 | 2 | 7);
                 plan = match kind {
-                    // Every attempt failing would retry forward forever past the point of no return.
-                    0 | 1 if t.forward_only => plan.fail_times(&t.name, times.min(2)),
+                    // Past the point of no return, a step failing on every attempt needs
+                    // attention until the Operation is abandoned; an operator's retry would not
+                    // finish it.
+                    1 if t.forward_only && abandon => plan.fail(&t.name, when),
+                    7 if t.forward_only && abandon => plan.fail_without_effect(&t.name),
+                    0 | 1 | 7 if t.forward_only => plan.fail_times(&t.name, times),
                     0 | 1 => plan.fail(&t.name, when),
                     2 => plan.transient(&t.name, times),
                     3 => plan.fail_compensation(&t.name),
                     4 => plan.execute_twice(&t.name),
                     5 => plan.compensate_twice(&t.name),
-                    _ => plan.cancel_at(&t.name, when),
+                    6 => plan.cancel_at(&t.name, when),
+                    _ => plan.fail_without_effect(&t.name),
                 };
+            }
+            if forward_faults {
+                plan =
+                    plan.on_attention(if abandon { Attention::Abandon } else { Attention::Retry });
             }
             plan
         })
@@ -99,10 +110,12 @@ fn plans(targets: Vec<Target>) -> BoxedStrategy<FaultPlan> {
 }
 
 /// Random fault plans for a shape: up to three faults among a permanent failure (before or after
-/// the effect; past the point of no return a failure of 1 or 2 attempts, which is retried
-/// forward), 1 to 3 transient failures, a failing compensation, a doubled execute or compensate,
-/// and a cancel while a step runs. No crash: add one with [`FaultPlan::crash_after`] (every plan
-/// finishes).
+/// the effect), a failure without effect, 1 to 3 transient failures, a failing compensation, a
+/// doubled execute or compensate, and a cancel while a step runs. Past the point of no return a
+/// failure is of 1 to 3 attempts, or of every attempt; a plan with such faults says what the
+/// operator decides when the Operation needs attention: an operator's retry (never with a
+/// failure of every attempt) or abandoning it. No crash: add one with [`FaultPlan::crash_after`]
+/// (every plan finishes).
 pub fn fault_plans(shape: &SagaShape) -> BoxedStrategy<FaultPlan> {
     let targets = shape
         .steps()
@@ -154,8 +167,20 @@ mod tests {
             let unique: std::collections::BTreeSet<_> = names.iter().collect();
             assert_eq!(unique.len(), names.len(), "{shape}");
             assert!(shape.point_of_no_return().is_none_or(|p| p < shape.stages().len()));
-            for (step, _) in plan.steps() {
+            for (step, faults) in plan.steps() {
                 assert!(names.iter().any(|n| n == step), "{plan} names {step}, not in {shape}");
+                let forward =
+                    shape.stage_of(step).is_some_and(|s| shape.past_point_of_no_return(s));
+                let every_attempt = matches!(
+                    faults.execute,
+                    Some(crate::ExecuteFault::Fail(_) | crate::ExecuteFault::FailWithoutEffect)
+                );
+                if forward && faults.execute.is_some() {
+                    assert!(plan.attention().is_some(), "{plan} decides nothing for {shape}");
+                }
+                if forward && every_attempt {
+                    assert_eq!(plan.attention(), Some(Attention::Abandon), "{plan} for {shape}");
+                }
             }
         }
     }

@@ -20,5 +20,5 @@ async fn conformance_run_all() {
 /// The suite runs on a current-thread runtime too, and over `Arc<dyn Store>`.
 #[tokio::test]
 async fn conformance_run_all_dyn_current_thread() {
-    conformance::run_all(|| async { fresh() as Arc<dyn saga_core::Store> }).await;
+    conformance::run_all(|| async { fresh() as Arc<dyn saga_core::store::Store> }).await;
 }

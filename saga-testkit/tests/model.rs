@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
-use saga_core::{Outcome, RecordKind, Store};
+use saga_core::log::RecordKind;
+use saga_core::store::Store;
+use saga_core::Outcome;
 use saga_store::SledStore;
-use saga_testkit::{shapes_and_plans, ExecuteFault, FaultPlan, Run, SagaShape, When};
+use saga_testkit::{shapes_and_plans, Attention, ExecuteFault, FaultPlan, Run, SagaShape, When};
 
 fn cases() -> u32 {
     std::env::var("SAGA_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000)
@@ -46,21 +48,21 @@ impl fmt::Debug for Case {
     }
 }
 
-/// The same plan with at most `MAX_ATTEMPTS - 1` transient failures before the point of no
-/// return. A crash during the last allowed attempt lets the recovered executor run that attempt
-/// again (see `a_crash_during_the_last_allowed_attempt_runs_that_attempt_again`), so with crashes
-/// the model would have to allow both outcomes; exhausted retries are covered without crashes.
-fn without_exhausted_retries(shape: &SagaShape, plan: &FaultPlan) -> FaultPlan {
+/// The same plan with at most `MAX_ATTEMPTS - 1` failures of a step that fails only for some
+/// attempts (transient ones, and past the point of no return permanent ones too). A crash during
+/// the last allowed attempt lets the recovered executor run that attempt again (see
+/// `a_crash_during_the_last_allowed_attempt_runs_that_attempt_again`), so with crashes the model
+/// would have to allow both outcomes (rolled back or succeeded; needing attention or not);
+/// exhausted retries are covered without crashes. Failures of every attempt stay.
+fn without_exhausted_retries(plan: &FaultPlan) -> FaultPlan {
+    let cap = |n: u32| n.min(SagaShape::MAX_ATTEMPTS - 1);
     let mut capped = FaultPlan::new();
     for (step, faults) in plan.steps() {
-        let forward_only = shape.stage_of(step).is_some_and(|s| shape.past_point_of_no_return(s));
         capped = match faults.execute {
             Some(ExecuteFault::Fail(when)) => capped.fail(step, when),
-            Some(ExecuteFault::FailTimes(n)) => capped.fail_times(step, n),
-            Some(ExecuteFault::Transient(n)) if !forward_only => {
-                capped.transient(step, n.min(SagaShape::MAX_ATTEMPTS - 1))
-            }
-            Some(ExecuteFault::Transient(n)) => capped.transient(step, n),
+            Some(ExecuteFault::FailWithoutEffect) => capped.fail_without_effect(step),
+            Some(ExecuteFault::FailTimes(n)) => capped.fail_times(step, cap(n)),
+            Some(ExecuteFault::Transient(n)) => capped.transient(step, cap(n)),
             None => capped,
         };
         if faults.fail_compensation {
@@ -76,6 +78,9 @@ fn without_exhausted_retries(shape: &SagaShape, plan: &FaultPlan) -> FaultPlan {
     if let Some((step, when)) = plan.cancel() {
         capped = capped.cancel_at(step, when);
     }
+    if let Some(decision) = plan.attention() {
+        capped = capped.on_attention(decision);
+    }
     capped
 }
 
@@ -86,7 +91,7 @@ fn without_crash() -> impl Strategy<Value = Case> {
 /// Cases that crash after 1 to 16 records (a crash point past the end is no crash).
 fn with_crash() -> impl Strategy<Value = Case> {
     (shapes_and_plans(), 1..=16u64).prop_map(|((shape, plan), r)| {
-        let plan = without_exhausted_retries(&shape, &plan).crash_after(r);
+        let plan = without_exhausted_retries(&plan).crash_after(r);
         Case { shape, plan }
     })
 }
@@ -123,7 +128,8 @@ enum Ended {
 
 fn matches_model(case: &Case, backend: Backend) -> Result<Ended, TestCaseError> {
     let run = run(case, backend)?;
-    let expected = reference::expect(&case.shape, &case.plan);
+    let lost = observe::lost_attempts(&run.records);
+    let expected = reference::expect(&case.shape, &case.plan, &lost);
     let problems = observe::problems(&case.shape, &expected, &run);
     prop_assert!(
         problems.is_empty(),
@@ -276,4 +282,48 @@ fn a_crash_after_a_cancel_before_the_step_ended_recovers() {
     assert!(run.recovered);
     assert!(matches!(run.outcome, Outcome::RolledBack { cause: RollbackCause::Cancelled { .. } }));
     assert!(run.after.is_empty());
+}
+
+/// Past the point of no return, a step that runs out of its retry policy needs attention: the
+/// operator retries (the step then succeeds) or abandons the Operation (nothing is rolled back,
+/// nothing after it starts); before it, a step that fails without effect is left alone (fixed
+/// cases of the model property, with their outcomes).
+#[test]
+fn attention_and_failures_without_effect_match_the_model() {
+    use saga_core::StepKind;
+    use saga_testkit::StepSpec;
+    let spec = |name: &str, kind| StepSpec { name: name.into(), kind };
+    let shape = SagaShape::new(
+        vec![
+            vec![spec("a", StepKind::Compensable)],
+            vec![spec("b", StepKind::Irreversible)],
+            vec![spec("c", StepKind::Compensable), spec("d", StepKind::Compensable)],
+            vec![spec("e", StepKind::Compensable)],
+        ],
+        Some(1),
+    );
+    let runs_out = FaultPlan::new().fail_times("c", 3).transient("d", 3);
+    let cases = [
+        (runs_out.clone().on_attention(Attention::Retry), "succeeded"),
+        (runs_out.on_attention(Attention::Abandon), "abandoned"),
+        (FaultPlan::new().fail("c", When::After).on_attention(Attention::Abandon), "abandoned"),
+        (FaultPlan::new().fail_without_effect("e").on_attention(Attention::Abandon), "abandoned"),
+        (FaultPlan::new().fail_times("e", 2).on_attention(Attention::Retry), "succeeded"),
+        (FaultPlan::new().fail_without_effect("b"), "rolled back"),
+        (FaultPlan::new().fail_without_effect("a"), "rolled back"),
+        (FaultPlan::new().fail("b", When::Before), "rollback incomplete"),
+    ];
+    for (plan, status) in cases {
+        let case = Case { shape: shape.clone(), plan };
+        let run = run(&case, Backend::Memory).unwrap();
+        assert_eq!(run.outcome.status(), status, "{case:?}: {}", run.outcome);
+        matches_model(&case, Backend::Memory).unwrap();
+        // The same, crashing after every record (retries that run out are left to the
+        // property without crashes, see `without_exhausted_retries`).
+        let plan = without_exhausted_retries(&case.plan);
+        for r in 1..run.records.len() as u64 {
+            let crashed = Case { shape: shape.clone(), plan: plan.clone().crash_after(r) };
+            matches_model(&crashed, Backend::Memory).unwrap();
+        }
+    }
 }

@@ -9,8 +9,9 @@
 //! - connects to Docker and the emulator ([`Clients`]);
 //! - wraps every step in [`Injected`], which reads the `--fail-at` and `--crash-at` flags from the
 //!   Operation's params ([`FaultFlags`]) and injects the failure or the crash;
-//! - writes its saga once against [`Define`], so that the same definition builds the production
-//!   [`Saga`](saga_core::Saga) and the one that `saga-testkit` checks;
+//! - writes its saga once against [`DefineSaga`](saga_core::saga::DefineSaga), so that the same
+//!   definition builds the production [`Saga`](saga_core::Saga) and the one that `saga-testkit`
+//!   checks;
 //! - recovers what an earlier run left unfinished, then runs one Operation and streams its log
 //!   ([`Runner`]), ending with `operation <id>: <outcome>`;
 //! - sets up what it needs in the emulator once, recording the ids in `DIR` ([`Recorded`],
@@ -34,7 +35,6 @@ mod cli;
 mod clients;
 pub mod containers;
 pub mod database;
-mod define;
 pub mod emulator;
 mod faults;
 mod http;
@@ -43,7 +43,6 @@ mod runner;
 
 pub use crate::cli::{Args, Cli};
 pub use crate::clients::Clients;
-pub use crate::define::{Define, DefineGroup};
 pub use crate::faults::{FaultFlags, Injected};
 pub use crate::http::http_get_local;
 pub use crate::recorded::Recorded;

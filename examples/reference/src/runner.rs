@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use saga_core::{Executor, FollowEvent, OperationId, OperationLogLayer, Outcome, Resource, Saga};
+use saga_core::log::{FollowEvent, OperationLogLayer};
+use saga_core::{Executor, OperationId, Outcome, Resource, Saga, Start};
 use saga_store::SledStore;
 use serde::Serialize;
 use tracing_subscriber::filter::LevelFilter;
@@ -91,8 +92,10 @@ impl Runner {
     }
 
     /// Recovers what an earlier run left unfinished (after `--crash-at` or a kill) and streams
-    /// each to its end. Returns the outcomes, and whether any Operation was unrecoverable (or
-    /// an entry of the unfinished index was damaged, so that it may hide one).
+    /// each to its end. Returns the outcomes, and whether any Operation was unrecoverable or
+    /// needs attention (past its point of no return, a step ran out of its retry policy: an
+    /// operator must retry or abandon it), or an entry of the unfinished index was damaged, so
+    /// that it may hide one.
     pub async fn resume(&self) -> Result<(Vec<(OperationId, Outcome)>, bool), BoxError> {
         let report = self.executor.recover().await?;
         for cause in &report.damaged {
@@ -101,12 +104,23 @@ impl Runner {
         for (id, cause) in &report.unrecoverable {
             say(&format!("operation {id}: unrecoverable: {cause}"));
         }
+        for id in &report.needs_attention {
+            let state = self.executor.status(*id).await?;
+            let (step, error) = state.attention().unwrap_or(("?", "?"));
+            say(&format!(
+                "operation {id}: needs attention: step {step} keeps failing past the point of no \
+                 return ({error}); retry or abandon it"
+            ));
+        }
         let mut outcomes = Vec::new();
         for id in report.resumed {
             say(&format!("resuming operation {id}"));
             outcomes.push((id, self.stream(id).await?));
         }
-        Ok((outcomes, !report.unrecoverable.is_empty() || !report.damaged.is_empty()))
+        let stuck = !report.unrecoverable.is_empty()
+            || !report.needs_attention.is_empty()
+            || !report.damaged.is_empty();
+        Ok((outcomes, stuck))
     }
 
     /// Starts an Operation of saga `saga` on `resource` with `params`, cancels it after
@@ -119,7 +133,9 @@ impl Runner {
         cancel_after: Option<u64>,
     ) -> Result<(OperationId, Outcome), BoxError> {
         let actor = std::env::var("USER").unwrap_or_else(|_| "example".into());
-        let id = self.executor.start(saga, params, &self.environment, resource, &actor).await?;
+        let request =
+            Start::new(saga, resource).params(params).environment(&self.environment).actor(&actor);
+        let id = self.executor.start(request).await?;
         if let Some(ms) = cancel_after {
             let executor = self.executor.clone();
             tokio::spawn(async move {
@@ -147,8 +163,15 @@ impl Runner {
         Ok(outcome)
     }
 
-    /// Stops gracefully: running steps finish and are recorded.
+    /// How long [`Runner::shutdown`] lets running steps finish on their own.
+    pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
+
+    /// Stops gracefully: running steps finish (within [`Runner::SHUTDOWN_DEADLINE`]) and are
+    /// recorded; an Operation left without an outcome is said, for the next run to resume.
     pub async fn shutdown(&self) {
-        self.executor.shutdown().await;
+        let report = self.executor.shutdown(Self::SHUTDOWN_DEADLINE).await;
+        for id in &report.left {
+            say(&format!("operation {id} left unfinished; the next run resumes it"));
+        }
     }
 }

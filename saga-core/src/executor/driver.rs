@@ -38,6 +38,11 @@ pub(crate) enum Exit {
     Stopped,
     /// Stopped because the store failed or the log became illegal; `recover()` may continue it.
     Halted(Arc<Error>),
+    /// Past the point of no return, a step ran out of its retry policy: (step, last error).
+    NeedsAttention {
+        step: String,
+        error: String,
+    },
 }
 
 enum Event {
@@ -65,10 +70,13 @@ pub(crate) struct Driver {
     /// one of another stage is checked against the saga by `StepContext::output`).
     outputs: Arc<Outputs>,
     stopping: bool,
+    /// The shutdown's deadline passed: running executes saw their tokens fire, and what they
+    /// return other than success is not recorded (`recover()` runs them again).
+    interrupted: bool,
     /// The outcome's log line, written once the outcome is durable.
     outcome_line: Option<(LogLevel, String)>,
     /// A cancel request found in the store at claim, applied before anything else runs.
-    pub(crate) cancel_at_start: Option<crate::CancelRequest>,
+    pub(crate) cancel_at_start: Option<crate::store::CancelRequest>,
     _capture: crate::capture::Registration,
 }
 
@@ -113,6 +121,7 @@ impl Driver {
             info,
             outputs: Arc::new(outputs),
             stopping: false,
+            interrupted: false,
             outcome_line: None,
             cancel_at_start: None,
             _capture: crate::capture::register(state_id, &log_for_capture),
@@ -165,6 +174,12 @@ impl Driver {
         let shutdown = self.shared.shutdown.clone();
         let shutting_down = shutdown.cancelled();
         tokio::pin!(shutting_down);
+        let interrupt = self.shared.interrupt.clone();
+        let interrupted = interrupt.cancelled();
+        tokio::pin!(interrupted);
+        // Once interrupted, how long the running futures have before they are dropped.
+        let dropping = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(dropping);
         let commands = self.commands.clone();
         if let Some(request) = self.cancel_at_start.take() {
             match self.cancel(request.actor.clone(), request.reason.clone()).await {
@@ -212,6 +227,11 @@ impl Driver {
             if self.stopping && self.running.is_empty() {
                 return Ok(Exit::Stopped);
             }
+            if let Some((step, error)) = self.state.attention.clone() {
+                if self.running.is_empty() {
+                    return Ok(Exit::NeedsAttention { step, error });
+                }
+            }
             if self.running.is_empty() && self.timers.is_empty() && !self.stopping {
                 return Err(Error::IllegalRecord {
                     operation: self.state.id,
@@ -242,9 +262,44 @@ impl Driver {
                 }
                 command = commands.recv() => self.on_command(command).await?,
                 _ = &mut shutting_down, if !self.stopping => self.begin_stopping(),
+                _ = &mut interrupted, if !self.interrupted => {
+                    if !self.stopping {
+                        self.begin_stopping();
+                    }
+                    self.interrupt_steps();
+                    let grace = self.saga.longest_cancel_grace();
+                    dropping.as_mut().reset(tokio::time::Instant::now() + grace);
+                }
+                _ = &mut dropping, if self.interrupted => {
+                    for step in &self.flight.running {
+                        self.log.line(
+                            LogLevel::Warn,
+                            Some(step),
+                            format!(
+                                "{step} did not return within its grace period after the \
+                                 shutdown's deadline and was dropped; its outcome is unknown and \
+                                 recover() runs it again"
+                            ),
+                        );
+                    }
+                    return Ok(Exit::Stopped);
+                }
                 _ = renew.tick() => self.renew().await?,
             }
         }
+    }
+
+    /// The shutdown's deadline passed: fires the running executes' tokens (each has its grace
+    /// period to return) and stops recording their failures, which may only say that they were
+    /// interrupted. Compensations are not fired: they run on until the grace period ends.
+    fn interrupt_steps(&mut self) {
+        self.interrupted = true;
+        self.cancel.cancel();
+        self.log.line(
+            LogLevel::Warn,
+            None,
+            "the shutdown's deadline passed; interrupting the running steps".into(),
+        );
     }
 
     /// Whether nothing of the Operation ran yet, so that it still waits for its resource.
@@ -370,7 +425,7 @@ impl Driver {
                 Ok(()) => {}
                 // An earlier attempt that reported a transient failure may have been written
                 // after all: the store then expects the record after them.
-                Err(crate::StoreError::OutOfSequence { expected, .. })
+                Err(crate::store::StoreError::OutOfSequence { expected, .. })
                     if already_stored(self.shared.store.as_ref(), &self.pending, expected)
                         .await? => {}
                 Err(e) => return Err(e.into()),
@@ -491,15 +546,14 @@ impl Driver {
             (Execution::Retrying { error }, _) => error.clone(),
             _ => "an earlier attempt failed".to_owned(),
         };
+        // An execute's policy counts from its start (an operator's retry starts it over).
+        let counted =
+            if compensation { attempts } else { attempts.saturating_sub(s.policy_start.0) };
         let policy = self.policy(step, compensation);
-        let delay = policy.delay(attempts);
+        let delay = policy.delay(counted);
         self.flight.waiting.insert(step.to_owned());
         let what = if compensation { "compensation of " } else { "" };
-        let bound = if !compensation && self.past_point_of_no_return(step) {
-            "past the point of no return".to_owned()
-        } else {
-            format!("attempt {} of {}", attempts + 1, policy.max_attempts)
-        };
+        let bound = format!("attempt {} of {}", counted + 1, policy.max_attempts);
         self.log.line(
             LogLevel::Warn,
             Some(step),
@@ -545,6 +599,9 @@ impl Driver {
                     format!("rollback incomplete ({cause}): could not undo {}", items.join(", ")),
                 )
             }
+            abandoned @ Outcome::Abandoned { .. } => {
+                (LogLevel::Error, format!("operation {abandoned}"))
+            }
         };
         if let Outcome::RollbackIncomplete { not_undone, .. } = &outcome {
             for item in not_undone {
@@ -580,6 +637,14 @@ impl Driver {
                             format!("step {step} succeeded"),
                         );
                     }
+                    Err(error) if self.interrupted => self.log.line(
+                        LogLevel::Warn,
+                        Some(&step),
+                        format!(
+                            "step {step} was interrupted by the shutdown ({error}); nothing is \
+                             recorded of this attempt and recover() runs it again"
+                        ),
+                    ),
                     Err(error) => self.on_execute_error(step, error)?,
                 }
             }
@@ -591,7 +656,7 @@ impl Driver {
                         self.log.line(LogLevel::Info, Some(&step), format!("compensated {step}"));
                     }
                     Err(error) => {
-                        let retry = self.may_retry(&step, &error, true);
+                        let retry = self.may_retry(&step, &error, true, false);
                         let message = error.to_string();
                         self.record(RecordKind::CompensationFailed {
                             step: step.clone(),
@@ -617,23 +682,54 @@ impl Driver {
 
     fn on_execute_error(&mut self, step: String, error: StepError) -> Result<(), Error> {
         let message = error.to_string();
-        let forward_only = self
-            .saga
-            .point_of_no_return_stage()
-            .is_some_and(|p| self.saga.stage_of(&step).is_some_and(|stage| stage > p));
-        let retry = if self.state.phase() != Phase::Running {
-            false
-        } else if forward_only {
-            true
-        } else {
-            self.may_retry(&step, &error, false)
+        let forward_only = self.past_point_of_no_return(&step);
+        // Past the point of no return every error is retried forward within the step's retry
+        // policy; when the policy runs out, the Operation needs attention. A sibling that fails
+        // while another step needs attention waits with the Operation.
+        let (retry, attention) = match self.state.phase() {
+            Phase::Running if forward_only => {
+                let allowed = self.may_retry(&step, &error, false, true);
+                (true, !allowed)
+            }
+            Phase::Running => (self.may_retry(&step, &error, false, false), false),
+            Phase::NeedsAttention => (true, false),
+            Phase::RollingBack | Phase::Finished => (false, false),
         };
-        self.record(RecordKind::StepFailed {
-            step: step.clone(),
-            error: message.clone(),
-            retryable: retry,
+        let no_effect = error.has_no_effect();
+        self.record(if no_effect {
+            RecordKind::StepFailedWithoutEffect {
+                step: step.clone(),
+                error: message.clone(),
+                retryable: retry,
+            }
+        } else {
+            RecordKind::StepFailed { step: step.clone(), error: message.clone(), retryable: retry }
         })?;
-        if retry {
+        let effect = if no_effect { " (without effect)" } else { "" };
+        if attention {
+            self.record(RecordKind::AttentionNeeded {
+                step: step.clone(),
+                error: message.clone(),
+            })?;
+            self.timers.clear();
+            self.flight.waiting.clear();
+            self.flight.due.clear();
+            self.log.line(
+                LogLevel::Error,
+                Some(&step),
+                format!(
+                    "step {step} failed{effect}: {message}; past the point of no return it ran \
+                     out of its retry policy, so the operation needs attention: retry the step \
+                     or abandon the operation"
+                ),
+            );
+        } else if retry && self.state.phase() == Phase::NeedsAttention {
+            self.log.line(
+                LogLevel::Warn,
+                Some(&step),
+                format!("step {step} failed{effect}: {message}; it runs again if the operation is retried"),
+            );
+        } else if retry {
             let why = if forward_only && !error.is_transient() {
                 " (past the point of no return, so forward)"
             } else {
@@ -642,16 +738,22 @@ impl Driver {
             self.log.line(
                 LogLevel::Warn,
                 Some(&step),
-                format!("step {step} failed: {message}{why}"),
+                format!("step {step} failed{effect}: {message}{why}"),
             );
             self.schedule_retry(&step, false);
         } else if self.state.cancel.is_some() {
-            self.log.line(LogLevel::Warn, Some(&step), format!("step {step} ended: {message}"));
+            self.log.line(
+                LogLevel::Warn,
+                Some(&step),
+                format!("step {step} ended{effect}: {message}"),
+            );
         } else if self.state.failure.as_ref().is_some_and(|(s, _)| *s == step) {
+            let undo =
+                if no_effect { " (it changed nothing, so nothing of it is undone)" } else { "" };
             self.log.line(
                 LogLevel::Error,
                 Some(&step),
-                format!("step {step} failed: {message}; rolling back"),
+                format!("step {step} failed{effect}: {message}; rolling back{undo}"),
             );
             // Running siblings are cancelled the same way as by a cancel (their tokens fire, they
             // have their grace period); siblings waiting for a retry will not run again and are
@@ -662,22 +764,35 @@ impl Driver {
             self.flight.waiting.clear();
             self.flight.due.clear();
         } else {
-            self.log.line(LogLevel::Warn, Some(&step), format!("step {step} failed: {message}"));
+            self.log.line(
+                LogLevel::Warn,
+                Some(&step),
+                format!("step {step} failed{effect}: {message}"),
+            );
         }
         Ok(())
     }
 
-    fn may_retry(&self, step: &str, error: &StepError, compensation: bool) -> bool {
+    /// Whether the step's policy allows another attempt of its execute (or compensation) after
+    /// `error`. Transient errors are retried; so are a compensation's permanent errors (giving
+    /// up leaves a change in place, which is worse than one more try) and, with `forward_only`,
+    /// an execute's past the point of no return. An execute's policy counts from
+    /// [`StepState::policy_start`](crate::state::StepState::policy_start).
+    fn may_retry(
+        &self,
+        step: &str,
+        error: &StepError,
+        compensation: bool,
+        forward_only: bool,
+    ) -> bool {
         let Some(s) = self.state.step(step) else { return false };
         let (attempts, first) = if compensation {
             (s.compensation_attempts, s.compensation_first_started_ms)
         } else {
-            (s.attempts, s.first_started_ms)
+            (s.attempts.saturating_sub(s.policy_start.0), s.policy_start.1)
         };
         let elapsed = Duration::from_millis(now_ms().saturating_sub(first));
-        // A compensation is retried even on a permanent error while attempts remain: giving up
-        // leaves a change in place, which is worse than one more try.
-        (error.is_transient() || compensation)
+        (error.is_transient() || compensation || forward_only)
             && self.policy(step, compensation).allows_another(attempts, elapsed)
     }
 
@@ -737,7 +852,7 @@ const STORE_RETRY: crate::RetryPolicy = crate::RetryPolicy {
 /// Whether the store holds exactly the `pending` records already (an append that failed
 /// transiently but was written), given the sequence number the store expects next.
 async fn already_stored(
-    store: &dyn crate::Store,
+    store: &dyn crate::store::Store,
     pending: &[Record],
     expected: u64,
 ) -> Result<bool, Error> {

@@ -42,7 +42,7 @@ pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// ```
 /// use std::sync::Arc;
 /// use async_trait::async_trait;
-/// use saga_core::{Executor, MemoryStore, Outcome, Resource, Saga, Step, StepContext, StepError};
+/// use saga_core::{Executor, MemoryStore, Outcome, Resource, Saga, Start, Step, StepContext, StepError};
 ///
 /// struct Hello;
 /// #[async_trait]
@@ -57,7 +57,7 @@ pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// let saga = Saga::builder("greet", 1).step("hello", Hello).build()?;
 /// let executor = Executor::builder(Arc::new(MemoryStore::new())).saga(saga).build()?;
 /// let id = executor
-///     .start("greet", &"world", "dev", Resource::new("app", "web"), "alice")
+///     .start(Start::new("greet", Resource::new("app", "web")).params("world").actor("alice"))
 ///     .await?;
 /// assert_eq!(executor.wait(id).await?, Outcome::Succeeded);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -82,6 +82,11 @@ pub(crate) struct Shared {
     /// answers (`wait`, `status`, `cancel`) are that failure until a `recover()` resumes them.
     troubled: Mutex<HashMap<OperationId, Trouble>>,
     pub(crate) shutdown: CancellationToken,
+    /// Fired when a shutdown's deadline passes: running executes see their tokens fire.
+    pub(crate) interrupt: CancellationToken,
+    /// Operations whose driver ended here without an outcome (stopped by a shutdown, halted, or
+    /// needing attention): what [`Executor::shutdown`] reports as left for `recover()`.
+    left: Mutex<Vec<OperationId>>,
     tasks: TaskTracker,
     recovering: tokio::sync::Mutex<()>,
     /// How often unfinished Operations are looked for and claimed (`None`: never on its own).
@@ -139,9 +144,23 @@ pub struct RecoveryReport {
     /// record or lease, or a store error while reading it (a transient one, see
     /// [`Error::is_transient`], may pass at a later `recover()`). The others still resume.
     pub unrecoverable: Vec<(OperationId, Arc<Error>)>,
+    /// Operations that need attention (past the point of no return, a step ran out of its
+    /// retry policy): not resumed; [`Executor::retry`] or [`Executor::abandon`] decides.
+    pub needs_attention: Vec<OperationId>,
     /// Entries of the unfinished index that name no Operation (a key that does not decode),
     /// each saying where; [`Executor::check`] removes them.
     pub damaged: Vec<StoreError>,
+}
+
+/// What [`Executor::shutdown`] left behind.
+#[derive(Debug, Default)]
+pub struct ShutdownReport {
+    /// Operations that stopped here without an outcome, in the order they stopped: stopped at
+    /// a step boundary or interrupted by the deadline, halted on a store failure, or waiting for
+    /// an operator. `recover()` on an executor over the same store continues each of them.
+    pub left: Vec<OperationId>,
+    /// Whether the deadline passed with steps still running, so that their tokens were fired.
+    pub interrupted: bool,
 }
 
 /// Builds an [`Executor`].
@@ -251,6 +270,8 @@ impl ExecutorBuilder {
                 running: Mutex::new(HashMap::new()),
                 troubled: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                interrupt: CancellationToken::new(),
+                left: Mutex::new(Vec::new()),
                 tasks: TaskTracker::new(),
                 recovering: tokio::sync::Mutex::new(()),
                 takeover_interval: self.takeover_interval,
@@ -299,57 +320,37 @@ impl Executor {
         self.shared.sagas.get(&(name.to_owned(), version))
     }
 
-    /// Starts an Operation of the highest registered version of saga `saga`. Returns once its
-    /// `OperationCreated` record is durable; the steps run in the background. If `resource` has
-    /// unfinished Operations, this one waits behind them, in start order, across executors and
-    /// restarts (its log and [`OperationState::waiting_for`] say for which);
-    /// [`Executor::start_if_idle`] refuses instead.
-    pub async fn start<P: Serialize + ?Sized>(
-        &self,
-        saga: &str,
-        params: &P,
-        environment: &str,
-        resource: Resource,
-        actor: &str,
-    ) -> Result<OperationId> {
-        self.start_inner(saga, params, environment, resource, actor, false).await
+    /// Starts an Operation of the highest registered version of the request's saga. Returns once
+    /// its `OperationCreated` record is durable; the steps run in the background. If the
+    /// resource has unfinished Operations, this one waits behind them, in start order, across
+    /// executors and restarts (its log and
+    /// [`OperationState::waiting_for`](crate::state::OperationState::waiting_for) say for
+    /// which); [`Executor::start_if_idle`] refuses instead.
+    pub async fn start(&self, request: Start) -> Result<OperationId> {
+        self.start_inner(request, false).await
     }
 
-    /// [`Executor::start`], but refused with [`Error::ResourceBusy`] when `resource` has an
+    /// [`Executor::start`], but refused with [`Error::ResourceBusy`] when the resource has an
     /// unfinished Operation at the time of the call, instead of waiting behind it. (Two calls
     /// racing on an idle resource may both start; the second then waits behind the first.)
-    pub async fn start_if_idle<P: Serialize + ?Sized>(
-        &self,
-        saga: &str,
-        params: &P,
-        environment: &str,
-        resource: Resource,
-        actor: &str,
-    ) -> Result<OperationId> {
-        self.start_inner(saga, params, environment, resource, actor, true).await
+    pub async fn start_if_idle(&self, request: Start) -> Result<OperationId> {
+        self.start_inner(request, true).await
     }
 
-    async fn start_inner<P: Serialize + ?Sized>(
-        &self,
-        saga: &str,
-        params: &P,
-        environment: &str,
-        resource: Resource,
-        actor: &str,
-        if_idle: bool,
-    ) -> Result<OperationId> {
+    async fn start_inner(&self, request: Start, if_idle: bool) -> Result<OperationId> {
         if self.shared.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         self.ensure_watching();
+        let Start { saga, resource, params, environment, actor } = request;
         let version = *self
             .shared
             .latest
-            .get(saga)
-            .ok_or_else(|| Error::UnknownSaga { name: saga.to_owned(), version: None })?;
-        let definition = self.shared.sagas[&(saga.to_owned(), version)].clone();
-        let params = serde_json::to_vec(params)
-            .map_err(|source| Error::Serialize { what: "the params".into(), source })?;
+            .get(&saga)
+            .ok_or_else(|| Error::UnknownSaga { name: saga.clone(), version: None })?;
+        let definition = self.shared.sagas[&(saga.clone(), version)].clone();
+        let params =
+            params.map_err(|source| Error::Serialize { what: "the params".into(), source })?;
         if if_idle {
             if let Some(busy) = self.shared.store.resource_queue(&resource).await?.first() {
                 return Err(Error::ResourceBusy { resource, operation: *busy });
@@ -364,12 +365,12 @@ impl Executor {
             seq: 0,
             at_ms: now_ms(),
             kind: RecordKind::OperationCreated {
-                saga: saga.to_owned(),
+                saga: saga.clone(),
                 version,
                 params,
-                environment: environment.to_owned(),
+                environment,
                 resource,
-                actor: actor.to_owned(),
+                actor: actor.clone(),
             },
         };
         let lease =
@@ -389,7 +390,7 @@ impl Executor {
         &self,
         saga: Arc<Saga>,
         state: OperationState,
-        lease: crate::Lease,
+        lease: crate::store::Lease,
         log: Arc<LogSink>,
         driving: Driving,
         cancel: Option<CancelRequest>,
@@ -415,14 +416,27 @@ impl Executor {
                 }
             };
             mailbox.close();
-            if let Exit::Halted(cause) = &exit {
-                lock(&shared.troubled).insert(id, Trouble::Halted(cause.clone()));
-            }
-            lock(&shared.running).remove(&id);
-            // The driver (with any step future it still held) and its reservation go before
-            // anyone waiting hears of the end: whoever acts on it may drive the Operation next.
+            // The driver (with any step future it still held) and its reservation go first, while
+            // the handle still makes `wait()` wait for the exit below: whoever acts on the end
+            // may drive the Operation next, and must find it free.
             drop(driver);
             drop(driving);
+            {
+                let mut running = lock(&shared.running);
+                // A recovery may have resumed it already (it was free): that driver's handle
+                // stays, and this one's troubles are over.
+                if running.get(&id).is_some_and(|h| Arc::ptr_eq(&h.mailbox, &mailbox)) {
+                    running.remove(&id);
+                    if let Exit::Halted(cause) = &exit {
+                        lock(&shared.troubled).insert(id, Trouble::Halted(cause.clone()));
+                    }
+                    let mut left = lock(&shared.left);
+                    left.retain(|l| *l != id);
+                    if !matches!(exit, Exit::Finished(_)) {
+                        left.push(id);
+                    }
+                }
+            }
             let _ = exit_tx.send(Some(exit));
         });
     }
@@ -508,16 +522,26 @@ impl Executor {
                 Some(Exit::Finished(outcome)) => return Ok(outcome),
                 Some(Exit::Stopped) => return Err(Error::NotRunning(id)),
                 Some(Exit::Halted(cause)) => return Err(Error::Halted { operation: id, cause }),
+                Some(Exit::NeedsAttention { step, error }) => {
+                    return Err(Error::NeedsAttention { operation: id, step, error })
+                }
                 None => {}
             }
         }
         if let Some(trouble) = self.trouble(id) {
             return Err(trouble.error(id));
         }
-        match self.status(id).await?.outcome {
-            Some(outcome) => Ok(outcome),
-            None => Err(Error::NotRunning(id)),
+        let state = self.status(id).await?;
+        if let Some(outcome) = state.outcome {
+            return Ok(outcome);
         }
+        if let Some((step, error)) = state.attention {
+            return Err(Error::NeedsAttention { operation: id, step, error });
+        }
+        if self.saga(&state.saga, state.version).is_none() {
+            return Err(Error::UnknownSaga { name: state.saga, version: Some(state.version) });
+        }
+        Err(Error::NotRunning(id))
     }
 
     fn trouble(&self, id: OperationId) -> Option<Trouble> {
@@ -578,6 +602,7 @@ impl Executor {
                     lock(&self.shared.troubled).insert(id, Trouble::Unrecoverable(cause.clone()));
                     report.unrecoverable.push((id, cause));
                 }
+                Recovered::NeedsAttention(id) => report.needs_attention.push(id),
                 Recovered::Ready(ready) => {
                     report.resumed.push(ready.state.id);
                     resume.push(*ready);
@@ -614,6 +639,10 @@ impl Executor {
                 Err(e) => return Recovered::Unrecoverable(id, Arc::new(e.into())),
             };
         match self.prepare(id).await {
+            Ok(Some((_, state, _))) if state.phase() == Phase::NeedsAttention => {
+                let _ = self.shared.store.release(&lease).await;
+                Recovered::NeedsAttention(id)
+            }
             Ok(Some((saga, state, log))) => {
                 Recovered::Ready(Box::new(Ready { saga, state, lease, log, driving }))
             }
@@ -708,7 +737,7 @@ impl Executor {
     /// Reconciles the store's indexes with its records (see [`Store::check`]) and, when `repair`
     /// is set, repairs what the records alone can: an Operation missing from the unfinished
     /// index is listed again, so that the next `recover()` resumes it.
-    pub async fn check(&self, repair: bool) -> Result<crate::CheckReport> {
+    pub async fn check(&self, repair: bool) -> Result<crate::store::CheckReport> {
         Ok(self.shared.store.check(repair).await?)
     }
 
@@ -743,12 +772,201 @@ impl Executor {
         lock(&self.shared.running).contains_key(&id)
     }
 
-    /// Stops gracefully: no new step starts, running steps and compensations finish and are
-    /// recorded, then every Operation stops where it is and is left to `recover()`.
-    pub async fn shutdown(&self) {
+    /// Stops gracefully, within `deadline`: no new step starts, and running steps and
+    /// compensations finish and are recorded; each Operation stops at its next step boundary and
+    /// is left to `recover()`. Nothing is rolled back. When the deadline passes with steps still
+    /// running, their tokens fire ([`StepContext::cancellation`](crate::StepContext::cancellation))
+    /// and each has its [`Step::cancel_grace`](crate::Step::cancel_grace) to return: a success
+    /// is recorded, anything else is not (the step may only be saying it was interrupted), and a
+    /// step (or compensation) still running after the grace period is dropped. Either way its
+    /// attempt's outcome is unknown to the log and `recover()` runs it again, as after a crash.
+    /// Returns the Operations left for `recover()`.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
-        self.shared.tasks.wait().await;
+        let interrupted = tokio::time::timeout(deadline, self.shared.tasks.wait()).await.is_err();
+        if interrupted {
+            self.shared.interrupt.cancel();
+            self.shared.tasks.wait().await;
+        }
+        ShutdownReport { left: std::mem::take(&mut *lock(&self.shared.left)), interrupted }
+    }
+
+    /// Retries the step of an Operation that needs attention (see [`Phase::NeedsAttention`]):
+    /// records who asked and why ([`RecordKind::AttentionRetried`]), starts the step's retry
+    /// policy over and resumes the Operation on this executor. [`Error::NoAttentionNeeded`] if
+    /// it does not need attention; a store error if another executor holds it.
+    pub async fn retry(&self, id: OperationId, actor: &str, reason: &str) -> Result<()> {
+        self.ensure_watching();
+        let claimed = self.claim_for_operator(id).await?;
+        let Claimed { saga, mut state, lease, log, driving } = claimed;
+        let record = Record {
+            operation: id,
+            seq: state.next_seq,
+            at_ms: now_ms(),
+            kind: RecordKind::AttentionRetried {
+                actor: actor.to_owned(),
+                reason: reason.to_owned(),
+            },
+        };
+        let step = state.attention.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
+        if let Err(e) = self.operator_write(&lease, &mut state, &record).await {
+            let _ = self.shared.store.release(&lease).await;
+            return Err(e);
+        }
+        log.line(
+            LogLevel::Warn,
+            Some(&step),
+            format!("{actor} retries step {step}, which needed attention: {reason}"),
+        );
+        self.spawn(saga, state, lease, log, driving, None);
+        Ok(())
+    }
+
+    /// Abandons an Operation that needs attention (see [`Phase::NeedsAttention`]): it finishes
+    /// with [`Outcome::Abandoned`], naming the step, its last error, who abandoned it and why.
+    /// Nothing is rolled back and the steps after it never run. Returns the outcome, durable.
+    pub async fn abandon(&self, id: OperationId, actor: &str, reason: &str) -> Result<Outcome> {
+        // The reservation is held until the outcome is written.
+        let Claimed { mut state, lease, log, driving: _driving, .. } =
+            self.claim_for_operator(id).await?;
+        let (step, error) = state.attention.clone().unwrap_or_default();
+        let outcome =
+            Outcome::Abandoned { step, error, actor: actor.to_owned(), reason: reason.to_owned() };
+        let record = Record {
+            operation: id,
+            seq: state.next_seq,
+            at_ms: now_ms(),
+            kind: RecordKind::OperationFinished { outcome: outcome.clone() },
+        };
+        let written = self.operator_write(&lease, &mut state, &record).await;
+        if written.is_ok() {
+            log.final_line(LogLevel::Error, format!("operation {outcome}"));
+        }
+        let _ = log.flush(self.shared.store.as_ref()).await;
+        let _ = self.shared.store.release(&lease).await;
+        written.map(|()| outcome)
+    }
+
+    /// Claims an Operation that needs attention, for an operator's decision.
+    async fn claim_for_operator(&self, id: OperationId) -> Result<Claimed> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let Some(driving) = Driving::reserve(id) else {
+            return Err(Error::NoAttentionNeeded { operation: id });
+        };
+        let lease = self.shared.store.claim(id, &self.shared.owner, self.shared.lease_ttl).await?;
+        match self.prepare(id).await {
+            Ok(Some((saga, state, log))) if state.phase() == Phase::NeedsAttention => {
+                lock(&self.shared.troubled).remove(&id);
+                Ok(Claimed { saga, state, lease, log, driving })
+            }
+            Ok(Some(_)) => {
+                let _ = self.shared.store.release(&lease).await;
+                Err(Error::NoAttentionNeeded { operation: id })
+            }
+            Ok(None) => {
+                let _ = self.shared.store.release(&lease).await;
+                let state = self.status(id).await?;
+                match state.outcome {
+                    Some(outcome) => {
+                        Err(Error::AlreadyFinished { operation: id, outcome: Box::new(outcome) })
+                    }
+                    None => Err(Error::NoAttentionNeeded { operation: id }),
+                }
+            }
+            Err(e) => {
+                let _ = self.shared.store.release(&lease).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies an operator's record to the state and makes it durable.
+    async fn operator_write(
+        &self,
+        lease: &crate::store::Lease,
+        state: &mut OperationState,
+        record: &Record,
+    ) -> Result<()> {
+        state.apply(record)?;
+        self.shared.store.append(lease, std::slice::from_ref(record)).await?;
+        Ok(())
+    }
+}
+
+/// An Operation claimed for an operator's decision.
+struct Claimed {
+    saga: Arc<Saga>,
+    state: OperationState,
+    lease: crate::store::Lease,
+    log: Arc<LogSink>,
+    driving: Driving,
+}
+
+/// What to start: the request [`Executor::start`] takes, with each part named, so that no two
+/// strings can be given in each other's place.
+///
+/// The saga and the resource are required; the rest have defaults: no params (JSON `null`), the
+/// environment `"default"` and the actor `"anonymous"`. A control plane should name both: the
+/// environment bounds the activity report, and the actor is who the log and the report say
+/// started the change.
+///
+/// ```
+/// use saga_core::{Resource, Start};
+/// let request = Start::new("deploy", Resource::new("app", "web"))
+///     .params(&serde_json::json!({ "image": "web:2" }))
+///     .environment("prod")
+///     .actor("alice");
+/// assert_eq!(request.saga_name(), "deploy");
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct Start {
+    saga: String,
+    resource: Resource,
+    params: std::result::Result<Vec<u8>, serde_json::Error>,
+    environment: String,
+    actor: String,
+}
+
+impl Start {
+    /// A request to start an Operation of saga `saga` (its highest registered version) on
+    /// `resource`.
+    pub fn new(saga: impl Into<String>, resource: Resource) -> Self {
+        Start {
+            saga: saga.into(),
+            resource,
+            params: Ok(b"null".to_vec()),
+            environment: "default".to_owned(),
+            actor: "anonymous".to_owned(),
+        }
+    }
+
+    /// The parameters the steps read with [`StepContext::params`](crate::StepContext::params),
+    /// serialized as JSON. A value that does not serialize makes [`Executor::start`] fail with
+    /// [`Error::Serialize`] before anything is written.
+    pub fn params<P: Serialize + ?Sized>(mut self, params: &P) -> Self {
+        self.params = serde_json::to_vec(params);
+        self
+    }
+
+    /// The environment the Operation belongs to (its activity report's scope).
+    pub fn environment(mut self, environment: impl Into<String>) -> Self {
+        self.environment = environment.into();
+        self
+    }
+
+    /// Who starts it: the log and the activity report name them.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = actor.into();
+        self
+    }
+
+    /// The saga's name.
+    pub fn saga_name(&self) -> &str {
+        &self.saga
     }
 }
 
@@ -776,6 +994,8 @@ enum Recovered {
     OwnedElsewhere(OperationId),
     /// It cannot be resumed, for this reason.
     Unrecoverable(OperationId, Arc<Error>),
+    /// It waits for an operator's decision.
+    NeedsAttention(OperationId),
     /// Claimed and folded, ready to resume.
     Ready(Box<Ready>),
 }
@@ -784,7 +1004,7 @@ enum Recovered {
 struct Ready {
     saga: Arc<Saga>,
     state: OperationState,
-    lease: crate::Lease,
+    lease: crate::store::Lease,
     log: Arc<LogSink>,
     driving: Driving,
 }
@@ -802,6 +1022,7 @@ fn describe(state: &OperationState) -> String {
             Some(cause) => format!("resuming the rollback ({cause})"),
             None => "resuming the rollback".into(),
         },
+        Phase::NeedsAttention => "waiting for an operator".into(),
         Phase::Finished => "already finished".into(),
     }
 }

@@ -77,7 +77,10 @@ pub(crate) fn past_point_of_no_return(saga: &Saga, state: &OperationState) -> bo
 /// its saga is known): the one rule of a local cancel and of a cancel through the store.
 pub(crate) fn refuse_cancel(saga: Option<&Saga>, state: &OperationState) -> Result<(), Error> {
     if let Some(outcome) = &state.outcome {
-        return Err(Error::AlreadyFinished { operation: state.id, outcome: outcome.clone() });
+        return Err(Error::AlreadyFinished {
+            operation: state.id,
+            outcome: Box::new(outcome.clone()),
+        });
     }
     if let Some(saga) = saga.filter(|saga| past_point_of_no_return(saga, state)) {
         return Err(Error::PastPointOfNoReturn {
@@ -91,7 +94,7 @@ pub(crate) fn refuse_cancel(saga: Option<&Saga>, state: &OperationState) -> Resu
 /// The next actions. Empty means: wait for something in flight.
 pub(crate) fn next_actions(saga: &Saga, state: &OperationState, flight: &InFlight) -> Vec<Action> {
     match state.phase() {
-        Phase::Finished => Vec::new(),
+        Phase::Finished | Phase::NeedsAttention => Vec::new(),
         Phase::Running => forward(saga, state, flight),
         Phase::RollingBack => backward(saga, state, flight),
     }
@@ -144,7 +147,10 @@ fn backward(saga: &Saga, state: &OperationState, flight: &InFlight) -> Vec<Actio
     }
     let order = rollback_order(state);
     for s in &order {
-        if kind_of(saga, &s.name) != StepKind::Compensable || s.compensation.is_done() {
+        if kind_of(saga, &s.name) != StepKind::Compensable
+            || s.compensation.is_done()
+            || s.had_no_effect()
+        {
             continue;
         }
         if flight.busy(&s.name) {
@@ -161,8 +167,10 @@ fn backward(saga: &Saga, state: &OperationState, flight: &InFlight) -> Vec<Actio
         Some(cause) => cause,
         None => return Vec::new(),
     };
+    // A step that failed without effect changed nothing: nothing to undo, nothing stays.
     let not_undone: Vec<NotUndone> = order
         .iter()
+        .filter(|s| !s.had_no_effect())
         .filter_map(|s| match (kind_of(saga, &s.name), &s.compensation) {
             (StepKind::Irreversible, _) => {
                 Some(NotUndone { step: s.name.clone(), reason: NotUndoneReason::Irreversible })

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::{Error, MemoryStore, OperationState, Outcome, Saga, Store};
+use saga_core::log::{Record, RecordKind};
+use saga_core::state::{Execution, OperationState};
+use saga_core::store::Store;
+use saga_core::{Error, MemoryStore, OperationId, Outcome, Resource, Saga, Start};
 
 use crate::support::{CrashingStore, TestStep, World};
 
@@ -82,8 +85,14 @@ async fn an_unknown_saga_at_recovery_is_unrecoverable_and_the_others_still_recov
     let other = Saga::builder("retired", 3).step("x", TestStep::new("x", &world)).build().unwrap();
     let first = crate::executor(crashing, vec![five(&world, None), other]);
     let known = crate::start(&first, "five").await;
-    let retired =
-        first.start("retired", &(), "test", saga_core::Resource::new("app", "old"), "t").await;
+    let retired = first
+        .start(
+            Start::new("retired", Resource::new("app", "old"))
+                .params(&())
+                .environment("test")
+                .actor("t"),
+        )
+        .await;
     // The budget is spent: the second start may fail to be created, or be created and halt.
     let _ = first.wait(known).await;
     drop(first);
@@ -91,16 +100,16 @@ async fn an_unknown_saga_at_recovery_is_unrecoverable_and_the_others_still_recov
         Ok(id) => id,
         Err(_) => {
             // Create the unknown-saga Operation directly in the store instead.
-            let record = saga_core::Record {
-                operation: saga_core::OperationId::new(),
+            let record = Record {
+                operation: OperationId::new(),
                 seq: 0,
                 at_ms: 1,
-                kind: saga_core::RecordKind::OperationCreated {
+                kind: RecordKind::OperationCreated {
                     saga: "retired".into(),
                     version: 3,
                     params: b"null".to_vec(),
                     environment: "test".into(),
-                    resource: saga_core::Resource::new("app", "old"),
+                    resource: Resource::new("app", "old"),
                     actor: "t".into(),
                 },
             };
@@ -126,7 +135,9 @@ async fn an_unknown_saga_at_recovery_is_unrecoverable_and_the_others_still_recov
     assert!(log.last().unwrap().message.contains("unknown saga retired version 3"), "{log:?}");
 }
 
-#[tokio::test]
+/// On tokio's paused clock (the store is in memory): the 50 ms and the 200 ms step take no real
+/// time, and the shutdown comes in the middle of the step, exactly.
+#[tokio::test(start_paused = true)]
 async fn shutdown_stops_at_a_step_boundary_and_recover_finishes() {
     let world = World::default();
     let memory = Arc::new(MemoryStore::new());
@@ -140,16 +151,17 @@ async fn shutdown_stops_at_a_step_boundary_and_recover_finishes() {
     let first = crate::executor(memory.clone(), vec![saga(&world)]);
     let id = crate::start(&first, "s").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    first.shutdown().await;
+    // A deadline far past the step's end: the step finishes on its own.
+    let report = first.shutdown(Duration::from_secs(60)).await;
+    assert_eq!(report.left, vec![id]);
+    assert!(!report.interrupted);
     // a finished and was recorded; b did not start.
     let state = first.status(id).await.unwrap();
-    assert!(matches!(state.step("a").unwrap().execution, saga_core::Execution::Succeeded { .. }));
+    assert!(matches!(state.step("a").unwrap().execution, Execution::Succeeded { .. }));
     assert!(state.step("b").is_none());
     assert!(matches!(first.wait(id).await, Err(Error::NotRunning(_))));
-    assert!(matches!(
-        first.start("s", &(), "t", saga_core::Resource::new("a", "b"), "x").await,
-        Err(Error::ShuttingDown)
-    ));
+    let late = Start::new("s", Resource::new("a", "b")).params(&()).environment("t").actor("x");
+    assert!(matches!(first.start(late).await, Err(Error::ShuttingDown)));
 
     let second = crate::executor(memory, vec![saga(&world)]);
     assert_eq!(second.recover().await.unwrap().resumed, vec![id]);

@@ -6,10 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use saga_core::log::{LogLine, Record, RecordKind};
+use saga_core::state::OperationState;
+use saga_core::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
 use saga_core::{
-    async_trait, CancelRequest, CheckReport, Error, Executor, Lease, Listing, LogLine, MemoryStore,
-    OperationId, Outcome, Record, RecordKind, Saga, Step, StepContext, StepError, Store,
-    StoreError,
+    async_trait, Error, Executor, MemoryStore, OperationId, Outcome, Saga, Step, StepContext,
+    StepError,
 };
 
 use crate::support::{TestStep, World};
@@ -270,7 +272,7 @@ async fn transient_store_errors_are_retried_with_a_log_line() {
     assert_eq!(retries, 3, "{log:?}");
     // Every step ran once: retrying the store never re-runs a step.
     assert_eq!(world.journal(), vec!["execute a #1", "execute b #1", "execute c #1"]);
-    saga_core::OperationState::fold(id, &store.read(id).await.unwrap()).expect("a legal log");
+    OperationState::fold(id, &store.read(id).await.unwrap()).expect("a legal log");
 }
 
 #[tokio::test]
@@ -300,6 +302,7 @@ async fn two_unfinished(store: Arc<FaultStore>, world: &World) -> (OperationId, 
     let _ = wait(&first, a).await;
     let _ = wait(&first, b).await;
     store.heal();
+    // Their 30 ms leases expire on the store's clock, the system's: this waits in real time.
     tokio::time::sleep(Duration::from_millis(40)).await;
     (a, b)
 }
@@ -446,7 +449,9 @@ impl Step for Counted {
     }
 }
 
-#[tokio::test]
+/// On tokio's paused clock: the in-memory store needs no real time, and the second executor's
+/// recovery comes in the middle of the 300 ms step, exactly.
+#[tokio::test(start_paused = true)]
 async fn two_executors_of_one_name_never_drive_one_operation_at_once() {
     let store = Arc::new(MemoryStore::new());
     let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));

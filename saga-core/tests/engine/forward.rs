@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use saga_core::{async_trait, Execution, Outcome, RetryPolicy, Saga, Step, StepContext, StepError};
+use saga_core::state::Execution;
+use saga_core::{
+    async_trait, Outcome, Resource, RetryPolicy, Saga, Start, Step, StepContext, StepError,
+};
 
 use crate::support::{TestStep, World};
 
@@ -69,10 +72,11 @@ async fn steps_read_params_and_earlier_outputs_typed() {
         .build()
         .unwrap();
     let executor = crate::executor(std::sync::Arc::new(saga_core::MemoryStore::new()), vec![saga]);
-    let id = executor
-        .start("s", &vec![1u32, 2, 3], "test", saga_core::Resource::new("app", "x"), "me")
-        .await
-        .unwrap();
+    let request = Start::new("s", Resource::new("app", "x"))
+        .params(&vec![1u32, 2, 3])
+        .environment("test")
+        .actor("me");
+    let id = executor.start(request).await.unwrap();
     assert_eq!(executor.wait(id).await.unwrap(), Outcome::Succeeded);
     let state = executor.status(id).await.unwrap();
     match &state.step("b").unwrap().execution {
@@ -110,7 +114,9 @@ async fn a_wrong_output_type_fails_the_step_with_a_typed_message() {
     }
 }
 
-#[tokio::test]
+/// On tokio's paused clock (the store is in memory): the steps' 300 ms take no real time and the
+/// elapsed time is exact.
+#[tokio::test(start_paused = true)]
 async fn a_parallel_group_runs_its_steps_at_once() {
     let world = World::default();
     let saga = Saga::builder("s", 1)
@@ -121,29 +127,46 @@ async fn a_parallel_group_runs_its_steps_at_once() {
         .step("c", TestStep::new("c", &world))
         .build()
         .unwrap();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (outcome, _, _) = crate::run(saga).await;
     assert_eq!(outcome, Outcome::Succeeded);
     // Sequential would take 600 ms or more.
-    assert!(started.elapsed() < Duration::from_millis(590), "{:?}", started.elapsed());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(590), "{took:?}");
     let journal = world.journal();
     assert_eq!(journal.last().map(String::as_str), Some("execute c #1"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn past_the_point_of_no_return_failures_retry_forward() {
+    // Five permanent failures, then success, with a policy of six attempts: before the point of
+    // no return the first failure rolls back (a permanent error is not retried); past it, every
+    // error is retried forward within the policy, and the sixth attempt succeeds.
+    let flaky = |world: &World| {
+        let mut flaky = TestStep::new("b", world).permanent_failures(5);
+        flaky.retry = RetryPolicy::exponential(6, Duration::from_millis(1));
+        flaky
+    };
+
     let world = World::default();
-    // Five failures, then success, with a policy that allows one attempt: before the point of no
-    // return this would roll back; past it, it retries forward.
-    let mut flaky = TestStep::new("b", &world).transient_failures(5);
-    flaky.retry = RetryPolicy::exponential(1, Duration::from_millis(1));
+    let saga = Saga::builder("s", 1)
+        .step("a", TestStep::new("a", &world))
+        .step("b", flaky(&world))
+        .build()
+        .unwrap();
+    let (outcome, executor, id) = crate::run(saga).await;
+    assert_eq!(outcome.status(), "rolled back", "{outcome:?}");
+    assert_eq!(executor.status(id).await.unwrap().step("b").unwrap().attempts, 1);
+
+    let world = World::default();
     let saga = Saga::builder("s", 1)
         .step("a", TestStep::new("a", &world))
         .point_of_no_return()
-        .step("b", flaky)
+        .step("b", flaky(&world))
         .build()
         .unwrap();
     let (outcome, executor, id) = crate::run(saga).await;
     assert_eq!(outcome, Outcome::Succeeded);
     assert_eq!(executor.status(id).await.unwrap().step("b").unwrap().attempts, 6);
+    assert_eq!(world.effects().into_iter().collect::<Vec<_>>(), ["a", "b"]);
 }

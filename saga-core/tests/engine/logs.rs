@@ -3,10 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use saga_core::log::{render_log, FollowEvent, LogSource, OperationLogLayer};
+use saga_core::report::{
+    activity_report, neutralise_cell, write_activity_csv, ActivityRow, ActivityStatus,
+    ACTIVITY_COLUMNS,
+};
+use saga_core::store::now_ms;
 use saga_core::{
-    activity_report, async_trait, now_ms, render_log, write_activity_csv, ActivityRow, FollowEvent,
-    LogSource, MemoryStore, OperationLogLayer, Outcome, Resource, Saga, Step, StepContext,
-    StepError, StepKind, ACTIVITY_COLUMNS,
+    async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start, Step,
+    StepContext, StepError, StepKind,
 };
 use tracing_subscriber::prelude::*;
 
@@ -39,7 +44,9 @@ fn capture() -> tracing::subscriber::DefaultGuard {
     tracing::subscriber::set_default(tracing_subscriber::registry().with(OperationLogLayer::new()))
 }
 
-#[tokio::test]
+/// On tokio's paused clock (the store is in memory): the step's pauses and the retry's delay
+/// take no real time.
+#[tokio::test(start_paused = true)]
 async fn a_log_followed_live_equals_the_stored_log_after_a_restart() {
     let _capture = capture();
     let world = World::default();
@@ -122,6 +129,21 @@ async fn a_slow_follower_is_told_what_it_missed_and_never_blocks_the_operation()
     assert_eq!(lines as u64 + missed, executor.log(id).await.unwrap().len() as u64);
 }
 
+/// Starts an Operation in `environment` and waits for its outcome.
+async fn run_in(
+    executor: &Executor,
+    saga: &str,
+    environment: &str,
+    resource: Resource,
+    actor: &str,
+) -> OperationId {
+    let request = Start::new(saga, resource).params(&()).environment(environment).actor(actor);
+    let id = executor.start(request).await.unwrap();
+    executor.wait(id).await.unwrap();
+    id
+}
+
+/// In real time: the report's period and the purge's cut-off are on the system's clock.
 #[tokio::test]
 async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     let world = World::default();
@@ -140,24 +162,11 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     let before = now_ms();
     let mut prod = Vec::new();
     for name in ["web", "=HYPERLINK(\"http://x\",\"y\")"] {
-        let id = executor
-            .start("deploy", &(), "prod", Resource::new("app", name), "alice")
-            .await
-            .unwrap();
-        executor.wait(id).await.unwrap();
-        prod.push(id);
+        prod.push(run_in(&executor, "deploy", "prod", Resource::new("app", name), "alice").await);
     }
-    let id = executor
-        .start("resize", &(), "prod", Resource::new("database", "db"), "@bob")
-        .await
-        .unwrap();
-    executor.wait(id).await.unwrap();
-    prod.push(id);
-    let staging = executor
-        .start("deploy", &(), "staging", Resource::new("app", "web"), "carol")
-        .await
-        .unwrap();
-    executor.wait(staging).await.unwrap();
+    prod.push(run_in(&executor, "resize", "prod", Resource::new("database", "db"), "@bob").await);
+    let staging =
+        run_in(&executor, "deploy", "staging", Resource::new("app", "web"), "carol").await;
     let after = now_ms() + 1;
 
     let rows = activity_report(store.as_ref(), "prod", before, after).await.unwrap();
@@ -171,7 +180,7 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     assert_eq!(staged.iter().map(|r| r.operation).collect::<Vec<_>>(), [staging]);
 
     let resize = &rows[2];
-    assert_eq!(resize.status, saga_core::ActivityStatus::RollbackIncomplete);
+    assert_eq!(resize.status, ActivityStatus::RollbackIncomplete);
     assert_eq!(resize.failed_step.as_deref(), Some("restart"));
     assert_eq!(resize.not_undone, ["grow (irreversible)"]);
 
@@ -186,9 +195,7 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
         reader.records().map(|r| r.unwrap().iter().map(str::to_owned).collect()).collect();
     let expected: Vec<Vec<String>> = rows
         .iter()
-        .map(|r: &ActivityRow| {
-            r.cells().iter().map(|c| saga_core::neutralise_cell(c).into_owned()).collect()
-        })
+        .map(|r: &ActivityRow| r.cells().iter().map(|c| neutralise_cell(c).into_owned()).collect())
         .collect();
     assert_eq!(parsed, expected);
     assert_eq!(parsed[1][4], "'=HYPERLINK(\"http://x\",\"y\")");

@@ -3,19 +3,24 @@
 
 mod support;
 
+mod api;
+mod attention;
 mod cancel;
 mod crash;
 mod faults;
 mod forward;
 mod logs;
 mod many;
+mod no_effect;
 mod queue;
 mod report;
 mod rollback;
+mod shutdown;
 
 use std::sync::Arc;
 
-use saga_core::{Executor, OperationId, Outcome, Resource, Saga, Store};
+use saga_core::store::Store;
+use saga_core::{Executor, OperationId, Outcome, Resource, Saga, Start};
 
 /// An executor over `store` with these sagas, named like a restarted node would be.
 pub fn executor(store: Arc<dyn Store>, sagas: Vec<Saga>) -> Executor {
@@ -34,7 +39,9 @@ pub async fn start(executor: &Executor, saga: &str) -> OperationId {
 /// Starts an Operation of `saga` with empty params, on resource `app <app>`: Operations on one
 /// resource run one at a time, in start order.
 pub async fn start_on(executor: &Executor, saga: &str, app: &str) -> OperationId {
-    executor.start(saga, &(), "test", Resource::new("app", app), "tester").await.expect("started")
+    let request =
+        Start::new(saga, Resource::new("app", app)).params(&()).environment("test").actor("tester");
+    executor.start(request).await.expect("started")
 }
 
 /// Runs one Operation of `saga` to its outcome.

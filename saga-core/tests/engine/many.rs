@@ -1,14 +1,21 @@
 //! Several executors over one store: cancel from anywhere, and takeover when one dies.
+//!
+//! A takeover waits for a lease to expire on the store's clock, the system's: those tests run in
+//! real time. The others run on tokio's paused clock (the store is in memory).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use saga_core::log::RecordKind;
+use saga_core::state::OperationState;
+use saga_core::store::Store;
 use saga_core::{
-    async_trait, Error, Executor, MemoryStore, OperationId, Outcome, RecordKind, RollbackCause,
-    Saga, Step, StepContext, StepError, Store,
+    async_trait, Error, Executor, MemoryStore, OperationId, Outcome, RollbackCause, Saga, Step,
+    StepContext, StepError,
 };
+use tokio::time::Instant;
 
 use crate::support::{CrashingStore, TestStep, World};
 
@@ -87,7 +94,8 @@ fn node(store: Arc<dyn Store>, name: &str, saga: Saga) -> Executor {
         .unwrap()
 }
 
-/// Polls `done` every 10 ms until it holds, failing with `what` after `limit`.
+/// Polls `done` every 10 ms until it holds, failing with `what` after `limit` (of tokio's clock,
+/// paused or not).
 async fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -101,7 +109,7 @@ async fn finishes(store: &dyn Store, id: OperationId) -> usize {
     records.iter().filter(|r| matches!(r.kind, RecordKind::OperationFinished { .. })).count()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_cancel_from_another_executor_rolls_back_within_a_second() {
     let (world, overlap) = (World::default(), Overlap::default());
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -156,7 +164,7 @@ async fn a_cancel_of_an_operation_nobody_runs_is_seen_at_claim() {
         futures_finished(&store, id)
     })
     .await;
-    let outcome = heir.status(id).await.map(|s| s.outcome.unwrap());
+    let outcome = heir.status(id).await.map(|s| s.outcome().cloned().unwrap());
     assert!(
         matches!(outcome, Ok(Outcome::RolledBack { cause: RollbackCause::Cancelled { ref actor, .. } }) if actor == "carol"),
         "{outcome:?}"
@@ -166,7 +174,7 @@ async fn a_cancel_of_an_operation_nobody_runs_is_seen_at_claim() {
     assert_eq!(finishes(memory.as_ref(), id).await, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_cancel_from_elsewhere_past_the_point_of_no_return_is_refused() {
     let world = World::default();
     let saga = || {
@@ -222,8 +230,8 @@ async fn when_one_executor_dies_the_others_finish_its_operations_one_driver_at_a
         })
         .await;
         assert_eq!(finishes(memory.as_ref(), id).await, 1, "exactly one outcome");
-        let state = saga_core::OperationState::fold(id, &memory.read(id).await.unwrap()).unwrap();
-        assert_eq!(state.outcome, Some(Outcome::Succeeded));
+        let state = OperationState::fold(id, &memory.read(id).await.unwrap()).unwrap();
+        assert_eq!(state.outcome(), Some(&Outcome::Succeeded));
     }
     assert_eq!(overlap.most.load(Ordering::SeqCst), 1, "one Operation's step ran twice at once");
 }

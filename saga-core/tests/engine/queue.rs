@@ -1,13 +1,19 @@
 //! One Operation at a time per resource: a second waits behind the first, in start order, across
 //! executors; Operations on different resources never wait for each other.
+//!
+//! The store is in memory, so the tests on one thread run on tokio's paused clock; the two on
+//! several threads (where the clock cannot be paused) run in real time. The spans are measured
+//! on tokio's clock either way.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use saga_core::store::Store;
 use saga_core::{
-    async_trait, Executor, MemoryStore, OperationId, Outcome, RollbackCause, Saga, Step,
-    StepContext, StepError, Store,
+    async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, RollbackCause, Saga, Start,
+    Step, StepContext, StepError,
 };
+use tokio::time::Instant;
 
 /// When each Operation's only step ran: (Operation, start, end).
 type Spans = Arc<Mutex<Vec<(OperationId, Instant, Instant)>>>;
@@ -51,8 +57,8 @@ async fn outcome(executors: &[&Executor], id: OperationId) -> Outcome {
                     .expect("finishes in time")
                     .expect("has an outcome");
             }
-            if let Some(outcome) = executor.status(id).await.unwrap().outcome {
-                return outcome;
+            if let Some(outcome) = executor.status(id).await.unwrap().outcome() {
+                return outcome.clone();
             }
         }
         assert!(start.elapsed() < Duration::from_secs(20), "{id} never finished");
@@ -100,7 +106,7 @@ async fn ten_operations_on_ten_resources_run_at_the_same_time() {
     assert!(last_start < first_end, "an Operation waited for another of another resource");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_waiting_operation_says_what_it_waits_for_and_a_cancel_ends_its_wait() {
     let spans = Spans::default();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -109,9 +115,9 @@ async fn a_waiting_operation_says_what_it_waits_for_and_a_cancel_ends_its_wait()
     let second = crate::start_on(&a, "timed", "web").await;
     let third = crate::start_on(&a, "timed", "web").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(a.status(first).await.unwrap().waiting_for, None);
-    assert_eq!(a.status(second).await.unwrap().waiting_for, Some(first));
-    assert_eq!(a.status(third).await.unwrap().waiting_for, Some(second));
+    assert_eq!(a.status(first).await.unwrap().waiting_for(), None);
+    assert_eq!(a.status(second).await.unwrap().waiting_for(), Some(first));
+    assert_eq!(a.status(third).await.unwrap().waiting_for(), Some(second));
     let log = a.log(third).await.unwrap();
     assert!(
         log.iter()
@@ -127,27 +133,24 @@ async fn a_waiting_operation_says_what_it_waits_for_and_a_cancel_ends_its_wait()
             cause: RollbackCause::Cancelled { actor: "ops".into(), reason: "not now".into() }
         }
     );
-    assert_eq!(a.status(third).await.unwrap().waiting_for, Some(first));
+    assert_eq!(a.status(third).await.unwrap().waiting_for(), Some(first));
     assert_eq!(a.wait(first).await.unwrap(), Outcome::Succeeded);
     assert_eq!(a.wait(third).await.unwrap(), Outcome::Succeeded);
     let ran: Vec<OperationId> = spans.lock().unwrap().iter().map(|s| s.0).collect();
     assert_eq!(ran, vec![first, third]);
-    assert!(store
-        .resource_queue(&saga_core::Resource::new("app", "web"))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.resource_queue(&Resource::new("app", "web")).await.unwrap().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_queue_survives_a_restart() {
     let spans = Spans::default();
     let store = Arc::new(MemoryStore::new());
     let first_node = node(store.clone(), "n", timed(50, &spans));
     let first = crate::start_on(&first_node, "timed", "web").await;
     let second = crate::start_on(&first_node, "timed", "web").await;
-    // The process stops before either finished; the next one resumes both, still in order.
-    first_node.shutdown().await;
+    // The process stops before either finished; the next one resumes both, still in order. (The
+    // deadline is far past the running step's end: it finishes on its own.)
+    first_node.shutdown(Duration::from_secs(60)).await;
     let next = node(store.clone(), "n", timed(50, &spans));
     next.recover().await.unwrap();
     assert_eq!(outcome(&[&next], second).await, Outcome::Succeeded);
@@ -159,21 +162,21 @@ async fn the_queue_survives_a_restart() {
     assert!(seconds[0].1 >= first_end, "the second started before the first ended");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn start_if_idle_refuses_a_busy_resource() {
     let spans = Spans::default();
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let a = node(store.clone(), "a", timed(200, &spans));
-    let web = || saga_core::Resource::new("app", "web");
-    let first = a.start_if_idle("timed", &(), "test", web(), "t").await.expect("idle");
-    let err = a.start_if_idle("timed", &(), "test", web(), "t").await.expect_err("busy");
+    let on = |resource| Start::new("timed", resource).params(&()).environment("test").actor("t");
+    let web = || on(Resource::new("app", "web"));
+    let first = a.start_if_idle(web()).await.expect("idle");
+    let err = a.start_if_idle(web()).await.expect_err("busy");
     assert!(
         matches!(&err, saga_core::Error::ResourceBusy { operation, .. } if *operation == first),
         "{err}"
     );
     assert_eq!(err.to_string(), format!("app web is busy with operation {first}"));
-    let other = saga_core::Resource::new("app", "api");
-    a.start_if_idle("timed", &(), "test", other, "t").await.expect("another resource is idle");
+    a.start_if_idle(on(Resource::new("app", "api"))).await.expect("another resource is idle");
     assert_eq!(a.wait(first).await.unwrap(), Outcome::Succeeded);
-    a.start_if_idle("timed", &(), "test", web(), "t").await.expect("idle again");
+    a.start_if_idle(web()).await.expect("idle again");
 }

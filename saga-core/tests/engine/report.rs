@@ -4,13 +4,20 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use saga_core::{
-    activity_report, async_trait, now_ms, write_activity_csv, ActivityRow, ActivityStatus,
-    CancelRequest, CheckReport, Executor, Lease, Listing, LogLine, MemoryStore, OperationId,
-    Outcome, Record, RecordKind, Resource, Saga, Store, StoreError, ACTIVITY_COLUMNS,
+use saga_core::log::{LogLine, Record, RecordKind};
+use saga_core::report::{
+    activity_report, neutralise_cell, write_activity_csv, ActivityRow, ActivityStatus,
+    ACTIVITY_COLUMNS,
 };
+use saga_core::store::{now_ms, CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use saga_core::{async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start};
 
-use crate::support::{TestStep, World};
+use crate::support::{poll_status, TestStep, World};
+
+/// A request to start an Operation of `saga` in `prod`.
+fn in_prod(saga: &str, resource: &str, actor: &str) -> Start {
+    Start::new(saga, Resource::new("app", resource)).params(&()).environment("prod").actor(actor)
+}
 
 /// A `MemoryStore` with chosen damage: reads of some ids fail with a corrupt record, the
 /// environment listing names some ids that have no records and reports damaged entries.
@@ -139,8 +146,7 @@ fn deploy(world: &World) -> Saga {
 
 /// Runs one Operation to its end and returns its id.
 async fn run_one(executor: &Executor, saga: &str, resource: &str, actor: &str) -> OperationId {
-    let id =
-        executor.start(saga, &(), "prod", Resource::new("app", resource), actor).await.unwrap();
+    let id = executor.start(in_prod(saga, resource, actor)).await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), executor.wait(id)).await.unwrap().unwrap();
     id
 }
@@ -292,7 +298,9 @@ async fn an_operation_whose_first_record_names_another_environment_stays_out() {
     assert!(rows.is_empty(), "{rows:#?}");
 }
 
-#[tokio::test]
+/// On tokio's paused clock (the store is in memory): the 30 s step and the polls take no real
+/// time. The rows' times are the system's, which goes on.
+#[tokio::test(start_paused = true)]
 async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
     let world = World::default();
     let slow = Saga::builder("slow", 1)
@@ -308,14 +316,8 @@ async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
     let store = Arc::new(MemoryStore::new());
     let executor = crate::executor(store.clone(), vec![slow, failing, deploy(&world)]);
     let before = now_ms();
-    let cancelled =
-        executor.start("slow", &(), "prod", Resource::new("app", "web"), "alice").await.unwrap();
-    for _ in 0..1000 {
-        if executor.status(cancelled).await.unwrap().step("long").is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let cancelled = executor.start(in_prod("slow", "web", "alice")).await.unwrap();
+    poll_status(&executor, cancelled, "step long starts", |s| s.step("long").is_some()).await;
     executor.cancel(cancelled, "ops-bob", "wrong version").await.unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(20), executor.wait(cancelled))
         .await
@@ -345,12 +347,28 @@ async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
 
     let cells = rows[2].cells();
     assert_eq!(executor.wait(fine).await.unwrap(), Outcome::Succeeded);
-    for name in ["failed step", "failure", "cancelled by", "cancel reason", "problem"] {
+    for name in [
+        "failed step",
+        "failure",
+        "cancelled by",
+        "cancel reason",
+        "abandoned by",
+        "abandon reason",
+        "problem",
+    ] {
         assert_eq!(cells[column(name)], "", "{name}");
+    }
+    // Nobody abandoned the cancelled or the failed one either.
+    for row in &rows[..2] {
+        let cells = row.cells();
+        assert_eq!((row.abandoned_by.as_deref(), row.abandon_reason.as_deref()), (None, None));
+        assert_eq!(cells[column("abandoned by")], "");
+        assert_eq!(cells[column("abandon reason")], "");
     }
 }
 
-#[tokio::test]
+/// On tokio's paused clock, as above.
+#[tokio::test(start_paused = true)]
 async fn the_csv_parses_back_with_damaged_rows_and_every_hostile_cell_neutralised() {
     let world = World::default();
     let saga = Saga::builder("deploy", 1)
@@ -374,14 +392,11 @@ async fn the_csv_parses_back_with_damaged_rows_and_every_hostile_cell_neutralise
     ];
     let mut ids = Vec::new();
     for (i, name) in hostile.iter().enumerate() {
-        let id =
-            executor.start("deploy", &(), "prod", Resource::new("app", *name), name).await.unwrap();
-        for _ in 0..1000 {
-            if executor.status(id).await.unwrap().step("long").is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let id = executor.start(in_prod("deploy", name, name)).await.unwrap();
+        poll_status(&executor, id, &format!("step long of {name:?} starts"), |s| {
+            s.step("long").is_some()
+        })
+        .await;
         // Cancelled by the hostile name, for a hostile reason.
         executor.cancel(id, name, hostile[(i + 1) % hostile.len()]).await.unwrap();
         executor.wait(id).await.unwrap();
@@ -401,7 +416,7 @@ async fn the_csv_parses_back_with_damaged_rows_and_every_hostile_cell_neutralise
     assert_eq!(parsed.len(), rows.len());
     for (row, cells) in rows.iter().zip(&parsed) {
         let expected: Vec<String> =
-            row.cells().iter().map(|c| saga_core::neutralise_cell(c).into_owned()).collect();
+            row.cells().iter().map(|c| neutralise_cell(c).into_owned()).collect();
         assert_eq!(cells, &expected);
     }
     let column = |name: &str| ACTIVITY_COLUMNS.iter().position(|c| *c == name).unwrap();

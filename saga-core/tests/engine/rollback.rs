@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use saga_core::log::RecordKind;
 use saga_core::{NotUndone, NotUndoneReason, Outcome, RollbackCause, Saga, StepKind};
 
 use crate::support::{TestStep, World};
@@ -105,7 +106,9 @@ async fn irreversible_steps_are_skipped_and_reported_and_read_only_steps_ignored
     assert_eq!(world.effects().into_iter().collect::<Vec<_>>(), ["migrate"]);
 }
 
-#[tokio::test]
+/// On tokio's paused clock (the store is in memory): had the rollback waited for the 3 s sibling,
+/// the clock would say so exactly.
+#[tokio::test(start_paused = true)]
 async fn a_failed_branch_cancels_its_running_sibling_then_compensates_both() {
     let world = World::default();
     let saga = Saga::builder("s", 1)
@@ -117,7 +120,7 @@ async fn a_failed_branch_cancels_its_running_sibling_then_compensates_both() {
         .step("never", TestStep::new("never", &world))
         .build()
         .unwrap();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (outcome, executor, id) = crate::run(saga).await;
     assert_eq!(outcome.status(), "rolled back");
     // The rollback did not wait for the 3 s sibling: it was cancelled (no grace: it does not
@@ -125,7 +128,7 @@ async fn a_failed_branch_cancels_its_running_sibling_then_compensates_both() {
     assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
     let records = executor.store().read(id).await.unwrap();
     assert!(records.iter().any(|r| matches!(&r.kind,
-        saga_core::RecordKind::StepFailed { step, error, .. } if step == "slow" && error == "cancelled")));
+        RecordKind::StepFailed { step, error, .. } if step == "slow" && error == "cancelled")));
     // The sibling's execute ended after the failure, so it is undone first, then the failed
     // step, then a.
     assert_eq!(world.compensated(), ["slow", "fast-fail", "a"]);
@@ -180,7 +183,8 @@ impl saga_core::Step for SlowCleanup {
     }
 }
 
-#[tokio::test]
+/// On tokio's paused clock: the 120 ms cleanup against the 50 ms and 2 s timeouts is exact.
+#[tokio::test(start_paused = true)]
 async fn a_compensation_has_its_own_timeout_and_retry_policy() {
     let world = World::default();
     for own in [false, true] {

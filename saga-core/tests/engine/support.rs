@@ -1,11 +1,16 @@
-//! Test steps that record what they do in a shared world, and a store that "crashes".
+//! Test steps that record what they do in a shared world, a store that "crashes", and a poll
+//! that fails saying what it waited for.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use saga_core::{async_trait, Executed, RetryPolicy, Step, StepContext, StepError, StepKind};
+use saga_core::state::OperationState;
+use saga_core::{
+    async_trait, Executed, Executor, OperationId, RetryPolicy, Step, StepContext, StepError,
+    StepKind,
+};
 /// The store that "crashes" after a number of records, from the testkit users get.
 pub use saga_testkit::CrashingStore;
 
@@ -68,6 +73,10 @@ pub struct TestStep {
     pub partial: bool,
     /// Transient failures before success.
     pub transient: Arc<AtomicU32>,
+    /// Permanent failures before success (after the transient ones), shared by the clones.
+    pub permanent: Arc<AtomicU32>,
+    /// How many times `compensate` was called, shared by the clones.
+    pub compensation_calls: Arc<AtomicU32>,
     /// Compensation fails permanently, every time.
     pub compensation_fails: bool,
     /// Time execute takes (it does not watch cancellation; the engine must stop it).
@@ -86,6 +95,8 @@ impl TestStep {
             fail: false,
             partial: false,
             transient: Arc::new(AtomicU32::new(0)),
+            permanent: Arc::new(AtomicU32::new(0)),
+            compensation_calls: Arc::new(AtomicU32::new(0)),
             compensation_fails: false,
             delay: Duration::ZERO,
             compensation_delay: Duration::ZERO,
@@ -100,6 +111,13 @@ impl TestStep {
 
     pub fn transient_failures(self, n: u32) -> Self {
         self.transient.store(n, Ordering::SeqCst);
+        self
+    }
+
+    /// Fails permanently `n` times (after any transient failures), then succeeds: a step that
+    /// only a retry past the point of no return sees through.
+    pub fn permanent_failures(self, n: u32) -> Self {
+        self.permanent.store(n, Ordering::SeqCst);
         self
     }
 
@@ -137,6 +155,10 @@ impl Step for TestStep {
             self.transient.fetch_sub(1, Ordering::SeqCst);
             return Err(StepError::transient(format!("{} flaked", self.name)));
         }
+        if self.permanent.load(Ordering::SeqCst) > 0 {
+            self.permanent.fetch_sub(1, Ordering::SeqCst);
+            return Err(StepError::permanent(format!("{} broke for now", self.name)));
+        }
         if self.fail {
             if self.partial {
                 self.world.apply(&self.name, true);
@@ -154,6 +176,7 @@ impl Step for TestStep {
         ctx: &StepContext,
         executed: Executed<String>,
     ) -> Result<(), StepError> {
+        self.compensation_calls.fetch_add(1, Ordering::SeqCst);
         if let Executed::Succeeded(output) = &executed {
             assert_eq!(output, &format!("{}-output", self.name));
         }
@@ -180,5 +203,26 @@ impl Step for TestStep {
     /// It does not watch its cancellation token, so it gets no grace period.
     fn cancel_grace(&self) -> Duration {
         Duration::ZERO
+    }
+}
+
+/// Polls the Operation's status every 5 ms until `done` holds of it and returns that status;
+/// fails, saying `what` it waited for, after 5 s (of the test's clock: paused time advances
+/// while it sleeps).
+pub async fn poll_status(
+    executor: &Executor,
+    id: OperationId,
+    what: &str,
+    done: impl Fn(&OperationState) -> bool,
+) -> OperationState {
+    let limit = Duration::from_secs(5);
+    let start = tokio::time::Instant::now();
+    loop {
+        let state = executor.status(id).await.expect("status");
+        if done(&state) {
+            return state;
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}; last state: {state:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -15,8 +15,8 @@ use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::types::InstanceType;
 use aws_sdk_elasticloadbalancingv2::types::{ProtocolEnum, TargetDescription};
 use saga_core::{
-    async_trait, Executed, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Step,
-    StepContext, StepError, StepKind,
+    async_trait, Executed, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start,
+    Step, StepContext, StepError, StepKind,
 };
 use saga_steps_aws::WaitPolicy;
 use serde::Serialize;
@@ -241,7 +241,14 @@ pub async fn start<P: Serialize>(
     name: &str,
     params: &P,
 ) -> Result<OperationId, saga_core::Error> {
-    executor.start(name, params, "test", Resource::new("database", "db1"), "tester").await
+    executor
+        .start(
+            Start::new(name, Resource::new("database", "db1"))
+                .params(params)
+                .environment("test")
+                .actor("tester"),
+        )
+        .await
 }
 
 /// Runs one Operation of `saga` to its outcome, with a bound on the time it may take.

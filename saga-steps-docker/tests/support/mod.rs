@@ -15,9 +15,10 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
+use saga_core::state::{Execution, OperationState};
 use saga_core::{
-    async_trait, Executed, Executor, MemoryStore, OperationId, OperationState, Outcome, Resource,
-    RetryPolicy, Saga, Step, StepContext, StepError, StepKind,
+    async_trait, Executed, Executor, MemoryStore, OperationId, Outcome, Resource, RetryPolicy,
+    Saga, Start, Step, StepContext, StepError, StepKind,
 };
 use saga_steps_docker::{ContainerSpec, PULL_MARKER_REPOSITORY};
 use serde::de::DeserializeOwned;
@@ -367,7 +368,12 @@ pub async fn start(cleanup: &Cleanup, saga: Saga) -> (Executor, OperationId) {
     let executor =
         Executor::builder(Arc::new(MemoryStore::new())).saga(saga).build().expect("executor");
     let id = executor
-        .start(&name, &(), "test", Resource::new("app", cleanup.prefix.clone()), "tests")
+        .start(
+            Start::new(&name, Resource::new("app", cleanup.prefix.clone()))
+                .params(&())
+                .environment("test")
+                .actor("tests"),
+        )
         .await
         .expect("start");
     cleanup.track(id);
@@ -378,9 +384,7 @@ pub async fn start(cleanup: &Cleanup, saga: Saga) -> (Executor, OperationId) {
 pub fn output<T: DeserializeOwned>(state: &OperationState, step: &str) -> T {
     let s = state.step(step).unwrap_or_else(|| panic!("no step {step}"));
     match &s.execution {
-        saga_core::Execution::Succeeded { output } => {
-            serde_json::from_slice(output).expect("output decodes")
-        }
+        Execution::Succeeded { .. } => state.output(step).expect("output decodes"),
         other => panic!("step {step} did not succeed: {other:?}"),
     }
 }
@@ -389,7 +393,7 @@ pub fn output<T: DeserializeOwned>(state: &OperationState, step: &str) -> T {
 pub fn failure(state: &OperationState, step: &str) -> String {
     let s = state.step(step).unwrap_or_else(|| panic!("no step {step}"));
     match &s.execution {
-        saga_core::Execution::Failed { error } => error.clone(),
+        Execution::Failed { error } => error.clone(),
         other => panic!("step {step} did not fail: {other:?}"),
     }
 }

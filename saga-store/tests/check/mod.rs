@@ -5,10 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use saga_core::{
-    CheckReport, LogLevel, LogLine, LogSource, OperationId, Problem, Store, StoreError,
-    FORMAT_VERSION,
-};
+use saga_core::log::{LogLevel, LogLine, LogSource};
+use saga_core::store::{CheckReport, Problem, Store, StoreError, FORMAT_VERSION};
+use saga_core::OperationId;
 use saga_store::SledStore;
 
 use crate::support::*;

@@ -7,7 +7,9 @@ use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use saga_core::{OperationId, Record, Store, StoreError};
+use saga_core::log::Record;
+use saga_core::store::{Lease, Store, StoreError};
+use saga_core::OperationId;
 use saga_store::SledStore;
 
 use crate::support::*;
@@ -24,7 +26,7 @@ fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, StoreError>) -> bool {
 }
 
 /// Every later write is refused with `Unavailable`, and refused before it reaches sled.
-async fn refuses_writes(store: &SledStore, id: OperationId, lease: &saga_core::Lease, next: u64) {
+async fn refuses_writes(store: &SledStore, id: OperationId, lease: &Lease, next: u64) {
     let append = store.append(lease, &[started(id, next, "z")]).await;
     assert!(is_unavailable(&append), "{append:?}");
     let other = OperationId::new();

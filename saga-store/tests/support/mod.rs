@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use saga_core::{Lease, OperationId, Outcome, Record, RecordKind, Resource, Store};
+use saga_core::log::{Record, RecordKind};
+use saga_core::store::{Lease, Store};
+use saga_core::{OperationId, Outcome, Resource};
 use saga_store::SledStore;
 use tempfile::TempDir;
 

@@ -25,26 +25,30 @@
 //! added (any started step or an unknown one, either reason, at any position), dropped or changed
 //! (its step, its reason, its error). The fold does not know the saga, but it knows which steps
 //! the executor compensated: every started compensable step has a compensation that ended
-//! before the outcome. A started step whose compensation never started is irreversible or
-//! read-only, and the log reads the same either way. So the outcomes the fold must accept are
-//! exactly those the executor writes for this log under a saga that makes some subset of those
-//! never-compensated steps irreversible and the rest read-only: the original cause; every
-//! compensation that failed for good named with its last error, every step of the subset named
-//! `Irreversible`, nothing else, in the rollback order (steps whose execute never ended first,
-//! latest started first among them, then reverse order of completion); rolled back when that
-//! list is empty; succeeded only when the original is. Every other rewrite contradicts the log
-//! and must be rejected, naming the `OperationFinished` record; every such rewrite must be
-//! accepted.
+//! before the outcome, except a step whose every attempt failed without effect
+//! (`StepFailedWithoutEffect`), which the rollback leaves alone whatever its kind. Any other
+//! started step whose compensation never started is irreversible or read-only, and the log reads
+//! the same either way. So the outcomes the fold must accept are exactly those the executor
+//! writes for this log under a saga that makes some subset of those never-compensated steps
+//! irreversible and the rest read-only: the original cause; every compensation that failed for
+//! good named with its last error, every step of the subset named `Irreversible`, nothing else
+//! (never a step that failed without effect), in the rollback order (steps whose execute never
+//! ended first, latest started first among them, then reverse order of completion); rolled back
+//! when that list is empty; succeeded only when the original is. An abandoned Operation's outcome
+//! names the step that needed attention and its last error, both in the log (`AttentionNeeded`),
+//! and who abandoned it and why, which only the outcome says: any actor and reason are legal, no
+//! other step or error, and no other kind of outcome; nor is an abandoned outcome legal for any
+//! other log. Every other rewrite contradicts the log and must be rejected, naming the
+//! `OperationFinished` record; every such rewrite must be accepted.
 //!
 //! Every rejection is the typed `Error::IllegalRecord`, never a panic.
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use saga_core::{
-    Compensation, Error, NotUndone, NotUndoneReason, OperationId, OperationState, Outcome, Record,
-    RecordKind, RollbackCause,
-};
+use saga_core::log::{Record, RecordKind};
+use saga_core::state::{Compensation, Execution, OperationState, StepState};
+use saga_core::{Error, NotUndone, NotUndoneReason, OperationId, Outcome, RollbackCause};
 
 fn renumber(mut records: Vec<Record>) -> Vec<Record> {
     for (i, r) in records.iter_mut().enumerate() {
@@ -162,10 +166,11 @@ fn engine_outcome(
     cause: &RollbackCause,
     irreversible: &BTreeSet<&str>,
 ) -> Outcome {
-    let mut order: Vec<(usize, &saga_core::StepState)> = state.steps.iter().enumerate().collect();
+    let mut order: Vec<(usize, &StepState)> = state.steps().iter().enumerate().collect();
     order.sort_by_key(|(start, s)| (Reverse(s.completed_seq.unwrap_or(u64::MAX)), Reverse(*start)));
     let not_undone: Vec<NotUndone> = order
         .into_iter()
+        .filter(|(_, s)| !failed_without_effect(s))
         .filter_map(|(_, s)| {
             let reason = match &s.compensation {
                 Compensation::NotStarted if irreversible.contains(s.name.as_str()) => {
@@ -186,11 +191,22 @@ fn engine_outcome(
     }
 }
 
+/// Whether every attempt of the step ended with an error that says it had no effect.
+fn failed_without_effect(s: &StepState) -> bool {
+    matches!(s.execution, Execution::Retrying { .. } | Execution::Failed { .. })
+        && s.attempts_without_effect == s.attempts
+}
+
 /// Whether the executor may write `candidate` to close `state`, whose true outcome is `original`.
 fn legal_outcome(state: &OperationState, original: &Outcome, candidate: &Outcome) -> bool {
-    let (Outcome::RolledBack { cause } | Outcome::RollbackIncomplete { cause, .. }) = original
-    else {
-        return candidate == original;
+    let cause = match original {
+        Outcome::RolledBack { cause } | Outcome::RollbackIncomplete { cause, .. } => cause,
+        // Who abandoned it and why are the outcome's alone.
+        Outcome::Abandoned { step, error, .. } => {
+            return matches!(candidate, Outcome::Abandoned { step: s, error: e, .. }
+                if s == step && e == error);
+        }
+        Outcome::Succeeded => return candidate == original,
     };
     let named: BTreeSet<&str> = match candidate {
         Outcome::RollbackIncomplete { not_undone, .. } => not_undone
@@ -198,7 +214,9 @@ fn legal_outcome(state: &OperationState, original: &Outcome, candidate: &Outcome
             .filter(|n| n.reason == NotUndoneReason::Irreversible)
             .map(|n| n.step.as_str())
             .collect(),
-        Outcome::Succeeded | Outcome::RolledBack { .. } => BTreeSet::new(),
+        Outcome::Succeeded | Outcome::RolledBack { .. } | Outcome::Abandoned { .. } => {
+            BTreeSet::new()
+        }
     };
     let never_compensated =
         |step: &str| state.step(step).is_some_and(|s| s.compensation == Compensation::NotStarted);
@@ -208,29 +226,60 @@ fn legal_outcome(state: &OperationState, original: &Outcome, candidate: &Outcome
 /// Rewrites of `outcome`, each with a description.
 fn rewrites(state: &OperationState, outcome: &Outcome) -> Vec<(String, Outcome)> {
     let mut out: Vec<(String, Outcome)> = Vec::new();
-    let steps: Vec<&str> = state.steps.iter().map(|s| s.name.as_str()).collect();
+    let steps: Vec<&str> = state.steps().iter().map(|s| s.name.as_str()).collect();
     let first = steps.first().copied().unwrap_or("no-such-step");
+    let invented_abandon = Outcome::Abandoned {
+        step: first.into(),
+        error: "invented".into(),
+        actor: "mallory".into(),
+        reason: "because".into(),
+    };
     // Causes other than the recorded one (and, for a succeeded outcome, invented ones).
     let mut causes = vec![
         RollbackCause::Cancelled { actor: "mallory".into(), reason: "because".into() },
         RollbackCause::StepFailed { step: first.into(), error: "invented".into() },
         RollbackCause::StepFailed { step: "no-such-step".into(), error: "invented".into() },
     ];
-    if let Some((actor, reason)) = &state.cancel {
-        causes
-            .push(RollbackCause::Cancelled { actor: format!("{actor}!"), reason: reason.clone() });
-        causes
-            .push(RollbackCause::Cancelled { actor: actor.clone(), reason: format!("{reason}!") });
+    if let Some((actor, reason)) = state.cancel() {
+        causes.push(RollbackCause::Cancelled { actor: format!("{actor}!"), reason: reason.into() });
+        causes.push(RollbackCause::Cancelled { actor: actor.into(), reason: format!("{reason}!") });
     }
-    if let Some((step, error)) = &state.failure {
-        causes.push(RollbackCause::StepFailed { step: step.clone(), error: error.clone() });
-        causes.push(RollbackCause::StepFailed { step: step.clone(), error: format!("{error}!") });
-        for other in steps.iter().filter(|s| **s != step.as_str()) {
-            causes.push(RollbackCause::StepFailed { step: (*other).into(), error: error.clone() });
+    if let Some((step, error)) = state.failure() {
+        causes.push(RollbackCause::StepFailed { step: step.into(), error: error.into() });
+        causes.push(RollbackCause::StepFailed { step: step.into(), error: format!("{error}!") });
+        for other in steps.iter().filter(|s| **s != step) {
+            causes.push(RollbackCause::StepFailed { step: (*other).into(), error: error.into() });
         }
     }
     let (cause, list) = match outcome {
+        Outcome::Abandoned { step, error, actor, reason } => {
+            out.push(("abandoned -> succeeded".into(), Outcome::Succeeded));
+            for cause in causes {
+                out.push((
+                    format!("abandoned -> rolled back ({cause})"),
+                    Outcome::RolledBack { cause },
+                ));
+            }
+            let abandoned =
+                |step: &str, error: &str, actor: &str, reason: &str| Outcome::Abandoned {
+                    step: step.into(),
+                    error: error.into(),
+                    actor: actor.into(),
+                    reason: reason.into(),
+                };
+            for other in steps.iter().copied().chain(["no-such-step"]).filter(|s| s != step) {
+                out.push((format!("abandoned at {other}"), abandoned(other, error, actor, reason)));
+            }
+            out.push((
+                "another error".into(),
+                abandoned(step, &format!("{error}!"), actor, reason),
+            ));
+            out.push(("another actor".into(), abandoned(step, error, "mallory", reason)));
+            out.push(("another reason".into(), abandoned(step, error, actor, "because")));
+            return out;
+        }
         Outcome::Succeeded => {
+            out.push(("succeeded -> abandoned".into(), invented_abandon));
             for cause in causes {
                 out.push((
                     format!("succeeded -> rolled back ({cause})"),
@@ -257,6 +306,18 @@ fn rewrites(state: &OperationState, outcome: &Outcome) -> Vec<(String, Outcome)>
     };
     // Other kinds.
     out.push(("-> succeeded".into(), Outcome::Succeeded));
+    out.push(("-> abandoned".into(), invented_abandon));
+    if let Some((step, error)) = state.failure() {
+        out.push((
+            "-> abandoned at the failed step".into(),
+            Outcome::Abandoned {
+                step: step.into(),
+                error: error.into(),
+                actor: "mallory".into(),
+                reason: "because".into(),
+            },
+        ));
+    }
     match outcome {
         Outcome::RolledBack { .. } => out.push((
             "rolled back -> rollback incomplete with nothing".into(),
@@ -336,14 +397,12 @@ fn outcome_problems(id: OperationId, log: &[Record], problems: &mut Vec<String>)
         Ok(state) => state,
         Err(e) => return problems.push(format!("the executor's log before its outcome: {e}")),
     };
-    if let Outcome::RolledBack { cause } | Outcome::RollbackIncomplete { cause, .. } = outcome {
-        // The rule restates the executor's: its own outcome must be one of those it allows.
-        if !legal_outcome(&state, outcome, outcome) {
-            problems.push(format!(
-                "the executor wrote {outcome:?} ({cause}), which the rule of mutate.rs does not \
-                 allow for this log"
-            ));
-        }
+    // The rule restates the executor's: its own outcome must be one of those it allows.
+    if !legal_outcome(&state, outcome, outcome) {
+        problems.push(format!(
+            "the executor wrote {outcome:?} ({outcome}), which the rule of mutate.rs does not \
+             allow for this log"
+        ));
     }
     for (what, candidate) in rewrites(&state, outcome) {
         let mut mutated = log.to_vec();

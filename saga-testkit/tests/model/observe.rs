@@ -2,12 +2,29 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use saga_core::{
-    NotUndoneReason, OperationState, Outcome, Record, RecordKind, RollbackCause, StepKind,
-};
+use saga_core::log::{Record, RecordKind};
+use saga_core::state::OperationState;
+use saga_core::{NotUndoneReason, Outcome, RollbackCause, StepKind};
 use saga_testkit::{CancelAnswer, Run, SagaShape};
 
 use crate::reference::{Cancel, Cause, Expected, NotUndone};
+
+/// The steps of which a crash lost an attempt's outcome: more starts than ends in the log.
+pub fn lost_attempts(records: &[Record]) -> BTreeSet<String> {
+    let mut balance: BTreeMap<&str, i64> = BTreeMap::new();
+    for r in records {
+        match &r.kind {
+            RecordKind::StepStarted { step, .. } => *balance.entry(step).or_default() += 1,
+            RecordKind::StepSucceeded { step, .. }
+            | RecordKind::StepFailed { step, .. }
+            | RecordKind::StepFailedWithoutEffect { step, .. } => {
+                *balance.entry(step).or_default() -= 1
+            }
+            _ => {}
+        }
+    }
+    balance.into_iter().filter(|(_, n)| *n > 0).map(|(step, _)| step.to_owned()).collect()
+}
 
 /// Every problem found, in words; empty when the run matches the model.
 pub fn problems(
@@ -25,28 +42,61 @@ pub fn problems(
     let crashed = run.recovered;
 
     // The outcome matches the model.
-    let (cause, not_undone) = match &run.outcome {
-        Outcome::Succeeded => (None, Vec::new()),
-        Outcome::RolledBack { cause } => (Some(cause), Vec::new()),
-        Outcome::RollbackIncomplete { cause, not_undone } => (Some(cause), not_undone.clone()),
+    let (cause, not_undone, abandoned) = match &run.outcome {
+        Outcome::Succeeded => (None, Vec::new(), None),
+        Outcome::RolledBack { cause } => (Some(cause), Vec::new(), None),
+        Outcome::RollbackIncomplete { cause, not_undone } => {
+            (Some(cause), not_undone.clone(), None)
+        }
+        Outcome::Abandoned { step, .. } => (None, Vec::new(), Some(step)),
     };
     let cause = cause.map(|c| match c {
         RollbackCause::StepFailed { step, .. } => Cause::Step(step.clone()),
         RollbackCause::Cancelled { .. } => Cause::Cancelled,
     });
-    match &cause {
-        None => check(
+    match (&cause, abandoned) {
+        (None, None) => check(
             expected.succeeds(),
             format!(
-                "succeeded; the model expects a rollback caused by one of {:?}",
-                expected.causes
+                "succeeded; the model expects a rollback caused by one of {:?}, or abandoned \
+                 at one of {:?}",
+                expected.causes, expected.runs_out
             ),
         ),
-        Some(c) => check(
+        (None, Some(step)) => {
+            check(
+                expected.ends_abandoned() && expected.runs_out.contains(step),
+                format!(
+                    "abandoned at {step}; the model expects {}",
+                    if expected.ends_abandoned() {
+                        format!("one of {:?}", expected.runs_out)
+                    } else {
+                        "no abandon".into()
+                    }
+                ),
+            );
+            check(
+                run.attention == [step.clone()],
+                format!("abandoned at {step}, but needed attention for {:?}", run.attention),
+            );
+        }
+        (Some(c), _) => check(
             expected.causes.contains(c),
             format!("rolled back because of {c:?}; the model expects {:?}", expected.causes),
         ),
     }
+    // Attention: needed only for steps that ran out of their policy, and needed if one did.
+    check(
+        run.attention.iter().all(|s| expected.runs_out.contains(s)),
+        format!("needed attention for {:?}; only {:?} run out", run.attention, expected.runs_out),
+    );
+    check(
+        run.attention.is_empty() == expected.runs_out.is_empty(),
+        format!(
+            "needed attention for {:?}; the model expects it for some of {:?}",
+            run.attention, expected.runs_out
+        ),
+    );
     let reported: BTreeMap<String, NotUndone> = not_undone
         .iter()
         .map(|n| {
@@ -77,7 +127,7 @@ pub fn problems(
         }
         let state = OperationState::fold(id, records);
         check(
-            state.as_ref().is_ok_and(|s| s.outcome.as_ref() == Some(&run.outcome)),
+            state.as_ref().is_ok_and(|s| s.outcome() == Some(&run.outcome)),
             "the folded outcome differs from the returned one".into(),
         );
     }
@@ -174,6 +224,10 @@ pub fn problems(
         Cancel::AcceptedIfAsked => check(
             matches!(run.cancel, None | Some(CancelAnswer::Accepted)),
             format!("the cancel was answered {:?}", run.cancel),
+        ),
+        Cancel::RefusedIfAsked => check(
+            matches!(run.cancel, None | Some(CancelAnswer::Refused(_))),
+            format!("the cancel past the point of no return was answered {:?}", run.cancel),
         ),
         Cancel::Refused => check(
             matches!(run.cancel, Some(CancelAnswer::Refused(_))),

@@ -1,6 +1,7 @@
 //! What the reference tests share: the services, the examples' binaries, cleanup, the probe, the
-//! testkit builder adapter, the crash subset and the worlds the checks reset and snapshot.
+//! crash subset and the worlds the checks reset and snapshot.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -9,10 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
-use saga_core::{async_trait, Step};
+use saga_core::async_trait;
 use saga_reference::database::{Layout, DATA_FILE};
-use saga_reference::{containers, emulator, http_get_local, Args, Clients, Define, DefineGroup};
-use saga_testkit::{FaultPlan, SagaCheck, TestGroupBuilder, TestSagaBuilder, World};
+use saga_reference::{containers, emulator, http_get_local, Args, Clients};
+use saga_testkit::{FaultPlan, SagaCheck, World};
 
 use crate::redeploy_database::Redeploy;
 use crate::resize_volume::Resize;
@@ -218,34 +219,6 @@ impl Probe {
     }
 }
 
-/// `Define` for the testkit's builder: the examples' definitions, checked as they run.
-pub(crate) struct Tb(pub(crate) TestSagaBuilder);
-
-/// `DefineGroup` for the testkit's group builder.
-pub(crate) struct Tg(TestGroupBuilder);
-
-impl Define for Tb {
-    type Group = Tg;
-
-    fn step(self, name: &str, step: impl Step) -> Self {
-        Tb(self.0.step(name, step))
-    }
-
-    fn parallel(self, group: impl FnOnce(Tg) -> Tg) -> Self {
-        Tb(self.0.parallel(|g| group(Tg(g)).0))
-    }
-
-    fn point_of_no_return(self) -> Self {
-        Tb(self.0.point_of_no_return())
-    }
-}
-
-impl DefineGroup for Tg {
-    fn step(self, name: &str, step: impl Step) -> Self {
-        Tg(self.0.step(name, step))
-    }
-}
-
 /// Crashes after every `stride`-th record position of a run of `base` (from the first), recovers,
 /// and checks the outcome and world against the uninterrupted run. Returns how many crashed.
 pub(crate) async fn crash_subset<W: World>(
@@ -436,7 +409,9 @@ impl World for DatabaseWorld {
     }
 }
 
-/// The resize's world: the database container and the volume's size.
+/// The resize's world: the database container and the volume's size, which only the
+/// irreversible grow changes: a rollback through the grow is compared without the size, and must
+/// still leave the database running.
 #[derive(Clone)]
 pub(crate) struct ResizeWorld {
     services: Services,
@@ -463,7 +438,8 @@ impl ResizeWorld {
 
 #[async_trait]
 impl World for ResizeWorld {
-    type Snapshot = (bool, i32);
+    /// Whether the database runs, and the volume's size in GiB (`None` once excluded).
+    type Snapshot = (bool, Option<i32>);
 
     async fn snapshot(&self) -> Self::Snapshot {
         let docker = bollard::Docker::connect_with_local_defaults().unwrap();
@@ -472,6 +448,15 @@ impl World for ResizeWorld {
         let inspect = clients.docker.inspect_container(&self.params.container, None).await.unwrap();
         let running = inspect.state.and_then(|s| s.running).unwrap_or(false);
         let (size, _) = emulator::volume_state(&clients, &self.params.volume).await.unwrap();
-        (running, size)
+        (running, Some(size))
+    }
+
+    fn excluding(
+        &self,
+        snapshot: &Self::Snapshot,
+        steps: &BTreeSet<String>,
+    ) -> Option<Self::Snapshot> {
+        let (running, size) = *snapshot;
+        Some((running, if steps.contains("grow") { None } else { size }))
     }
 }

@@ -1,0 +1,125 @@
+//! The embedder's API: a start request whose parts are named, typed state, typed errors.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_core::log::{Record, RecordKind};
+use saga_core::store::Store;
+use saga_core::{
+    async_trait, Error, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start, Step,
+    StepContext, StepError,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Params {
+    image: String,
+    replicas: u32,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Deployed {
+    container: String,
+}
+
+struct Deploy;
+
+#[async_trait]
+impl Step for Deploy {
+    type Output = Deployed;
+    async fn execute(&self, ctx: &StepContext) -> Result<Deployed, StepError> {
+        let params: Params = ctx.params()?;
+        Ok(Deployed { container: format!("{}-1", params.image) })
+    }
+}
+
+fn saga() -> Saga {
+    Saga::builder("deploy", 1).step("deploy", Deploy).build().expect("valid saga")
+}
+
+#[tokio::test]
+async fn a_start_request_names_each_part_and_the_state_reads_them_back_typed() {
+    let executor =
+        Executor::builder(Arc::new(MemoryStore::new())).saga(saga()).build().expect("executor");
+    let params = Params { image: "web:2".into(), replicas: 3 };
+    let request = Start::new("deploy", Resource::new("app", "web"))
+        .params(&params)
+        .environment("prod")
+        .actor("alice");
+    let id = executor.start(request).await.expect("started");
+    assert_eq!(executor.wait(id).await.expect("outcome"), Outcome::Succeeded);
+
+    let state = executor.status(id).await.expect("status");
+    assert_eq!(state.id(), id);
+    assert_eq!((state.saga(), state.version()), ("deploy", 1));
+    assert_eq!(state.environment(), "prod");
+    assert_eq!(state.actor(), "alice");
+    assert_eq!(state.resource(), &Resource::new("app", "web"));
+    assert_eq!(state.params::<Params>().expect("typed params"), params);
+    let output: Deployed = state.output("deploy").expect("typed output");
+    assert_eq!(output, Deployed { container: "web:2-1".into() });
+    assert!(matches!(
+        state.output::<Deployed>("undeploy"),
+        Err(Error::NoOutput { ref step, .. }) if step == "undeploy"
+    ));
+    assert!(matches!(
+        state.output::<BTreeMap<String, u32>>("deploy"),
+        Err(Error::Deserialize { ref what, .. }) if what == "the output of step deploy"
+    ));
+}
+
+#[tokio::test]
+async fn params_that_do_not_serialize_fail_the_start_before_anything_is_written() {
+    let store = Arc::new(MemoryStore::new());
+    let executor = Executor::builder(store.clone()).saga(saga()).build().expect("executor");
+    // A map with non-string keys has no JSON form.
+    let params: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into_iter().collect();
+    let request = Start::new("deploy", Resource::new("app", "web")).params(&params);
+    let err = executor.start(request).await.expect_err("refused");
+    assert!(matches!(err, Error::Serialize { ref what, .. } if what == "the params"), "{err}");
+    assert!(store.list_unfinished().await.expect("listing").ids.is_empty());
+    assert!(store.list_environment("default", 0, u64::MAX).await.expect("listing").ids.is_empty());
+}
+
+#[tokio::test]
+async fn waiting_for_an_operation_of_an_unknown_saga_is_a_typed_error() {
+    // An Operation of saga "deploy" v1, written by an executor that knew it and died at once.
+    let store = Arc::new(MemoryStore::new());
+    let id = OperationId::new();
+    let created = Record {
+        operation: id,
+        seq: 0,
+        at_ms: id.created_ms(),
+        kind: RecordKind::OperationCreated {
+            saga: "deploy".into(),
+            version: 1,
+            params: b"null".to_vec(),
+            environment: "prod".into(),
+            resource: Resource::new("app", "web"),
+            actor: "alice".into(),
+        },
+    };
+    store.create(&created, "dead-node", Duration::from_millis(1)).await.expect("created");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let reader = Executor::builder(store).build().expect("an executor without sagas");
+    match reader.wait(id).await {
+        Err(Error::UnknownSaga { name, version }) => {
+            assert_eq!((name.as_str(), version), ("deploy", Some(1)));
+        }
+        other => panic!("expected UnknownSaga, got {other:?}"),
+    }
+    // Recovery cannot resume it and says why, typed; wait() then gives that cause.
+    let report = reader.recover().await.expect("recover");
+    assert_eq!(report.unrecoverable.len(), 1);
+    assert!(matches!(*report.unrecoverable[0].1, Error::UnknownSaga { .. }));
+    match reader.wait(id).await {
+        Err(Error::Unrecoverable { cause, .. }) => {
+            assert!(matches!(*cause, Error::UnknownSaga { version: Some(1), .. }), "{cause}");
+        }
+        other => panic!("expected Unrecoverable, got {other:?}"),
+    }
+    let request = Start::new("deploy", Resource::new("app", "other"));
+    assert!(matches!(reader.start(request).await, Err(Error::UnknownSaga { version: None, .. })));
+}
