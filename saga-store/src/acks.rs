@@ -81,10 +81,14 @@ impl Acks {
     /// Takes the ticket of the write registered at `from`, once it is in sled, and records it
     /// with the write, so that the write is acknowledged when that ticket is durable even if
     /// its writer stops waiting.
-    pub(crate) fn ticket(&self, id: OperationId, from: u64) -> u64 {
-        let ticket = self.tickets.ticket();
+    pub(crate) fn ticket(
+        &self,
+        id: OperationId,
+        from: u64,
+    ) -> Result<u64, saga_core::store::StoreError> {
+        let ticket = self.tickets.ticket()?;
         self.set_ticket(id, from, ticket);
-        ticket
+        Ok(ticket)
     }
 
     /// Records the ticket taken for the write registered at `from`.
@@ -97,7 +101,7 @@ impl Acks {
     }
 
     /// A fresh ticket, not recorded with any write (the caller records it if it must).
-    pub(crate) fn fresh_ticket(&self) -> u64 {
+    pub(crate) fn fresh_ticket(&self) -> Result<u64, saga_core::store::StoreError> {
         self.tickets.ticket()
     }
 

@@ -57,7 +57,7 @@ impl Check<'_> {
     }
 
     /// Removes `key` from `tree` when repairing; whether it did.
-    fn remove(&self, tree: &sled::Tree, key: &[u8]) -> Result<bool, StoreError> {
+    fn remove(&self, tree: &crate::redo::Logged, key: &[u8]) -> Result<bool, StoreError> {
         if !self.repair {
             return Ok(false);
         }
@@ -66,7 +66,7 @@ impl Check<'_> {
     }
 
     /// Inserts an empty value at `key` in `tree` when repairing; whether it did.
-    fn insert(&self, tree: &sled::Tree, key: &[u8]) -> Result<bool, StoreError> {
+    fn insert(&self, tree: &crate::redo::Logged, key: &[u8]) -> Result<bool, StoreError> {
         if !self.repair {
             return Ok(false);
         }
@@ -154,7 +154,7 @@ impl Check<'_> {
         &mut self,
         id: OperationId,
         index: &str,
-        tree: &sled::Tree,
+        tree: &crate::redo::Logged,
         key: &[u8],
     ) -> Result<(), StoreError> {
         let repaired = self.remove(tree, key)?;
@@ -168,7 +168,7 @@ impl Check<'_> {
         id: Option<OperationId>,
         index: &str,
         cause: StoreError,
-        tree: &sled::Tree,
+        tree: &crate::redo::Logged,
         key: &[u8],
     ) -> Result<(), StoreError> {
         let repaired = self.remove(tree, key)?;

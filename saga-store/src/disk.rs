@@ -28,11 +28,10 @@ pub(crate) struct DiskSync {
     dir: PathBuf,
     db_file: File,
     synced_blobs: HashSet<OsString>,
-    faults: Faults,
 }
 
 /// A sync failure armed for tests ([`crate::SledStore::inject_sync_failure`]): shared by the
-/// store and its [`DiskSync`].
+/// store and the files of its write-ahead log, whose segment syncs it makes fail.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Faults(Arc<Mutex<Option<Fault>>>);
 
@@ -50,7 +49,7 @@ impl Faults {
     }
 
     /// The error the sync about to run must fail with, if one is armed for it.
-    fn take(&self) -> Option<io::Error> {
+    pub(crate) fn take(&self) -> Option<io::Error> {
         let mut slot = self.lock();
         match slot.as_mut() {
             Some(fault) if fault.after > 0 => {
@@ -105,33 +104,19 @@ impl DiskSync {
             sync_dir(&blobs)?;
         }
         sync_dir(dir)?;
-        let mut sync = DiskSync {
-            db,
-            dir: dir.to_owned(),
-            db_file,
-            synced_blobs: HashSet::new(),
-            faults: Faults::default(),
-        };
+        let mut sync = DiskSync { db, dir: dir.to_owned(), db_file, synced_blobs: HashSet::new() };
         sync.sync_blobs()?;
         Ok(sync)
     }
 
-    /// The handle that arms a sync failure, for tests.
-    pub(crate) fn faults(&self) -> Faults {
-        self.faults.clone()
-    }
-
     /// Makes every write made to the database before the call durable: sled's `flush`, then
-    /// `fdatasync` of new blob files, of `blobs/` and of `db`. A failure armed through
-    /// [`Faults`] replaces the `fdatasync` of `db` (after sled's flush, as a real one would).
+    /// `fdatasync` of new blob files, of `blobs/` and of `db`. Used by checkpoints (see
+    /// [`crate::flusher`]), never on the path that acknowledges a write.
     pub(crate) fn sync(&mut self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| sled_error("flushing", e))?;
         self.sync_blobs()?;
         let context = format!("fdatasync of {}", self.dir.join("db").display());
-        match self.faults.take() {
-            Some(error) => Err(io_error(context)(error)),
-            None => self.db_file.sync_data().map_err(io_error(context)),
-        }
+        self.db_file.sync_data().map_err(io_error(context))
     }
 
     fn sync_blobs(&mut self) -> Result<(), StoreError> {

@@ -1,107 +1,188 @@
-//! Group commit: one thread flushes and syncs for every writer.
+//! Group commit through the store's write-ahead log, and checkpoints of sled.
 //!
-//! A writer makes its change in sled, then takes a ticket ([`Flusher::ticket`]) and waits
-//! ([`Flusher::wait`]) until a sync that began after the ticket was taken has finished. The thread
-//! sleeps until a ticket is taken, notes the newest ticket, syncs once, and then declares every
-//! ticket up to the one it noted durable. Writers that come while it syncs wait for the next sync,
-//! which covers them all: N concurrent appends cost one sync per round instead of N, and a lone
-//! writer costs exactly one sync per write.
+//! A writer makes its change in sled (memory), recorded in the [`Redo`] buffer, then takes a
+//! ticket ([`Flusher::ticket`]): the buffer is drained into one entry of the write-ahead log
+//! ([`crate::wal`]) and the ticket is that entry's LSN. [`Flusher::wait`] returns once the log's
+//! writer thread has written and `fdatasync`ed that entry: one write and one sync per group of
+//! entries, shared by every writer that took a ticket while the previous sync ran. sled itself is
+//! not flushed on this path.
 //!
-//! A failed sync poisons the flusher: after a failed `fdatasync` the kernel may have dropped the
-//! dirty pages, so no later sync can prove them written. Every waiting and later writer gets
-//! [`StoreError::Unavailable`].
+//! The checkpointer thread makes sled durable now and then (every [`CHECKPOINT_EVERY`], or
+//! sooner once [`CHECKPOINT_BYTES`] of log accumulated, and when the store closes): it notes the
+//! durable LSN, flushes sled and `fdatasync`s its files ([`DiskSync::sync`]), and then tells the
+//! log that everything up to that LSN is in sled, so that the log's older segments are recycled.
+//! Every change in a durable entry was made in sled before the entry was taken, so sled's flush
+//! holds it.
 //!
-//! [`Tickets`] is the part writers use from the blocking pool: taking a ticket right after a
-//! write, and asking which tickets are durable (for [`crate::acks`]).
+//! A failed log write or sync poisons the store: after a failed `fdatasync` the kernel may have
+//! dropped the dirty pages, so no later sync can prove them written. Every waiting and later
+//! writer gets [`StoreError::Unavailable`]. A failed checkpoint does the same, for the same
+//! reason (no later sled sync could be trusted to cover it); the log still holds everything since
+//! the last good checkpoint, which a reopen replays.
+//!
+//! [`Tickets`] is the part writers use from other threads.
 
+use std::fmt;
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use saga_core::store::StoreError;
 
 use crate::disk::{DiskSync, Faults};
+use crate::redo::{self, Redo};
+use crate::wal::io::{RealIo, WalFile, WalIo};
+use crate::wal::{Lsn, Wal, WalError, WalOptions, WalProgress};
 
-/// The group-commit flusher of one store. Stops (after a last sync) when dropped.
-#[derive(Debug)]
+/// The longest time between checkpoints.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// The log size after which a checkpoint comes early.
+const CHECKPOINT_BYTES: u64 = 32 << 20;
+
+/// The group-commit flusher of one store, with its checkpointer. Stops (after a last
+/// checkpoint, unless the store failed) when dropped.
 pub(crate) struct Flusher {
-    shared: Arc<Shared>,
-    progress: watch::Receiver<Progress>,
+    inner: Arc<Inner>,
     faults: Faults,
-    thread: Option<JoinHandle<()>>,
+    io: Arc<FaultyIo>,
+    /// Syncs of the log made by opening it, left out of [`Flusher::syncs`].
+    syncs_at_open: u64,
+    checkpointer: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Flusher").field("wal", &self.inner.wal).finish_non_exhaustive()
+    }
 }
 
 /// Takes tickets and tells which are durable; cheap to clone, usable from any thread.
 #[derive(Clone, Debug)]
-pub(crate) struct Tickets(Arc<Shared>);
+pub(crate) struct Tickets(Arc<Inner>);
 
-#[derive(Debug, Default)]
-struct Shared {
-    state: Mutex<State>,
+#[derive(Debug)]
+struct Inner {
+    wal: Wal<()>,
+    redo: Arc<Redo>,
+    progress: watch::Receiver<WalProgress>,
+    /// Why a checkpoint failed, if one did.
+    checkpoint_failed: Mutex<Option<String>>,
+    /// Wakes the checkpointer early (a large log, or the store closing).
     wake: Condvar,
-    syncs: AtomicU64,
-    /// Every ticket up to this one is durable (as [`Progress::durable`], readable without the
-    /// channel).
-    durable: AtomicU64,
+    stop: Mutex<bool>,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    /// The newest ticket handed out.
-    tickets: u64,
-    /// Set when the store is dropped.
-    stop: bool,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Progress {
-    /// Every ticket up to this one is durable.
-    durable: u64,
-    /// Why syncing stopped for good, if it did.
-    failed: Option<String>,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+impl Inner {
+    /// A ticket for every change made before the call: the LSN of the log entry that holds them.
+    fn ticket(&self) -> Result<Lsn, StoreError> {
+        // Drained and queued under the buffer's lock, so that entries are queued in the order
+        // their changes were made.
+        let mut ops = self.redo.lock();
+        if ops.is_empty() {
+            return Ok(self.wal.last_lsn());
+        }
+        let drained = std::mem::take(&mut *ops);
+        let payload = redo::encode(&drained)?;
+        let (lsn, mut answer) = self.wal.append_at(payload, ());
+        drop(ops);
+        if lsn == 0 {
+            // Refused at once (the log failed, or the entry is larger than a segment): these
+            // changes are not in the log, so no ticket may cover them.
+            return Err(match answer.try_recv() {
+                Ok(Err(WalError::TooLarge { len, max })) => StoreError::backend(
+                    "logging a write",
+                    format!("an entry of {len} bytes is larger than a log segment ({max} bytes)"),
+                ),
+                Ok(Err(e)) => unavailable(&e.to_string()),
+                _ => unavailable("the write-ahead log refused the entry"),
+            });
+        }
+        Ok(lsn)
     }
+
+    fn failed(&self) -> Option<String> {
+        if let Some(e) = self.wal.failure() {
+            return Some(e.to_string());
+        }
+        lock(&self.checkpoint_failed).clone().map(|why| format!("a checkpoint failed: {why}"))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Flusher {
-    /// Starts the flusher thread over `sync`.
-    pub(crate) fn start(sync: DiskSync) -> Result<Self, StoreError> {
-        let shared = Arc::new(Shared::default());
-        let (tx, progress) = watch::channel(Progress::default());
-        let faults = sync.faults();
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("saga-store-flusher".into())
-            .spawn(move || run(sync, &thread_shared, &tx))
+    /// Opens the write-ahead log of the store at `dir`, replays what it holds after the last
+    /// checkpoint into sled with `replay` (then checkpoints, so that the replayed changes are
+    /// in sled's files), and starts the checkpointer over `sync`.
+    pub(crate) fn start(
+        dir: &Path,
+        mut sync: DiskSync,
+        redo: Arc<Redo>,
+        replay: impl FnOnce(Vec<(Lsn, Vec<u8>)>) -> Result<(), StoreError>,
+    ) -> Result<Self, StoreError> {
+        let faults = Faults::default();
+        let io = Arc::new(FaultyIo { faults: faults.clone(), syncs: Arc::default() });
+        let (wal, replayed) =
+            Wal::open(dir, WalOptions::default(), io.clone(), Box::new(|_| Ok(())))
+                .map_err(wal_error)?;
+        if let Some((segment, offset)) = wal.cut_at_open() {
+            tracing::warn!(
+                segment = %segment.display(),
+                offset,
+                "cut a torn write at the end of the write-ahead log (a crash artefact)"
+            );
+        }
+        let last = replayed.last().map(|(lsn, _)| *lsn);
+        replay(replayed)?;
+        if let Some(last) = last {
+            sync.sync()?;
+            wal.checkpoint(last).map_err(wal_error)?;
+        }
+        let inner = Arc::new(Inner {
+            progress: wal.progress(),
+            wal,
+            redo,
+            checkpoint_failed: Mutex::new(None),
+            wake: Condvar::new(),
+            stop: Mutex::new(false),
+        });
+        let thread_inner = inner.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("saga-store-checkpointer".into())
+            .spawn(move || checkpoints(&thread_inner, sync))
             .map_err(|source| StoreError::Io {
-                context: "starting the flusher thread".into(),
+                context: "starting the checkpointer thread".into(),
                 source,
             })?;
-        Ok(Flusher { shared, progress, faults, thread: Some(thread) })
+        let syncs_at_open = io.syncs.load(Ordering::Relaxed);
+        Ok(Flusher { inner, faults, io, syncs_at_open, checkpointer: Some(checkpointer) })
     }
 
-    /// Fails if an earlier sync failed, so that no write is made that could never be durable.
+    /// Fails if an earlier sync or checkpoint failed, so that no write is made that could never
+    /// be durable.
     pub(crate) fn check(&self) -> Result<(), StoreError> {
-        match &self.progress.borrow().failed {
-            Some(why) => Err(unavailable(why)),
+        match self.inner.failed() {
+            Some(why) => Err(unavailable(&why)),
             None => Ok(()),
         }
     }
 
-    /// A ticket for the writes made before this call. Wakes the flusher.
-    pub(crate) fn ticket(&self) -> u64 {
-        take_ticket(&self.shared)
+    /// A ticket for the writes made before this call.
+    pub(crate) fn ticket(&self) -> Result<u64, StoreError> {
+        self.inner.ticket()
     }
 
     /// The ticket handle, for writers on other threads.
     pub(crate) fn tickets(&self) -> Tickets {
-        Tickets(self.shared.clone())
+        Tickets(self.inner.clone())
     }
 
     /// The handle that arms a sync failure, for tests.
@@ -109,87 +190,197 @@ impl Flusher {
         &self.faults
     }
 
-    /// Waits until a sync that began after `ticket` was taken has finished.
+    /// Waits until the log entry of `ticket` is durable.
     pub(crate) async fn wait(&self, ticket: u64) -> Result<(), StoreError> {
-        let mut progress = self.progress.clone();
+        let mut progress = self.inner.progress.clone();
         let reached = progress
             .wait_for(|p| p.durable >= ticket || p.failed.is_some())
             .await
-            .map_err(|_| StoreError::Unavailable("the store's flusher stopped".into()))?;
+            .map_err(|_| StoreError::Unavailable("the store's write-ahead log stopped".into()))?;
         match &reached.failed {
-            Some(why) if reached.durable < ticket => Err(unavailable(why)),
+            Some(why) if reached.durable < ticket => Err(unavailable(&why.to_string())),
             _ => Ok(()),
         }
     }
 
-    /// How many syncs the flusher has made.
+    /// How many times the log was synced to acknowledge writes since the store opened.
     pub(crate) fn syncs(&self) -> u64 {
-        self.shared.syncs.load(Ordering::Relaxed)
+        self.io.syncs.load(Ordering::Relaxed).saturating_sub(self.syncs_at_open)
     }
 }
 
 impl Tickets {
-    /// A ticket for the writes made before this call. Wakes the flusher.
-    pub(crate) fn ticket(&self) -> u64 {
-        take_ticket(&self.0)
+    /// A ticket for the writes made before this call.
+    pub(crate) fn ticket(&self) -> Result<u64, StoreError> {
+        self.0.ticket()
     }
 
     /// Every ticket up to this one is durable. Never grows again after a failed sync.
     pub(crate) fn durable(&self) -> u64 {
-        self.0.durable.load(Ordering::Acquire)
+        self.0.wal.durable_lsn()
     }
 }
 
-fn take_ticket(shared: &Shared) -> u64 {
-    let mut state = shared.lock();
-    state.tickets += 1;
-    let ticket = state.tickets;
-    drop(state);
-    shared.wake.notify_one();
-    ticket
+/// The checkpointer thread: a checkpoint every [`CHECKPOINT_EVERY`] or [`CHECKPOINT_BYTES`], and
+/// a last one when the store closes. Stops at the first failure.
+fn checkpoints(inner: &Inner, mut sync: DiskSync) {
+    let mut last_checkpoint = Instant::now();
+    loop {
+        let stopping = {
+            let stop = lock(&inner.stop);
+            let (stop, _) = inner
+                .wake
+                .wait_timeout(stop, Duration::from_secs(1))
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *stop
+        };
+        if inner.failed().is_some() {
+            // Nothing sled holds now can be trusted to be what was acknowledged.
+            return;
+        }
+        let due = stopping
+            || last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            || inner.wal.bytes_since_checkpoint() >= CHECKPOINT_BYTES;
+        if due {
+            if let Err(why) = checkpoint(inner, &mut sync) {
+                tracing::error!(error = %why, "saga store checkpoint failed; the store takes no more writes");
+                *lock(&inner.checkpoint_failed) = Some(why);
+                return;
+            }
+            last_checkpoint = Instant::now();
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// One checkpoint: everything up to the durable LSN is in sled (its changes were made before
+/// their entries were taken), so once sled is flushed and synced the log may forget it.
+fn checkpoint(inner: &Inner, sync: &mut DiskSync) -> Result<(), String> {
+    let durable = inner.wal.durable_lsn();
+    sync.sync().map_err(|e| e.to_string())?;
+    inner.wal.checkpoint(durable).map_err(|e| e.to_string())
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        *lock(&self.inner.stop) = true;
+        self.inner.wake.notify_one();
+        if let Some(thread) = self.checkpointer.take() {
+            // The thread makes a last checkpoint and returns; it does not panic.
+            let _ = thread.join();
+        }
+    }
 }
 
 fn unavailable(why: &str) -> StoreError {
     StoreError::Unavailable(format!("an earlier sync failed, nothing is durable since: {why}"))
 }
 
-fn run(mut sync: DiskSync, shared: &Shared, progress: &watch::Sender<Progress>) {
-    let mut durable = 0;
-    loop {
-        let target = {
-            let mut state = shared.lock();
-            while state.tickets == durable && !state.stop {
-                state = shared.wake.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            if state.tickets == durable {
-                return;
-            }
-            state.tickets
-        };
-        let result = sync.sync();
-        shared.syncs.fetch_add(1, Ordering::Relaxed);
-        match result {
-            Ok(()) => {
-                durable = target;
-                shared.durable.store(target, Ordering::Release);
-                progress.send_modify(|p| p.durable = target);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "saga store sync failed; the store takes no more writes");
-                progress.send_modify(|p| p.failed = Some(e.to_string()));
-                return;
-            }
-        }
+/// A log error as a store error that says what and where.
+pub(crate) fn wal_error(error: WalError) -> StoreError {
+    match error {
+        WalError::Corrupt { path, offset, problem } => StoreError::Corrupt {
+            place: format!("write-ahead log {} at offset {offset}", path.display()),
+            problem,
+        },
+        WalError::Io { context, path, source } => StoreError::Io {
+            context: format!("{context}: {}", path.display()),
+            source: io::Error::new(source.kind(), source.to_string()),
+        },
+        other => StoreError::Unavailable(other.to_string()),
     }
 }
 
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        self.shared.lock().stop = true;
-        self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            // The thread only syncs what is pending and returns; a panic in it is already gone.
-            let _ = thread.join();
+/// The real file system, with the sync failures armed through [`Faults`] and a count of the
+/// syncs of log segments (the syncs that acknowledge writes).
+#[derive(Debug)]
+struct FaultyIo {
+    faults: Faults,
+    syncs: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    file: Box<dyn WalFile>,
+    /// A segment (its syncs acknowledge writes), not the checkpoint file.
+    segment: bool,
+    io_faults: Faults,
+    syncs: Arc<AtomicU64>,
+}
+
+impl FaultyIo {
+    fn wrap(&self, path: &Path, file: Box<dyn WalFile>) -> Box<dyn WalFile> {
+        let segment = path.extension().is_some_and(|e| e == "seg");
+        Box::new(FaultyFile {
+            file,
+            segment,
+            io_faults: self.faults.clone(),
+            syncs: self.syncs.clone(),
+        })
+    }
+}
+
+impl WalIo for FaultyIo {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        RealIo.create_dir_all(dir)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        Ok(self.wrap(path, RealIo.open(path)?))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        Ok(self.wrap(path, RealIo.create(path)?))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealIo.rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        RealIo.remove(path)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+        RealIo.list(dir)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        RealIo.sync_dir(dir)
+    }
+}
+
+impl WalFile for FaultyFile {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_at(buf, offset)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        if !self.segment {
+            return self.file.sync_data();
         }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        match self.io_faults.take() {
+            Some(error) => Err(error),
+            None => self.file.sync_data(),
+        }
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.file.allocate(len)
     }
 }

@@ -81,38 +81,57 @@
 //!   [`StoreError::Locked`](saga_core::store::StoreError::Locked) at once (sled takes a
 //!   non-blocking `flock` on the `db` file).
 //!
-//! # Durability
+//! # Durability: a write-ahead log of the store's own
 //!
-//! sled 0.34's `flush()` writes its buffers and then, on Linux, calls `sync_file_range`, which
-//! waits for the page write-back but is no barrier for the disk's volatile cache and does not
-//! write the file's metadata (its size, when the log grew). So [`Durability::Fsync`] (the
-//! default) calls `fdatasync` on the `db` file after every sled flush, through a second handle of
-//! the file (the `flock` stays with sled's handle). sled writes values too big for its log (above
-//! about 128 KiB with its default 512 KiB segments; a record with a large step output, or a tree
-//! node holding several) to files under `blobs/` without any sync, so each new blob file is
-//! `fdatasync`ed too, then the `blobs/` directory, before the `db` file. At open, the `conf` and
-//! `db` files and the directories (`blobs/`, the store's, and its parent when the store was
-//! created) are synced.
+//! [`Durability::Fsync`] (the default) acknowledges a `create`, `append`, `purge_logs`,
+//! `delete_environment`, `request_cancel` or repairing `check` once its changes are in the
+//! store's **write-ahead log** (`wal/`, see the `wal` module's docs for the format): appended
+//! with one positional write and made durable with one `fdatasync` of the log segment. sled is
+//! not flushed on that path: it is the long-term copy and index, changed in memory as before,
+//! and made durable by **checkpoints** (every 30 s, sooner after 32 MiB of log, and when the store
+//! closes): the durable LSN is noted, sled is flushed and its files `fdatasync`ed (the `db`
+//! file through a second handle, new files under `blobs/` and that directory), and only then
+//! does the log drop the segments before that LSN (two are recycled, so that the log reuses
+//! allocated blocks, the rest deleted). The log never grows past what the last checkpoint left.
 //!
-//! `create`, `append`, `purge_logs` and `delete_environment` return after such a sync. Log lines
-//! from `append_log` and lease changes from `claim`, `renew` and `release` are not synced on
-//! their own: they become durable with the next synced write (or sled's background flush). Only
-//! one process opens a store, so a lease lost in a crash belonged to an executor that died too.
+//! Every change to a tree is recorded as it is made: a writer takes a ticket after its
+//! change, which drains every change recorded so far (the `redo` module) into one log entry; the entry's LSN is the
+//! ticket. So an entry holds every change made before it, including the log lines and lease
+//! changes (`append_log`, `claim`, `renew`, `release`), which take no ticket of their own and
+//! become durable with the next entry (or the next checkpoint). Opening replays the entries after
+//! the last checkpoint into sled (entries set keys, so replaying one sled already holds changes
+//! nothing), then checkpoints. A torn write at the very end of the newest segment is what a crash
+//! leaves: it is cut off. Damage anywhere else is
+//! [`StoreError::Corrupt`](saga_core::store::StoreError::Corrupt) naming the segment and
+//! the offset.
+//!
+//! Seen with `strace -f -y -e trace=pwrite64,fdatasync,sync_file_range` around the quickstart (one
+//! Operation of five steps): each acknowledged `append` is one `pwrite64` and one `fdatasync` of
+//! `wal/00000000000000000000.seg`, and nothing else waits for the disk in between; sled's `db`
+//! gets `pwrite64` and `sync_file_range` at the checkpoint when the store closes, and once each at
+//! `create` and at the finishing `append`, whose sled transactions write sled's buffer.
 //!
 //! # Group commit
 //!
-//! One flusher thread per store does every sync. A writer makes its change in sled, takes a
-//! ticket, wakes the flusher and waits; the flusher notes the newest ticket, flushes and syncs
-//! once, and then releases every writer up to that ticket. A writer therefore returns only after
-//! a sync that began after its write, and the writers that arrive while one sync runs share the
-//! next. An Operation running alone costs one sync per `append` call; many running at once share
-//! them ([`SledStore::sync_count`] counts the rounds). After a failed sync the store refuses every
-//! later write with [`StoreError::Unavailable`](saga_core::store::StoreError::Unavailable): the
-//! kernel may have dropped the pages, so no later sync could prove them written.
+//! One writer thread per log does every write and sync: it takes every entry queued, writes them
+//! with one `pwrite64`, syncs once and releases their writers; entries queued meanwhile form the
+//! next group. An Operation running alone costs one sync per `append` call; many running at once
+//! share them ([`SledStore::sync_count`] counts the syncs). After a failed sync the store refuses
+//! every later write with [`StoreError::Unavailable`](saga_core::store::StoreError::Unavailable):
+//! the kernel may have dropped the pages, so no later sync could prove them written. A failed
+//! checkpoint does the same; the log still holds everything since the last good one.
+//!
+//! # What sled leaves behind
+//!
+//! sled 0.34 writes a snapshot `snap.*.generating` at every open and renames it when complete;
+//! an open killed (or out of space) in between left a file that made every later open fail with
+//! "corrupt data in sled log at None". Opening removes such leftovers first, when no other
+//! process holds the store.
 //!
 //! # Acknowledged reads
 //!
-//! A `create` or `append` changes sled (memory) before its sync, so sled holds records that are
+//! A `create` or `append` changes sled (memory) before its log entry is synced, so sled holds
+//! records that are
 //! not acknowledged: while the sync runs, and for good if it fails. Reads never show them. The
 //! store keeps in memory, for each Operation with a `create` or `append` not yet acknowledged,
 //! the first sequence number that write added (registered under the write lock before the
@@ -210,9 +229,9 @@ mod leases;
 mod logs;
 mod open;
 mod records;
+mod redo;
 mod resources;
 mod store;
-#[allow(dead_code)] // until the store writes through it
 mod wal;
 
 pub use crate::store::{Durability, SledStore};

@@ -1,37 +1,45 @@
 //! Opening the sled database: the lock, the format check and the trees.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use saga_core::store::{StoreError, FORMAT_VERSION};
 
 use crate::codec::sled_error;
 use crate::disk::sync_dir;
 use crate::keys;
+use crate::redo::{Logged, Redo};
 
-/// The version of the key layout described in [`keys`]. Raise it when the layout changes.
-pub(crate) const LAYOUT_VERSION: u8 = 1;
+/// The version of the store's layout: the key layout described in [`keys`] and, from version 2,
+/// the write-ahead log in `wal/` (see [`crate::flusher`]), which holds acknowledged writes not
+/// yet checkpointed into the trees. Raise it when either changes. A store of version 1 (written
+/// before the log) opens as is and is marked 2; a release that knows only 1 refuses a store
+/// marked 2 ([`StoreError::NewerFormat`]) rather than miss what its log holds.
+pub(crate) const LAYOUT_VERSION: u8 = 2;
 
-/// The trees of one open store.
+/// The trees of one open store. Every change to them is recorded in `redo` (see
+/// [`crate::redo`]); `meta` is written at open only, and synced there.
 #[derive(Debug)]
 pub(crate) struct Trees {
     pub(crate) db: sled::Db,
-    pub(crate) records: sled::Tree,
-    pub(crate) unfinished: sled::Tree,
-    pub(crate) by_environment: sled::Tree,
-    pub(crate) leases: sled::Tree,
-    pub(crate) cancels: sled::Tree,
-    pub(crate) by_resource: sled::Tree,
-    pub(crate) logs: sled::Tree,
-    pub(crate) logs_by_time: sled::Tree,
+    pub(crate) records: Logged,
+    pub(crate) unfinished: Logged,
+    pub(crate) by_environment: Logged,
+    pub(crate) leases: Logged,
+    pub(crate) cancels: Logged,
+    pub(crate) by_resource: Logged,
+    pub(crate) logs: Logged,
+    pub(crate) logs_by_time: Logged,
+    /// The changes not yet drained into the write-ahead log.
+    pub(crate) redo: Arc<Redo>,
     /// Serializes read-check-write sequences (lease and sequence checks, then the write). Only
     /// one process opens a store, so an in-process lock is enough.
     pub(crate) writing: Mutex<()>,
 }
 
 /// Opens (creating it if needed) the store at `path`, checks its format and syncs what opening
-/// wrote. Blocks.
-pub(crate) fn open(path: &Path) -> Result<Trees, StoreError> {
+/// wrote; with `record`, every later change is recorded for the write-ahead log. Blocks.
+pub(crate) fn open(path: &Path, record: bool) -> Result<Trees, StoreError> {
     let created = !path.exists();
     // sled's own periodic flusher is off: the store's flusher does every flush (and the fdatasync
     // after it), and sled's thread would keep the file, and its lock, open for up to its period
@@ -48,16 +56,20 @@ pub(crate) fn open(path: &Path) -> Result<Trees, StoreError> {
     let meta = tree(keys::META)?;
     check_version(&meta, keys::META_LAYOUT, LAYOUT_VERSION, "key layout")?;
     check_version(&meta, keys::META_RECORD_FORMAT, FORMAT_VERSION, "record format")?;
+    let redo = Arc::new(Redo::new(record));
+    // The numbers are part of the write-ahead log's format: never renumber a tree.
+    let logged = |name: &str, number: u8| Ok(Logged::new(tree(name)?, number, redo.clone()));
     let trees = Trees {
-        records: tree(keys::RECORDS)?,
-        unfinished: tree(keys::UNFINISHED)?,
-        by_environment: tree(keys::BY_ENVIRONMENT)?,
-        leases: tree(keys::LEASES)?,
-        cancels: tree(keys::CANCELS)?,
-        by_resource: tree(keys::BY_RESOURCE)?,
-        logs: tree(keys::LOGS)?,
-        logs_by_time: tree(keys::LOGS_BY_TIME)?,
+        records: logged(keys::RECORDS, 1)?,
+        unfinished: logged(keys::UNFINISHED, 2)?,
+        by_environment: logged(keys::BY_ENVIRONMENT, 3)?,
+        leases: logged(keys::LEASES, 4)?,
+        cancels: logged(keys::CANCELS, 5)?,
+        by_resource: logged(keys::BY_RESOURCE, 6)?,
+        logs: logged(keys::LOGS, 7)?,
+        logs_by_time: logged(keys::LOGS_BY_TIME, 8)?,
         writing: Mutex::new(()),
+        redo,
         db,
     };
     trees.db.flush().map_err(|e| sled_error("flushing after open", e))?;
@@ -99,6 +111,7 @@ fn check_version(
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    remove_unfinished_snapshots(path)?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         // sled's own periodic flusher is off: the store's flusher does every flush (and the
@@ -113,6 +126,41 @@ fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// Removes the `snap.*.generating` files sled leaves behind when an open is killed, or runs out
+/// of space, while it writes a snapshot: sled 0.34 then fails every later open with "corrupt
+/// data in sled log at None", although the file is only an unfinished snapshot (sled renames it
+/// to `snap.<lsn>` once it is complete, and recovers from its log without it). Only when no
+/// other process holds the store (sled's `flock` on `db`), so that a live store's snapshot in
+/// progress is never touched; the opener then gets [`StoreError::Locked`] from sled.
+fn remove_unfinished_snapshots(path: &Path) -> Result<(), StoreError> {
+    if let Ok(db) = std::fs::File::open(path.join("db")) {
+        let flags = rustix::fs::FlockOperation::NonBlockingLockExclusive;
+        if rustix::fs::flock(&db, flags).is_err() {
+            return Ok(());
+        }
+        // Unlocked when `db` is closed, at the end of this function, before sled takes it.
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::Io { context: format!("listing {}", path.display()), source })
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %entry.path().display(), "removing an unfinished sled snapshot");
+            std::fs::remove_file(entry.path()).map_err(|source| StoreError::Io {
+                context: format!("removing the unfinished snapshot {}", entry.path().display()),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 fn open_error(path: &Path, error: sled::Error) -> StoreError {
     match error {
         sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => {
@@ -123,6 +171,38 @@ fn open_error(path: &Path, error: sled::Error) -> StoreError {
 }
 
 impl Trees {
+    /// The tree of this number in the write-ahead log's entries.
+    pub(crate) fn by_number(&self, number: u8) -> Option<&Logged> {
+        [
+            &self.records,
+            &self.unfinished,
+            &self.by_environment,
+            &self.leases,
+            &self.cancels,
+            &self.by_resource,
+            &self.logs,
+            &self.logs_by_time,
+        ]
+        .into_iter()
+        .find(|t| t.number() == number)
+    }
+
+    /// Makes the changes of write-ahead log entries again, in order (at open, before anything
+    /// else writes).
+    pub(crate) fn replay(&self, entries: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        for (lsn, bytes) in entries {
+            let place = format!("write-ahead log entry {lsn}");
+            for op in crate::redo::decode(&bytes, &place)? {
+                let tree = self.by_number(op.tree).ok_or_else(|| StoreError::Corrupt {
+                    place: place.clone(),
+                    problem: format!("names tree {}, which does not exist", op.tree),
+                })?;
+                tree.redo(&op)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Takes the write lock (a poisoned one too: the lock guards no data).
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -41,11 +41,11 @@ impl Trees {
             acks.begin(id, 0, false);
         }
         let written = (
-            &self.records,
-            &self.unfinished,
-            &self.by_environment,
-            &self.leases,
-            &self.by_resource,
+            self.records.sled(),
+            self.unfinished.sled(),
+            self.by_environment.sled(),
+            self.leases.sled(),
+            self.by_resource.sled(),
         )
             .transaction(|(records, unfinished, index, leases, queues)| {
                 records.insert(&keys::seq_key(id, 0)[..], bytes.as_slice())?;
@@ -61,6 +61,13 @@ impl Trees {
             acks.forget(id, 0);
         }
         written?;
+        self.redo.push([
+            self.records.op(&keys::seq_key(id, 0), Some(&bytes)),
+            self.unfinished.op(&op_key, Some(&[])),
+            self.by_environment.op(&index_key, Some(&[])),
+            self.leases.op(&op_key, Some(&lease_bytes)),
+            self.by_resource.op(&queue_key, Some(&[])),
+        ]);
         Ok(lease)
     }
 
@@ -108,7 +115,12 @@ impl Trees {
         }
         let op_key = keys::operation_key(id);
         let queue_key = self.queue_key(id)?;
-        let written = (&self.records, &self.unfinished, &self.cancels, &self.by_resource)
+        let written = (
+            self.records.sled(),
+            self.unfinished.sled(),
+            self.cancels.sled(),
+            self.by_resource.sled(),
+        )
             .transaction(|(tree, unfinished, cancels, queues)| {
                 for (key, bytes) in &encoded {
                     tree.insert(&key[..], bytes.as_slice())?;
@@ -126,6 +138,14 @@ impl Trees {
             acks.forget(id, next);
         }
         written?;
+        let mut ops: Vec<_> =
+            encoded.iter().map(|(key, bytes)| self.records.op(key, Some(bytes))).collect();
+        ops.push(self.unfinished.op(&op_key, None));
+        ops.push(self.cancels.op(&op_key, None));
+        if let Some(queue_key) = &queue_key {
+            ops.push(self.by_resource.op(queue_key, None));
+        }
+        self.redo.push(ops);
         Ok(Some(next))
     }
 

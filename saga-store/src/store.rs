@@ -90,9 +90,15 @@ impl SledStore {
     /// As [`SledStore::open`].
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         let path = path.as_ref().to_owned();
-        let trees = Arc::new(open(&path)?);
+        let trees = Arc::new(open(&path, durability == Durability::Fsync)?);
         let flusher = match durability {
-            Durability::Fsync => Some(Flusher::start(DiskSync::open(trees.db.clone(), &path)?)?),
+            Durability::Fsync => {
+                let sync = DiskSync::open(trees.db.clone(), &path)?;
+                let replaying = trees.clone();
+                Some(Flusher::start(&path, sync, trees.redo.clone(), move |entries| {
+                    replaying.replay(entries)
+                })?)
+            }
             Durability::NoSync => None,
         };
         let acks = flusher.as_ref().map(|f| Arc::new(Acks::new(f.tickets())));
@@ -185,7 +191,7 @@ impl SledStore {
     /// call has finished. Without fsync, at once.
     async fn commit(&self) -> Result<(), StoreError> {
         match &self.flusher {
-            Some(flusher) => flusher.wait(flusher.ticket()).await,
+            Some(flusher) => flusher.wait(flusher.ticket()?).await,
             None => Ok(()),
         }
     }
@@ -253,7 +259,7 @@ impl Store for SledStore {
         let (lease, ticket) = self
             .write(move |t| {
                 let lease = t.create(&record, &owner, ttl, Some(&writer_acks))?;
-                Ok((lease, writer_acks.ticket(id, 0)))
+                Ok((lease, writer_acks.ticket(id, 0)?))
             })
             .await?;
         self.acknowledge(&acks, id, 0, ticket).await?;
@@ -283,7 +289,10 @@ impl Store for SledStore {
                 .write(move |t| {
                     let writer_acks = writer_acks.as_deref();
                     let from = t.append(&lease, &records, writer_acks)?;
-                    Ok(from.zip(writer_acks).map(|(from, acks)| (from, acks.ticket(id, from))))
+                    match from.zip(writer_acks) {
+                        Some((from, acks)) => Ok(Some((from, acks.ticket(id, from)?))),
+                        None => Ok(None),
+                    }
                 })
                 .await?;
             match written {
@@ -296,7 +305,7 @@ impl Store for SledStore {
             };
             // No await since the write: the ticket covers it. It is recorded with the write
             // only if this future is dropped while it waits.
-            let mut waiting = Waiting { acks, id, from, ticket: acks.fresh_ticket(), done: false };
+            let mut waiting = Waiting { acks, id, from, ticket: acks.fresh_ticket()?, done: false };
             let result = self.acknowledge(acks, id, from, waiting.ticket).await;
             waiting.done = true;
             result

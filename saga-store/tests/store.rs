@@ -6,6 +6,7 @@ mod check;
 mod conformance;
 mod faults;
 mod support;
+mod wal;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,221 @@
+//! Physical redo: every change the store makes to a sled tree, recorded as it is made, so that
+//! the write-ahead log ([`crate::wal`]) can hold it and a reopen can make it again.
+//!
+//! Each tree of [`crate::open::Trees`] is a [`Logged`] tree: its `insert`, `remove` and
+//! `apply_batch` change sled (in memory) and append the change to the store's [`Redo`] buffer,
+//! in the order they are made. The store's [`Flusher`](crate::flusher::Flusher) drains the
+//! buffer into one log entry when a writer takes its ticket, so that the entry (and the sync
+//! that covers it) holds every change made before the ticket, the writer's own and any made
+//! without a ticket of their own (lease renewals, log lines). Changes made inside a sled
+//! transaction are recorded by the caller after the transaction committed ([`Redo::push`]).
+//!
+//! An entry is a list of `(tree, key, value or removal)`: replaying it sets those keys, so
+//! replaying an entry whose changes sled already holds changes nothing, and replaying the log
+//! after the last checkpoint in order leaves every key as the last acknowledged write left it.
+//! Encoded as a version byte, then postcard.
+
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use saga_core::store::StoreError;
+
+use crate::codec::sled_error;
+
+/// The version byte in front of every encoded entry.
+const ENTRY_VERSION: u8 = 1;
+
+/// One change to one tree: `value` `None` removes the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Op {
+    /// The tree's number in [`crate::open::Trees::by_number`].
+    pub(crate) tree: u8,
+    /// The key.
+    pub(crate) key: Vec<u8>,
+    /// The new value, or `None` for a removal.
+    pub(crate) value: Option<Vec<u8>>,
+}
+
+/// The changes made and not yet drained into the log, in the order they were made. Disabled
+/// (recording nothing) for a store without fsync, which has no log.
+#[derive(Debug, Default)]
+pub(crate) struct Redo {
+    ops: Mutex<Vec<Op>>,
+    enabled: bool,
+}
+
+impl Redo {
+    /// A buffer that records (`enabled`) or ignores every change.
+    pub(crate) fn new(enabled: bool) -> Self {
+        Redo { ops: Mutex::new(Vec::new()), enabled }
+    }
+
+    /// Locks the buffer (a panic elsewhere never makes it unusable).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Op>> {
+        self.ops.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records changes made to sled already (by a transaction).
+    pub(crate) fn push(&self, ops: impl IntoIterator<Item = Op>) {
+        if self.enabled {
+            self.lock().extend(ops);
+        }
+    }
+}
+
+/// Encodes drained changes as one log entry.
+pub(crate) fn encode(ops: &[Op]) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(ops, vec![ENTRY_VERSION])
+        .map_err(|e| StoreError::backend("encoding a write-ahead log entry", e.to_string()))
+}
+
+/// Decodes a log entry written by [`encode`]; `where_` names it in the error.
+pub(crate) fn decode(bytes: &[u8], where_: &str) -> Result<Vec<Op>, StoreError> {
+    let corrupt = |problem: String| StoreError::Corrupt { place: where_.to_owned(), problem };
+    match bytes.split_first() {
+        Some((&ENTRY_VERSION, body)) => {
+            let (ops, rest): (Vec<Op>, &[u8]) =
+                postcard::take_from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+            if rest.is_empty() {
+                Ok(ops)
+            } else {
+                Err(corrupt(format!("{} trailing bytes", rest.len())))
+            }
+        }
+        Some((&version, _)) if version > ENTRY_VERSION => {
+            Err(StoreError::NewerFormat { found: version, supported: ENTRY_VERSION })
+        }
+        Some((version, _)) => Err(corrupt(format!("unknown entry version {version}"))),
+        None => Err(corrupt("an empty entry".into())),
+    }
+}
+
+/// A sled tree whose changes are recorded in the store's [`Redo`] buffer. Reads go to the tree
+/// (through `Deref`).
+#[derive(Clone, Debug)]
+pub(crate) struct Logged {
+    tree: sled::Tree,
+    number: u8,
+    redo: Arc<Redo>,
+}
+
+impl Deref for Logged {
+    type Target = sled::Tree;
+
+    fn deref(&self) -> &sled::Tree {
+        &self.tree
+    }
+}
+
+impl Logged {
+    /// The tree `tree`, recorded as number `number`.
+    pub(crate) fn new(tree: sled::Tree, number: u8, redo: Arc<Redo>) -> Self {
+        Logged { tree, number, redo }
+    }
+
+    /// The tree's number, for [`Op::tree`].
+    pub(crate) fn number(&self) -> u8 {
+        self.number
+    }
+
+    /// The sled tree itself, for transactions (whose changes the caller records).
+    pub(crate) fn sled(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// An [`Op`] on this tree.
+    pub(crate) fn op(&self, key: &[u8], value: Option<&[u8]>) -> Op {
+        Op { tree: self.number, key: key.to_vec(), value: value.map(<[u8]>::to_vec) }
+    }
+
+    /// Inserts and records.
+    pub(crate) fn insert(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> sled::Result<Option<sled::IVec>> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        if !self.redo.enabled {
+            return self.tree.insert(key, value);
+        }
+        // Recorded under the buffer's lock with the change, so that the buffer's order is the
+        // order in which sled saw the changes.
+        let mut ops = self.redo.lock();
+        let old = self.tree.insert(key, value)?;
+        ops.push(self.op(key, Some(value)));
+        Ok(old)
+    }
+
+    /// Removes and records.
+    pub(crate) fn remove(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<sled::IVec>> {
+        let key = key.as_ref();
+        if !self.redo.enabled {
+            return self.tree.remove(key);
+        }
+        let mut ops = self.redo.lock();
+        let old = self.tree.remove(key)?;
+        ops.push(self.op(key, None));
+        Ok(old)
+    }
+
+    /// Applies a batch atomically and records its changes.
+    pub(crate) fn apply_batch(&self, batch: Batch) -> sled::Result<()> {
+        if !self.redo.enabled {
+            return self.tree.apply_batch(batch.sled);
+        }
+        let mut ops = self.redo.lock();
+        self.tree.apply_batch(batch.sled)?;
+        ops.extend(batch.ops.into_iter().map(|(key, value)| Op { tree: self.number, key, value }));
+        Ok(())
+    }
+
+    /// Makes one recorded change again (replay).
+    pub(crate) fn redo(&self, op: &Op) -> Result<(), StoreError> {
+        match &op.value {
+            Some(value) => self.tree.insert(&op.key, value.as_slice()).map(drop),
+            None => self.tree.remove(&op.key).map(drop),
+        }
+        .map_err(|e| sled_error("replaying the write-ahead log", e))
+    }
+}
+
+/// A [`sled::Batch`] that remembers its changes, for [`Logged::apply_batch`].
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    sled: sled::Batch,
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    /// Removes `key` when applied.
+    pub(crate) fn remove(&mut self, key: impl AsRef<[u8]>) {
+        let key = key.as_ref();
+        self.sled.remove(key);
+        self.ops.push((key.to_vec(), None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_bad_bytes_are_typed_errors() {
+        let ops = vec![
+            Op { tree: 1, key: b"k".to_vec(), value: Some(b"v".to_vec()) },
+            Op { tree: 2, key: vec![0; 24], value: None },
+        ];
+        let bytes = encode(&ops).expect("encodes");
+        assert_eq!(decode(&bytes, "entry 1").expect("decodes"), ops);
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut], "entry 1").is_err(), "cut at {cut}");
+        }
+        let mut newer = bytes.clone();
+        newer[0] = ENTRY_VERSION + 1;
+        assert!(matches!(decode(&newer, "entry 1"), Err(StoreError::NewerFormat { .. })));
+        let mut longer = bytes;
+        longer.push(0);
+        assert!(matches!(decode(&longer, "entry 1"), Err(StoreError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,206 @@
+//! The store's write-ahead log, seen from outside: a process killed at any instant loses no
+//! acknowledged write, damage to the log is a typed error naming the file and the offset, and
+//! what sled leaves behind never makes a store unopenable.
+//!
+//! The killed process is this test binary itself, run again on [`child_workload`] with
+//! `SAGA_WAL_CHILD` naming the store: it writes until it is killed, printing every write it got
+//! acknowledged.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_core::store::{Store, StoreError};
+use saga_core::OperationId;
+use saga_store::SledStore;
+
+use crate::support::*;
+
+const CHILD: &str = "SAGA_WAL_CHILD";
+
+/// Not a test of its own (ignored; the tests below run it with `--ignored`): the workload of the
+/// killed process. Eight writers, each creating Operations and appending records to
+/// them; every acknowledged write is printed as `<id> <records>` once it is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the workload of a child process that the tests kill"]
+async fn child_workload() {
+    let Ok(path) = std::env::var(CHILD) else { return };
+    let store = Arc::new(SledStore::open(&path).expect("the child opens the store"));
+    let stop_after: u64 = std::env::var("SAGA_WAL_CHILD_WRITES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    let mut writers = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut written = 0;
+            while written < stop_after {
+                let (id, lease) = create(store.as_ref(), "prod", 10).await;
+                print_acked(id, 1);
+                for seq in 1..6 {
+                    store.append(&lease, &[started(id, seq, "a")]).await.expect("appends");
+                    print_acked(id, seq + 1);
+                }
+                written += 1;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("a writer");
+    }
+    // Done: die without closing the store (no checkpoint, no destructor), as a kill would.
+    std::process::abort();
+}
+
+fn print_acked(id: OperationId, records: u64) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{id} {records}");
+    let _ = out.flush();
+}
+
+/// Runs the child on `path`; kills it after `kill_after` (or lets it write `writes` Operations
+/// per writer and abort). Returns every acknowledged write: (id, records acknowledged).
+fn run_child(path: &Path, kill_after: Option<Duration>, writes: Option<u64>) -> Vec<(String, u64)> {
+    let exe = std::env::current_exe().expect("the test binary");
+    let mut command = Command::new(exe);
+    command
+        .args(["wal::child_workload", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env(CHILD, path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(writes) = writes {
+        command.env("SAGA_WAL_CHILD_WRITES", writes.to_string());
+    }
+    let mut child = command.spawn().expect("the child starts");
+    let stdout = child.stdout.take().expect("its stdout");
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| {
+                // The last two words: the test harness may have begun the line with its own.
+                let mut words = line.split_whitespace().rev();
+                let n = words.next()?.parse().ok()?;
+                Some((words.next()?.to_owned(), n))
+            })
+            .collect::<Vec<(String, u64)>>()
+    });
+    if let Some(after) = kill_after {
+        std::thread::sleep(after);
+        // SIGKILL: no destructor, no checkpoint, nothing runs after it.
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    reader.join().expect("the reader")
+}
+
+/// Every acknowledged write is in the reopened store.
+async fn assert_all_there(path: &Path, acked: &[(String, u64)]) -> SledStore {
+    let store = SledStore::open(path).expect("reopens after the kill");
+    for (id, records) in acked {
+        let id: OperationId = id.parse().expect("an id");
+        let stored = store.read(id).await.expect("an acknowledged operation is there");
+        assert!(
+            stored.len() as u64 >= *records,
+            "operation {id}: {records} records were acknowledged, {} are stored",
+            stored.len()
+        );
+    }
+    store
+}
+
+#[tokio::test]
+async fn a_process_killed_at_random_instants_loses_no_acknowledged_write() {
+    let (_dir, path) = temp_store_path();
+    let mut total = 0;
+    for round in 0..6u64 {
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()) % 400);
+        let after = Duration::from_millis(150 + jitter);
+        let acked = run_child(&path, Some(after), None);
+        total += acked.len();
+        let store = assert_all_there(&path, &acked).await;
+        assert!(store.check(false).await.expect("checks").is_healthy(), "round {round}");
+        drop(store);
+    }
+    assert!(total > 50, "the children wrote something before they were killed: {total}");
+}
+
+/// The first segment of the log, and the bytes of its first frame's payload.
+fn first_segment(path: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(path.join("wal"))
+        .expect("the log directory")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    segments.into_iter().next().expect("a segment")
+}
+
+#[tokio::test]
+async fn a_damaged_frame_before_acknowledged_ones_is_corruption_naming_the_file_and_offset() {
+    let (_dir, path) = temp_store_path();
+    let acked = run_child(&path, None, Some(3));
+    assert!(acked.len() >= 8 * 3 * 6, "every write was acknowledged: {}", acked.len());
+    let segment = first_segment(&path);
+    let mut bytes = std::fs::read(&segment).expect("reads the segment");
+    // The first frame's payload starts after its 24-byte header.
+    bytes[30] ^= 0x40;
+    std::fs::write(&segment, &bytes).expect("damages it");
+    match SledStore::open(&path) {
+        Err(StoreError::Corrupt { place, problem }) => {
+            assert!(place.contains(".seg at offset 0"), "{place}: {problem}");
+        }
+        other => panic!("expected a corrupt log, got {other:?}"),
+    }
+    // Undone, it opens with everything.
+    bytes[30] ^= 0x40;
+    std::fs::write(&segment, &bytes).expect("repairs it");
+    assert_all_there(&path, &acked).await;
+}
+
+#[tokio::test]
+async fn a_leftover_sled_snapshot_never_makes_the_store_unopenable() {
+    let (_dir, path, store) = open_temp();
+    let (id, _) = create(&store, "prod", 10).await;
+    drop(store);
+    // What an open killed (or out of space) while sled wrote its snapshot leaves behind.
+    std::fs::write(path.join("snap.0000000000001234.generating"), b"").expect("writes");
+    let store = SledStore::open(&path).expect("opens despite the leftover");
+    assert_eq!(store.read(id).await.expect("reads").len(), 1);
+    assert!(!path.join("snap.0000000000001234.generating").exists(), "the leftover is gone");
+}
+
+#[tokio::test]
+async fn a_store_written_before_the_log_existed_opens_with_everything() {
+    // Written by the quickstart of the release before the write-ahead log: one Operation that
+    // succeeded, in the environment "quickstart".
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-before-the-log");
+    let (_dir, path) = temp_store_path();
+    std::fs::create_dir_all(&path).expect("creates the store's directory");
+    for file in ["conf", "db"] {
+        std::fs::copy(fixture.join(file), path.join(file)).expect("copies the fixture");
+    }
+    let id: OperationId = "01M8SY3GCAZ2237XPESVP2ZK0M".parse().expect("an id");
+    for _ in 0..2 {
+        let store = SledStore::open(&path).expect("opens the older store");
+        assert_eq!(
+            store.list_environment("quickstart", 0, u64::MAX).await.expect("lists").ids,
+            [id]
+        );
+        let records = store.read(id).await.expect("reads its records");
+        assert!(matches!(
+            records.last().map(|r| &r.kind),
+            Some(saga_core::log::RecordKind::OperationFinished {
+                outcome: saga_core::Outcome::Succeeded
+            })
+        ));
+        assert!(store.list_unfinished().await.expect("lists").ids.is_empty());
+        assert!(store.check(false).await.expect("checks").is_healthy());
+    }
+    assert!(path.join("wal").is_dir(), "it has a log now");
+}
