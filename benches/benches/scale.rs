@@ -182,6 +182,14 @@ fn main() {
         put("saga_sled_disk_bytes_per_record", allocated as f64 / records as f64);
         put("saga_sled_apparent_bytes_per_record", apparent as f64 / records as f64);
         put("saga_sled_disk_bytes_per_step", allocated as f64 / (OPERATIONS * STEPS) as f64);
+        // The write-ahead log's segments are preallocated (a fixed size, whatever the steps):
+        // what the steps themselves cost is sled's files after the checkpoint at close.
+        let (log_allocated, _) = disk_usage(&path.join("wal"));
+        put("saga_wal_disk_bytes", log_allocated as f64);
+        put(
+            "saga_sled_disk_bytes_per_step_without_log",
+            allocated.saturating_sub(log_allocated) as f64 / (OPERATIONS * STEPS) as f64,
+        );
 
         let steno_dir = dir.path().join("steno");
         {

@@ -158,6 +158,16 @@ fn main() {
         ),
         "reported",
     );
+    let without_log = get("saga_sled_disk_bytes_per_step_without_log");
+    row(
+        "  of which sled (records, log lines, indexes), after the checkpoint at close",
+        show(without_log, "B per step"),
+        format!(
+            "plus the write-ahead log's preallocated segments, {}",
+            show(get("saga_wal_disk_bytes").map(|b| b / 1_048_576.0), "MiB")
+        ),
+        &format!("<= 1024 B per step: {}", verdict(without_log.map(|b| b <= 1024.0))),
+    );
     row(
         "  steno, sled SecStore",
         show(get("steno_sled_disk_bytes_per_step"), "B per step"),
