@@ -70,7 +70,10 @@ pub(crate) struct Tickets(Arc<Inner>);
 struct Inner {
     wal: Wal<()>,
     redo: Arc<Redo>,
+    /// Changes once, when the log fails.
     progress: watch::Receiver<WalProgress>,
+    /// The writers waiting for their tickets, each woken once (not at every group).
+    waiters: Arc<Waiters>,
     /// Why a checkpoint failed, if one did.
     checkpoint_failed: Mutex<Option<String>>,
     /// Wakes the checkpointer early (a large log, or the store closing).
@@ -130,9 +133,17 @@ impl Flusher {
     ) -> Result<Self, StoreError> {
         let faults = Faults::default();
         let io = Arc::new(FaultyIo { faults: faults.clone(), syncs: Arc::default() });
+        let waiters = Arc::new(Waiters::default());
+        let released = waiters.clone();
+        let apply = Box::new(move |group: Vec<(Lsn, ())>| {
+            if let Some((last, ())) = group.last() {
+                released.release_up_to(*last);
+            }
+            Ok(())
+        });
         let (wal, replayed) =
-            Wal::open(dir, WalOptions::default(), io.clone(), Box::new(|_| Ok(())))
-                .map_err(wal_error)?;
+            Wal::open(dir, WalOptions::default(), io.clone(), apply).map_err(wal_error)?;
+        waiters.release_up_to(wal.durable_lsn());
         if let Some((segment, offset)) = wal.cut_at_open() {
             tracing::warn!(
                 segment = %segment.display(),
@@ -148,6 +159,7 @@ impl Flusher {
         }
         let inner = Arc::new(Inner {
             progress: wal.progress(),
+            waiters,
             wal,
             redo,
             checkpoint_failed: Mutex::new(None),
@@ -192,14 +204,24 @@ impl Flusher {
 
     /// Waits until the log entry of `ticket` is durable.
     pub(crate) async fn wait(&self, ticket: u64) -> Result<(), StoreError> {
+        let Some(released) = self.inner.waiters.wait_for(ticket) else { return Ok(()) };
         let mut progress = self.inner.progress.clone();
-        let reached = progress
-            .wait_for(|p| p.durable >= ticket || p.failed.is_some())
-            .await
-            .map_err(|_| StoreError::Unavailable("the store's write-ahead log stopped".into()))?;
-        match &reached.failed {
-            Some(why) if reached.durable < ticket => Err(unavailable(&why.to_string())),
-            _ => Ok(()),
+        tokio::select! {
+            biased;
+            done = released => done.map_err(|_| {
+                StoreError::Unavailable("the store's write-ahead log stopped".into())
+            }),
+            failed = progress.wait_for(|p| p.failed.is_some()) => {
+                // It may have been durable just before the failure.
+                if self.inner.wal.durable_lsn() >= ticket {
+                    return Ok(());
+                }
+                let why = match failed {
+                    Ok(p) => p.failed.as_ref().map_or_else(String::new, ToString::to_string),
+                    Err(_) => "the store's write-ahead log stopped".to_owned(),
+                };
+                Err(unavailable(&why))
+            }
         }
     }
 
@@ -218,6 +240,46 @@ impl Tickets {
     /// Every ticket up to this one is durable. Never grows again after a failed sync.
     pub(crate) fn durable(&self) -> u64 {
         self.0.wal.durable_lsn()
+    }
+}
+
+/// The writers waiting for their tickets, by ticket. `apply` releases them group by group; a
+/// writer that registers after its ticket was released returns at once (both under one lock).
+#[derive(Debug, Default)]
+struct Waiters {
+    state: Mutex<WaitersState>,
+}
+
+#[derive(Debug, Default)]
+struct WaitersState {
+    /// Every ticket up to this one is durable.
+    released: Lsn,
+    waiting: std::collections::BTreeMap<Lsn, Vec<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Waiters {
+    /// A receiver that answers once `ticket` is durable, or `None` if it is already.
+    fn wait_for(&self, ticket: Lsn) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let mut state = lock(&self.state);
+        if state.released >= ticket {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        state.waiting.entry(ticket).or_default().push(tx);
+        Some(rx)
+    }
+
+    /// Every ticket up to `lsn` is durable: answers their writers.
+    fn release_up_to(&self, lsn: Lsn) {
+        let done = {
+            let mut state = lock(&self.state);
+            state.released = state.released.max(lsn);
+            let later = state.waiting.split_off(&lsn.saturating_add(1));
+            std::mem::replace(&mut state.waiting, later)
+        };
+        for tx in done.into_values().flatten() {
+            let _ = tx.send(());
+        }
     }
 }
 

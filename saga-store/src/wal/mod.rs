@@ -87,11 +87,10 @@ pub(crate) type ApplyFn<T> = Box<dyn FnMut(Vec<(Lsn, T)>) -> Result<(), String> 
 /// The payloads [`Wal::open`] found after the checkpoint, in LSN order.
 pub(crate) type Replayed = Vec<(Lsn, Vec<u8>)>;
 
-/// What the log has done so far: watched by [`Wal::progress`].
+/// Whether the log failed: watched by [`Wal::progress`], which changes once, when it fails (the
+/// durable LSN is [`Wal::durable_lsn`], and `apply` hears of every durable group).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct WalProgress {
-    /// Every LSN up to this is durable and applied.
-    pub(crate) durable: Lsn,
     /// The first failure, once the log failed.
     pub(crate) failed: Option<WalError>,
 }
@@ -255,10 +254,7 @@ impl<T: Send + 'static> Wal<T> {
                 active: recovery.active,
                 checkpoint: recovery.checkpoint,
             }),
-            progress: tokio::sync::watch::Sender::new(WalProgress {
-                durable: recovery.next_lsn - 1,
-                failed: None,
-            }),
+            progress: tokio::sync::watch::Sender::new(WalProgress { failed: None }),
         });
         let mut writer = Writer {
             shared: shared.clone(),
@@ -330,8 +326,8 @@ impl<T: Send + 'static> Wal<T> {
         (lsn, receiver)
     }
 
-    /// Watches the durable LSN and the failure: for a caller that waits for an LSN it has no
-    /// receiver of (an append of another caller that covers its write).
+    /// Watches for the log's failure: for a caller that waits for an LSN it has no receiver of
+    /// (an append of another caller that covers its write), with `apply` telling it of success.
     pub(crate) fn progress(&self) -> tokio::sync::watch::Receiver<WalProgress> {
         self.shared.progress.subscribe()
     }

@@ -34,7 +34,8 @@ pub(super) struct Shared<T> {
     pub(super) durable: AtomicU64,
     /// The segments and the checkpoint.
     pub(super) table: Mutex<Table>,
-    /// The durable LSN and the failure, for those who wait without a receiver of their own.
+    /// The failure, for those who wait without a receiver of their own (changed once, when the
+    /// log fails, so that watching it wakes nobody at every group).
     pub(super) progress: tokio::sync::watch::Sender<super::WalProgress>,
 }
 
@@ -186,7 +187,6 @@ impl<T> Writer<T> {
             return Ok(());
         }
         self.shared.durable.store(last, Ordering::Release);
-        self.shared.progress.send_modify(|p| p.durable = last);
         for (lsn, reply) in replies {
             let _ = reply.send(Ok(lsn));
         }
