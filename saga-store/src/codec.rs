@@ -117,17 +117,6 @@ pub(crate) fn sled_error(context: &str, error: sled::Error) -> StoreError {
     }
 }
 
-/// Maps a failed sled transaction whose closure only writes.
-pub(crate) fn transaction_error(
-    context: &str,
-    error: sled::transaction::TransactionError<StoreError>,
-) -> StoreError {
-    match error {
-        sled::transaction::TransactionError::Abort(e) => e,
-        sled::transaction::TransactionError::Storage(e) => sled_error(context, e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use saga_core::log::{LogLevel, LogSource};

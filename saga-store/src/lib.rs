@@ -61,11 +61,14 @@
 //! | `cancels` | id (16) | actor, reason, at ms of the first pending cancel request |
 //! | `meta` | `layout`, `record_format` | one version byte each |
 //!
-//! - `create` writes the first record, the `unfinished` mark, the index entry and the lease in one
-//!   sled transaction; an `append` holding `OperationFinished` removes the mark in the same
-//!   transaction as the records.
-//!   [`list_unfinished`](saga_core::store::Store::list_unfinished) reads the `unfinished` tree
-//!   only, never a finished Operation.
+//! - `create` writes the `unfinished` mark, the index entry, the lease, the queue entry and then
+//!   the first record; an `append` holding `OperationFinished` writes the records and then
+//!   removes the mark. Readers never see half of either (see "Acknowledged reads"), and each is
+//!   one entry of the write-ahead log, replayed whole; what a crash can leave in sled of an
+//!   unacknowledged one is an index entry naming no record or a finished Operation still marked
+//!   unfinished, which recovery leaves alone and [`check`](saga_core::store::Store::check)
+//!   repairs. [`list_unfinished`](saga_core::store::Store::list_unfinished) reads the
+//!   `unfinished` tree only, never a finished Operation.
 //! - The environment name is length-prefixed, so that `"a"` and `"a\0..."` never share keys.
 //! - `purge_logs` walks `logs_by_time` up to the cut-off only; records stay.
 //! - At open, a store whose `meta` versions are newer than this release's is refused with
@@ -108,8 +111,7 @@
 //! Seen with `strace -f -y -e trace=pwrite64,fdatasync,sync_file_range` around the quickstart (one
 //! Operation of five steps): each acknowledged `append` is one `pwrite64` and one `fdatasync` of
 //! `wal/00000000000000000000.seg`, and nothing else waits for the disk in between; sled's `db`
-//! gets `pwrite64` and `sync_file_range` at the checkpoint when the store closes, and once each at
-//! `create` and at the finishing `append`, whose sled transactions write sled's buffer.
+//! gets `pwrite64` and `sync_file_range` only at the checkpoint when the store closes.
 //!
 //! # Group commit
 //!

@@ -1,19 +1,17 @@
 //! Records: create, append, read, and the unfinished list.
 
-use sled::Transactional;
-
 use saga_core::log::{Record, RecordKind};
 use saga_core::store::{check_sequence, decode, encode, now_ms, Lease, Listing, StoreError};
 use saga_core::OperationId;
 
 use crate::acks::Acks;
-use crate::codec::{sled_error, transaction_error};
+use crate::codec::sled_error;
 use crate::keys;
 use crate::open::Trees;
 
 impl Trees {
-    /// Writes an Operation's first record, its unfinished mark, its index entry and its first
-    /// lease in one atomic write. With `acks`, the write is registered there (at sequence number
+    /// Writes an Operation's first record, its unfinished mark, its index entry, its queue entry
+    /// and its first lease (one log entry). With `acks`, the write is registered there (at sequence number
     /// 0) before it is made; the caller takes its ticket.
     pub(crate) fn create(
         &self,
@@ -40,39 +38,27 @@ impl Trees {
         if let Some(acks) = acks {
             acks.begin(id, 0, false);
         }
-        let written = (
-            self.records.sled(),
-            self.unfinished.sled(),
-            self.by_environment.sled(),
-            self.leases.sled(),
-            self.by_resource.sled(),
-        )
-            .transaction(|(records, unfinished, index, leases, queues)| {
-                records.insert(&keys::seq_key(id, 0)[..], bytes.as_slice())?;
-                unfinished.insert(&op_key[..], &[][..])?;
-                index.insert(index_key.as_slice(), &[][..])?;
-                leases.insert(&op_key[..], lease_bytes.as_slice())?;
-                queues.insert(queue_key.as_slice(), &[][..])?;
-                Ok(())
-            })
-            .map_err(|e| transaction_error("creating an operation", e));
-        if let (Err(_), Some(acks)) = (&written, acks) {
-            // A failed transaction wrote nothing.
-            acks.forget(id, 0);
-        }
-        written?;
-        self.redo.push([
-            self.records.op(&keys::seq_key(id, 0), Some(&bytes)),
-            self.unfinished.op(&op_key, Some(&[])),
-            self.by_environment.op(&index_key, Some(&[])),
-            self.leases.op(&op_key, Some(&lease_bytes)),
-            self.by_resource.op(&queue_key, Some(&[])),
-        ]);
+        // Plain inserts under the write lock, not a sled transaction: a transaction writes sled's
+        // IO buffer and waits for the disk at its commit, with the write lock held, which queued
+        // every other writer behind it. Atomicity comes from elsewhere: readers hide the write
+        // until it is acknowledged (`acks`), and its changes are one entry of the write-ahead
+        // log, replayed whole. The record goes last: what a crash can leave of an unacknowledged
+        // create is index entries naming no records, which `check` removes, never an Operation
+        // that nobody was told exists. A failed insert leaves the write registered, never
+        // acknowledged.
+        let insert = |tree: &crate::redo::Logged, key: &[u8], value: &[u8]| {
+            tree.insert(key, value).map(drop).map_err(|e| sled_error("creating an operation", e))
+        };
+        insert(&self.unfinished, &op_key, &[])?;
+        insert(&self.by_environment, &index_key, &[])?;
+        insert(&self.leases, &op_key, &lease_bytes)?;
+        insert(&self.by_resource, &queue_key, &[])?;
+        insert(&self.records, &keys::seq_key(id, 0), &bytes)?;
         Ok(lease)
     }
 
     /// Appends records after checking the lease and the sequence; an `OperationFinished` record
-    /// removes the unfinished mark in the same atomic write. Returns the sequence number of the
+    /// removes the unfinished mark too (in the same log entry). Returns the sequence number of the
     /// first record written, or `None` if there were none. With `acks`, the write is registered
     /// there before it is made; the caller takes its ticket.
     pub(crate) fn append(
@@ -115,37 +101,22 @@ impl Trees {
         }
         let op_key = keys::operation_key(id);
         let queue_key = self.queue_key(id)?;
-        let written = (
-            self.records.sled(),
-            self.unfinished.sled(),
-            self.cancels.sled(),
-            self.by_resource.sled(),
-        )
-            .transaction(|(tree, unfinished, cancels, queues)| {
-                for (key, bytes) in &encoded {
-                    tree.insert(&key[..], bytes.as_slice())?;
-                }
-                unfinished.remove(&op_key[..])?;
-                cancels.remove(&op_key[..])?;
-                if let Some(queue_key) = &queue_key {
-                    queues.remove(queue_key.as_slice())?;
-                }
-                Ok(())
-            })
-            .map_err(|e| transaction_error("appending records", e));
-        if let (Err(_), Some(acks)) = (&written, acks) {
-            // A failed transaction wrote nothing.
-            acks.forget(id, next);
+        // Plain changes, as in `create`: the records first, then the marks, so that what a
+        // crash can leave of an unacknowledged finish is a finished Operation still marked
+        // unfinished (recovery finds its outcome and leaves it; `check` removes the mark).
+        for (key, bytes) in &encoded {
+            self.records
+                .insert(&key[..], bytes.as_slice())
+                .map_err(|e| sled_error("appending records", e))?;
         }
-        written?;
-        let mut ops: Vec<_> =
-            encoded.iter().map(|(key, bytes)| self.records.op(key, Some(bytes))).collect();
-        ops.push(self.unfinished.op(&op_key, None));
-        ops.push(self.cancels.op(&op_key, None));
+        let remove = |tree: &crate::redo::Logged, key: &[u8]| {
+            tree.remove(key).map(drop).map_err(|e| sled_error("finishing an operation", e))
+        };
+        remove(&self.unfinished, &op_key)?;
+        remove(&self.cancels, &op_key)?;
         if let Some(queue_key) = &queue_key {
-            ops.push(self.by_resource.op(queue_key, None));
+            remove(&self.by_resource, queue_key)?;
         }
-        self.redo.push(ops);
         Ok(Some(next))
     }
 

@@ -6,8 +6,8 @@
 //! in the order they are made. The store's [`Flusher`](crate::flusher::Flusher) drains the
 //! buffer into one log entry when a writer takes its ticket, so that the entry (and the sync
 //! that covers it) holds every change made before the ticket, the writer's own and any made
-//! without a ticket of their own (lease renewals, log lines). Changes made inside a sled
-//! transaction are recorded by the caller after the transaction committed ([`Redo::push`]).
+//! without a ticket of their own (lease renewals, log lines). The store makes no sled
+//! transactions: a write's atomicity comes from its log entry (see `records.rs`).
 //!
 //! An entry is a list of `(tree, key, value or removal)`: replaying it sets those keys, so
 //! replaying an entry whose changes sled already holds changes nothing, and replaying the log
@@ -54,13 +54,6 @@ impl Redo {
     /// Locks the buffer (a panic elsewhere never makes it unusable).
     pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<Op>> {
         self.ops.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Records changes made to sled already (by a transaction).
-    pub(crate) fn push(&self, ops: impl IntoIterator<Item = Op>) {
-        if self.enabled {
-            self.lock().extend(ops);
-        }
     }
 }
 
@@ -117,11 +110,6 @@ impl Logged {
     /// The tree's number, for [`Op::tree`].
     pub(crate) fn number(&self) -> u8 {
         self.number
-    }
-
-    /// The sled tree itself, for transactions (whose changes the caller records).
-    pub(crate) fn sled(&self) -> &sled::Tree {
-        &self.tree
     }
 
     /// An [`Op`] on this tree.
