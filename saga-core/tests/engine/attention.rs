@@ -86,6 +86,15 @@ impl Fixture {
     }
 }
 
+/// A fixture, its store and executor, and an Operation started on it.
+async fn started() -> (Fixture, Arc<MemoryStore>, Executor, OperationId) {
+    let fixture = Fixture::new();
+    let store = Arc::new(MemoryStore::new());
+    let executor = executor(store.clone(), vec![fixture.saga()]);
+    let id = start(&executor).await;
+    (fixture, store, executor, id)
+}
+
 async fn start(executor: &Executor) -> OperationId {
     let request =
         Start::new("migrate", Resource::new("db", "orders")).environment("test").actor("tester");
@@ -105,10 +114,7 @@ async fn needs_attention(executor: &Executor, id: OperationId) -> (String, Strin
 
 #[tokio::test(start_paused = true)]
 async fn a_step_failing_past_the_point_of_no_return_stops_for_attention_after_its_policy() {
-    let fixture = Fixture::new();
-    let store = Arc::new(MemoryStore::new());
-    let executor = executor(store.clone(), vec![fixture.saga()]);
-    let id = start(&executor).await;
+    let (fixture, store, executor, id) = started().await;
 
     let (step, error) = needs_attention(&executor, id).await;
     assert_eq!(step, "switch");
@@ -157,10 +163,7 @@ fn executor_named(store: Arc<MemoryStore>, fixture: &Fixture, owner: &str) -> Ex
 
 #[tokio::test(start_paused = true)]
 async fn an_operator_retry_starts_the_policy_over_and_finishes_the_operation() {
-    let fixture = Fixture::new();
-    let store = Arc::new(MemoryStore::new());
-    let executor = executor(store.clone(), vec![fixture.saga()]);
-    let id = start(&executor).await;
+    let (fixture, store, executor, id) = started().await;
     needs_attention(&executor, id).await;
 
     // Still failing: the retry gives it a whole policy again, then it needs attention again.
@@ -198,10 +201,7 @@ async fn an_operator_retry_starts_the_policy_over_and_finishes_the_operation() {
 
 #[tokio::test(start_paused = true)]
 async fn an_abandoned_operation_says_who_abandoned_it_in_its_verdict_and_report() {
-    let fixture = Fixture::new();
-    let store = Arc::new(MemoryStore::new());
-    let executor = executor(store.clone(), vec![fixture.saga()]);
-    let id = start(&executor).await;
+    let (fixture, store, executor, id) = started().await;
     needs_attention(&executor, id).await;
 
     let outcome = executor.abandon(id, "alice", "migrating by hand").await.expect("abandoned");

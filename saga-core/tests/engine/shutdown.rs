@@ -95,6 +95,19 @@ impl Fixture {
     }
 }
 
+/// A fixture whose first step works for `work`, its store and executor (`node-1`), and an
+/// Operation started on it, its first step running.
+async fn started(
+    work: Duration,
+    on_cancel: OnCancel,
+) -> (Fixture, Arc<MemoryStore>, Executor, OperationId) {
+    let fixture = Fixture::new(work, on_cancel);
+    let store = Arc::new(MemoryStore::new());
+    let executor = fixture.executor(&store, "node-1");
+    let id = start(&executor).await;
+    (fixture, store, executor, id)
+}
+
 async fn start(executor: &Executor) -> OperationId {
     let request = Start::new("upgrade", Resource::new("app", "web")).actor("tester");
     let id = executor.start(request).await.expect("started");
@@ -133,10 +146,7 @@ async fn assert_nothing_rolled_back(store: &MemoryStore, id: OperationId) {
 
 #[tokio::test(start_paused = true)]
 async fn a_step_that_ends_before_the_deadline_is_recorded_and_the_next_is_not_started() {
-    let fixture = Fixture::new(Duration::from_secs(3), OnCancel::Return);
-    let store = Arc::new(MemoryStore::new());
-    let executor = fixture.executor(&store, "node-1");
-    let id = start(&executor).await;
+    let (fixture, store, executor, id) = started(Duration::from_secs(3), OnCancel::Return).await;
 
     let report = executor.shutdown(Duration::from_secs(30)).await;
     assert_eq!(report.left, vec![id]);
@@ -153,10 +163,7 @@ async fn a_step_that_ends_before_the_deadline_is_recorded_and_the_next_is_not_st
 
 #[tokio::test(start_paused = true)]
 async fn at_the_deadline_a_step_sees_its_token_and_its_interruption_is_not_a_failure() {
-    let fixture = Fixture::new(Duration::from_secs(3600), OnCancel::Return);
-    let store = Arc::new(MemoryStore::new());
-    let executor = fixture.executor(&store, "node-1");
-    let id = start(&executor).await;
+    let (fixture, store, executor, id) = started(Duration::from_secs(3600), OnCancel::Return).await;
 
     let began = tokio::time::Instant::now();
     let report = executor.shutdown(Duration::from_secs(5)).await;
@@ -180,10 +187,7 @@ async fn at_the_deadline_a_step_sees_its_token_and_its_interruption_is_not_a_fai
 
 #[tokio::test(start_paused = true)]
 async fn a_step_that_finishes_after_its_token_fired_keeps_its_success() {
-    let fixture = Fixture::new(Duration::from_secs(3600), OnCancel::Finish);
-    let store = Arc::new(MemoryStore::new());
-    let executor = fixture.executor(&store, "node-1");
-    let id = start(&executor).await;
+    let (fixture, store, executor, id) = started(Duration::from_secs(3600), OnCancel::Finish).await;
 
     let report = executor.shutdown(Duration::from_secs(1)).await;
     assert!(report.interrupted);
@@ -195,10 +199,7 @@ async fn a_step_that_finishes_after_its_token_fired_keeps_its_success() {
 
 #[tokio::test(start_paused = true)]
 async fn a_step_that_ignores_its_token_is_dropped_after_its_grace_period() {
-    let fixture = Fixture::new(Duration::from_secs(3600), OnCancel::Ignore);
-    let store = Arc::new(MemoryStore::new());
-    let executor = fixture.executor(&store, "node-1");
-    let id = start(&executor).await;
+    let (fixture, store, executor, id) = started(Duration::from_secs(3600), OnCancel::Ignore).await;
 
     let began = tokio::time::Instant::now();
     let report = executor.shutdown(Duration::from_secs(1)).await;
