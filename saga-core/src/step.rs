@@ -158,6 +158,63 @@ pub trait Step: Send + Sync + 'static {
     }
 }
 
+/// Forwards every setting of [`Step`] (`kind`, `retry_policy`, `timeout`, `cancel_grace`,
+/// `compensation_retry_policy`, `compensation_timeout`) to the step in field `$inner`: for a
+/// wrapper that changes only `execute` and `compensate`, so that a setting added to `Step` is
+/// forwarded by every wrapper at once instead of silently taking its default.
+///
+/// ```
+/// use saga_core::{async_trait, forward_step_settings, Step, StepContext, StepError};
+///
+/// /// Logs around the step it wraps, and is that step in every other way.
+/// struct Logged<S>(S);
+///
+/// #[async_trait]
+/// impl<S: Step> Step for Logged<S> {
+///     type Output = S::Output;
+///     async fn execute(&self, ctx: &StepContext) -> Result<S::Output, StepError> {
+///         tracing::info!("running");
+///         self.0.execute(ctx).await
+///     }
+///     async fn compensate(
+///         &self,
+///         ctx: &StepContext,
+///         executed: saga_core::Executed<S::Output>,
+///     ) -> Result<(), StepError> {
+///         self.0.compensate(ctx, executed).await
+///     }
+///     forward_step_settings!(0);
+/// }
+/// ```
+#[macro_export]
+macro_rules! forward_step_settings {
+    ($inner:tt) => {
+        fn kind(&self) -> $crate::StepKind {
+            self.$inner.kind()
+        }
+
+        fn retry_policy(&self) -> $crate::RetryPolicy {
+            self.$inner.retry_policy()
+        }
+
+        fn timeout(&self) -> ::std::option::Option<::std::time::Duration> {
+            self.$inner.timeout()
+        }
+
+        fn cancel_grace(&self) -> ::std::time::Duration {
+            self.$inner.cancel_grace()
+        }
+
+        fn compensation_retry_policy(&self) -> $crate::RetryPolicy {
+            self.$inner.compensation_retry_policy()
+        }
+
+        fn compensation_timeout(&self) -> ::std::option::Option<::std::time::Duration> {
+            self.$inner.compensation_timeout()
+        }
+    };
+}
+
 /// How long a cancelled step's `execute` may go on by default: see [`Step::cancel_grace`].
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
 

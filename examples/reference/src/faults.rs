@@ -1,9 +1,8 @@
 //! `--fail-at` and `--crash-at`: faults injected into a real step, read from the Operation's params.
 
 use std::fmt;
-use std::time::Duration;
 
-use saga_core::{async_trait, Executed, RetryPolicy, Step, StepContext, StepError, StepKind};
+use saga_core::{async_trait, Executed, Step, StepContext, StepError};
 use serde::{Deserialize, Serialize};
 
 /// The faults to inject into one Operation. Embed it in the params with `#[serde(flatten)]`:
@@ -89,27 +88,5 @@ impl<S: Step> Step for Injected<S> {
         self.inner.compensate(ctx, executed).await
     }
 
-    fn kind(&self) -> StepKind {
-        self.inner.kind()
-    }
-
-    fn retry_policy(&self) -> RetryPolicy {
-        self.inner.retry_policy()
-    }
-
-    fn timeout(&self) -> Option<Duration> {
-        self.inner.timeout()
-    }
-
-    fn compensation_retry_policy(&self) -> RetryPolicy {
-        self.inner.compensation_retry_policy()
-    }
-
-    fn compensation_timeout(&self) -> Option<Duration> {
-        self.inner.compensation_timeout()
-    }
-
-    fn cancel_grace(&self) -> Duration {
-        self.inner.cancel_grace()
-    }
+    saga_core::forward_step_settings!(inner);
 }
