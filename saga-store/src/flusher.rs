@@ -151,11 +151,11 @@ impl Flusher {
                 "cut a torn write at the end of the write-ahead log (a crash artefact)"
             );
         }
-        let last = replayed.last().map(|(lsn, _)| *lsn);
+        let replayed_any = !replayed.is_empty();
         replay(replayed)?;
-        if let Some(last) = last {
-            sync.sync()?;
-            wal.checkpoint(last).map_err(wal_error)?;
+        if replayed_any {
+            // The replayed changes are in sled's memory only: put them in its files.
+            checkpoint(&wal, &mut sync)?;
         }
         let inner = Arc::new(Inner {
             progress: wal.progress(),
@@ -304,7 +304,7 @@ fn checkpoints(inner: &Inner, mut sync: DiskSync) {
             || last_checkpoint.elapsed() >= CHECKPOINT_EVERY
             || inner.wal.bytes_since_checkpoint() >= CHECKPOINT_BYTES;
         if due {
-            if let Err(why) = checkpoint(inner, &mut sync) {
+            if let Err(why) = checkpoint(&inner.wal, &mut sync).map_err(|e| e.to_string()) {
                 tracing::error!(error = %why, "saga store checkpoint failed; the store takes no more writes");
                 *lock(&inner.checkpoint_failed) = Some(why);
                 return;
@@ -318,11 +318,12 @@ fn checkpoints(inner: &Inner, mut sync: DiskSync) {
 }
 
 /// One checkpoint: everything up to the durable LSN is in sled (its changes were made before
-/// their entries were taken), so once sled is flushed and synced the log may forget it.
-fn checkpoint(inner: &Inner, sync: &mut DiskSync) -> Result<(), String> {
-    let durable = inner.wal.durable_lsn();
-    sync.sync().map_err(|e| e.to_string())?;
-    inner.wal.checkpoint(durable).map_err(|e| e.to_string())
+/// their entries were taken, or replayed at open), so once sled is flushed and synced the log
+/// may forget it.
+fn checkpoint(wal: &Wal<()>, sync: &mut DiskSync) -> Result<(), StoreError> {
+    let durable = wal.durable_lsn();
+    sync.sync()?;
+    wal.checkpoint(durable).map_err(wal_error)
 }
 
 impl Drop for Flusher {
