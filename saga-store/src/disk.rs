@@ -20,11 +20,12 @@ use std::sync::{Arc, Mutex};
 use saga_core::store::StoreError;
 
 use crate::codec::sled_error;
+use crate::contain::Contained;
 
 /// Syncs one sled database to the disk. Owned by the flusher thread.
 #[derive(Debug)]
 pub(crate) struct DiskSync {
-    db: sled::Db,
+    db: Contained<sled::Db>,
     dir: PathBuf,
     db_file: File,
     synced_blobs: HashSet<OsString>,
@@ -104,6 +105,7 @@ impl DiskSync {
             sync_dir(&blobs)?;
         }
         sync_dir(dir)?;
+        let db = Contained::new(db, "the sled database (checkpointer)");
         let mut sync = DiskSync { db, dir: dir.to_owned(), db_file, synced_blobs: HashSet::new() };
         sync.sync_blobs()?;
         Ok(sync)

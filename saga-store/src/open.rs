@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use saga_core::store::{StoreError, FORMAT_VERSION};
 
 use crate::codec::sled_error;
+use crate::contain::Contained;
 use crate::disk::sync_dir;
 use crate::keys;
 use crate::redo::{Logged, Redo};
@@ -21,7 +22,7 @@ pub(crate) const LAYOUT_VERSION: u8 = 2;
 /// [`crate::redo`]); `meta` is written at open only, and synced there.
 #[derive(Debug)]
 pub(crate) struct Trees {
-    pub(crate) db: sled::Db,
+    pub(crate) db: Contained<sled::Db>,
     pub(crate) records: Logged,
     pub(crate) unfinished: Logged,
     pub(crate) by_environment: Logged,
@@ -44,7 +45,7 @@ pub(crate) fn open(path: &Path, record: bool) -> Result<Trees, StoreError> {
     // sled's own periodic flusher is off: the store's flusher does every flush (and the fdatasync
     // after it), and sled's thread would keep the file, and its lock, open for up to its period
     // after the store is dropped.
-    let db = open_db(path)?;
+    let db = Contained::new(open_db(path)?, "the sled database");
     if created {
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
@@ -53,7 +54,7 @@ pub(crate) fn open(path: &Path, record: bool) -> Result<Trees, StoreError> {
         sync_dir(parent)?;
     }
     let tree = |name: &str| db.open_tree(name).map_err(|e| sled_error("opening a tree", e));
-    let meta = tree(keys::META)?;
+    let meta = Contained::new(tree(keys::META)?, "the sled meta tree");
     check_version(&meta, keys::META_LAYOUT, LAYOUT_VERSION, "key layout")?;
     check_version(&meta, keys::META_RECORD_FORMAT, FORMAT_VERSION, "record format")?;
     let redo = Arc::new(Redo::new(record));

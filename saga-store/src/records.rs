@@ -178,4 +178,68 @@ impl Trees {
             Some(key) => key.map(|_| true).map_err(|e| sled_error("reading records", e)),
         }
     }
+
+    /// Completes, at open, what an unacknowledged `create` or finishing `append` left half made
+    /// in sled's files (sled writes its buffers out on its own, and when it closes; the log
+    /// replays only acknowledged writes), so that no index entry of it wedges the store:
+    ///
+    /// - an Operation marked unfinished whose records end with `OperationFinished` (a finish
+    ///   whose records reached sled's files before its marks were removed) loses its unfinished
+    ///   mark, its cancel request and its resource queue entry, as the finish would have done;
+    ///   left there, the queue entry would keep every later Operation on the resource waiting;
+    /// - an Operation marked unfinished without any record (a create cut before its record)
+    ///   loses its marks: unfinished, lease, queue entry and environment index entry.
+    ///
+    /// An unacknowledged write may or may not survive a crash (the store contract); this keeps
+    /// either answer whole. The changes are recorded like any other (they reach the write-ahead
+    /// log with the next write), and are derived from the records alone, so that redoing them
+    /// after a crash is harmless. Returns how many Operations were settled.
+    pub(crate) fn settle_unacknowledged(&self) -> Result<usize, StoreError> {
+        let listing = self.list_unfinished()?;
+        let mut settled = 0;
+        for id in listing.ids {
+            let op_key = keys::operation_key(id);
+            let last = self.records.scan_prefix(op_key).next_back();
+            let error = |e| sled_error("settling an unacknowledged write at open", e);
+            match last {
+                Some(entry) => {
+                    let (key, bytes) = entry.map_err(error)?;
+                    let (_, seq) = keys::parse_seq_key(keys::RECORDS, &key)?;
+                    // A record that does not decode is for `check` to report, not for this.
+                    let Ok(record) = decode(&bytes, id, seq) else { continue };
+                    if !matches!(record.kind, RecordKind::OperationFinished { .. }) {
+                        continue;
+                    }
+                    tracing::warn!(operation = %id, "removing the unfinished marks of a finished operation (its finish was not acknowledged)");
+                    if let Some(queue_key) = self.queue_key(id)? {
+                        self.by_resource.remove(queue_key).map_err(error)?;
+                    }
+                    self.cancels.remove(op_key).map_err(error)?;
+                    self.unfinished.remove(op_key).map_err(error)?;
+                }
+                None => {
+                    tracing::warn!(operation = %id, "removing the marks of an operation whose create was not acknowledged");
+                    let mut orphaned = Vec::new();
+                    for (tree, prefix) in
+                        [(&self.by_resource, Vec::new()), (&self.by_environment, Vec::new())]
+                    {
+                        for key in tree.scan_prefix(prefix).keys() {
+                            let key = key.map_err(error)?;
+                            if key.ends_with(&op_key) {
+                                orphaned.push((tree, key));
+                            }
+                        }
+                    }
+                    for (tree, key) in orphaned {
+                        tree.remove(key).map_err(error)?;
+                    }
+                    self.leases.remove(op_key).map_err(error)?;
+                    self.cancels.remove(op_key).map_err(error)?;
+                    self.unfinished.remove(op_key).map_err(error)?;
+                }
+            }
+            settled += 1;
+        }
+        Ok(settled)
+    }
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use saga_core::store::StoreError;
 
 use crate::codec::sled_error;
+use crate::contain::Contained;
 
 /// The version byte in front of every encoded entry.
 const ENTRY_VERSION: u8 = 1;
@@ -88,7 +89,7 @@ pub(crate) fn decode(bytes: &[u8], where_: &str) -> Result<Vec<Op>, StoreError> 
 /// (through `Deref`).
 #[derive(Clone, Debug)]
 pub(crate) struct Logged {
-    tree: sled::Tree,
+    tree: Contained<sled::Tree>,
     number: u8,
     redo: Arc<Redo>,
 }
@@ -104,7 +105,7 @@ impl Deref for Logged {
 impl Logged {
     /// The tree `tree`, recorded as number `number`.
     pub(crate) fn new(tree: sled::Tree, number: u8, redo: Arc<Redo>) -> Self {
-        Logged { tree, number, redo }
+        Logged { tree: Contained::new(tree, "a sled tree"), number, redo }
     }
 
     /// The tree's number, for [`Op::tree`].

@@ -14,7 +14,7 @@ use saga_core::{OperationId, Resource};
 
 use crate::acks::{Acks, Hidden};
 use crate::disk::DiskSync;
-use crate::flusher::Flusher;
+use crate::flusher::{Flusher, Tuning};
 use crate::open::{open, Trees};
 
 /// How a [`SledStore`] makes its writes durable.
@@ -89,18 +89,42 @@ impl SledStore {
     ///
     /// As [`SledStore::open`].
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_owned();
+        Self::open_tuned(path.as_ref(), durability, Tuning::default())
+    }
+
+    /// **For tests only** (hidden from the docs; not part of the stable API): opens a durable
+    /// store that checkpoints every `every` or after `bytes` of log, with log segments of
+    /// `segment_bytes` (a multiple of 8, at least 64), instead of every 30 s or 32 MiB with
+    /// 16 MiB segments: so that a test sees checkpoints and segment recycling within a second.
+    ///
+    /// # Errors
+    ///
+    /// As [`SledStore::open`], and [`StoreError::Unavailable`] for a bad segment size.
+    #[doc(hidden)]
+    pub fn open_with_checkpoints(
+        path: impl AsRef<Path>,
+        every: Duration,
+        bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
+        let tuning = Tuning { every, bytes, segment_bytes };
+        Self::open_tuned(path.as_ref(), Durability::Fsync, tuning)
+    }
+
+    fn open_tuned(path: &Path, durability: Durability, tuning: Tuning) -> Result<Self, StoreError> {
+        let path = path.to_owned();
         let trees = Arc::new(open(&path, durability == Durability::Fsync)?);
         let flusher = match durability {
             Durability::Fsync => {
-                let sync = DiskSync::open(trees.db.clone(), &path)?;
+                let sync = DiskSync::open((*trees.db).clone(), &path)?;
                 let replaying = trees.clone();
-                Some(Flusher::start(&path, sync, trees.redo.clone(), move |entries| {
+                Some(Flusher::start(&path, sync, trees.redo.clone(), tuning, move |entries| {
                     replaying.replay(entries)
                 })?)
             }
             Durability::NoSync => None,
         };
+        trees.settle_unacknowledged()?;
         let acks = flusher.as_ref().map(|f| Arc::new(Acks::new(f.tickets())));
         Ok(SledStore { flusher, acks, trees, path, durability })
     }

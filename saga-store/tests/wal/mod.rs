@@ -19,6 +19,8 @@ use saga_store::SledStore;
 use crate::support::*;
 
 const CHILD: &str = "SAGA_WAL_CHILD";
+/// Set for a child whose store checkpoints all the time.
+const CHILD_CHECKPOINTING: &str = "SAGA_WAL_CHILD_CHECKPOINTING";
 
 /// Not a test of its own (ignored; the tests below run it with `--ignored`): the workload of the
 /// killed process. Eight writers, each creating Operations and appending records to
@@ -27,7 +29,14 @@ const CHILD: &str = "SAGA_WAL_CHILD";
 #[ignore = "the workload of a child process that the tests kill"]
 async fn child_workload() {
     let Ok(path) = std::env::var(CHILD) else { return };
-    let store = Arc::new(SledStore::open(&path).expect("the child opens the store"));
+    let store = if std::env::var_os(CHILD_CHECKPOINTING).is_some() {
+        // A checkpoint every 5 ms or 16 KiB of log, in 8 KiB segments: the kill lands during
+        // checkpoints and segment recycling as often as between them.
+        SledStore::open_with_checkpoints(&path, Duration::from_millis(5), 16 << 10, 8 << 10)
+    } else {
+        SledStore::open(&path)
+    };
+    let store = Arc::new(store.expect("the child opens the store"));
     let stop_after: u64 = std::env::var("SAGA_WAL_CHILD_WRITES")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -44,6 +53,8 @@ async fn child_workload() {
                     store.append(&lease, &[started(id, seq, "a")]).await.expect("appends");
                     print_acked(id, seq + 1);
                 }
+                store.append(&lease, &[finished(id, 6)]).await.expect("finishes");
+                print_acked(id, 7);
                 written += 1;
             }
         }));
@@ -64,6 +75,16 @@ fn print_acked(id: OperationId, records: u64) {
 /// Runs the child on `path`; kills it after `kill_after` (or lets it write `writes` Operations
 /// per writer and abort). Returns every acknowledged write: (id, records acknowledged).
 fn run_child(path: &Path, kill_after: Option<Duration>, writes: Option<u64>) -> Vec<(String, u64)> {
+    run_child_with(path, kill_after, writes, false)
+}
+
+/// As [`run_child`]; with `checkpointing`, the child's store checkpoints every few milliseconds.
+fn run_child_with(
+    path: &Path,
+    kill_after: Option<Duration>,
+    writes: Option<u64>,
+    checkpointing: bool,
+) -> Vec<(String, u64)> {
     let exe = std::env::current_exe().expect("the test binary");
     let mut command = Command::new(exe);
     command
@@ -73,6 +94,9 @@ fn run_child(path: &Path, kill_after: Option<Duration>, writes: Option<u64>) -> 
         .stderr(Stdio::null());
     if let Some(writes) = writes {
         command.env("SAGA_WAL_CHILD_WRITES", writes.to_string());
+    }
+    if checkpointing {
+        command.env(CHILD_CHECKPOINTING, "1");
     }
     let mut child = command.spawn().expect("the child starts");
     let stdout = child.stdout.take().expect("its stdout");
@@ -97,7 +121,9 @@ fn run_child(path: &Path, kill_after: Option<Duration>, writes: Option<u64>) -> 
     reader.join().expect("the reader")
 }
 
-/// Every acknowledged write is in the reopened store.
+/// Every acknowledged write is in the reopened store; every Operation ends with at most one
+/// outcome, and those listed unfinished have none (their finish was not acknowledged, or undone
+/// whole), so that nothing wedges a resource queue.
 async fn assert_all_there(path: &Path, acked: &[(String, u64)]) -> SledStore {
     let store = SledStore::open(path).expect("reopens after the kill");
     for (id, records) in acked {
@@ -107,6 +133,22 @@ async fn assert_all_there(path: &Path, acked: &[(String, u64)]) -> SledStore {
             stored.len() as u64 >= *records,
             "operation {id}: {records} records were acknowledged, {} are stored",
             stored.len()
+        );
+    }
+    let unfinished = store.list_unfinished().await.expect("lists");
+    assert!(unfinished.damaged.is_empty(), "{:?}", unfinished.damaged);
+    let listed = store.list_environment("prod", 0, u64::MAX).await.expect("lists");
+    for id in &listed.ids {
+        let records = store.read(*id).await.expect("a listed operation reads");
+        let outcomes = records
+            .iter()
+            .filter(|r| matches!(r.kind, saga_core::log::RecordKind::OperationFinished { .. }))
+            .count();
+        assert!(outcomes <= 1, "operation {id}: {outcomes} outcomes");
+        assert_eq!(
+            unfinished.ids.contains(id),
+            outcomes == 0,
+            "operation {id}: listed unfinished with {outcomes} outcome(s)"
         );
     }
     store
@@ -128,6 +170,28 @@ async fn a_process_killed_at_random_instants_loses_no_acknowledged_write() {
         drop(store);
     }
     assert!(total > 50, "the children wrote something before they were killed: {total}");
+}
+
+/// The same, with a store that checkpoints every few milliseconds in tiny segments: the kills
+/// land during checkpoints (sled's flush, the checkpoint file's rename) and segment recycling.
+#[tokio::test]
+async fn a_process_killed_during_checkpoints_and_segment_recycling_loses_no_acknowledged_write() {
+    let (_dir, path) = temp_store_path();
+    let mut total = 0;
+    for round in 0..6u64 {
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()) % 400);
+        let after = Duration::from_millis(150 + jitter);
+        let acked = run_child_with(&path, Some(after), None, true);
+        total += acked.len();
+        let store = assert_all_there(&path, &acked).await;
+        assert!(store.check(false).await.expect("checks").is_healthy(), "round {round}");
+        drop(store);
+    }
+    let segments = std::fs::read_dir(path.join("wal")).expect("the log").count();
+    assert!(total > 50, "the children wrote something before they were killed: {total}");
+    println!("{total} acknowledged writes in 6 rounds; {segments} files in the log directory");
 }
 
 /// The first segment of the log, and the bytes of its first frame's payload.
@@ -203,4 +267,74 @@ async fn a_store_written_before_the_log_existed_opens_with_everything() {
         assert!(store.check(false).await.expect("checks").is_healthy());
     }
     assert!(path.join("wal").is_dir(), "it has a log now");
+}
+
+/// The keys and values of `trees` under the Operation `id` (keys containing its 16 bytes), read
+/// with sled alone from a closed store.
+fn raw_entries(path: &Path, trees: &[&str], id: OperationId) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let db = open_sled(path);
+    let needle = id.as_u128().to_be_bytes();
+    let mut out = Vec::new();
+    for name in trees {
+        let tree = db.open_tree(name).expect("a tree");
+        for entry in tree.iter() {
+            let (key, value) = entry.expect("an entry");
+            if key.windows(16).any(|w| w == needle) {
+                out.push(((*name).to_owned(), key.to_vec(), value.to_vec()));
+            }
+        }
+    }
+    out
+}
+
+/// Writes entries back with sled alone into a closed store.
+fn write_raw(path: &Path, entries: &[(String, Vec<u8>, Vec<u8>)], remove: &[(&str, Vec<u8>)]) {
+    let db = open_sled(path);
+    for (name, key, value) in entries {
+        db.open_tree(name).expect("a tree").insert(key, value.as_slice()).expect("inserts");
+    }
+    for (name, key) in remove {
+        db.open_tree(name).expect("a tree").remove(key).expect("removes");
+    }
+    db.flush().expect("flushes");
+}
+
+/// What an unacknowledged finish or create can leave in sled's files (sled writes its buffers
+/// out on its own, and at close, whatever the log acknowledged): opening completes it, so that
+/// no stale mark lists a finished Operation as unfinished or keeps its resource's queue waiting.
+#[tokio::test]
+async fn opening_settles_what_an_unacknowledged_finish_or_create_left_half_made() {
+    let (_dir, path) = temp_store_path();
+    let store = SledStore::open(&path).expect("opens");
+    let (finishing, lease) = create(&store, "prod", 10).await;
+    let (creating, _) = create(&store, "prod", 20).await;
+    drop(store);
+    let marks = ["unfinished", "by_resource", "cancels", "leases", "by_environment"];
+    let before_finish = raw_entries(&path, &marks[..3], finishing);
+    assert_eq!(before_finish.len(), 2, "an unfinished mark and a queue entry: {before_finish:?}");
+
+    let store = SledStore::open(&path).expect("reopens");
+    store.append(&lease, &[finished(finishing, 1)]).await.expect("finishes");
+    drop(store);
+    // The finish's record reached sled's files, its mark removals did not; and the create's
+    // marks did, its record did not.
+    let mut first_record = id_bytes(creating);
+    first_record.extend_from_slice(&0u64.to_be_bytes());
+    write_raw(&path, &before_finish, &[("records", first_record)]);
+    assert!(!raw_entries(&path, &marks, creating).is_empty());
+
+    let store = SledStore::open(&path).expect("reopens");
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, Vec::<OperationId>::new());
+    let resource = saga_core::Resource::new("app", "web");
+    assert_eq!(store.resource_queue(&resource).await.expect("lists"), Vec::<OperationId>::new());
+    assert_eq!(store.list_environment("prod", 0, u64::MAX).await.expect("lists").ids, [finishing]);
+    assert_eq!(store.read(finishing).await.expect("reads").len(), 2);
+    assert!(matches!(store.read(creating).await, Err(StoreError::NotFound(_))));
+    assert!(store.check(false).await.expect("checks").is_healthy());
+    drop(store);
+    assert!(raw_entries(&path, &marks, creating).is_empty(), "no mark of the create is left");
+}
+
+fn id_bytes(id: OperationId) -> Vec<u8> {
+    id.as_u128().to_be_bytes().to_vec()
 }
