@@ -159,6 +159,17 @@ pub enum Error {
         /// The serializer's error.
         source: serde_json::Error,
     },
+    /// The executor could not renew the Operation's lease before it would expire (the store did
+    /// not answer in time), so it stopped driving the Operation while the lease was still its
+    /// own: the running steps' tokens fired and their futures were dropped, nothing new started.
+    /// Another executor (or this one, once the store answers) may take it over.
+    #[error("operation {operation}: the lease could not be renewed before it expires (last renewed {since:?} ago); stopped driving it")]
+    LeaseExpiring {
+        /// The Operation.
+        operation: OperationId,
+        /// How long before the stop the lease was last granted or renewed.
+        since: std::time::Duration,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -77,6 +77,10 @@ pub(crate) struct Driver {
     outcome_line: Option<(LogLevel, String)>,
     /// A cancel request found in the store at claim, applied before anything else runs.
     pub(crate) cancel_at_start: Option<crate::store::CancelRequest>,
+    /// When the lease was last granted or renewed (the instant the request was sent, so never
+    /// later than the store's grant), and so the instant past which this executor may no longer
+    /// act on it: see [`lease_deadline`].
+    lease_granted: tokio::time::Instant,
     _capture: crate::capture::Registration,
 }
 
@@ -124,6 +128,8 @@ impl Driver {
             interrupted: false,
             outcome_line: None,
             cancel_at_start: None,
+            // The claim or create was sent just before; the deadline's margin covers its latency.
+            lease_granted: tokio::time::Instant::now(),
             _capture: crate::capture::register(state_id, &log_for_capture),
         }
     }
@@ -160,8 +166,11 @@ impl Driver {
             }
         };
         // Best effort: log lines and the lease matter less than the records, which are durable.
-        let _ = self.log.flush(self.shared.store.as_ref()).await;
-        let _ = self.shared.store.release(&self.lease).await;
+        // Bounded, so that a store that does not answer (the reason a lease could not be
+        // renewed) never keeps the Operation from ending here.
+        let bound = self.shared.lease_ttl / 3;
+        let _ = tokio::time::timeout(bound, self.log.flush(self.shared.store.as_ref())).await;
+        let _ = tokio::time::timeout(bound, self.shared.store.release(&self.lease)).await;
         exit
     }
 
@@ -180,6 +189,24 @@ impl Driver {
         // Once interrupted, how long the running futures have before they are dropped.
         let dropping = tokio::time::sleep(Duration::MAX);
         tokio::pin!(dropping);
+        // An Operation that waited for a place among those running (`queue`) holds a lease that
+        // was not renewed meanwhile: renew it before anything runs. Once another executor has
+        // claimed it, this is fenced and the Operation is theirs.
+        if self.lease_granted.elapsed() >= period {
+            let sent = tokio::time::Instant::now();
+            let ttl = self.shared.lease_ttl;
+            match tokio::time::timeout(ttl, self.shared.store.renew(&self.lease, ttl)).await {
+                Ok(renewed) => {
+                    self.lease = renewed?;
+                    self.lease_granted = sent;
+                }
+                Err(_) => return Err(self.lease_expiring().await),
+            }
+        }
+        // The instant past which the lease may have expired without a renewal: the driver stops
+        // before it (see `lease_deadline`).
+        let expiring = tokio::time::sleep_until(self.lease_deadline());
+        tokio::pin!(expiring);
         let commands = self.commands.clone();
         if let Some(request) = self.cancel_at_start.take() {
             match self.cancel(request.actor.clone(), request.reason.clone()).await {
@@ -193,7 +220,7 @@ impl Driver {
             }
         }
         if self.is_fresh() {
-            self.wait_turn(&mut renew).await?;
+            self.wait_turn(&mut renew, expiring.as_mut()).await?;
         }
         loop {
             let actions = if self.stopping {
@@ -213,7 +240,11 @@ impl Driver {
                 }
             }
             // Write-ahead: every StepStarted/CompensationStarted is durable before its future runs.
-            self.commit().await?;
+            // A store that does not answer before the lease may expire stops the Operation here.
+            match tokio::time::timeout_at(self.lease_deadline(), self.commit()).await {
+                Ok(committed) => committed?,
+                Err(_) => return Err(self.lease_expiring().await),
+            }
             for future in launch {
                 self.running.push(future);
             }
@@ -284,9 +315,58 @@ impl Driver {
                     }
                     return Ok(Exit::Stopped);
                 }
-                _ = renew.tick() => self.renew().await?,
+                _ = renew.tick() => {
+                    self.renew(&mut renew).await?;
+                    expiring.as_mut().reset(self.lease_deadline());
+                }
+                _ = &mut expiring => return Err(self.lease_expiring().await),
             }
         }
+    }
+
+    /// The instant past which this executor no longer acts on its lease: five sixths of the lease
+    /// time after it was last granted or renewed. The store's lease runs from the store's own
+    /// grant, which comes after the request was sent, so it expires later still: the sixth left
+    /// over is the margin for the step tokens to fire and for clocks that run at slightly
+    /// different rates, and renewals (every third of the lease) get two tries before it.
+    fn lease_deadline(&self) -> tokio::time::Instant {
+        self.lease_granted + self.shared.lease_ttl * 5 / 6
+    }
+
+    /// The lease could not be renewed in time: fires the running steps' tokens, lets their
+    /// futures run for a twelfth of the lease at most (half the margin left before the store's
+    /// lease expires) so that a step watching its token can stop, then drops them and the timers.
+    /// Nothing new starts and nothing more is recorded (what the steps return is not: the store
+    /// does not answer, and the next owner runs them again). Says so in the log. The error halts
+    /// the Operation; whoever claims it next resumes it from its log.
+    async fn lease_expiring(&mut self) -> Error {
+        self.cancel.cancel();
+        let running: Vec<String> = self.flight.running.iter().cloned().collect();
+        let mut futures = std::mem::take(&mut self.running);
+        let _ = tokio::time::timeout(self.shared.lease_ttl / 12, async {
+            while futures.next().await.is_some() {}
+        })
+        .await;
+        drop(futures);
+        self.timers = FuturesUnordered::new();
+        self.pending.clear();
+        let since = self.lease_granted.elapsed();
+        self.log.line(
+            LogLevel::Warn,
+            None,
+            format!(
+                "the lease could not be renewed before it expires (last renewed {:.1} s ago); \
+                 stopping here{}: another executor may take the Operation over and resumes it \
+                 from its log",
+                since.as_secs_f64(),
+                if running.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and dropping {} (their tokens fired)", running.join(", "))
+                }
+            ),
+        );
+        Error::LeaseExpiring { operation: self.state.id, since }
     }
 
     /// The shutdown's deadline passed: fires the running executes' tokens (each has its grace
@@ -311,11 +391,23 @@ impl Driver {
     /// the same resource finished), saying in the log what it waits for. A cancel ends the wait
     /// (the Operation then rolls back with nothing to undo), and so does a shutdown; the lease
     /// is renewed meanwhile.
-    async fn wait_turn(&mut self, renew: &mut tokio::time::Interval) -> Result<(), Error> {
+    async fn wait_turn(
+        &mut self,
+        renew: &mut tokio::time::Interval,
+        mut expiring: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(), Error> {
         let mut waiting_for = None;
         let commands = self.commands.clone();
         loop {
-            let queue = self.shared.store.resource_queue(&self.state.resource).await?;
+            let queue = match tokio::time::timeout_at(
+                self.lease_deadline(),
+                self.shared.store.resource_queue(&self.state.resource),
+            )
+            .await
+            {
+                Ok(queue) => queue?,
+                Err(_) => return Err(self.lease_expiring().await),
+            };
             let ahead = super::ahead_of(&queue, self.state.id);
             let Some(ahead) = ahead else {
                 if waiting_for.is_some() {
@@ -348,7 +440,11 @@ impl Driver {
                     self.begin_stopping();
                     return Ok(());
                 }
-                _ = renew.tick() => self.renew().await?,
+                _ = renew.tick() => {
+                    self.renew(renew).await?;
+                    expiring.as_mut().reset(self.lease_deadline());
+                }
+                _ = &mut expiring => return Err(self.lease_expiring().await),
             }
         }
     }
@@ -374,17 +470,32 @@ impl Driver {
         Ok(())
     }
 
-    /// Renews the lease; a transient store error is logged and left to the next renewal, a
-    /// lost lease (fenced) or a permanent error halts the Operation.
-    async fn renew(&mut self) -> Result<(), Error> {
-        match self.shared.store.renew(&self.lease, self.shared.lease_ttl).await {
-            Ok(lease) => self.lease = lease,
-            Err(e) if e.is_transient() => self.log.line(
-                LogLevel::Warn,
-                None,
-                format!("lease renewal failed, trying again at the next renewal: {e}"),
-            ),
-            Err(e) => return Err(e.into()),
+    /// Renews the lease; a transient store error is logged and tried again soon (a twelfth of
+    /// the lease later), a lost lease (fenced) or a permanent error halts the Operation. A store
+    /// that does not answer before the lease deadline stops the Operation
+    /// ([`Driver::lease_expiring`]).
+    async fn renew(&mut self, renew: &mut tokio::time::Interval) -> Result<(), Error> {
+        let sent = tokio::time::Instant::now();
+        let renewed = tokio::time::timeout_at(
+            self.lease_deadline(),
+            self.shared.store.renew(&self.lease, self.shared.lease_ttl),
+        )
+        .await;
+        match renewed {
+            Ok(Ok(lease)) => {
+                self.lease = lease;
+                self.lease_granted = sent;
+            }
+            Ok(Err(e)) if e.is_transient() => {
+                self.log.line(
+                    LogLevel::Warn,
+                    None,
+                    format!("lease renewal failed, trying again shortly: {e}"),
+                );
+                renew.reset_after(self.shared.lease_ttl / 12);
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(self.lease_expiring().await),
         }
         Ok(())
     }

@@ -36,6 +36,11 @@ struct FaultStore {
     claim_faults: Mutex<Vec<ClaimFault>>,
     damaged_unfinished: Mutex<Vec<StoreError>>,
     read_log_fails: AtomicBool,
+    /// Renewals, appends and releases never answer (a store cut off from the executor; log
+    /// lines still reach it, so that a test can read what the executor said).
+    unreachable: AtomicBool,
+    /// The expiry (Unix ms) of the last lease granted by a create, claim or renewal.
+    granted_until: std::sync::atomic::AtomicU64,
 }
 
 impl FaultStore {
@@ -72,10 +77,15 @@ impl Store for FaultStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        self.inner.create(record, owner, ttl).await
+        let lease = self.inner.create(record, owner, ttl).await?;
+        self.granted_until.store(lease.expires_ms, Ordering::SeqCst);
+        Ok(lease)
     }
 
     async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
+        if self.unreachable.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
         let fault = self.append_rule.lock().unwrap().as_ref().and_then(|rule| rule(records));
         match fault {
             None => self.inner.append(lease, records).await,
@@ -113,10 +123,18 @@ impl Store for FaultStore {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
-        self.inner.renew(lease, ttl).await
+        if self.unreachable.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        let renewed = self.inner.renew(lease, ttl).await?;
+        self.granted_until.store(renewed.expires_ms, Ordering::SeqCst);
+        Ok(renewed)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        if self.unreachable.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
         self.inner.release(lease).await
     }
 
@@ -483,4 +501,95 @@ fn default_owners_are_unique_per_executor() {
     assert_eq!(names.len(), 4, "{names:?}");
     let one = names.iter().next().unwrap();
     assert!(one.contains(&format!(":{}:", std::process::id())), "{one}");
+}
+
+/// A step that runs until its token fires, and notes when it returned (Unix ms).
+struct UntilCancelled(Arc<std::sync::atomic::AtomicU64>);
+
+#[async_trait]
+impl Step for UntilCancelled {
+    type Output = ();
+
+    async fn execute(&self, ctx: &StepContext) -> Result<(), StepError> {
+        ctx.cancellation().cancelled().await;
+        self.0.store(saga_core::store::now_ms(), Ordering::SeqCst);
+        Err(StepError::transient("cancelled"))
+    }
+
+    async fn compensate(
+        &self,
+        _: &StepContext,
+        _: saga_core::Executed<()>,
+    ) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+/// A store that stops answering (renewals hang, like a cut connection): the executor stops
+/// driving the Operation, firing its running step's token, before the lease it holds expires,
+/// so that another executor taking it over never runs beside it; and says so in the log.
+#[tokio::test]
+async fn an_executor_that_cannot_renew_its_lease_stops_before_the_lease_expires() {
+    let store = Arc::new(FaultStore::default());
+    let stopped_at = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let saga = || {
+        Saga::builder("long", 1).step("run", UntilCancelled(stopped_at.clone())).build().unwrap()
+    };
+    let ttl = Duration::from_millis(600);
+    let executor = Executor::builder(store.clone())
+        .saga(saga())
+        .owner("cut-off")
+        .lease_ttl(ttl)
+        .takeover_interval(None)
+        .build()
+        .unwrap();
+    let id = executor
+        .start(saga_core::Start::new("long", saga_core::Resource::new("app", "web")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cut = std::time::Instant::now();
+    store.unreachable.store(true, Ordering::SeqCst);
+
+    let err = wait(&executor, id).await.expect_err("the Operation stops");
+    let stopped = cut.elapsed();
+    match &err {
+        Error::Halted { cause, .. } => {
+            assert!(matches!(cause.as_ref(), Error::LeaseExpiring { .. }), "{cause}")
+        }
+        other => panic!("expected a halt on the lease, got {other}"),
+    }
+    // The step saw its token and returned while the lease the store granted last still held:
+    // nobody else could have claimed the Operation yet.
+    let step_stopped = stopped_at.load(Ordering::SeqCst);
+    let lease_end = store.granted_until.load(Ordering::SeqCst);
+    assert!(step_stopped > 0, "the running step's token fired");
+    assert!(
+        step_stopped < lease_end,
+        "the step stopped at {step_stopped}, after the lease's end {lease_end}"
+    );
+    assert!(stopped < ttl * 2, "wait() answered {stopped:?} after the cut");
+
+    // Once it expired, another executor takes over and finishes it from the log.
+    store.unreachable.store(false, Ordering::SeqCst);
+    tokio::time::sleep(ttl).await;
+    // (This double lets log lines through, so the line reached the store.)
+    let lines = messages(&store.inner.read_log(id).await.unwrap());
+    assert!(
+        lines.iter().any(|l| l.contains("could not be renewed before it expires")
+            && l.contains("dropping run (their tokens fired)")),
+        "{lines:?}"
+    );
+    let other = Executor::builder(store.clone())
+        .saga(saga())
+        .owner("other")
+        .lease_ttl(ttl)
+        .takeover_interval(None)
+        .build()
+        .unwrap();
+    let report = other.recover().await.unwrap();
+    assert_eq!(report.resumed, vec![id]);
+    other.cancel(id, "tester", "end the test").await.unwrap();
+    let outcome = wait(&other, id).await.unwrap();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
 }
