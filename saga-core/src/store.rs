@@ -259,6 +259,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// The unfinished Operations of `resource`, in the order they were created.
     async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError>;
+
+    /// A signal whose value changes whenever an executor over this store may have something new
+    /// to look at, told by another process sharing the store: an Operation created without a
+    /// live lease (`Executor::submit`) or released, or a cancel request recorded. The executor
+    /// then looks for cancel requests and (with takeover on) claimable Operations at once,
+    /// instead of at its next poll; the polls stay, as the fallback for a signal that is lost.
+    /// `None` (the default): the executor polls only. A store that one process opens needs none.
+    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 impl Lease {

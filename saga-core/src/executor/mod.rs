@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     pub(crate) cancel_poll: Duration,
     /// Whether the watcher task (cancel requests, takeover) was started.
     watching: AtomicBool,
+    /// Wakes the watcher for a takeover scan now (an Operation was submitted here).
+    pub(crate) scan_now: Arc<tokio::sync::Notify>,
 }
 
 /// Why an Operation is not running here although it has not finished.
@@ -277,6 +279,7 @@ impl ExecutorBuilder {
                 takeover_interval: self.takeover_interval,
                 cancel_poll: self.cancel_poll,
                 watching: AtomicBool::new(false),
+                scan_now: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -337,11 +340,35 @@ impl Executor {
         self.start_inner(request, true).await
     }
 
-    async fn start_inner(&self, request: Start, if_idle: bool) -> Result<OperationId> {
+    /// Records a new Operation durably **without running it here**: returns once its
+    /// `OperationCreated` record is durable, with its lease already expired, so that any
+    /// executor over the same store claims it at its next takeover scan, and at once when the
+    /// store wakes its executors ([`Store::wake_ups`]; the PostgreSQL store does, through
+    /// `NOTIFY`). For an API server that starts Operations and leaves running them to workers:
+    /// build its executor with [`ExecutorBuilder::takeover_interval`]`(None)` so that it never
+    /// claims one itself.
+    ///
+    /// On a store that one process opens (the sled store), the workers are the executors of that
+    /// process: this executor's own takeover scan runs the Operation (it is woken at once, as
+    /// if the store had woken it), so `submit` is `start` with the Operation handed to the scan.
+    /// The resource queue applies as for `start`: the Operation waits behind the unfinished
+    /// ones of its resource, in submission order, whichever executor claims it.
+    pub async fn submit(&self, request: Start) -> Result<OperationId> {
         if self.shared.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         self.ensure_watching();
+        let (record, _) = self.created_record(request)?;
+        let id = record.operation;
+        // A lease that expired as it was granted: claimable at once by anyone.
+        self.shared.store.create(&record, &self.shared.owner, Duration::ZERO).await?;
+        self.shared.scan_now.notify_one();
+        Ok(id)
+    }
+
+    /// The `OperationCreated` record of a request, for the highest registered version of its
+    /// saga, and that saga.
+    fn created_record(&self, request: Start) -> Result<(Record, Arc<Saga>)> {
         let Start { saga, resource, params, environment, actor } = request;
         let version = *self
             .shared
@@ -351,36 +378,55 @@ impl Executor {
         let definition = self.shared.sagas[&(saga.clone(), version)].clone();
         let params =
             params.map_err(|source| Error::Serialize { what: "the params".into(), source })?;
-        if if_idle {
-            if let Some(busy) = self.shared.store.resource_queue(&resource).await?.first() {
-                return Err(Error::ResourceBusy { resource, operation: *busy });
-            }
-        }
         let id = OperationId::new();
-        let Some(driving) = Driving::reserve(id) else {
-            return Err(Error::Store(StoreError::AlreadyExists(id)));
-        };
         let record = Record {
             operation: id,
             seq: 0,
             at_ms: now_ms(),
             kind: RecordKind::OperationCreated {
-                saga: saga.clone(),
+                saga,
                 version,
                 params,
                 environment,
                 resource,
-                actor: actor.clone(),
+                actor,
             },
+        };
+        Ok((record, definition))
+    }
+
+    async fn start_inner(&self, request: Start, if_idle: bool) -> Result<OperationId> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        self.ensure_watching();
+        let (record, definition) = self.created_record(request)?;
+        let id = record.operation;
+        let state = OperationState::created(&record)?;
+        if if_idle {
+            if let Some(busy) = self.shared.store.resource_queue(state.resource()).await?.first() {
+                return Err(Error::ResourceBusy {
+                    resource: state.resource().clone(),
+                    operation: *busy,
+                });
+            }
+        }
+        let Some(driving) = Driving::reserve(id) else {
+            return Err(Error::Store(StoreError::AlreadyExists(id)));
         };
         let lease =
             self.shared.store.create(&record, &self.shared.owner, self.shared.lease_ttl).await?;
-        let state = OperationState::created(&record)?;
         let log = Arc::new(LogSink::new(id, 0, self.shared.max_log_lines));
         log.line(
             LogLevel::Info,
             None,
-            format!("operation {id} created: {saga} v{version} on {} by {actor}", state.resource),
+            format!(
+                "operation {id} created: {} v{} on {} by {}",
+                state.saga(),
+                state.version(),
+                state.resource(),
+                state.actor()
+            ),
         );
         self.spawn(definition, state, lease, log, driving, None);
         Ok(id)
