@@ -1,0 +1,221 @@
+//! [`PostgresStore`] itself: connecting, the durability check, the pool and the writer task.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use saga_core::store::StoreError;
+use tokio::sync::mpsc;
+use tokio_postgres::{Config, NoTls};
+
+use crate::error::{pg, pool_error, PostgresError};
+use crate::listener::Listener;
+use crate::options::PostgresOptions;
+use crate::schema;
+use crate::writer::{self, Counters, GroupCommitStats, Job};
+
+/// A [`Store`](saga_core::store::Store) in a PostgreSQL database, shared by executors on
+/// several machines. See the [crate docs](crate) for the schema, the locking and what is
+/// durable when.
+///
+/// Cloning is cheap: clones share the pool, the writer and the notifications.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: Pool,
+    pub(crate) config: Config,
+    pub(crate) options: PostgresOptions,
+    pub(crate) durability: Durability,
+    /// The group-commit writer's queue (`None` without group commit).
+    pub(crate) writer: Option<mpsc::Sender<Job>>,
+    pub(crate) listener: Mutex<Option<Listener>>,
+    pub(crate) counters: Arc<Counters>,
+    /// The runtime `connect` ran in, which runs the store's tasks.
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut listener) = self.listener.lock() {
+            if let Some(listener) = listener.take() {
+                listener.stop();
+            }
+        }
+        self.pool.close();
+    }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.inner.options.schema)
+            .field("durability", &self.inner.durability)
+            .field("group_commit", &self.inner.options.group_commit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a commit the store acknowledges survives, as the server's settings say at connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `fsync = on` and the store's sessions commit with `synchronous_commit` at least `on`
+    /// (or `local`, `remote_write`, `remote_apply`, as the server says): an acknowledged commit
+    /// is on the server's disk.
+    Synced {
+        /// The sessions' `synchronous_commit`.
+        synchronous_commit: String,
+    },
+    /// The server runs with `fsync = off`, accepted by
+    /// [`PostgresOptions::accept_fsync_off`]: a crash of the server's machine may lose
+    /// acknowledged commits.
+    FsyncOff,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or a
+    /// libpq key-value string), checks that commits are durable, creates or migrates the schema
+    /// and starts the group-commit writer. Must run inside a Tokio runtime, which then runs the
+    /// store's tasks ([`StoreError::Unavailable`] otherwise).
+    ///
+    /// Refused, as [`StoreError::Backend`] with a [`PostgresError`] source: a URL that does not
+    /// parse, a bad schema name, a database whose schema is newer than this release knows, a
+    /// server with `fsync = off` (unless accepted). A server that does not answer is
+    /// [`StoreError::Transient`].
+    ///
+    /// Durability: the store never weakens `synchronous_commit`. When the server's default is
+    /// `off`, its sessions set it to `on` (and a warning is logged); any stronger default stays.
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let context = "connecting to PostgreSQL";
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(StoreError::Unavailable(
+                "PostgresStore::connect must run inside a Tokio runtime, which runs the store's tasks"
+                    .into(),
+            ));
+        };
+        if let Some(schema) = &options.schema {
+            let ok = !schema.is_empty()
+                && schema.len() <= 63
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !schema.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                return Err(StoreError::backend(
+                    context,
+                    PostgresError::InvalidSchema(schema.clone()),
+                ));
+            }
+        }
+        let mut config: Config =
+            url.parse().map_err(|e| StoreError::backend(context, PostgresError::InvalidUrl(e)))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        config.application_name(&options.application_name);
+
+        // A first connection: the server's settings, then the migration.
+        let (mut client, connection) = config.connect(NoTls).await.map_err(|e| pg(context, e))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let answer = async {
+            let fsync = show(&client, "fsync").await?;
+            let synchronous_commit = show(&client, "synchronous_commit").await?;
+            schema::migrate(&mut client, options.schema.as_deref()).await?;
+            Ok::<_, StoreError>((fsync, synchronous_commit))
+        }
+        .await;
+        drop(client);
+        let _ = driver.await;
+        let (fsync, synchronous_commit) = answer?;
+
+        let durability = if fsync != "on" {
+            if !options.accept_fsync_off {
+                return Err(StoreError::backend(context, PostgresError::FsyncOff { value: fsync }));
+            }
+            tracing::warn!("PostgreSQL runs with fsync = {fsync}: commits are not durable");
+            Durability::FsyncOff
+        } else if synchronous_commit == "off" {
+            tracing::warn!(
+                "PostgreSQL's synchronous_commit is off by default: this store's sessions set it on"
+            );
+            Durability::Synced { synchronous_commit: "on".into() }
+        } else {
+            Durability::Synced { synchronous_commit: synchronous_commit.clone() }
+        };
+
+        let mut session = config.get_options().map(str::to_owned).unwrap_or_default();
+        if synchronous_commit == "off" {
+            session.push_str(" -c synchronous_commit=on");
+        }
+        if let Some(schema) = &options.schema {
+            session.push_str(&format!(" -c search_path={schema}"));
+        }
+        let session = session.trim().to_owned();
+        if !session.is_empty() {
+            config.options(session);
+        }
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.wait_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::backend(context, e))?;
+        // Fail now, not at the first call, when the pooled sessions do not work.
+        drop(pool.get().await.map_err(|e| pool_error(context, e))?);
+
+        let counters = Arc::new(Counters::default());
+        let writer = options.group_commit.then(|| {
+            let (sender, receiver) = mpsc::channel(4 * options.max_group);
+            runtime.spawn(writer::run(pool.clone(), receiver, options.max_group, counters.clone()));
+            sender
+        });
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                options,
+                durability,
+                writer,
+                listener: Mutex::new(None),
+                counters,
+                runtime,
+            }),
+        })
+    }
+
+    /// What an acknowledged commit survives.
+    pub fn durability(&self) -> &Durability {
+        &self.inner.durability
+    }
+
+    /// How concurrent appends shared transactions so far (all zero without group commit).
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.inner.counters.get()
+    }
+
+    /// The schema version this release migrates to.
+    pub fn schema_version() -> i32 {
+        schema::LATEST
+    }
+}
+
+/// A server setting, as `SHOW` says it.
+async fn show(client: &tokio_postgres::Client, setting: &str) -> Result<String, StoreError> {
+    let context = format!("reading the server's {setting}");
+    let row =
+        client.query_one(&format!("SHOW {setting}"), &[]).await.map_err(|e| pg(&context, e))?;
+    row.try_get::<_, String>(0).map_err(|e| pg(&context, e))
+}

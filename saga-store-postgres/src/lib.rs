@@ -1,0 +1,149 @@
+//! The PostgreSQL store of the saga engine: [`PostgresStore`], a
+//! [`Store`](saga_core::store::Store) that executors on several machines share.
+//!
+//! Main types: [`PostgresStore`] (made with [`PostgresStore::connect`] and
+//! [`PostgresOptions`]), [`Durability`] and [`PostgresError`], what it refuses. Errors are
+//! [`saga_core::store::StoreError`]s; this crate's own refusals travel as their source.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use saga_core::log::{Record, RecordKind};
+//! use saga_core::store::Store;
+//! use saga_core::{OperationId, Resource};
+//! use saga_store_postgres::{PostgresOptions, PostgresStore};
+//!
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let url = "postgres://saga:secret@127.0.0.1:5432/saga";
+//! let store = Arc::new(PostgresStore::connect(url, PostgresOptions::default()).await?);
+//! let id = OperationId::new();
+//! let created = Record {
+//!     operation: id,
+//!     seq: 0,
+//!     at_ms: id.created_ms(),
+//!     kind: RecordKind::OperationCreated {
+//!         saga: "deploy".into(),
+//!         version: 1,
+//!         params: b"{}".to_vec(),
+//!         environment: "prod".into(),
+//!         resource: Resource::new("app", "web"),
+//!         actor: "alice".into(),
+//!     },
+//! };
+//! // Committed (and flushed by the server) when it returns.
+//! let lease = store.create(&created, "executor-1", Duration::from_secs(30)).await?;
+//! assert_eq!(lease.epoch, 1);
+//! assert_eq!(store.read(id).await?, vec![created]);
+//! # Ok::<(), saga_core::store::StoreError>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! With an executor: `Executor::builder(Arc::new(PostgresStore::connect(url, options).await?))`.
+//!
+//! # Schema
+//!
+//! `connect` creates and migrates its tables itself (in [`PostgresOptions::schema`], or the
+//! first schema of the `search_path`): `saga_schema_version` holds the versions applied; each
+//! migration runs in one transaction under `pg_advisory_xact_lock`, so executors starting at
+//! once migrate once. A database at a newer version than this release knows is refused with
+//! [`PostgresError::NewerSchema`].
+//!
+//! | table | key | holds |
+//! |---|---|---|
+//! | `operations` | `id` (16 bytes, big-endian) | environment, creation time, resource, `finished`, `next_seq`, the lease (owner, epoch, expiry on the database's clock), the pending cancel request |
+//! | `records` | `(operation, seq)` | [`saga_core::store::encode`]d record |
+//! | `log_lines` | `(operation, n)` | the line's time, the version byte and the postcard line |
+//!
+//! Indexes: unfinished Operations (`id WHERE NOT finished`, which `list_unfinished` reads, never
+//! a finished Operation), environment and creation time (by the environment's SHA-256, since a
+//! name may be longer than a B-tree entry), each resource's queue (`WHERE NOT finished`, in
+//! creation order), pending cancel requests, log line times. Caller text is kept as `bytea`
+//! (a Rust string may hold NUL).
+//!
+//! # Every rule in SQL, on the database's clock
+//!
+//! - A **claim** is one conditional `UPDATE` that grants `epoch + 1` when the lease is released,
+//!   expired (`lease_expires_ms <= ` the database's `clock_timestamp()`), or the caller's; of
+//!   concurrent claims the row lock lets exactly one win. Lease expiries returned are on the
+//!   database's clock.
+//! - An **append** is one statement that updates the Operation's row only when the lease's
+//!   epoch and owner and the first record's sequence number match it, and inserts the records
+//!   only then, so a stale executor's append writes nothing; a follow-up read in the same
+//!   transaction tells [`Fenced`](saga_core::store::StoreError::Fenced) from
+//!   [`OutOfSequence`](saga_core::store::StoreError::OutOfSequence) from
+//!   [`NotFound`](saga_core::store::StoreError::NotFound). An append holding
+//!   `OperationFinished` marks the row finished (so it leaves the unfinished index and its
+//!   resource's queue) and clears the cancel request in the same statement.
+//! - A **create** takes its resource's advisory lock before it takes its queue position, so
+//!   that queue order is commit order across executors.
+//!
+//! # Durability
+//!
+//! Every write is a PostgreSQL commit, acknowledged once the server has flushed it:
+//! `connect` refuses a server with `fsync = off` ([`PostgresError::FsyncOff`], unless
+//! [`PostgresOptions::accept_fsync_off`]), and when the server's `synchronous_commit` is `off`
+//! the store's sessions set it `on` (stronger settings stay). It is never turned off, log lines
+//! included. [`PostgresStore::durability`] tells what was found.
+//!
+//! # Group commit
+//!
+//! Concurrent appends share transactions: a writer task takes every append waiting (up to 64),
+//! runs each behind a `SAVEPOINT` in one transaction (one that is refused or fails rolls back
+//! alone), commits once and answers each caller. Creates, claims and the rest commit on their
+//! own.
+//!
+//! # Transient errors
+//!
+//! A dropped connection, a serialization failure (`40001`), a deadlock (`40P01`), a server
+//! shutting down or starting (`57P01`, `57P02`, `57P03`), a connection exception (`08…`), too
+//! many connections and a pool timeout are
+//! [`StoreError::Transient`](saga_core::store::StoreError::Transient), with PostgreSQL's error
+//! as the source; everything else is `Backend`. The store retries them itself (a bounded number
+//! of times, with backoff) where that is safe; see the `Store` implementation. An append or
+//! create whose commit answer was lost is never blindly sent again: the store first reads
+//! (waiting on the row's lock for a commit still in flight) whether its records are there, byte
+//! for byte, and answers `Ok` if so.
+//!
+//! # Cancel requests
+//!
+//! `request_cancel` is durable at return and notifies channel `saga_cancel` with the id in the
+//! same statement; [`PostgresStore::cancel_notifications`] delivers those, with polling of
+//! `cancel_requests` behind it.
+//!
+//! # Check
+//!
+//! [`check`](saga_core::store::Store::check) reads every Operation's records and reconciles its
+//! row with them: the finished flag (`MissingUnfinishedMark`, `StaleUnfinishedMark`), the
+//! environment and creation time (`MissingIndexEntry`), the resource
+//! (`DanglingEntry { index: "resource_queue" }`), `next_seq`
+//! (`DamagedEntry { index: "operations.next_seq" }`), an owner or cancel request that does not
+//! read, a cancel request of a finished Operation, a row without records; and log lines of no
+//! Operation or that do not decode. With repair it fixes those columns from the records (or
+//! removes the row, line or request); it never changes a record. Records that do not decode, and
+//! an id that is not 16 bytes, are reported and left alone.
+//!
+//! Bad rows are typed errors naming the table and key, never panics.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+mod cancels;
+mod check;
+mod connect;
+mod error;
+mod indexes;
+mod leases;
+mod listener;
+mod logs;
+mod options;
+mod records;
+mod retry;
+mod schema;
+mod sql;
+mod store;
+mod writer;
+
+pub use crate::connect::{Durability, PostgresStore};
+pub use crate::error::PostgresError;
+pub use crate::options::PostgresOptions;
+pub use crate::writer::GroupCommitStats;
