@@ -123,3 +123,47 @@ async fn waiting_for_an_operation_of_an_unknown_saga_is_a_typed_error() {
     let request = Start::new("deploy", Resource::new("app", "other"));
     assert!(matches!(reader.start(request).await, Err(Error::UnknownSaga { version: None, .. })));
 }
+
+/// `submit` records the Operation without running it in the call: an executor whose takeover
+/// scan is on runs it at once (woken by its own submit, not at its next scan a minute away); one
+/// whose scan is off leaves it for the workers.
+#[tokio::test]
+async fn a_submitted_operation_runs_on_the_scan_of_an_executor_that_adopts_and_waits_otherwise() {
+    let params = Params { image: "web:3".into(), replicas: 1 };
+    let request = || Start::new("deploy", Resource::new("app", "web")).params(&params);
+
+    let store = Arc::new(MemoryStore::new());
+    let api = Executor::builder(store.clone())
+        .saga(saga())
+        .takeover_interval(None)
+        .build()
+        .expect("executor");
+    let id = api.submit(request()).await.expect("submitted");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!api.is_running(id));
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![id]);
+
+    let worker = Executor::builder(store.clone())
+        .saga(saga())
+        .takeover_interval(Some(Duration::from_secs(60)))
+        .build()
+        .expect("executor");
+    let own = worker.submit(request()).await.expect("submitted");
+    let finished = tokio::time::timeout(Duration::from_secs(5), async {
+        while !store.list_unfinished().await.expect("lists").ids.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(finished.is_ok(), "the worker's scan ran both at once");
+    for id in [id, own] {
+        let records = store.read(id).await.expect("reads");
+        assert!(
+            matches!(
+                records.last().map(|r| &r.kind),
+                Some(RecordKind::OperationFinished { outcome: Outcome::Succeeded })
+            ),
+            "{records:?}"
+        );
+    }
+}

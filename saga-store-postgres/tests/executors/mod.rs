@@ -1,0 +1,121 @@
+//! Executors over one database, each with a store (a pool) of its own as separate processes
+//! have: a submitted Operation is claimed by a worker at once, and a cancel made by another
+//! executor reaches the owner at once, both through `LISTEN`/`NOTIFY` (the workers' polls are
+//! set far apart, so that only the notifications can explain the speed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use saga_core::log::RecordKind;
+use saga_core::store::Store;
+use saga_core::{
+    async_trait, Executed, Executor, Outcome, Resource, Saga, Start, Step, StepContext, StepError,
+};
+
+use crate::support::{url, Schema};
+
+/// A step that finishes at once, or (`wait`) runs until its token fires.
+struct Work {
+    wait: bool,
+}
+
+#[async_trait]
+impl Step for Work {
+    type Output = ();
+
+    async fn execute(&self, ctx: &StepContext) -> Result<(), StepError> {
+        if self.wait {
+            ctx.cancellation().cancelled().await;
+            return Err(StepError::permanent("cancelled"));
+        }
+        Ok(())
+    }
+
+    async fn compensate(&self, _: &StepContext, _: Executed<()>) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+fn saga(wait: bool) -> Saga {
+    Saga::builder("work", 1).step("work", Work { wait }).build().expect("a valid saga")
+}
+
+/// An executor that only submits and cancels (it never claims), and a worker that scans only
+/// once a minute and polls cancel requests every 10 s on its own.
+async fn api_and_worker(schema: &Schema, wait: bool) -> (Executor, Executor) {
+    let api = Executor::builder(schema.store().await)
+        .saga(saga(wait))
+        .owner("api")
+        .takeover_interval(None)
+        .build()
+        .expect("builds");
+    let worker = Executor::builder(schema.store().await)
+        .saga(saga(wait))
+        .owner("worker")
+        .takeover_interval(Some(Duration::from_secs(60)))
+        .cancel_poll_interval(Duration::from_secs(10))
+        .build()
+        .expect("builds");
+    // Starts the worker's watcher (and its LISTEN connection), then lets it connect.
+    worker.recover().await.expect("recovers");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (api, worker)
+}
+
+/// Polls the store until the Operation has an outcome, for at most `limit`.
+async fn outcome_within(store: &dyn Store, id: saga_core::OperationId, limit: Duration) -> Outcome {
+    let deadline = Instant::now() + limit;
+    loop {
+        let records = store.read(id).await.expect("reads");
+        if let Some(outcome) = records.iter().find_map(|r| match &r.kind {
+            RecordKind::OperationFinished { outcome } => Some(outcome.clone()),
+            _ => None,
+        }) {
+            return outcome;
+        }
+        assert!(Instant::now() < deadline, "no outcome within {limit:?}: {records:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_operation_is_claimed_by_a_worker_at_once() {
+    let Some(url) = url("a_submitted_operation_is_claimed_by_a_worker_at_once") else { return };
+    let schema = Schema::new(&url);
+    let (api, worker) = api_and_worker(&schema, false).await;
+    let submitted = Instant::now();
+    let id = api.submit(Start::new("work", Resource::new("app", "web"))).await.expect("submits");
+    let outcome = outcome_within(api.store().as_ref(), id, Duration::from_secs(5)).await;
+    let took = submitted.elapsed();
+    assert_eq!(outcome, Outcome::Succeeded);
+    assert!(!api.is_running(id), "the submitter never runs it");
+    // The worker's own scan is a minute away: only the notification explains this.
+    assert!(took < Duration::from_secs(2), "the worker took {took:?}");
+    println!("submitted to finished by the worker: {took:?}");
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_executor_reaches_the_owner_at_once() {
+    let Some(url) = url("a_cancel_from_another_executor_reaches_the_owner_at_once") else {
+        return;
+    };
+    let schema = Schema::new(&url);
+    let (api, worker) = api_and_worker(&schema, true).await;
+    let id = api.submit(Start::new("work", Resource::new("app", "web"))).await.expect("submits");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !worker.is_running(id) {
+        assert!(Instant::now() < deadline, "the worker never took the Operation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cancelled = Instant::now();
+    api.cancel(id, "operator", "test").await.expect("records the cancel request");
+    let outcome = outcome_within(api.store().as_ref(), id, Duration::from_secs(5)).await;
+    let took = cancelled.elapsed();
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    // The worker's own poll is 10 s away: only the notification explains this.
+    assert!(took < Duration::from_secs(1), "the rollback took {took:?}");
+    println!("cancel requested to rolled back: {took:?}");
+    drop(Arc::new(worker));
+}
