@@ -10,6 +10,11 @@
 //!   per run here, is run once by the `scale` bench).
 //!
 //! Throughput is in steps (elements) per second.
+//!
+//! With `SAGA_TEST_POSTGRES_URL` set (`bench run.sh` starts the server of
+//! `scripts/services/postgres.sh` and sets it), both groups also run `saga_postgres`: the same
+//! workload on `PostgresStore`, in a fresh schema, over loopback to a server on the same disk
+//! (`fsync` and `synchronous_commit` on).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +22,17 @@ use std::time::Duration;
 use criterion::{Criterion, SamplingMode, Throughput};
 use saga_benches::{duroxide_peer, engine, raw, runtime, steno_peer, timed};
 use saga_store::SledStore;
+
+/// A `PostgresStore` in a fresh schema of the database of `SAGA_TEST_POSTGRES_URL`, if set.
+fn postgres(rt: &tokio::runtime::Runtime) -> Option<Arc<saga_store_postgres::PostgresStore>> {
+    let url = std::env::var("SAGA_TEST_POSTGRES_URL").ok()?;
+    let schema = format!("saga_bench_{}_{}", std::process::id(), fastrand::u32(..));
+    let options = saga_store_postgres::PostgresOptions::default().schema(&schema);
+    let store = rt
+        .block_on(saga_store_postgres::PostgresStore::connect(&url, options))
+        .expect("connecting to the benchmark's PostgreSQL");
+    Some(Arc::new(store))
+}
 
 fn sequential(c: &mut Criterion) {
     const STEPS: usize = 100;
@@ -42,6 +58,14 @@ fn sequential(c: &mut Criterion) {
         b.iter_custom(|iters| timed(&rt, iters, || engine::run_one(&executor)))
     });
     rt.block_on(executor.shutdown(Duration::from_secs(60)));
+
+    if let Some(store) = postgres(&rt) {
+        let executor = engine::executor(store, STEPS, 10_000);
+        group.bench_function("saga_postgres", |b| {
+            b.iter_custom(|iters| timed(&rt, iters, || engine::run_one(&executor)))
+        });
+        rt.block_on(executor.shutdown(Duration::from_secs(60)));
+    }
 
     let steno = steno_peer::Workload::new(STEPS);
     let sec = rt.block_on(async {
@@ -81,6 +105,14 @@ fn concurrent(c: &mut Criterion) {
         b.iter_custom(|iters| timed(&rt, iters, || engine::run_many(&executor, OPERATIONS)))
     });
     rt.block_on(executor.shutdown(Duration::from_secs(60)));
+
+    if let Some(store) = postgres(&rt) {
+        let executor = engine::executor(store, STEPS, 10_000);
+        group.bench_function("saga_postgres", |b| {
+            b.iter_custom(|iters| timed(&rt, iters, || engine::run_many(&executor, OPERATIONS)))
+        });
+        rt.block_on(executor.shutdown(Duration::from_secs(60)));
+    }
 
     let steno = steno_peer::Workload::new(STEPS);
     let sec = rt.block_on(async {

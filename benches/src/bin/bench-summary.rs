@@ -56,6 +56,13 @@ fn main() {
         format!("{} of raw", show(r, "x")),
         &format!(">= 0.80 x raw: {}", verdict(r.map(|r| r >= 0.8))),
     );
+    let pg_seq = rate("durable_sequential_100/saga_postgres", 100.0);
+    row(
+        "  the same on PostgreSQL (loopback, synchronous_commit on)",
+        show(pg_seq, "steps/s"),
+        format!("{} of raw", show(ratio(pg_seq, raw), "x")),
+        "reported",
+    );
     row(
         "  steno, sled SecStore (same durability)",
         show(steno_seq, "steps/s"),
@@ -79,6 +86,17 @@ fn main() {
         show(conc, "steps/s"),
         format!("{} of raw", show(ratio(conc, raw), "x")),
         &format!(">= 30,000 steps/s: {}", verdict(conc.map(|c| c >= 30_000.0))),
+    );
+    let pg_conc = rate("durable_concurrent_1000x10/saga_postgres", 10_000.0);
+    row(
+        "  the same on PostgreSQL (loopback, synchronous_commit on)",
+        format!(
+            "{} ({} Operations/s)",
+            show(pg_conc, "steps/s"),
+            show(pg_conc.map(|s| s / 10.0), "")
+        ),
+        format!("postgres / sled = {}", show(ratio(pg_conc, conc), "x")),
+        "reported",
     );
     row(
         "  steno, sled SecStore",
