@@ -146,6 +146,9 @@ fn main() {
         const IN_FLIGHT: usize = 100_000;
         let memory = rt.block_on(memory_per_operation(Arc::new(MemoryStore::new()), IN_FLIGHT));
         put("memory_bytes_per_inflight_op_memorystore", memory);
+        let store = Arc::new(saga_benches::discard::DiscardStore);
+        let memory = rt.block_on(memory_per_operation(store, IN_FLIGHT));
+        put("memory_bytes_per_inflight_op_executor_only", memory);
     }
 
     // recover() over 10,000 unfinished Operations.

@@ -1,13 +1,15 @@
 //! Shared helpers of the saga engine's benchmarks: the no-op workload of N steps on the engine
 //! ([`engine`]), the raw `write` + `fdatasync` baseline ([`raw`]), the same workload on the peers
 //! Oxide's steno ([`steno_peer`]) and Microsoft's duroxide ([`duroxide_peer`]), stores filled
-//! through the `Store` API ([`fixtures`]) and how the figures are read back ([`figures`]).
+//! through the `Store` API ([`fixtures`]), a store that keeps nothing to measure the executor's
+//! own memory ([`discard`]) and how the figures are read back ([`figures`]).
 //!
 //! The benches themselves are in `benches/*.rs`; `benches/run.sh` runs them all and prints the
 //! table of `BENCHMARKS.md`.
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod discard;
 pub mod duroxide_peer;
 pub mod engine;
 pub mod figures;

@@ -181,6 +181,14 @@ pub struct OperationState {
 }
 
 impl OperationState {
+    /// Makes room for `steps` steps at once, so that the list grows no larger than the saga:
+    /// a few hundred bytes per Operation in flight otherwise.
+    pub(crate) fn reserve_steps(&mut self, steps: usize) {
+        let more = steps.saturating_sub(self.steps.len());
+        self.steps.reserve_exact(more);
+        self.index.reserve(more);
+    }
+
     /// Folds a whole log. The first record must be `OperationCreated` with sequence number 0.
     pub fn fold<'a>(
         operation: OperationId,

@@ -74,6 +74,11 @@ impl fmt::Debug for Saga {
 }
 
 impl Saga {
+    /// How many steps the saga has.
+    pub(crate) fn step_count(&self) -> usize {
+        self.stage_of.len()
+    }
+
     /// Starts building a saga of this name and version.
     pub fn builder(name: impl Into<String>, version: u32) -> SagaBuilder {
         SagaBuilder {

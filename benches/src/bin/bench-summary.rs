@@ -162,6 +162,16 @@ fn main() {
         "".into(),
         &format!("<= 4096 B: {}", verdict(memory.map(|m| m <= 4096.0))),
     );
+    let executor_only = get("memory_bytes_per_inflight_op_executor_only");
+    row(
+        "  the executor's share: the same over a store that keeps nothing",
+        show(executor_only, "B"),
+        format!(
+            "MemoryStore's copy of the log: {}",
+            show(memory.zip(executor_only).map(|(m, e)| m - e), "B")
+        ),
+        &format!("<= 4096 B: {}", verdict(executor_only.map(|m| m <= 4096.0))),
+    );
     let bytes = get("saga_sled_disk_bytes_per_step");
     row(
         "log size on disk, 1,000 x 10 steps, durable sled",

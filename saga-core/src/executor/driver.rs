@@ -88,11 +88,12 @@ impl Driver {
     pub(crate) fn new(
         shared: Arc<Shared>,
         saga: Arc<Saga>,
-        state: OperationState,
+        mut state: OperationState,
         lease: Lease,
         commands: Arc<Mailbox>,
         log: Arc<LogSink>,
     ) -> Self {
+        state.reserve_steps(saga.step_count());
         let state_id = state.id;
         let log_for_capture = log.clone();
         let info = Arc::new(OperationInfo {
@@ -148,7 +149,7 @@ impl Driver {
                 permit = &mut acquire => return permit.ok(),
                 _ = self.shared.shutdown.cancelled() => return None,
                 command = commands.recv() => {
-                    if self.on_command(command).await.is_err() {
+                    if Box::pin(self.on_command(command)).await.is_err() {
                         return None;
                     }
                 }
@@ -169,7 +170,8 @@ impl Driver {
         // Bounded, so that a store that does not answer (the reason a lease could not be
         // renewed) never keeps the Operation from ending here.
         let bound = self.shared.lease_ttl / 3;
-        let _ = tokio::time::timeout(bound, self.log.flush(self.shared.store.as_ref())).await;
+        let flush = Box::pin(self.log.flush(self.shared.store.as_ref()));
+        let _ = tokio::time::timeout(bound, flush).await;
         let _ = tokio::time::timeout(bound, self.shared.store.release(&self.lease)).await;
         exit
     }
@@ -187,20 +189,22 @@ impl Driver {
         let interrupted = interrupt.cancelled();
         tokio::pin!(interrupted);
         // Once interrupted, how long the running futures have before they are dropped.
-        let dropping = tokio::time::sleep(Duration::MAX);
-        tokio::pin!(dropping);
+        // Boxed when needed (once interrupted), not kept in every Operation's task.
+        let mut dropping: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // An Operation that waited for a place among those running (`queue`) holds a lease that
         // was not renewed meanwhile: renew it before anything runs. Once another executor has
         // claimed it, this is fenced and the Operation is theirs.
         if self.lease_granted.elapsed() >= period {
             let sent = tokio::time::Instant::now();
             let ttl = self.shared.lease_ttl;
-            match tokio::time::timeout(ttl, self.shared.store.renew(&self.lease, ttl)).await {
+            let renewed =
+                Box::pin(tokio::time::timeout(ttl, self.shared.store.renew(&self.lease, ttl)));
+            match renewed.await {
                 Ok(renewed) => {
                     self.lease = renewed?;
                     self.lease_granted = sent;
                 }
-                Err(_) => return Err(self.lease_expiring().await),
+                Err(_) => return Err(Box::pin(self.lease_expiring()).await),
             }
         }
         // The instant past which the lease may have expired without a renewal: the driver stops
@@ -209,7 +213,7 @@ impl Driver {
         tokio::pin!(expiring);
         let commands = self.commands.clone();
         if let Some(request) = self.cancel_at_start.take() {
-            match self.cancel(request.actor.clone(), request.reason.clone()).await {
+            match Box::pin(self.cancel(request.actor.clone(), request.reason.clone())).await {
                 Ok(()) => {}
                 Err(e @ Error::Store(_)) => return Err(e),
                 Err(refused) => self.log.line(
@@ -220,7 +224,7 @@ impl Driver {
             }
         }
         if self.is_fresh() {
-            self.wait_turn(&mut renew, expiring.as_mut()).await?;
+            Box::pin(self.wait_turn(&mut renew, expiring.as_mut())).await?;
         }
         loop {
             let actions = if self.stopping {
@@ -241,9 +245,9 @@ impl Driver {
             }
             // Write-ahead: every StepStarted/CompensationStarted is durable before its future runs.
             // A store that does not answer before the lease may expire stops the Operation here.
-            match tokio::time::timeout_at(self.lease_deadline(), self.commit()).await {
+            match tokio::time::timeout_at(self.lease_deadline(), Box::pin(self.commit())).await {
                 Ok(committed) => committed?,
-                Err(_) => return Err(self.lease_expiring().await),
+                Err(_) => return Err(Box::pin(self.lease_expiring()).await),
             }
             for future in launch {
                 self.running.push(future);
@@ -276,7 +280,7 @@ impl Driver {
                 if let Some(Some(event)) = self.running.next().now_or_never() {
                     self.on_event(event)?;
                     if let Some(command) = self.commands.try_recv() {
-                        self.on_command(command).await?;
+                        Box::pin(self.on_command(command)).await?;
                     }
                     if !self.stopping && shutdown.is_cancelled() {
                         self.begin_stopping();
@@ -291,7 +295,7 @@ impl Driver {
                 Some(event) = self.timers.next(), if !self.timers.is_empty() => {
                     self.on_event(event)?;
                 }
-                command = commands.recv() => self.on_command(command).await?,
+                command = commands.recv() => Box::pin(self.on_command(command)).await?,
                 _ = &mut shutting_down, if !self.stopping => self.begin_stopping(),
                 _ = &mut interrupted, if !self.interrupted => {
                     if !self.stopping {
@@ -299,9 +303,9 @@ impl Driver {
                     }
                     self.interrupt_steps();
                     let grace = self.saga.longest_cancel_grace();
-                    dropping.as_mut().reset(tokio::time::Instant::now() + grace);
+                    dropping = Some(Box::pin(tokio::time::sleep(grace)));
                 }
-                _ = &mut dropping, if self.interrupted => {
+                _ = async { match dropping.as_mut() { Some(d) => d.await, None => std::future::pending().await } }, if self.interrupted => {
                     for step in &self.flight.running {
                         self.log.line(
                             LogLevel::Warn,
@@ -316,10 +320,10 @@ impl Driver {
                     return Ok(Exit::Stopped);
                 }
                 _ = renew.tick() => {
-                    self.renew(&mut renew).await?;
+                    Box::pin(self.renew(&mut renew)).await?;
                     expiring.as_mut().reset(self.lease_deadline());
                 }
-                _ = &mut expiring => return Err(self.lease_expiring().await),
+                _ = &mut expiring => return Err(Box::pin(self.lease_expiring()).await),
             }
         }
     }
@@ -406,7 +410,7 @@ impl Driver {
             .await
             {
                 Ok(queue) => queue?,
-                Err(_) => return Err(self.lease_expiring().await),
+                Err(_) => return Err(Box::pin(self.lease_expiring()).await),
             };
             let ahead = super::ahead_of(&queue, self.state.id);
             let Some(ahead) = ahead else {
@@ -431,7 +435,7 @@ impl Driver {
             tokio::select! {
                 _ = tokio::time::sleep(self.shared.cancel_poll) => {}
                 command = commands.recv() => {
-                    self.on_command(command).await?;
+                    Box::pin(self.on_command(command)).await?;
                     if self.state.cancel.is_some() {
                         return Ok(());
                     }
@@ -441,10 +445,10 @@ impl Driver {
                     return Ok(());
                 }
                 _ = renew.tick() => {
-                    self.renew(renew).await?;
+                    Box::pin(self.renew(renew)).await?;
                     expiring.as_mut().reset(self.lease_deadline());
                 }
-                _ = &mut expiring => return Err(self.lease_expiring().await),
+                _ = &mut expiring => return Err(Box::pin(self.lease_expiring()).await),
             }
         }
     }
@@ -495,7 +499,7 @@ impl Driver {
                 renew.reset_after(self.shared.lease_ttl / 12);
             }
             Ok(Err(e)) => return Err(e.into()),
-            Err(_) => return Err(self.lease_expiring().await),
+            Err(_) => return Err(Box::pin(self.lease_expiring()).await),
         }
         Ok(())
     }
@@ -541,7 +545,9 @@ impl Driver {
                         .await? => {}
                 Err(e) => return Err(e.into()),
             }
-            self.pending.clear();
+            // Not `clear()`: the buffer would stay allocated while the steps run, a few hundred
+            // bytes per Operation in flight.
+            self.pending = Vec::new();
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use serde::Serialize;
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -122,8 +122,54 @@ impl Trouble {
 
 struct Handle {
     mailbox: Arc<Mailbox>,
-    exit: watch::Receiver<Option<Exit>>,
+    exit: Arc<ExitCell>,
     log: Arc<LogSink>,
+}
+
+/// Where a driver's task leaves how it ended, once, for whoever waits (`wait()`). Smaller than
+/// a `watch` channel (whose eight notifiers cost about 300 bytes per Operation in flight).
+#[derive(Default)]
+struct ExitCell {
+    /// `None` inside: the task ended without saying (it panicked).
+    value: std::sync::OnceLock<Option<Exit>>,
+    notify: tokio::sync::Notify,
+}
+
+impl ExitCell {
+    fn set(&self, exit: Option<Exit>) {
+        let _ = self.value.set(exit);
+        self.notify.notify_waiters();
+    }
+
+    /// How the task ended, once it has; `None` if it ended without saying.
+    async fn wait(&self) -> Option<Exit> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the value is read, so that a `set` in between still wakes it.
+            notified.as_mut().enable();
+            if let Some(exit) = self.value.get() {
+                return exit.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Sets the cell when dropped without having sent: a task that panicked still answers its
+/// waiters.
+struct ExitSender(Arc<ExitCell>);
+
+impl ExitSender {
+    fn send(self, exit: Exit) {
+        self.0.set(Some(exit));
+    }
+}
+
+impl Drop for ExitSender {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
 }
 
 impl fmt::Debug for Executor {
@@ -444,9 +490,10 @@ impl Executor {
         let id = state.id;
         lock(&self.shared.troubled).remove(&id);
         let mailbox = Arc::new(Mailbox::default());
-        let (exit_tx, exit_rx) = watch::channel(None);
+        let exit_cell = Arc::new(ExitCell::default());
+        let exit_tx = ExitSender(exit_cell.clone());
         lock(&self.shared.running)
-            .insert(id, Handle { mailbox: mailbox.clone(), exit: exit_rx, log: log.clone() });
+            .insert(id, Handle { mailbox: mailbox.clone(), exit: exit_cell, log: log.clone() });
         let shared = self.shared.clone();
         let mut driver = Driver::new(shared.clone(), saga, state, lease, mailbox.clone(), log);
         driver.cancel_at_start = cancel;
@@ -483,7 +530,7 @@ impl Executor {
                     }
                 }
             }
-            let _ = exit_tx.send(Some(exit));
+            exit_tx.send(exit);
         });
     }
 
@@ -562,8 +609,8 @@ impl Executor {
     /// [`Error::Unrecoverable`] if recovery could not resume it, [`Error::NotRunning`] otherwise.
     pub async fn wait(&self, id: OperationId) -> Result<Outcome> {
         let exit = lock(&self.shared.running).get(&id).map(|h| h.exit.clone());
-        if let Some(mut exit) = exit {
-            let ended = exit.wait_for(Option::is_some).await.ok().and_then(|e| e.clone());
+        if let Some(exit) = exit {
+            let ended = exit.wait().await;
             match ended {
                 Some(Exit::Finished(outcome)) => return Ok(outcome),
                 Some(Exit::Stopped) => return Err(Error::NotRunning(id)),
