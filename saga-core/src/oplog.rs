@@ -233,6 +233,12 @@ impl LogSink {
         result
     }
 
+    /// Drops the lines not stored yet and returns them (the Operation lost its lease: another
+    /// executor writes its log now).
+    pub(crate) fn discard(&self) -> Vec<LogLine> {
+        std::mem::take(&mut self.lock().pending)
+    }
+
     /// A receiver of the lines written from now on, and the lines written but not yet flushed.
     pub(crate) fn subscribe(&self) -> (tokio::sync::broadcast::Receiver<LogLine>, Vec<LogLine>) {
         let mut inner = self.lock();

@@ -155,6 +155,14 @@ impl PostgresStore {
         if let Some(schema) = &options.schema {
             session.push_str(&format!(" -c search_path={schema}"));
         }
+        // Locks left by a stalled or cut-off executor never wedge the others (see the options).
+        session.push_str(&format!(
+            " -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            options.lock_timeout.as_millis(),
+            options.idle_in_transaction_timeout.as_millis()
+        ));
+        // A dead peer is noticed in about 20 s rather than TCP's two hours.
+        config.keepalives(true).keepalives_idle(std::time::Duration::from_secs(10));
         let session = session.trim().to_owned();
         if !session.is_empty() {
             config.options(session);

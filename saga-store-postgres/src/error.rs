@@ -69,6 +69,7 @@ pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
                 SqlState::CANNOT_CONNECT_NOW,
                 SqlState::TOO_MANY_CONNECTIONS,
                 SqlState::QUERY_CANCELED,
+                SqlState::LOCK_NOT_AVAILABLE,
             ];
             transient.contains(code) || code.code().starts_with("08")
         }

@@ -74,7 +74,7 @@ impl PostgresStore {
                 "INSERT INTO log_lines (operation, n, at_ms, bytes) \
                  SELECT $1, l.n, l.at_ms, l.bytes \
                    FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) AS l(n, at_ms, bytes) \
-                 ON CONFLICT (operation, n) DO UPDATE SET at_ms = excluded.at_ms, bytes = excluded.bytes",
+                 ON CONFLICT (operation, n) DO NOTHING",
             )
             .await
             .map_err(|e| pg(context, e))?;

@@ -25,6 +25,8 @@ pub struct PostgresOptions {
     pub(crate) max_group: usize,
     pub(crate) application_name: String,
     pub(crate) accept_fsync_off: bool,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) idle_in_transaction_timeout: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -34,6 +36,8 @@ impl Default for PostgresOptions {
             pool_size: 16,
             connect_timeout: Duration::from_secs(10),
             wait_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(2),
+            idle_in_transaction_timeout: Duration::from_secs(5),
             retries: 4,
             group_commit: true,
             max_group: 64,
@@ -121,6 +125,25 @@ impl PostgresOptions {
     #[must_use]
     pub fn accept_fsync_off(mut self) -> Self {
         self.accept_fsync_off = true;
+        self
+    }
+
+    /// How long a statement of the store waits for a row lock before it fails (transient, and
+    /// retried): `lock_timeout` of its sessions. Default 2 s. A claim never queues behind a
+    /// transaction that another executor left open (it stalled, or its network was cut), so
+    /// that a scan goes on to the other Operations.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long the server lets a session of this store sit idle inside a transaction before it
+    /// ends the session: `idle_in_transaction_session_timeout`. Default 5 s. A process stopped
+    /// (SIGSTOP, a debugger, swapping) or cut off in the middle of a transaction would otherwise
+    /// hold its rows' locks, and every takeover of those Operations would wait for it. The store's
+    /// own transactions are never idle for more than a round trip.
+    pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_in_transaction_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 }

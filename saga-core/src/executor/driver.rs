@@ -170,8 +170,16 @@ impl Driver {
         // Bounded, so that a store that does not answer (the reason a lease could not be
         // renewed) never keeps the Operation from ending here.
         let bound = self.shared.lease_ttl / 3;
-        let flush = Box::pin(self.log.flush(self.shared.store.as_ref()));
-        let _ = tokio::time::timeout(bound, flush).await;
+        if lost_lease(&exit) {
+            // Another executor may own the Operation and its log now: the lines not stored yet
+            // go to `tracing` instead of the store.
+            for line in self.log.discard() {
+                tracing::warn!(operation = %line.operation, "{line} (not stored: the lease was lost)");
+            }
+        } else {
+            let flush = Box::pin(self.log.flush(self.shared.store.as_ref()));
+            let _ = tokio::time::timeout(bound, flush).await;
+        }
         let _ = tokio::time::timeout(bound, self.shared.store.release(&self.lease)).await;
         exit
     }
@@ -245,9 +253,15 @@ impl Driver {
             }
             // Write-ahead: every StepStarted/CompensationStarted is durable before its future runs.
             // A store that does not answer before the lease may expire stops the Operation here.
-            match tokio::time::timeout_at(self.lease_deadline(), Box::pin(self.commit())).await {
-                Ok(committed) => committed?,
-                Err(_) => return Err(Box::pin(self.lease_expiring()).await),
+            // Past the deadline nothing is sent at all: another executor may hold the lease.
+            let committed = if tokio::time::Instant::now() < self.lease_deadline() {
+                tokio::time::timeout_at(self.lease_deadline(), Box::pin(self.commit())).await.ok()
+            } else {
+                None
+            };
+            match committed {
+                Some(committed) => committed?,
+                None => return Err(Box::pin(self.lease_expiring()).await),
             }
             for future in launch {
                 self.running.push(future);
@@ -534,7 +548,12 @@ impl Driver {
     }
 
     async fn try_commit(&mut self) -> Result<(), Error> {
-        self.log.flush(self.shared.store.as_ref()).await?;
+        // Log lines are not fenced by the store: once the lease may have passed to another
+        // executor, they stay here (and are dropped when the Operation halts, see `run`), so
+        // that they never mix with the new owner's.
+        if tokio::time::Instant::now() < self.lease_deadline() {
+            self.log.flush(self.shared.store.as_ref()).await?;
+        }
         if !self.pending.is_empty() {
             match self.shared.store.append(&self.lease, &self.pending).await {
                 Ok(()) => {}
@@ -1010,5 +1029,17 @@ async fn with_timeout<T>(
         Some(limit) => tokio::time::timeout(limit, future).await.unwrap_or_else(|_| {
             Err(StepError::transient(format!("timed out after {:.1} s", limit.as_secs_f64())))
         }),
+    }
+}
+
+/// Whether the Operation halted because its lease was lost: fenced by the store, or not renewed
+/// in time.
+fn lost_lease(exit: &Exit) -> bool {
+    match exit {
+        Exit::Halted(cause) => matches!(
+            cause.as_ref(),
+            Error::LeaseExpiring { .. } | Error::Store(crate::store::StoreError::Fenced { .. })
+        ),
+        _ => false,
     }
 }

@@ -37,7 +37,7 @@ struct FaultStore {
     damaged_unfinished: Mutex<Vec<StoreError>>,
     read_log_fails: AtomicBool,
     /// Renewals, appends and releases never answer (a store cut off from the executor; log
-    /// lines still reach it, so that a test can read what the executor said).
+    /// lines still reach it, so that a test can see that the executor sends none).
     unreachable: AtomicBool,
     /// The expiry (Unix ms) of the last lease granted by a create, claim or renewal.
     granted_until: std::sync::atomic::AtomicU64,
@@ -573,13 +573,11 @@ async fn an_executor_that_cannot_renew_its_lease_stops_before_the_lease_expires(
     // Once it expired, another executor takes over and finishes it from the log.
     store.unreachable.store(false, Ordering::SeqCst);
     tokio::time::sleep(ttl).await;
-    // (This double lets log lines through, so the line reached the store.)
+    // Its last lines never reach the store (this double would take them): the Operation's log
+    // may belong to another executor by now. They go to `tracing` instead.
     let lines = messages(&store.inner.read_log(id).await.unwrap());
-    assert!(
-        lines.iter().any(|l| l.contains("could not be renewed before it expires")
-            && l.contains("dropping run (their tokens fired)")),
-        "{lines:?}"
-    );
+    assert!(!lines.iter().any(|l| l.contains("could not be renewed")), "{lines:?}");
+    assert!(err.to_string().contains("could not be renewed before it expires"), "{err}");
     let other = Executor::builder(store.clone())
         .saga(saga())
         .owner("other")
