@@ -1,31 +1,56 @@
 //! The quickstart: provisions a small "site" with real side effects under `DIR/world`, on the
-//! embedded sled store in `DIR/store`, needing nothing but cargo.
+//! embedded sled store in `DIR/store` (needing nothing but cargo), or on PostgreSQL shared by
+//! several processes (`--store postgres://...`).
 //!
 //! ```text
 //! cargo run -p saga-examples --example quickstart -- [--data DIR] [--owner NAME] [--site NAME]
-//!     [--fail-at STEP] [--panic-at STEP] [--crash-at STEP] [--cancel-after MS] [--warm-ms MS]
+//!     [--count N] [--fail-at STEP] [--panic-at STEP] [--crash-at STEP] [--cancel-after MS]
+//!     [--warm-ms MS]
 //! cargo run -p saga-examples --example quickstart -- [--data DIR] [--owner NAME]
 //!     resume | log ID | report [--since T] [--until T] | check [--dry-run]
+//!     | submit [--site NAME] [--count N] [FAULTS] | worker [--until-idle]
+//!     | cancel ID [--actor NAME] [--reason TEXT]
 //! ```
+//!
+//! Every form also takes `--store postgres://user:password@host:port/db` (with `--schema NAME`
+//! to keep the tables in a schema of their own, created when missing) and `--lease-ttl MS`.
 //!
 //! Steps: create the site directory, write its config, run a "migration" (irreversible: appends a
 //! line to `world/migrations.log`), warm a cache (slow and cancellable), publish (a symlink in
 //! `world/public`). It streams the Operation's log as it happens and ends each Operation with
 //! `operation <id>: succeeded`, `operation <id>: rolled back` or
 //! `operation <id>: rollback incomplete: <what was not undone>`. Every run first recovers what an
-//! earlier run left unfinished (after `--crash-at`, or a kill).
+//! earlier run left unfinished (after `--crash-at`, or a kill). `--count N` runs N Operations at
+//! once, on sites `<site>-1 .. <site>-N` (one runs on `<site>` itself), and streams them one after
+//! another.
+//!
+//! Several processes (PostgreSQL): `submit` records Operations (`submitted <id> on site <site>`)
+//! without running them; each `worker` adopts the unfinished Operations that nobody holds (at
+//! start, every second, and at once when another process submits or releases one), prints each
+//! one's end as it comes, and stops at SIGINT or SIGTERM (at the next step boundaries), or with
+//! `--until-idle` once nothing is left unfinished in the store. A worker that dies leaves its
+//! Operations to the others once its leases expire (`--lease-ttl`); a worker that stalls past its
+//! lease is fenced: its next write is refused, and it drops the Operation. `cancel ID` records a
+//! cancel request that the executor running the Operation, wherever it is, sees within a second
+//! and rolls back. Operations on one site run one after another, in the order they were created,
+//! whichever process runs them. The world (`DIR/world`) is shared by every process given the same
+//! `--data`.
 //!
 //! Faults to try: `--fail-at STEP` makes the step fail (permanently) before its effect,
 //! `--panic-at STEP` makes it panic there instead (the engine records a failed attempt with the
 //! error `step panicked: ...` and rolls back; the process goes on), and `--crash-at STEP` aborts
 //! the process right after the step's effect (the next run resumes it).
 //!
-//! `--owner NAME` (default `quickstart`) names the executor, which holds a lease on each
-//! Operation it runs (30 s, renewed while it runs). A quickstart started again under the same
+//! `--owner NAME` (default `quickstart` on the sled store; on PostgreSQL, where several processes
+//! run at once, `HOST:PID`, unique to the process) names the executor, which holds a lease on each
+//! Operation it runs (`--lease-ttl`, 30 s by default, renewed while it runs). A quickstart started again under the same
 //! name reclaims the leases its crashed predecessor held at once; under another name it leaves
 //! those Operations (`owned by another executor`) until their leases expire, and a later run
 //! resumes them. Two processes must never share a name: each would take the other's leases for
 //! its own. The sled store lets only one process open it at a time anyway.
+//!
+//! `submit` and `cancel` only record (their executor never runs an Operation); a plain run and
+//! `resume` run what they recovered at start and what they started, and adopt nothing later.
 //!
 //! `check` reconciles the store's indexes with its records and prints one line per problem, then
 //! `checked N operations: M problems, K repaired`; it repairs what the records alone can, unless
@@ -35,10 +60,13 @@
 //! Exit status:
 //!
 //! - 0: every Operation it ran (or resumed) succeeded; for `check`, the store is healthy (nothing
-//!   wrong, or everything wrong repaired);
+//!   wrong, or everything wrong repaired); for `submit` and `cancel`, what they record is durable;
+//!   for `worker`, every Operation that ended there succeeded;
 //! - 1: an Operation did not succeed (rolled back, rollback incomplete, unrecoverable); for
-//!   `check`, a problem remains;
-//! - 2: an error: a bad flag, or the store failed (for example a failed sync, after which the
+//!   `check`, a problem remains; for `worker`, one ended there without succeeding, or stopped there
+//!   (its lease could not be renewed, or was taken over) for another executor to finish;
+//! - 2: an error: a bad flag, a `cancel` refused (the Operation finished already), or the store
+//!   failed (for example a failed sync, after which the
 //!   Operation has no outcome the log can stand behind: a later `resume` finishes it);
 //! - 3: every Operation succeeded, but writing standard output failed (say `quickstart >
 //!   /dev/full`), with one line `quickstart: cannot write to standard output: <error>` on stderr.
@@ -55,14 +83,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use saga_core::executor::RecoveryReport;
 use saga_core::log::{render_log, FollowEvent, OperationLogLayer};
 use saga_core::report::{activity_report, write_activity_csv};
-use saga_core::store::Problem;
+use saga_core::store::{Problem, Store};
 use saga_core::{Executor, OperationId, Outcome, Resource, Start};
 use saga_store::SledStore;
+use saga_store_postgres::{PostgresOptions, PostgresStore};
 use tracing_subscriber::prelude::*;
 
-use crate::cli::{Command, RunArgs, StoreArgs};
+use crate::cli::{Command, RunArgs, StoreArgs, StoreKind};
 use crate::steps::{Params, World};
 
 /// The environment every quickstart Operation belongs to.
@@ -79,6 +109,12 @@ macro_rules! say {
         crate::output::line(format_args!($($arg)*))
     };
 }
+
+mod worker;
+
+/// How many connections one quickstart keeps to PostgreSQL at most (besides one that listens for
+/// wake-ups): several run at once on one server.
+const POSTGRES_POOL: usize = 8;
 
 /// Standard output, whose failure is remembered rather than fatal: after the first failed write
 /// nothing more is printed, the Operations go on to their ends, and `main` reports the failure
@@ -164,40 +200,87 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     runtime.block_on(async_main(command))
 }
 
-fn open(args: &StoreArgs) -> Result<(Executor, World), Box<dyn std::error::Error>> {
-    let data = &args.data;
-    let world = World::new(data.join("world"));
-    std::fs::create_dir_all(data.join("world"))?;
-    let store = SledStore::open(data.join("store"))?;
-    let executor = Executor::builder(Arc::new(store))
+/// Opens the store that `args` names.
+async fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    Ok(match &args.kind {
+        StoreKind::Sled => Arc::new(SledStore::open(args.data.join("store"))?),
+        StoreKind::Postgres { url, schema } => {
+            let mut options = PostgresOptions::default()
+                .pool_size(POSTGRES_POOL)
+                .application_name(format!("quickstart {}", args.owner));
+            if let Some(schema) = schema {
+                options = options.schema(schema);
+            }
+            Arc::new(PostgresStore::connect(url, options).await?)
+        }
+    })
+}
+
+/// An executor over `store` running the quickstart's saga, with its world; `takeover` is how
+/// often it adopts Operations nobody holds (`None`: only at `recover()`).
+fn executor(
+    args: &StoreArgs,
+    store: Arc<dyn Store>,
+    takeover: Option<Duration>,
+) -> Result<(Executor, World), Box<dyn std::error::Error>> {
+    let world = World::new(args.data.join("world"));
+    std::fs::create_dir_all(args.data.join("world"))?;
+    let executor = Executor::builder(store)
         .owner(args.owner.as_str())
+        .lease_ttl(Duration::from_millis(args.lease_ttl_ms))
+        .takeover_interval(takeover)
         .saga(steps::saga(&world)?)
         .build()?;
     Ok((executor, world))
 }
 
+/// Opens the store and an executor over it that adopts nothing on its own.
+async fn open(args: &StoreArgs) -> Result<(Executor, World), Box<dyn std::error::Error>> {
+    executor(args, open_store(args).await?, None)
+}
+
 async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>> {
     match command {
         Command::Run(run) => {
-            let (executor, _world) = open(&run.store)?;
-            let result = run_one(&executor, &run).await;
+            let (executor, _world) = open(&run.store).await?;
+            let result = run_all(&executor, &run).await;
             executor.shutdown(SHUTDOWN_DEADLINE).await;
             result
         }
+        Command::Submit(run) => {
+            let (executor, _world) = open(&run.store).await?;
+            let result = submit(&executor, &run).await;
+            executor.shutdown(SHUTDOWN_DEADLINE).await;
+            result
+        }
+        Command::Worker { store, until_idle } => {
+            let (claims, claimed) = worker::Claims::new(open_store(&store).await?);
+            let (executor, _world) =
+                executor(&store, Arc::new(claims), Some(worker::TAKEOVER_INTERVAL))?;
+            worker::run(&executor, claimed, &store.owner, until_idle).await
+        }
         Command::Resume { store } => {
-            let (executor, _world) = open(&store)?;
+            let (executor, _world) = open(&store).await?;
             let result = resume(&executor).await;
             executor.shutdown(SHUTDOWN_DEADLINE).await;
             result
         }
+        Command::Cancel { store, id, actor, reason } => {
+            let (executor, _world) = open(&store).await?;
+            let actor = actor.unwrap_or_else(user);
+            executor.cancel(id, &actor, &reason).await?;
+            say!("operation {id}: cancel requested by {actor} ({reason}); its executor rolls it back");
+            executor.shutdown(SHUTDOWN_DEADLINE).await;
+            Ok(true)
+        }
         Command::Log { store, id } => {
-            let (executor, _world) = open(&store)?;
+            let (executor, _world) = open(&store).await?;
             executor.status(id).await?;
             say!("{}", render_log(&executor.log(id).await?).trim_end());
             Ok(true)
         }
         Command::Report { store, since_ms, until_ms } => {
-            let (executor, _world) = open(&store)?;
+            let (executor, _world) = open(&store).await?;
             let rows =
                 activity_report(executor.store().as_ref(), ENVIRONMENT, since_ms, until_ms).await?;
             // Into memory first, so that a failed write of stdout is told like any other.
@@ -207,7 +290,7 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
             Ok(true)
         }
         Command::Check { store, dry_run } => {
-            let (executor, _world) = open(&store)?;
+            let (executor, _world) = open(&store).await?;
             let result = check(&executor, dry_run).await;
             executor.shutdown(SHUTDOWN_DEADLINE).await;
             result
@@ -215,41 +298,63 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
     }
 }
 
-/// Recovers what an earlier run left unfinished, then runs one new Operation to its end.
-async fn run_one(executor: &Executor, run: &RunArgs) -> Result<bool, Box<dyn std::error::Error>> {
-    let mut all_succeeded = resume(executor).await?;
+/// Who starts and cancels Operations: `$USER`.
+fn user() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "quickstart".into())
+}
+
+/// The request for one Operation of `run` on `site`.
+fn request(run: &RunArgs, site: &str) -> Start {
     let params = Params {
-        site: run.site.clone(),
+        site: site.to_owned(),
         fail_at: run.fail_at.clone(),
         panic_at: run.panic_at.clone(),
         crash_at: run.crash_at.clone(),
         warm_ms: run.warm_ms,
     };
-    let actor = std::env::var("USER").unwrap_or_else(|_| "quickstart".into());
-    let id = executor
-        .start(
-            Start::new(steps::SAGA, Resource::new("site", &run.site))
-                .params(&params)
-                .environment(ENVIRONMENT)
-                .actor(&actor),
-        )
-        .await?;
+    Start::new(steps::SAGA, Resource::new("site", site))
+        .params(&params)
+        .environment(ENVIRONMENT)
+        .actor(user())
+}
+
+/// Records the Operations of `run` for workers to run, printing each id.
+async fn submit(executor: &Executor, run: &RunArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    for site in run.sites() {
+        let id = executor.submit(request(run, &site)).await?;
+        say!("submitted {id} on site {site}");
+    }
+    Ok(true)
+}
+
+/// Recovers what an earlier run left unfinished, then runs the new Operations to their ends.
+async fn run_all(executor: &Executor, run: &RunArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut all_succeeded = resume(executor).await?;
+    let mut ids = Vec::new();
+    for site in run.sites() {
+        ids.push(executor.start(request(run, &site)).await?);
+    }
     if let Some(ms) = run.cancel_after {
         let canceller = executor.clone();
+        let ids = ids.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            if let Err(e) = canceller.cancel(id, &actor, "--cancel-after").await {
-                complain(format_args!("cancel refused: {e}"));
+            for id in ids {
+                if let Err(e) = canceller.cancel(id, &user(), "--cancel-after").await {
+                    complain(format_args!("cancel refused: {e}"));
+                }
             }
         });
     }
-    all_succeeded &= stream(executor, id).await?;
+    for id in ids {
+        all_succeeded &= stream(executor, id).await?;
+    }
     Ok(all_succeeded)
 }
 
-/// Recovers what an earlier run left unfinished and streams each to its end.
-async fn resume(executor: &Executor) -> Result<bool, Box<dyn std::error::Error>> {
-    let report = executor.recover().await?;
+/// Prints what a recovery found besides the Operations it resumed. False if one cannot be
+/// resumed.
+pub(crate) fn resume_report(report: &RecoveryReport) -> bool {
     let mut all_succeeded = true;
     for cause in &report.damaged {
         say!("unfinished index: {cause} (`quickstart check` repairs it)");
@@ -266,6 +371,13 @@ async fn resume(executor: &Executor) -> Result<bool, Box<dyn std::error::Error>>
         say!("operation {id}: needs attention past its point of no return; not resumed");
         all_succeeded = false;
     }
+    all_succeeded
+}
+
+/// Recovers what an earlier run left unfinished and streams each to its end.
+async fn resume(executor: &Executor) -> Result<bool, Box<dyn std::error::Error>> {
+    let report = executor.recover().await?;
+    let mut all_succeeded = resume_report(&report);
     for id in report.resumed {
         say!("resuming operation {id}");
         all_succeeded &= stream(executor, id).await?;

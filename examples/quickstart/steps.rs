@@ -190,7 +190,11 @@ impl Step for Migrate {
                 .append(true)
                 .open(&path)
                 .map_err(|e| io_error("cannot open", &path, e))?;
-            writeln!(file, "{line}").map_err(|e| io_error("cannot append to", &path, e))?;
+            // One write(2), so that Operations running at once (in this process or others
+            // sharing the world) never interleave their lines: `writeln!` writes the line and
+            // its newline in two.
+            file.write_all(format!("{line}\n").as_bytes())
+                .map_err(|e| io_error("cannot append to", &path, e))?;
             tracing::info!("applied migration 1");
         }
         after(ctx, &params);

@@ -21,6 +21,8 @@ use saga_core::store::Store;
 use saga_core::{NotUndone, NotUndoneReason, OperationId, Outcome};
 use saga_store::SledStore;
 
+mod postgres;
+
 /// The quickstart binary, which `cargo test` builds next to this test's directory.
 fn quickstart_exe() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -9,6 +9,11 @@
 #                       script started that still runs and answers is reused.
 #   postgres.sh stop    `pg_ctl stop -m fast` for the server this script started (its pid file);
 #                       harmless when none runs.
+#   postgres.sh restart `pg_ctl restart -m fast` of the server this script started, on the same
+#                       port with the same settings (pg_ctl reuses the options it was started
+#                       with), waiting until it answers again; the pid file follows the new
+#                       postmaster. Its sessions are cut, as in a real restart. When no server of
+#                       this script runs, the same as `start`.
 #
 # The server never runs as root (PostgreSQL refuses): as root, everything runs as the `postgres`
 # user that the Debian package creates, in a directory owned by it; as another user, as that user.
@@ -220,8 +225,28 @@ stop() {
   rm -f "$pid_file" "$env_file"
 }
 
+restart() {
+  local pid data bin port
+  if ! pid="$(running_pid)"; then
+    start
+    return
+  fi
+  data="$(sed -n 2p "$pid_file")"
+  bin="$(bin_dir)"
+  choose_base
+  port="$(sed -n 's/^port=//p' "$base/port" 2>/dev/null || true)"
+  as_pg "$bin/pg_ctl" -D "$data" -l "$base/server.log" restart -m fast -w -t 60 >/dev/null
+  pid="$(as_pg sed -n 1p "$data/postmaster.pid")"
+  printf '%s\n%s\n' "$pid" "$data" >"$pid_file"
+  if [ -n "$port" ]; then
+    "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -t 30
+  fi
+  log "restarted (pid $pid) on 127.0.0.1:$port"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  restart) restart ;;
+  *) echo "usage: $0 start|stop|restart" >&2; exit 2 ;;
 esac

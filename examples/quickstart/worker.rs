@@ -1,0 +1,264 @@
+//! `quickstart worker`: an executor that adopts unfinished Operations nobody holds (at start, at
+//! every takeover scan, and at once when the store wakes it) and prints each one's end, until
+//! interrupted or, with `--until-idle`, until nothing is left unfinished.
+//!
+//! The executor claims Operations on its own; the worker learns which through [`Claims`], a
+//! store that passes every call through and tells of each lease granted to this executor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_core::log::{FollowEvent, LogLevel, LogLine, Record};
+use saga_core::store::{now_ms, CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use saga_core::{async_trait, Error, Executor, OperationId, Outcome, Resource};
+use tokio::sync::mpsc;
+
+use crate::{complain, resume_report, SHUTDOWN_DEADLINE};
+
+/// How often the worker looks for claimable Operations on its own (the store's wake-ups come on
+/// top), and, with `--until-idle`, whether anything is left unfinished.
+pub(crate) const TAKEOVER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A store that passes every call to `inner` and sends the id of every Operation claimed
+/// through it.
+pub(crate) struct Claims {
+    inner: Arc<dyn Store>,
+    claimed: mpsc::UnboundedSender<OperationId>,
+}
+
+impl Claims {
+    /// Wraps `inner`; the receiver hears of every claim that succeeds.
+    pub(crate) fn new(inner: Arc<dyn Store>) -> (Claims, mpsc::UnboundedReceiver<OperationId>) {
+        let (claimed, receiver) = mpsc::unbounded_channel();
+        (Claims { inner, claimed }, receiver)
+    }
+}
+
+#[async_trait]
+impl Store for Claims {
+    async fn create(
+        &self,
+        record: &Record,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.inner.create(record, owner, ttl).await
+    }
+
+    async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
+        self.inner.append(lease, records).await
+    }
+
+    async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError> {
+        self.inner.read(operation).await
+    }
+
+    async fn list_unfinished(&self) -> Result<Listing, StoreError> {
+        self.inner.list_unfinished().await
+    }
+
+    async fn claim(
+        &self,
+        operation: OperationId,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let lease = self.inner.claim(operation, owner, ttl).await?;
+        // Nobody listening any more is fine: the worker is stopping.
+        let _ = self.claimed.send(operation);
+        Ok(lease)
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        self.inner.renew(lease, ttl).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.inner.release(lease).await
+    }
+
+    async fn list_environment(
+        &self,
+        environment: &str,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> Result<Listing, StoreError> {
+        self.inner.list_environment(environment, since_ms, until_ms).await
+    }
+
+    async fn append_log(
+        &self,
+        operation: OperationId,
+        lines: &[LogLine],
+    ) -> Result<(), StoreError> {
+        self.inner.append_log(operation, lines).await
+    }
+
+    async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
+        self.inner.read_log(operation).await
+    }
+
+    async fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.inner.purge_logs(before_ms).await
+    }
+
+    async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
+        self.inner.delete_environment(environment).await
+    }
+
+    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
+        self.inner.check(repair).await
+    }
+
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+        self.inner.request_cancel(request).await
+    }
+
+    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
+        self.inner.cancel_requests().await
+    }
+
+    async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
+        self.inner.resource_queue(resource).await
+    }
+
+    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.wake_ups()
+    }
+}
+
+/// Runs the worker until a signal (or, with `until_idle`, until the store has nothing
+/// unfinished). True if every Operation that ended here succeeded.
+pub(crate) async fn run(
+    executor: &Executor,
+    mut claimed: mpsc::UnboundedReceiver<OperationId>,
+    owner: &str,
+    until_idle: bool,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let mut all_succeeded = resume_report(&executor.recover().await?);
+    say!("worker {owner} adopting operations (Ctrl-C to stop)");
+    let (ended_tx, mut ended) = mpsc::unbounded_channel::<bool>();
+    let mut running = 0usize;
+    let mut tick = tokio::time::interval(TAKEOVER_INTERVAL);
+    let signal = interrupted();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            Some(id) = claimed.recv() => {
+                running += 1;
+                let (executor, ended_tx) = (executor.clone(), ended_tx.clone());
+                tokio::spawn(async move {
+                    let _ = ended_tx.send(watch_one(&executor, id).await);
+                });
+            }
+            Some(succeeded) = ended.recv() => {
+                running -= 1;
+                all_succeeded &= succeeded;
+                if until_idle && running == 0 && idle(executor).await {
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                if until_idle && running == 0 && idle(executor).await {
+                    break;
+                }
+            }
+            name = &mut signal => {
+                say!("worker {owner}: {name}; stopping at the next step boundaries");
+                break;
+            }
+        }
+    }
+    if until_idle && running == 0 {
+        say!("worker {owner}: nothing left unfinished; stopping");
+    }
+    let report = executor.shutdown(SHUTDOWN_DEADLINE).await;
+    for id in &report.left {
+        say!("operation {id}: left unfinished here; another worker or a later run resumes it");
+    }
+    Ok(all_succeeded)
+}
+
+/// Waits for the end of an Operation that this executor just claimed, printing the warnings
+/// and errors of its log written since (a cancel, a retry, a lease that could not be renewed)
+/// as they come, then its end. True unless it ended here without succeeding.
+async fn watch_one(executor: &Executor, id: OperationId) -> bool {
+    let since_ms = now_ms();
+    // A claim comes before the Operation runs here (it is read and folded first), and a claim
+    // may also end in nothing to run (it finished meanwhile).
+    let claimed_at = tokio::time::Instant::now();
+    let ended = loop {
+        if executor.is_running(id) {
+            if let Ok(mut follower) = executor.follow(id).await {
+                while let Some(event) = follower.next().await {
+                    match event {
+                        FollowEvent::Line(line)
+                            if line.at_ms >= since_ms
+                                && matches!(line.level, LogLevel::Warn | LogLevel::Error) =>
+                        {
+                            say!("operation {id}: {line}")
+                        }
+                        FollowEvent::Line(_) => {}
+                        FollowEvent::Missed(n) => {
+                            say!("operation {id}: ({n} lines skipped; see `quickstart log {id}`)")
+                        }
+                    }
+                }
+            }
+            break executor.wait(id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if claimed_at.elapsed() > Duration::from_secs(2) {
+            match executor.wait(id).await {
+                Err(Error::NotRunning(_)) if claimed_at.elapsed() < Duration::from_secs(60) => {}
+                other => break other,
+            }
+        }
+    };
+    match ended {
+        Ok(outcome) => {
+            say!("operation {id}: {outcome}");
+            outcome == Outcome::Succeeded
+        }
+        // Stopped by the shutdown: the shutdown report says so.
+        Err(Error::NotRunning(_)) | Err(Error::ShuttingDown) => true,
+        Err(e) => {
+            say!("{e}");
+            false
+        }
+    }
+}
+
+/// Whether the store has no unfinished Operation left.
+async fn idle(executor: &Executor) -> bool {
+    match executor.store().list_unfinished().await {
+        Ok(listing) => listing.ids.is_empty() && listing.damaged.is_empty(),
+        Err(e) => {
+            complain(format_args!("cannot list the unfinished operations: {e}"));
+            false
+        }
+    }
+}
+
+/// Resolves at SIGINT or SIGTERM, with the signal's name.
+async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted",
+                _ = term.recv() => "terminated",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "interrupted"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupted"
+    }
+}
