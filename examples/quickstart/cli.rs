@@ -50,6 +50,8 @@ pub(crate) struct StoreArgs {
     pub(crate) owner: String,
     /// `--lease-ttl MS`: how long the executor's leases last unless renewed.
     pub(crate) lease_ttl_ms: u64,
+    /// `--admin ADDR`: serve the operator surface (saga-admin) there while running.
+    pub(crate) admin: Option<std::net::SocketAddr>,
 }
 
 /// The flags of a run (or a submit).
@@ -106,6 +108,7 @@ pub(crate) fn usage() -> String {
          under the same name reclaims them at once; under another name it leaves them until \
          they expire and a later run resumes them. Two processes must never share a name (the \
          sled store lets only one process open it at a time anyway).\n\
+         --admin ADDR (a plain run, `resume` and `worker`) serves the operator API, dashboard          and the `saga` CLI's endpoints at http://ADDR while it runs, for the bearer token in          $SAGA_TOKEN (every environment).\n\
          DIR defaults to ./quickstart-data; --site NAME to demo; --count to 1; --owner NAME to \
          {DEFAULT_OWNER} on the sled store and to HOST:PID (unique to the process) on \
          PostgreSQL; MS of --warm-ms to 1200; --actor to $USER.\n\
@@ -121,12 +124,14 @@ pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Command
     let mut url = None;
     let mut schema = None;
     let mut lease_ttl_ms = 30_000;
+    let mut admin = None;
     let mut run = RunArgs {
         store: StoreArgs {
             data: PathBuf::new(),
             kind: StoreKind::Sled,
             owner: String::new(),
             lease_ttl_ms: 0,
+            admin: None,
         },
         site: "demo".into(),
         count: 1,
@@ -159,6 +164,14 @@ pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Command
                         "--lease-ttl {lease_ttl_ms} is too short (at least 100 ms)"
                     ));
                 }
+            }
+            "--admin" => {
+                let text = value("--admin")?;
+                admin = Some(text.parse().map_err(|_| {
+                    format!(
+                        "--admin takes an address and port such as 127.0.0.1:8080, not {text:?}"
+                    )
+                })?);
             }
             "--site" => run.site = value("--site")?,
             "--count" => {
@@ -204,7 +217,7 @@ pub(crate) fn parse(args: impl Iterator<Item = String>) -> Result<Option<Command
     if owner.is_empty() || owner.contains(|c: char| c.is_whitespace() || c.is_control()) {
         return Err(format!("--owner {owner:?} is not a name (empty, or has spaces)"));
     }
-    let store = StoreArgs { data, kind, owner, lease_ttl_ms };
+    let store = StoreArgs { data, kind, owner, lease_ttl_ms, admin };
     let words: Vec<&str> = positional.iter().map(String::as_str).collect();
     Ok(Some(match words.as_slice() {
         [] | ["submit"] => {

@@ -83,6 +83,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use saga_admin::{Admin, BearerTokens, Grant};
 use saga_core::executor::RecoveryReport;
 use saga_core::log::{render_log, FollowEvent, OperationLogLayer};
 use saga_core::report::{activity_report, write_activity_csv};
@@ -243,7 +244,9 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
     match command {
         Command::Run(run) => {
             let (executor, _world) = open(&run.store).await?;
+            serve_admin(&executor, &run.store).await?;
             let result = run_all(&executor, &run).await;
+            linger_for_followers(&run.store).await;
             executor.shutdown(SHUTDOWN_DEADLINE).await;
             result
         }
@@ -257,11 +260,14 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
             let (claims, claimed) = worker::Claims::new(open_store(&store).await?);
             let (executor, _world) =
                 executor(&store, Arc::new(claims), Some(worker::TAKEOVER_INTERVAL))?;
+            serve_admin(&executor, &store).await?;
             worker::run(&executor, claimed, &store.owner, until_idle).await
         }
         Command::Resume { store } => {
             let (executor, _world) = open(&store).await?;
+            serve_admin(&executor, &store).await?;
             let result = resume(&executor).await;
+            linger_for_followers(&store).await;
             executor.shutdown(SHUTDOWN_DEADLINE).await;
             result
         }
@@ -295,6 +301,41 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
             executor.shutdown(SHUTDOWN_DEADLINE).await;
             result
         }
+    }
+}
+
+/// With `--admin ADDR`, serves saga-admin's router over `executor` at ADDR, in the background
+/// for as long as the process runs, to the bearer token in `$SAGA_TOKEN` (every environment,
+/// cancel included): the dashboard at `/`, the API under `/api/v1`, what the `saga` CLI uses.
+async fn serve_admin(
+    executor: &Executor,
+    store: &StoreArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let Some(addr) = store.admin else { return Ok(()) };
+    let token = std::env::var("SAGA_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .ok_or("--admin needs the token it accepts in $SAGA_TOKEN (any secret string)")?;
+    let tokens = BearerTokens::new().token(token.trim(), Grant::all(user()));
+    let router = saga_admin::router(Admin::new(executor.clone(), Arc::new(tokens)));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--admin {addr}: cannot listen there: {e}"))?;
+    let local = listener.local_addr()?;
+    say!("admin: serving the dashboard and API at http://{local} (token from $SAGA_TOKEN)");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            complain(format_args!("admin server stopped: {e}"));
+        }
+    });
+    Ok(())
+}
+
+/// With `--admin`, serves a moment longer once the Operations ended, so that a follower (`saga
+/// logs --follow`, `saga cancel`, the dashboard) receives the outcome before the server goes.
+async fn linger_for_followers(store: &StoreArgs) {
+    if store.admin.is_some() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

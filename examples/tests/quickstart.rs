@@ -723,3 +723,79 @@ fn runs_killed_at_random_instants_resume_to_one_outcome_that_the_world_matches()
     println!("{} operations over {runs} killed runs: {outcomes:?}", sites.len());
     assert!(sites.len() >= runs / 2, "most runs create their operation before the kill");
 }
+
+/// One HTTP/1.1 request to `addr` (the connection closed after it); the status and the body.
+fn http(addr: &str, request: &str) -> (u16, String) {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// `--admin ADDR` serves saga-admin's API over the run's own executor, to the token in
+/// `$SAGA_TOKEN`: the running Operation is listed, a request without the token is refused, and a
+/// cancel through the API rolls the run back (rollback incomplete: `migrate` is irreversible).
+#[test]
+fn a_run_with_admin_serves_the_api_and_a_cancel_through_it_rolls_the_run_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = quickstart()
+        .args(["--data", data.to_str().unwrap(), "--warm-ms", "30000", "--admin", "127.0.0.1:0"])
+        .env("SAGA_TOKEN", "t0ken")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("admin: serving the dashboard and API at http://")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin line first: {first:?}"))
+        .to_owned();
+    let mut id = None;
+    for line in std::io::BufRead::lines(&mut lines) {
+        let line = line.unwrap();
+        if let Some(rest) = line.split(" operation ").nth(1) {
+            id = id.or_else(|| rest.split(' ').next().map(str::to_owned));
+        }
+        if line.contains("step warm-cache started") {
+            break;
+        }
+    }
+    let id = id.expect("the run printed its Operation's id");
+    let list = "GET /api/v1/environments/quickstart/operations HTTP/1.1\r\nHost: x\r\n\
+                Connection: close\r\n";
+    let (status, _) = http(&addr, &format!("{list}\r\n"));
+    assert_eq!(status, 401, "no token");
+    let (status, body) = http(&addr, &format!("{list}Authorization: Bearer t0ken\r\n\r\n"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&id) && body.contains("running"), "{body}");
+    let cancel = r#"{"reason":"wrong site","actor":"ops"}"#;
+    let (status, body) = http(
+        &addr,
+        &format!(
+            "POST /api/v1/operations/{id}/cancel HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Authorization: Bearer t0ken\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{cancel}",
+            cancel.len()
+        ),
+    );
+    assert_eq!(status, 202, "{body}");
+    let rest: Vec<String> = std::io::BufRead::lines(lines).map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{rest:?}");
+    assert!(
+        rest.iter()
+            .any(|l| l == &format!("operation {id}: rollback incomplete: migrate (irreversible)")),
+        "{rest:?}"
+    );
+    assert!(rest.iter().any(|l| l.contains("cancel requested by ops: wrong site")), "{rest:?}");
+}
