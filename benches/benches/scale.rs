@@ -59,7 +59,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Bytes of resident memory per Operation with `n` in flight on `store`.
-async fn memory_per_operation(store: Arc<dyn Store>, n: usize) -> f64 {
+async fn memory_per_operation(store: Arc<dyn Store>, n: usize, keeps_records: bool) -> f64 {
     let (open_tx, open) = watch::channel(false);
     let entered = Arc::new(AtomicUsize::new(0));
     let saga = Saga::builder("gate", 1)
@@ -105,7 +105,12 @@ async fn memory_per_operation(store: Arc<dyn Store>, n: usize) -> f64 {
     let after = rss_bytes();
     open_tx.send_replace(true);
     for id in ids {
-        executor.wait(id).await.expect("waiting for an operation");
+        // Over a store that keeps nothing, an Operation that ended before its `wait` has no
+        // record to answer from: only the ones still running here answer.
+        let waited = executor.wait(id).await;
+        if keeps_records {
+            waited.expect("waiting for an operation");
+        }
     }
     executor.shutdown(Duration::from_secs(60)).await;
     (after.saturating_sub(before)) as f64 / n as f64
@@ -129,7 +134,45 @@ async fn recover(n: usize) -> f64 {
     recovered
 }
 
+/// The environment variable that makes this binary measure one store's memory and exit.
+const MEMORY_CHILD: &str = "SAGA_BENCH_MEMORY_CHILD";
+
+/// Operations in flight for the memory figures.
+const IN_FLIGHT: usize = 100_000;
+
+/// Runs this binary again to measure the memory per Operation in flight over `store`
+/// (`memory`: `MemoryStore`; `discard`: a store that keeps nothing, the executor's share).
+fn memory_in_child(store: &str) -> f64 {
+    let exe = std::env::current_exe().expect("the bench binary");
+    let out = std::process::Command::new(exe)
+        .env(MEMORY_CHILD, store)
+        .output()
+        .expect("running the memory measurement");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{store}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bytes per operation "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{store}: no figure in {stdout}"))
+}
+
+/// The child's side of [`memory_in_child`].
+fn memory_child(store: &str) {
+    let rt = runtime();
+    let (store, keeps): (Arc<dyn Store>, bool) = match store {
+        "discard" => (Arc::new(saga_benches::discard::DiscardStore), false),
+        _ => (Arc::new(MemoryStore::new()), true),
+    };
+    let bytes = rt.block_on(memory_per_operation(store, IN_FLIGHT, keeps));
+    println!("bytes per operation {bytes}");
+}
+
 fn main() {
+    if let Ok(store) = std::env::var(MEMORY_CHILD) {
+        memory_child(&store);
+        return;
+    }
     // `cargo bench` passes `--bench` and maybe filters: with filters, only the sections whose
     // name contains one run (`memory`, `recover`, `log`, `duroxide`), and the figures are merged
     // into those saved before.
@@ -143,12 +186,15 @@ fn main() {
     };
 
     if runs("memory") {
-        const IN_FLIGHT: usize = 100_000;
-        let memory = rt.block_on(memory_per_operation(Arc::new(MemoryStore::new()), IN_FLIGHT));
-        put("memory_bytes_per_inflight_op_memorystore", memory);
-        let store = Arc::new(saga_benches::discard::DiscardStore);
-        let memory = rt.block_on(memory_per_operation(store, IN_FLIGHT));
-        put("memory_bytes_per_inflight_op_executor_only", memory);
+        // Each in a process of its own: freed memory stays resident (the allocator keeps it),
+        // so a second measurement in one process would reuse the first one's pages and see
+        // almost nothing.
+        for (store, name) in [
+            ("memory", "memory_bytes_per_inflight_op_memorystore"),
+            ("discard", "memory_bytes_per_inflight_op_executor_only"),
+        ] {
+            put(name, memory_in_child(store));
+        }
     }
 
     // recover() over 10,000 unfinished Operations.

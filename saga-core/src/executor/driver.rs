@@ -254,8 +254,14 @@ impl Driver {
             // Write-ahead: every StepStarted/CompensationStarted is durable before its future runs.
             // A store that does not answer before the lease may expire stops the Operation here.
             // Past the deadline nothing is sent at all: another executor may hold the lease.
+            // The deadline's timer is the one already armed (`expiring`), not a new one per
+            // commit: registering a timer at every step costs more than the commit's CPU here.
             let committed = if tokio::time::Instant::now() < self.lease_deadline() {
-                tokio::time::timeout_at(self.lease_deadline(), Box::pin(self.commit())).await.ok()
+                tokio::select! {
+                    biased;
+                    committed = Box::pin(self.commit()) => Some(committed),
+                    _ = &mut expiring => None,
+                }
             } else {
                 None
             };
