@@ -66,9 +66,14 @@ impl PostgresStore {
         let client = self.inner.pool.get().await.map_err(|e| pool_error(context, e))?;
         let claim = client
             .prepare_cached(&format!(
+                // SKIP LOCKED: a row that another executor is claiming (or its owner appending
+                // to) is not waited for; the claim answers that it is owned, and the next scan
+                // looks again. Several executors scanning at once never queue on each other.
                 "UPDATE operations SET lease_owner = $2, lease_epoch = lease_epoch + 1, \
                      lease_expires_ms = {NOW_MS} + $3 \
-                 WHERE id = $1 AND (lease_owner = $2 OR lease_expires_ms <= {NOW_MS}) \
+                 WHERE id = (SELECT id FROM operations \
+                     WHERE id = $1 AND (lease_owner = $2 OR lease_expires_ms <= {NOW_MS}) \
+                     FOR UPDATE SKIP LOCKED) \
                  RETURNING lease_epoch, lease_expires_ms"
             ))
             .await
