@@ -11,6 +11,10 @@
 //!   on the durable sled store; steno (sled `SecStore` of this package) and duroxide (SQLite
 //!   file) per step, for comparison.
 //! - `syncs`: flush-and-fdatasync rounds per step, alone and with 1,000 in flight.
+//! - `takeover` (with `SAGA_TEST_POSTGRES_URL`): 100 Operations waiting in a step on one
+//!   executor over PostgreSQL, whose runtime is then dropped at once (its tasks vanish without
+//!   releasing a lease, as in a SIGKILL; its connections close); the seconds until a second
+//!   executor (lease 1 s, takeover scan every 100 ms) has finished all of them, median of 3.
 //! - duroxide on the concurrent workloads (1,000 x 10 steps, SQLite on a file and on tmpfs),
 //!   once each: a run takes tens of seconds here, too long for criterion's samples.
 
@@ -134,6 +138,80 @@ async fn recover(n: usize) -> f64 {
     recovered
 }
 
+/// Seconds from the crash of an executor holding `n` Operations on PostgreSQL (its runtime
+/// dropped: no lease released) until another executor finished them all.
+fn takeover_after_crash(url: &str, n: usize) -> f64 {
+    let schema = format!("saga_bench_takeover_{}_{}", std::process::id(), fastrand::u32(..));
+    let options = || saga_store_postgres::PostgresOptions::default().schema(&schema);
+    let lease = Duration::from_secs(1);
+    let gated = |open: watch::Receiver<bool>, entered: Arc<AtomicUsize>| {
+        Saga::builder("gate", 1)
+            .step("gate", Gate { open, entered })
+            .step("after", engine::Noop)
+            .build()
+            .expect("the gate saga is valid")
+    };
+    let crashed = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the executor that crashes");
+    let (_never_open, closed) = watch::channel(false);
+    let entered = Arc::new(AtomicUsize::new(0));
+    crashed.block_on(async {
+        let store = saga_store_postgres::PostgresStore::connect(url, options())
+            .await
+            .expect("connecting to PostgreSQL");
+        let executor = Executor::builder(Arc::new(store))
+            .owner("crashes")
+            .lease_ttl(lease)
+            .takeover_interval(None)
+            .saga(gated(closed, entered.clone()))
+            .build()
+            .expect("building the executor");
+        for i in 0..n {
+            let request = Start::new("gate", Resource::new("app", format!("web-{i}"))).params(&());
+            executor.start(request).await.expect("starting an operation");
+        }
+        while entered.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let crash = Instant::now();
+    crashed.shutdown_background();
+
+    let rt = runtime();
+    let taken = rt.block_on(async {
+        let store = Arc::new(
+            saga_store_postgres::PostgresStore::connect(url, options())
+                .await
+                .expect("connecting to PostgreSQL"),
+        );
+        let (_open_tx, open) = watch::channel(true);
+        let executor = Executor::builder(store.clone())
+            .owner("takes-over")
+            .lease_ttl(lease)
+            .takeover_interval(Some(Duration::from_millis(100)))
+            .saga(gated(open, Arc::new(AtomicUsize::new(0))))
+            .build()
+            .expect("building the executor");
+        executor.recover().await.expect("a first scan");
+        loop {
+            let left = store.list_unfinished().await.expect("listing").ids.len();
+            if left == 0 {
+                break crash.elapsed().as_secs_f64();
+            }
+            assert!(crash.elapsed() < Duration::from_secs(60), "{left} left after a minute");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let _ = rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await
+    });
+    taken
+}
+
 /// The environment variable that makes this binary measure one store's memory and exit.
 const MEMORY_CHILD: &str = "SAGA_BENCH_MEMORY_CHILD";
 
@@ -194,6 +272,13 @@ fn main() {
             ("discard", "memory_bytes_per_inflight_op_executor_only"),
         ] {
             put(name, memory_in_child(store));
+        }
+    }
+
+    if runs("takeover") {
+        if let Ok(url) = std::env::var("SAGA_TEST_POSTGRES_URL") {
+            let times: Vec<f64> = (0..3).map(|_| takeover_after_crash(&url, 100)).collect();
+            put("postgres_takeover_after_crash_seconds", median(times));
         }
     }
 

@@ -148,6 +148,13 @@ fn main() {
         );
     }
 
+    let takeover = get("postgres_takeover_after_crash_seconds");
+    row(
+        "takeover on PostgreSQL: 100 Operations of a crashed executor finished by another",
+        show(takeover, "s"),
+        "lease 1 s, scan every 100 ms; median of 3".into(),
+        "reported",
+    );
     let recover = get("recover_10k_seconds");
     row(
         "recover() over 10,000 unfinished Operations",
