@@ -141,6 +141,8 @@ mod retry;
 mod schema;
 mod sql;
 mod store;
+#[doc(hidden)]
+pub mod testing;
 mod writer;
 
 pub use crate::connect::{Durability, PostgresStore};

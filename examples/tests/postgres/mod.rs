@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +27,6 @@ use saga_core::state::OperationState;
 use saga_core::store::{now_ms, Store};
 use saga_core::{NotUndone, NotUndoneReason, OperationId, Outcome};
 use saga_store_postgres::{PostgresOptions, PostgresStore};
-use tokio_postgres::config::Host;
 use tokio_postgres::NoTls;
 
 use super::{kill_tree, output_within, quickstart, site_of};
@@ -35,75 +34,7 @@ use super::{kill_tree, output_within, quickstart, site_of};
 // ---------------------------------------------------------------------------------------------
 // The database (the approach of saga-store-postgres/tests/support/mod.rs).
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|ci| ci == "true")
-}
-
-/// The database URL for test `test`, or `None` (with the reason printed) when it is not set or
-/// nothing listens there, outside CI. Under `CI=true` either fails the test.
-fn url(test: &str) -> Option<String> {
-    let url = match std::env::var("SAGA_TEST_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
-        _ => return unavailable(test, "SAGA_TEST_POSTGRES_URL is not set"),
-    };
-    if let Err(why) = answers(&url) {
-        return unavailable(
-            test,
-            &format!("the database at {} does not answer: {why}", redact(&url)),
-        );
-    }
-    Some(url)
-}
-
-fn unavailable(test: &str, why: &str) -> Option<String> {
-    if ci() {
-        panic!(
-            "{test}: {why}; under CI=true PostgreSQL is required (scripts/services/postgres.sh \
-             start, then export the variables of target/services/postgres.env)"
-        );
-    }
-    // Straight to stderr, past the test harness's capture, so that the skip is always seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why}; run `bash scripts/services/postgres.sh start` and export the \
-         variables of target/services/postgres.env"
-    );
-    None
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = &url[scheme + 3..at];
-            let user = user.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// The URL's first TCP host and port.
-fn server_addr(url: &str) -> Result<SocketAddr, String> {
-    let config: tokio_postgres::Config =
-        url.parse().map_err(|e| format!("the URL does not parse: {e}"))?;
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    match config.get_hosts().first() {
-        Some(Host::Tcp(host)) => (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|e| e.to_string())?
-            .next()
-            .ok_or_else(|| format!("{host} resolves to nothing")),
-        _ => Err("the URL names no TCP host".into()),
-    }
-}
-
-/// Whether something listens at the URL's first TCP host and port.
-fn answers(url: &str) -> Result<(), String> {
-    let addr = server_addr(url)?;
-    TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-    Ok(())
-}
+use saga_store_postgres::testing::{ci, database_url as url, redact, server_addr};
 
 /// One test at a time (see the module docs).
 fn serial() -> MutexGuard<'static, ()> {

@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,78 +12,12 @@ use std::time::Duration;
 use saga_core::log::{Record, RecordKind};
 use saga_core::{OperationId, Outcome, Resource};
 use saga_store_postgres::{PostgresOptions, PostgresStore};
-use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, NoTls};
 
 /// A lease that does not expire while a test runs.
 pub const LONG: Duration = Duration::from_secs(600);
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|ci| ci == "true")
-}
-
-/// The database URL for test `test`, or `None` (with the reason printed) when it is not set or
-/// nothing listens there, outside CI. Under `CI=true` either fails the test.
-pub fn url(test: &str) -> Option<String> {
-    let url = match std::env::var("SAGA_TEST_POSTGRES_URL") {
-        Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
-        _ => return unavailable(test, "SAGA_TEST_POSTGRES_URL is not set"),
-    };
-    if let Err(why) = answers(&url) {
-        return unavailable(
-            test,
-            &format!("the database at {} does not answer: {why}", redact(&url)),
-        );
-    }
-    Some(url)
-}
-
-fn unavailable(test: &str, why: &str) -> Option<String> {
-    if ci() {
-        panic!(
-            "{test}: {why}; under CI=true PostgreSQL is required (scripts/services/postgres.sh \
-             start, then export the variables of target/services/postgres.env)"
-        );
-    }
-    // Straight to stderr, past the test harness's capture, so that the skip is always seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why}; run `bash scripts/services/postgres.sh start` and export the \
-         variables of target/services/postgres.env"
-    );
-    None
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = &url[scheme + 3..at];
-            let user = user.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// Whether something listens at the URL's first TCP host and port.
-fn answers(url: &str) -> Result<(), String> {
-    let config: Config = url.parse().map_err(|e| format!("the URL does not parse: {e}"))?;
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    match config.get_hosts().first() {
-        Some(Host::Tcp(host)) => {
-            let addr = (host.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| e.to_string())?
-                .next()
-                .ok_or_else(|| format!("{host} resolves to nothing"))?;
-            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-            Ok(())
-        }
-        // A unix socket or no host: let the connection tell.
-        _ => Ok(()),
-    }
-}
+pub use saga_store_postgres::testing::{database_url as url, redact};
 
 /// A schema of its own for one store, dropped (with everything in it) when this is.
 #[derive(Debug)]
