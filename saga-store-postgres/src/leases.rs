@@ -66,14 +66,15 @@ impl PostgresStore {
         let client = self.inner.pool.get().await.map_err(|e| pool_error(context, e))?;
         let claim = client
             .prepare_cached(&format!(
-                // SKIP LOCKED: a row that another executor is claiming (or its owner appending
-                // to) is not waited for; the claim answers that it is owned, and the next scan
-                // looks again. Several executors scanning at once never queue on each other.
+                // No SKIP LOCKED here, although it would spare a claimer the wait for a row that
+                // another claim holds: the contract says the losers of a claim race name the
+                // winner, which only its commit tells (the claim race tests caught the skipping
+                // version answering with the previous holder under load). The wait is
+                // one claim's commit; a lock left by a stalled transaction is bounded by
+                // `lock_timeout` and `idle_in_transaction_session_timeout` (see the options).
                 "UPDATE operations SET lease_owner = $2, lease_epoch = lease_epoch + 1, \
                      lease_expires_ms = {NOW_MS} + $3 \
-                 WHERE id = (SELECT id FROM operations \
-                     WHERE id = $1 AND (lease_owner = $2 OR lease_expires_ms <= {NOW_MS}) \
-                     FOR UPDATE SKIP LOCKED) \
+                 WHERE id = $1 AND (lease_owner = $2 OR lease_expires_ms <= {NOW_MS}) \
                  RETURNING lease_epoch, lease_expires_ms"
             ))
             .await
