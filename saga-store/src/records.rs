@@ -220,10 +220,10 @@ impl Trees {
                 None => {
                     tracing::warn!(operation = %id, "removing the marks of an operation whose create was not acknowledged");
                     let mut orphaned = Vec::new();
-                    for (tree, prefix) in
-                        [(&self.by_resource, Vec::new()), (&self.by_environment, Vec::new())]
-                    {
-                        for key in tree.scan_prefix(prefix).keys() {
+                    // No record says what precedes the id in these keys: a scan of both trees,
+                    // made only for an Operation that a failed create left.
+                    for tree in [&self.by_resource, &self.by_environment] {
+                        for key in tree.iter().keys() {
                             let key = key.map_err(error)?;
                             if key.ends_with(&op_key) {
                                 orphaned.push((tree, key));
