@@ -662,7 +662,6 @@ fn runs_killed_at_random_instants_resume_to_one_outcome_that_the_world_matches()
 
     let store = SledStore::open(data.join("store")).unwrap();
     let world = data.join("world");
-    let migrations = std::fs::read_to_string(world.join("migrations.log")).unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let ids = runtime.block_on(store.list_environment("quickstart", 0, u64::MAX)).unwrap().ids;
     assert!(runtime.block_on(store.list_unfinished()).unwrap().ids.is_empty());
@@ -679,40 +678,7 @@ fn runs_killed_at_random_instants_resume_to_one_outcome_that_the_world_matches()
         let site = site_of(&state);
         let outcome = state.outcome().cloned().unwrap();
         *outcomes.entry(outcome.status()).or_insert(0) += 1;
-        let dir = world.join("sites").join(&site);
-        let public = world.join("public").join(&site);
-        let migrated = migrations.lines().any(|l| l.starts_with(&format!("{site} ")));
-        match &outcome {
-            Outcome::Succeeded => {
-                assert_eq!(
-                    std::fs::read_link(&public).unwrap(),
-                    PathBuf::from("../sites").join(&site)
-                );
-                assert!(dir.join("config.json").is_file(), "{site}");
-                assert_eq!(std::fs::read_dir(dir.join("cache")).unwrap().count(), 6, "{site}");
-                assert!(migrated, "{site}");
-            }
-            Outcome::RolledBack { .. } => {
-                assert!(
-                    !dir.exists() && public.symlink_metadata().is_err(),
-                    "{site}: rolled back but left files"
-                );
-                assert!(!migrated, "{site}: rolled back but migrated");
-            }
-            Outcome::RollbackIncomplete { not_undone, .. } => {
-                assert_eq!(
-                    not_undone,
-                    &[NotUndone { step: "migrate".into(), reason: NotUndoneReason::Irreversible }]
-                );
-                assert!(
-                    !dir.exists() && public.symlink_metadata().is_err(),
-                    "{site}: left more than it names"
-                );
-            }
-            Outcome::Abandoned { .. } => {
-                panic!("{site}: abandoned, but the quickstart has no point of no return")
-            }
-        }
+        world_matches(&world, &site, &outcome);
         sites.push(site);
     }
     // Nothing is left in the world by a run that never created its Operation.
@@ -798,4 +764,38 @@ fn a_run_with_admin_serves_the_api_and_a_cancel_through_it_rolls_the_run_back() 
         "{rest:?}"
     );
     assert!(rest.iter().any(|l| l.contains("cancel requested by ops: wrong site")), "{rest:?}");
+}
+
+/// The world of `site` matches `outcome`: the kill tests' check, on sled and on PostgreSQL.
+fn world_matches(world: &Path, site: &str, outcome: &Outcome) {
+    let migrations = std::fs::read_to_string(world.join("migrations.log")).unwrap_or_default();
+    let dir = world.join("sites").join(site);
+    let public = world.join("public").join(site);
+    let migrated = migrations.lines().any(|l| l.starts_with(&format!("{site} ")));
+    match outcome {
+        Outcome::Succeeded => {
+            assert_eq!(std::fs::read_link(&public).unwrap(), PathBuf::from("../sites").join(site));
+            assert!(dir.join("config.json").is_file(), "{site}");
+            assert_eq!(std::fs::read_dir(dir.join("cache")).unwrap().count(), 6, "{site}");
+            assert!(migrated, "{site}: succeeded but not migrated; migrations.log:\n{migrations}");
+        }
+        Outcome::RolledBack { .. } => {
+            assert!(
+                !dir.exists() && public.symlink_metadata().is_err(),
+                "{site}: rolled back but left files"
+            );
+            assert!(!migrated, "{site}: rolled back but migrated");
+        }
+        Outcome::RollbackIncomplete { not_undone, .. } => {
+            assert_eq!(
+                not_undone,
+                &[NotUndone { step: "migrate".into(), reason: NotUndoneReason::Irreversible }]
+            );
+            assert!(
+                !dir.exists() && public.symlink_metadata().is_err(),
+                "{site}: left more than it names"
+            );
+        }
+        Outcome::Abandoned { .. } => panic!("{site}: abandoned, but nothing needs attention"),
+    }
 }

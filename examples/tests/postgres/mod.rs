@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use saga_core::log::{LogLine, Record, RecordKind};
 use saga_core::state::OperationState;
 use saga_core::store::{now_ms, Store};
-use saga_core::{NotUndone, NotUndoneReason, OperationId, Outcome};
+use saga_core::{OperationId, Outcome};
 use saga_store_postgres::{PostgresOptions, PostgresStore};
 use tokio_postgres::NoTls;
 
-use super::{kill_tree, output_within, quickstart, site_of};
+use super::{kill_tree, output_within, quickstart, site_of, world_matches};
 
 // ---------------------------------------------------------------------------------------------
 // The database (the approach of saga-store-postgres/tests/support/mod.rs).
@@ -395,40 +395,6 @@ fn one_outcome_each(db: &Db) -> Vec<(OperationId, String, Outcome, Vec<Record>)>
             (id, site, outcomes[0].clone(), records)
         })
         .collect()
-}
-
-/// The world of `site` matches `outcome` (as in the sled kill test).
-fn world_matches(world: &Path, site: &str, outcome: &Outcome) {
-    let migrations = std::fs::read_to_string(world.join("migrations.log")).unwrap_or_default();
-    let dir = world.join("sites").join(site);
-    let public = world.join("public").join(site);
-    let migrated = migrations.lines().any(|l| l.starts_with(&format!("{site} ")));
-    match outcome {
-        Outcome::Succeeded => {
-            assert_eq!(std::fs::read_link(&public).unwrap(), PathBuf::from("../sites").join(site));
-            assert!(dir.join("config.json").is_file(), "{site}");
-            assert_eq!(std::fs::read_dir(dir.join("cache")).unwrap().count(), 6, "{site}");
-            assert!(migrated, "{site}: succeeded but not migrated; migrations.log:\n{migrations}");
-        }
-        Outcome::RolledBack { .. } => {
-            assert!(
-                !dir.exists() && public.symlink_metadata().is_err(),
-                "{site}: rolled back but left files"
-            );
-            assert!(!migrated, "{site}: rolled back but migrated");
-        }
-        Outcome::RollbackIncomplete { not_undone, .. } => {
-            assert_eq!(
-                not_undone,
-                &[NotUndone { step: "migrate".into(), reason: NotUndoneReason::Irreversible }]
-            );
-            assert!(
-                !dir.exists() && public.symlink_metadata().is_err(),
-                "{site}: left more than it names"
-            );
-        }
-        Outcome::Abandoned { .. } => panic!("{site}: abandoned, but nothing needs attention"),
-    }
 }
 
 /// Who resumed the Operation, as its log's `recovered by` lines say, in order.
