@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::log::{FollowEvent, LogLevel, LogLine, Record};
-use saga_core::store::{now_ms, CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
-use saga_core::{async_trait, Error, Executor, OperationId, Outcome, Resource};
+use saga_core::log::{FollowEvent, LogLevel};
+use saga_core::store::{now_ms, Lease, Store, StoreError};
+use saga_core::{async_trait, Error, Executor, OperationId, Outcome};
 use tokio::sync::mpsc;
 
 use crate::{complain, resume_report, SHUTDOWN_DEADLINE};
@@ -35,26 +35,9 @@ impl Claims {
 }
 
 #[async_trait]
-impl Store for Claims {
-    async fn create(
-        &self,
-        record: &Record,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.inner.create(record, owner, ttl).await
-    }
-
-    async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
-        self.inner.append(lease, records).await
-    }
-
-    async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError> {
-        self.inner.read(operation).await
-    }
-
-    async fn list_unfinished(&self) -> Result<Listing, StoreError> {
-        self.inner.list_unfinished().await
+impl saga_core::store::StoreWrapper for Claims {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
     }
 
     async fn claim(
@@ -67,63 +50,6 @@ impl Store for Claims {
         // Nobody listening any more is fine: the worker is stopping.
         let _ = self.claimed.send(operation);
         Ok(lease)
-    }
-
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
-        self.inner.renew(lease, ttl).await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.inner.release(lease).await
-    }
-
-    async fn list_environment(
-        &self,
-        environment: &str,
-        since_ms: u64,
-        until_ms: u64,
-    ) -> Result<Listing, StoreError> {
-        self.inner.list_environment(environment, since_ms, until_ms).await
-    }
-
-    async fn append_log(
-        &self,
-        operation: OperationId,
-        lines: &[LogLine],
-    ) -> Result<(), StoreError> {
-        self.inner.append_log(operation, lines).await
-    }
-
-    async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
-        self.inner.read_log(operation).await
-    }
-
-    async fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError> {
-        self.inner.purge_logs(before_ms).await
-    }
-
-    async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
-        self.inner.delete_environment(environment).await
-    }
-
-    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
-        self.inner.check(repair).await
-    }
-
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
-        self.inner.request_cancel(request).await
-    }
-
-    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
-        self.inner.cancel_requests().await
-    }
-
-    async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
-        self.inner.resource_queue(resource).await
-    }
-
-    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.inner.wake_ups()
     }
 }
 

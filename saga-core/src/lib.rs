@@ -75,6 +75,7 @@ mod retry;
 pub mod saga;
 pub mod step;
 pub mod store;
+mod wrapper;
 
 pub use crate::error::{Error, ErrorKind, Result, StepError};
 pub use crate::executor::{Executor, Start};

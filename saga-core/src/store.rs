@@ -14,6 +14,7 @@ use crate::id::OperationId;
 use crate::oplog::LogLine;
 pub use crate::record::{decode, encode, FORMAT_VERSION};
 use crate::record::{Record, Resource};
+pub use crate::wrapper::StoreWrapper;
 
 /// Ownership of one Operation by one executor, for a time.
 ///

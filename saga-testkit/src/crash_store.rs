@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_core::log::{LogLine, Record};
-use saga_core::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
-use saga_core::{async_trait, OperationId, Resource};
+use saga_core::async_trait;
+use saga_core::log::Record;
+use saga_core::store::{Lease, Store, StoreError};
 
 /// Wraps a store and stops accepting records once `budget` of them (`OperationCreated`
 /// included) were written, as if the process died right after the last one became durable: a
@@ -64,7 +64,11 @@ fn crashed() -> StoreError {
 }
 
 #[async_trait]
-impl Store for CrashingStore {
+impl saga_core::store::StoreWrapper for CrashingStore {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
+    }
+
     async fn create(
         &self,
         record: &Record,
@@ -88,23 +92,6 @@ impl Store for CrashingStore {
         Ok(())
     }
 
-    async fn read(&self, id: OperationId) -> Result<Vec<Record>, StoreError> {
-        self.inner.read(id).await
-    }
-
-    async fn list_unfinished(&self) -> Result<Listing, StoreError> {
-        self.inner.list_unfinished().await
-    }
-
-    async fn claim(
-        &self,
-        id: OperationId,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.inner.claim(id, owner, ttl).await
-    }
-
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
         if self.crashed() {
             return Err(crashed());
@@ -114,46 +101,5 @@ impl Store for CrashingStore {
 
     async fn release(&self, _lease: &Lease) -> Result<(), StoreError> {
         Err(crashed())
-    }
-
-    async fn list_environment(
-        &self,
-        environment: &str,
-        since_ms: u64,
-        until_ms: u64,
-    ) -> Result<Listing, StoreError> {
-        self.inner.list_environment(environment, since_ms, until_ms).await
-    }
-
-    async fn append_log(&self, id: OperationId, lines: &[LogLine]) -> Result<(), StoreError> {
-        self.inner.append_log(id, lines).await
-    }
-
-    async fn read_log(&self, id: OperationId) -> Result<Vec<LogLine>, StoreError> {
-        self.inner.read_log(id).await
-    }
-
-    async fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError> {
-        self.inner.purge_logs(before_ms).await
-    }
-
-    async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
-        self.inner.delete_environment(environment).await
-    }
-
-    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
-        self.inner.check(repair).await
-    }
-
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
-        self.inner.request_cancel(request).await
-    }
-
-    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
-        self.inner.cancel_requests().await
-    }
-
-    async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
-        self.inner.resource_queue(resource).await
     }
 }

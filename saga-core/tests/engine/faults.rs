@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use saga_core::log::{LogLine, Record, RecordKind};
 use saga_core::state::OperationState;
-use saga_core::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use saga_core::store::{Lease, Listing, Store, StoreError};
 use saga_core::{
     async_trait, Error, Executor, MemoryStore, OperationId, Outcome, Saga, Step, StepContext,
     StepError,
@@ -70,7 +70,11 @@ fn finishes(records: &[Record]) -> bool {
 }
 
 #[async_trait]
-impl Store for FaultStore {
+impl saga_core::store::StoreWrapper for FaultStore {
+    fn inner(&self) -> &dyn Store {
+        &self.inner
+    }
+
     async fn create(
         &self,
         record: &Record,
@@ -96,10 +100,6 @@ impl Store for FaultStore {
                 Err((fault.error)())
             }
         }
-    }
-
-    async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError> {
-        self.inner.read(operation).await
     }
 
     async fn list_unfinished(&self) -> Result<Listing, StoreError> {
@@ -138,55 +138,11 @@ impl Store for FaultStore {
         self.inner.release(lease).await
     }
 
-    async fn list_environment(
-        &self,
-        environment: &str,
-        since_ms: u64,
-        until_ms: u64,
-    ) -> Result<Listing, StoreError> {
-        self.inner.list_environment(environment, since_ms, until_ms).await
-    }
-
-    async fn append_log(
-        &self,
-        operation: OperationId,
-        lines: &[LogLine],
-    ) -> Result<(), StoreError> {
-        self.inner.append_log(operation, lines).await
-    }
-
     async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
         if self.read_log_fails.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("log tree unreadable".into()));
         }
         self.inner.read_log(operation).await
-    }
-
-    async fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError> {
-        self.inner.purge_logs(before_ms).await
-    }
-
-    async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
-        self.inner.delete_environment(environment).await
-    }
-
-    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
-        self.inner.check(repair).await
-    }
-
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
-        self.inner.request_cancel(request).await
-    }
-
-    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
-        self.inner.cancel_requests().await
-    }
-
-    async fn resource_queue(
-        &self,
-        resource: &saga_core::Resource,
-    ) -> Result<Vec<OperationId>, StoreError> {
-        self.inner.resource_queue(resource).await
     }
 }
 

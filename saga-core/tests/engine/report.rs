@@ -4,12 +4,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use saga_core::log::{LogLine, Record, RecordKind};
+use saga_core::log::{Record, RecordKind};
 use saga_core::report::{
     activity_report, neutralise_cell, write_activity_csv, ActivityRow, ActivityStatus,
     ACTIVITY_COLUMNS,
 };
-use saga_core::store::{now_ms, CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use saga_core::store::{now_ms, Listing, Store, StoreError};
 use saga_core::{async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start};
 
 use crate::support::{poll_status, TestStep, World};
@@ -38,18 +38,9 @@ impl DamagedStore {
 }
 
 #[async_trait]
-impl Store for DamagedStore {
-    async fn create(
-        &self,
-        record: &Record,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.inner.create(record, owner, ttl).await
-    }
-
-    async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
-        self.inner.append(lease, records).await
+impl saga_core::store::StoreWrapper for DamagedStore {
+    fn inner(&self) -> &dyn Store {
+        &self.inner
     }
 
     async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError> {
@@ -61,27 +52,6 @@ impl Store for DamagedStore {
             });
         }
         self.inner.read(operation).await
-    }
-
-    async fn list_unfinished(&self) -> Result<Listing, StoreError> {
-        self.inner.list_unfinished().await
-    }
-
-    async fn claim(
-        &self,
-        operation: OperationId,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.inner.claim(operation, owner, ttl).await
-    }
-
-    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
-        self.inner.renew(lease, ttl).await
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.inner.release(lease).await
     }
 
     async fn list_environment(
@@ -101,42 +71,6 @@ impl Store for DamagedStore {
             });
         }
         Ok(listing)
-    }
-
-    async fn append_log(
-        &self,
-        operation: OperationId,
-        lines: &[LogLine],
-    ) -> Result<(), StoreError> {
-        self.inner.append_log(operation, lines).await
-    }
-
-    async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
-        self.inner.read_log(operation).await
-    }
-
-    async fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError> {
-        self.inner.purge_logs(before_ms).await
-    }
-
-    async fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
-        self.inner.delete_environment(environment).await
-    }
-
-    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
-        self.inner.check(repair).await
-    }
-
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
-        self.inner.request_cancel(request).await
-    }
-
-    async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
-        self.inner.cancel_requests().await
-    }
-
-    async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
-        self.inner.resource_queue(resource).await
     }
 }
 
