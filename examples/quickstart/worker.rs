@@ -99,6 +99,17 @@ pub(crate) async fn run(
         say!("worker {owner}: nothing left unfinished; stopping");
     }
     let report = executor.shutdown(SHUTDOWN_DEADLINE).await;
+    // The Operations that ended just before the signal still print their ends: their watchers
+    // answer at once now that nothing runs here.
+    while running > 0 {
+        match tokio::time::timeout(Duration::from_secs(5), ended.recv()).await {
+            Ok(Some(succeeded)) => {
+                running -= 1;
+                all_succeeded &= succeeded;
+            }
+            _ => break,
+        }
+    }
     for id in &report.left {
         say!("operation {id}: left unfinished here; another worker or a later run resumes it");
     }
