@@ -57,6 +57,9 @@ pub enum Error {
     /// The text is not an Operation id.
     #[error("{0:?} is not an operation id")]
     InvalidOperationId(String),
+    /// The text is not a fencing token (`<operation>/<epoch>`).
+    #[error("{0:?} is not a fencing token (<operation>/<epoch>)")]
+    InvalidFencingToken(String),
     /// The Operation already finished, so it cannot be cancelled.
     #[error("operation {operation} already finished: {outcome}")]
     AlreadyFinished {
@@ -86,6 +89,16 @@ pub enum Error {
     /// `recover()` on an executor over the same store finishes it.
     #[error("operation {0} is not running on this executor and has not finished")]
     NotRunning(OperationId),
+    /// [`Executor::wait_timeout`](crate::Executor::wait_timeout) gave up: the Operation had
+    /// neither finished nor stopped for an operator when the time the caller chose was up. It
+    /// goes on wherever it runs.
+    #[error("operation {operation} had not finished after {waited:?} of waiting")]
+    WaitTimedOut {
+        /// The Operation.
+        operation: OperationId,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
     /// The Operation's driver stopped because the store failed (permanently, or transiently for
     /// longer than the executor retries) or its log became illegal. What the store acknowledged
     /// is all that is known: the Operation has no outcome the log can stand behind until
@@ -206,6 +219,17 @@ pub enum StoreError {
         expected: u64,
         /// The sequence number it got.
         got: u64,
+    },
+    /// The append passes the point of no return or finishes the Operation (a record for which
+    /// [`RecordKind::is_cancel_barrier`](crate::log::RecordKind::is_cancel_barrier) holds) while
+    /// a cancel request is pending: nothing was written. The executor answers the request first
+    /// (records the cancel, or its refusal) and tries again.
+    #[error("operation {operation}: a cancel requested by {} is pending", request.actor)]
+    CancelPending {
+        /// The Operation.
+        operation: OperationId,
+        /// The pending request.
+        request: Box<crate::store::CancelRequest>,
     },
     /// An Operation with this id already exists.
     #[error("operation {0} already exists")]

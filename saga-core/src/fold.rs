@@ -125,6 +125,21 @@ impl StepState {
     }
 }
 
+/// A cancel request that was refused, as its `CancelRefused` record says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CancelRefusal {
+    /// Who asked.
+    pub actor: String,
+    /// Why they asked.
+    pub reason: String,
+    /// When they asked (Unix ms).
+    pub requested_ms: u64,
+    /// Why it was refused.
+    pub refusal: String,
+    /// When the refusal was recorded (Unix ms).
+    pub at_ms: u64,
+}
+
 /// The phase of an Operation, derived from its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -171,8 +186,16 @@ pub struct OperationState {
     /// The step that needs attention and its last error, while the Operation waits for an
     /// operator (see [`Phase::NeedsAttention`]).
     pub(crate) attention: Option<(String, String)>,
+    /// The point of no return's step, once the log records passing it (`PointOfNoReturnPassed`).
+    pub(crate) passed_point_of_no_return: Option<String>,
+    /// The cancel requests that were refused, in the order their refusals were recorded.
+    pub(crate) cancel_refusals: Vec<CancelRefusal>,
     /// The sequence number the next record must have.
     pub(crate) next_seq: u64,
+    /// A cancel request pending in the store, not answered yet. Not part of the log:
+    /// [`Executor::status`](crate::Executor::status) fills it in from the store; the fold
+    /// leaves it `None`.
+    pub(crate) pending_cancel: Option<crate::store::CancelRequest>,
     /// The Operation it waits for, directly ahead of it in its resource's queue, when nothing of
     /// it ran yet. Not part of the log: [`Executor::status`](crate::Executor::status) fills it
     /// in from the store; the fold leaves it `None`.
@@ -246,7 +269,10 @@ impl OperationState {
                 failure: None,
                 outcome: None,
                 finished_ms: None,
+                passed_point_of_no_return: None,
+                cancel_refusals: Vec::new(),
                 next_seq: 1,
+                pending_cancel: None,
                 waiting_for: None,
                 attention: None,
                 index: HashMap::new(),
@@ -417,6 +443,27 @@ impl OperationState {
         self.waiting_for
     }
 
+    /// The step marked as the point of no return, once the log records passing it
+    /// (`PointOfNoReturnPassed`): from then on a cancel is refused. A log of record format 1
+    /// never records it; the executor then reads it from the steps that started after it.
+    pub fn passed_point_of_no_return(&self) -> Option<&str> {
+        self.passed_point_of_no_return.as_deref()
+    }
+
+    /// The cancel requests that were refused (`CancelRefused`), who asked, why, and why they
+    /// were refused, in the order the refusals were recorded.
+    pub fn cancel_refusals(&self) -> &[CancelRefusal] {
+        &self.cancel_refusals
+    }
+
+    /// A cancel request pending in the store, which the executor running the Operation (or the
+    /// next to claim it) has not answered yet: it will either roll the Operation back or record
+    /// its refusal. Not part of the log: [`Executor::status`](crate::Executor::status) fills it
+    /// in from the store; the fold leaves it `None`.
+    pub fn pending_cancel(&self) -> Option<&crate::store::CancelRequest> {
+        self.pending_cancel.as_ref()
+    }
+
     /// Applies one record, or says why it cannot follow the records before it.
     pub fn apply(&mut self, record: &Record) -> Result<(), Error> {
         let illegal =
@@ -530,7 +577,30 @@ impl OperationState {
                 if self.cancel.is_some() {
                     return Err(illegal("a second CancelRequested".into()));
                 }
+                if self.passed_point_of_no_return.is_some() {
+                    return Err(illegal("a cancel after the point of no return was passed".into()));
+                }
                 self.cancel = Some((actor.clone(), reason.clone()));
+            }
+            RecordKind::PointOfNoReturnPassed { step } => {
+                if self.phase() != Phase::Running {
+                    return Err(illegal(format!(
+                        "the point of no return (step {step}) passed while not running forward"
+                    )));
+                }
+                if self.passed_point_of_no_return.is_some() {
+                    return Err(illegal("the point of no return passed twice".into()));
+                }
+                self.passed_point_of_no_return = Some(step.clone());
+            }
+            RecordKind::CancelRefused { actor, reason, requested_ms, refusal } => {
+                self.cancel_refusals.push(CancelRefusal {
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                    requested_ms: *requested_ms,
+                    refusal: refusal.clone(),
+                    at_ms: record.at_ms,
+                });
             }
             RecordKind::CompensationStarted { step, attempt } => {
                 if self.phase() != Phase::RollingBack {

@@ -85,7 +85,7 @@ pub use crate::memory::MemoryStore;
 pub use crate::record::{NotUndone, NotUndoneReason, Outcome, Resource, RollbackCause};
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::Saga;
-pub use crate::step::{Executed, Step, StepContext, StepKind};
+pub use crate::step::{Executed, FencingToken, Step, StepContext, StepKind};
 
 /// Re-exported so that steps and stores implement the traits with the same macro version.
 pub use async_trait::async_trait;
@@ -105,5 +105,7 @@ pub mod log {
 
 /// An Operation's state, folded from its records: what [`Executor::status`] returns.
 pub mod state {
-    pub use crate::fold::{Compensation, Execution, OperationState, Phase, StepState};
+    pub use crate::fold::{
+        CancelRefusal, Compensation, Execution, OperationState, Phase, StepState,
+    };
 }

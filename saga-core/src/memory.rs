@@ -11,7 +11,9 @@ use crate::error::StoreError;
 use crate::id::{now_ms, OperationId};
 use crate::oplog::LogLine;
 use crate::record::{Record, RecordKind, Resource};
-use crate::store::{check_sequence, CancelRequest, Lease, Listing, Store};
+use crate::store::{
+    check_sequence, CancelRecorded, CancelRequest, Lease, Listing, Store, WakeUp, WakeUps,
+};
 
 /// A [`Store`] in memory. Nothing is durable beyond the process; records appended are visible to
 /// every later read at once. Cloning is not offered: share it behind an `Arc`.
@@ -29,6 +31,7 @@ use crate::store::{check_sequence, CancelRequest, Lease, Listing, Store};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    wake: WakeUps,
 }
 
 #[derive(Debug, Default)]
@@ -108,23 +111,38 @@ impl Store for MemoryStore {
         inner.unfinished.insert(record.operation);
         inner.by_environment.insert((environment.clone(), record.at_ms, record.operation), ());
         inner.leases.insert(record.operation, lease.clone());
+        drop(inner);
+        if ttl.is_zero() {
+            self.wake.send(WakeUp::Claimable(record.operation));
+        }
         Ok(lease)
     }
 
     async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError> {
+        let id = lease.operation;
         let mut inner = self.lock();
-        lease.check_current(inner.leases.get(&lease.operation))?;
-        let entry = inner
-            .operations
-            .get_mut(&lease.operation)
-            .ok_or(StoreError::NotFound(lease.operation))?;
-        check_sequence(lease.operation, entry.records.len() as u64, records)?;
-        entry.records.extend_from_slice(records);
-        if records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. })) {
-            inner.unfinished.remove(&lease.operation);
-            inner.cancels.remove(&lease.operation);
-            inner.dequeue(lease.operation);
+        lease.check_current(inner.leases.get(&id))?;
+        let entry = inner.operations.get_mut(&id).ok_or(StoreError::NotFound(id))?;
+        check_sequence(id, entry.records.len() as u64, records)?;
+        if records.iter().any(|r| r.kind.is_cancel_barrier()) {
+            if let Some(request) = inner.cancels.get(&id) {
+                let request = Box::new(request.clone());
+                return Err(StoreError::CancelPending { operation: id, request });
+            }
         }
+        let Some(entry) = inner.operations.get_mut(&id) else {
+            return Err(StoreError::NotFound(id));
+        };
+        entry.records.extend_from_slice(records);
+        if records.iter().any(|r| r.kind.answers_cancel_request()) {
+            inner.cancels.remove(&id);
+        }
+        if records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. })) {
+            inner.unfinished.remove(&id);
+            inner.dequeue(id);
+        }
+        drop(inner);
+        self.wake.appended(id, records);
         Ok(())
     }
 
@@ -169,6 +187,10 @@ impl Store for MemoryStore {
             if let Some(l) = inner.leases.get_mut(&lease.operation) {
                 l.expires_ms = 0;
             }
+            if inner.unfinished.contains(&lease.operation) {
+                drop(inner);
+                self.wake.send(WakeUp::Claimable(lease.operation));
+            }
         }
         Ok(())
     }
@@ -188,12 +210,22 @@ impl Store for MemoryStore {
         Ok(Listing::of(inner.by_environment.range(from..to).map(|((_, _, id), _)| *id).collect()))
     }
 
-    async fn append_log(
-        &self,
-        operation: OperationId,
-        lines: &[LogLine],
-    ) -> Result<(), StoreError> {
-        self.lock().logs.entry(operation).or_default().extend_from_slice(lines);
+    async fn append_log(&self, lease: &Lease, lines: &[LogLine]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        lease.check_current(inner.leases.get(&lease.operation))?;
+        let stored = inner.logs.entry(lease.operation).or_default();
+        for line in lines {
+            if line.operation != lease.operation {
+                return Err(StoreError::backend(
+                    format!("appending log lines to operation {}", lease.operation),
+                    format!("log line {} belongs to operation {}", line.seq, line.operation),
+                ));
+            }
+            // Kept in order of their numbers; a number already stored keeps its line.
+            if let Err(at) = stored.binary_search_by_key(&line.seq, |l| l.seq) {
+                stored.insert(at, line.clone());
+            }
+        }
         Ok(())
     }
 
@@ -302,22 +334,41 @@ impl Store for MemoryStore {
         Ok(report)
     }
 
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<CancelRecorded, StoreError> {
+        let id = request.operation;
         let mut inner = self.lock();
-        if !inner.operations.contains_key(&request.operation) {
-            return Err(StoreError::NotFound(request.operation));
+        if !inner.operations.contains_key(&id) {
+            return Err(StoreError::NotFound(id));
         }
-        if inner.unfinished.contains(&request.operation) {
-            inner.cancels.entry(request.operation).or_insert_with(|| request.clone());
+        if !inner.unfinished.contains(&id) {
+            return Ok(CancelRecorded::Finished);
         }
-        Ok(())
+        if let Some(pending) = inner.cancels.get(&id) {
+            return Ok(CancelRecorded::AlreadyPending(pending.clone()));
+        }
+        inner.cancels.insert(id, request.clone());
+        drop(inner);
+        self.wake.send(WakeUp::CancelRequested(id));
+        Ok(CancelRecorded::Recorded)
     }
 
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
         Ok(self.lock().cancels.values().cloned().collect())
     }
 
+    async fn pending_cancel(
+        &self,
+        operation: OperationId,
+    ) -> Result<Option<CancelRequest>, StoreError> {
+        Ok(self.lock().cancels.get(&operation).cloned())
+    }
+
     async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
         Ok(self.lock().queues.get(resource).cloned().unwrap_or_default())
+    }
+
+    /// Every change is made in this process: the wake-ups come from the store's own calls.
+    fn wake_ups(&self) -> Option<tokio::sync::broadcast::Receiver<WakeUp>> {
+        Some(self.wake.subscribe())
     }
 }

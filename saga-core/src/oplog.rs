@@ -214,16 +214,18 @@ impl LogSink {
         inner.pending.push(line);
     }
 
-    /// Writes the queued lines to the store.
+    /// Writes the queued lines to the store, under `lease` (the store refuses them once the
+    /// lease is not current).
     pub(crate) async fn flush(
         &self,
         store: &dyn crate::store::Store,
+        lease: &crate::store::Lease,
     ) -> Result<(), crate::store::StoreError> {
         let lines = std::mem::take(&mut self.lock().pending);
         if lines.is_empty() {
             return Ok(());
         }
-        let result = store.append_log(self.operation, &lines).await;
+        let result = store.append_log(lease, &lines).await;
         if result.is_err() {
             // Keep them for the next flush, ahead of the lines written meanwhile.
             let mut inner = self.lock();

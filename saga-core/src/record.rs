@@ -9,7 +9,12 @@ use crate::id::OperationId;
 
 /// The version byte in front of every encoded record. Raise it when the format changes, and keep
 /// reading the older versions.
-pub const FORMAT_VERSION: u8 = 1;
+///
+/// - 1: the first format.
+/// - 2: adds [`RecordKind::PointOfNoReturnPassed`] and [`RecordKind::CancelRefused`]. A log of
+///   version 1 reads as it did: its Operations never recorded passing the point of no return,
+///   which the executor then reads from which steps started.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// The resource an Operation changes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -148,6 +153,27 @@ pub enum RecordKind {
         /// Why.
         reason: String,
     },
+    /// Every step up to the saga's point of no return succeeded and the executor is about to
+    /// start the first step after it: from here a cancel is refused. The store appends it only
+    /// while no cancel request is pending ([`RecordKind::is_cancel_barrier`]), which decides a
+    /// cancel request and the crossing against each other.
+    PointOfNoReturnPassed {
+        /// The step marked as the point of no return.
+        step: String,
+    },
+    /// A request to cancel the Operation was refused, and why: it came after the point of no
+    /// return was passed. Appending it takes the store's pending request away, as
+    /// `CancelRequested` does.
+    CancelRefused {
+        /// Who asked.
+        actor: String,
+        /// Why they asked.
+        reason: String,
+        /// When they asked (Unix ms).
+        requested_ms: u64,
+        /// Why it was refused.
+        refusal: String,
+    },
 }
 
 impl RecordKind {
@@ -165,8 +191,44 @@ impl RecordKind {
             RecordKind::OperationCreated { .. }
             | RecordKind::CancelRequested { .. }
             | RecordKind::AttentionRetried { .. }
-            | RecordKind::OperationFinished { .. } => None,
+            | RecordKind::OperationFinished { .. }
+            | RecordKind::PointOfNoReturnPassed { .. }
+            | RecordKind::CancelRefused { .. } => None,
         }
+    }
+
+    /// Whether an append holding this record must be refused while the Operation has a pending
+    /// cancel request ([`StoreError::CancelPending`]): passing the point of no return, and
+    /// finishing otherwise than by a rollback (succeeded, abandoned). So a request recorded
+    /// before such an append always wins (the executor applies it, or records its refusal, and
+    /// tries again), and none is ever dropped by a finish. See the [`Store`](crate::store::Store)
+    /// contract.
+    pub fn is_cancel_barrier(&self) -> bool {
+        match self {
+            RecordKind::PointOfNoReturnPassed { .. } => true,
+            RecordKind::OperationFinished { outcome } => {
+                matches!(outcome, Outcome::Succeeded | Outcome::Abandoned { .. })
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the record settles what `Executor::wait` answers: the Operation finished, or
+    /// stopped to wait for an operator.
+    pub fn settles(&self) -> bool {
+        matches!(self, RecordKind::OperationFinished { .. } | RecordKind::AttentionNeeded { .. })
+    }
+
+    /// Whether appending this record answers the Operation's pending cancel request, so that the
+    /// store takes the request away in the same atomic write: the cancel recorded
+    /// (`CancelRequested`), its refusal recorded (`CancelRefused`), or the Operation finished.
+    pub fn answers_cancel_request(&self) -> bool {
+        matches!(
+            self,
+            RecordKind::CancelRequested { .. }
+                | RecordKind::CancelRefused { .. }
+                | RecordKind::OperationFinished { .. }
+        )
     }
 
     /// A short name of the record's variant, for messages.
@@ -184,6 +246,8 @@ impl RecordKind {
             RecordKind::StepFailedWithoutEffect { .. } => "StepFailedWithoutEffect",
             RecordKind::AttentionNeeded { .. } => "AttentionNeeded",
             RecordKind::AttentionRetried { .. } => "AttentionRetried",
+            RecordKind::PointOfNoReturnPassed { .. } => "PointOfNoReturnPassed",
+            RecordKind::CancelRefused { .. } => "CancelRefused",
         }
     }
 }

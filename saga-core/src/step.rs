@@ -59,6 +59,25 @@ pub enum Executed<O> {
 /// - Return [`StepError::transient`] for errors worth retrying and [`StepError::permanent`]
 ///   otherwise.
 ///
+/// # Leases, and fencing the systems a step changes
+///
+/// An executor runs a step only while it holds the Operation's lease. It renews the lease while
+/// the step runs; when it sees (after any pause of the process, at any wake-up) that it could no
+/// longer be sure to hold it, it stops polling `execute` (or `compensate`) at once, so no more of
+/// the step's code runs there, sends nothing more for the Operation, and another executor may
+/// take it over and run the step again. While the lease is still held (a store that does not
+/// answer renewals), the step's token fires first and it gets what is left of the lease, at
+/// most [`cancel_grace`](Step::cancel_grace), to return.
+///
+/// No engine can stop a process in the middle of a write it already sent: a process paused
+/// (SIGSTOP, a VM migration, a stalled host) between deciding and writing may still deliver that
+/// write after another executor took over. The pattern every lease-based system needs is a
+/// **fencing token**: [`StepContext::fencing_token`] grows with every claim of the Operation;
+/// hand it to the system the step changes, which keeps the highest token it has seen per
+/// Operation and refuses a change that carries a lower one (a conditional write, a version
+/// column, a tag compared before the change). saga-testkit's `checks::stale_writes_are_refused`
+/// shows a resource that does, and the reference deploy labels its containers with it.
+///
 /// ```
 /// use async_trait::async_trait;
 /// use saga_core::{Executed, Step, StepContext, StepError};
@@ -218,8 +237,52 @@ macro_rules! forward_step_settings {
 /// How long a cancelled step's `execute` may go on by default: see [`Step::cancel_grace`].
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
 
+/// The fencing token of one claim of an Operation: its id and the lease's epoch, which grows with
+/// every claim (see [the `Step` docs](Step#leases-and-fencing-the-systems-a-step-changes)).
+///
+/// Tokens of one Operation compare by epoch: a system that keeps the highest token it has seen
+/// for an Operation refuses a write with a lower one, which can only come from an executor that
+/// lost the Operation to another. Written as `<operation>/<epoch>`, and read back with
+/// [`str::parse`].
+///
+/// ```
+/// use saga_core::{FencingToken, OperationId};
+/// let token = FencingToken { operation: OperationId::from_u128(7), epoch: 3 };
+/// let text = token.to_string();
+/// assert!(text.ends_with("/3"));
+/// assert_eq!(text.parse::<FencingToken>()?, token);
+/// assert!(FencingToken { epoch: 4, ..token } > token);
+/// # Ok::<(), saga_core::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FencingToken {
+    /// The Operation.
+    pub operation: OperationId,
+    /// The epoch of the lease that the executor running the step holds.
+    pub epoch: u64,
+}
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.operation, self.epoch)
+    }
+}
+
+impl std::str::FromStr for FencingToken {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || crate::error::Error::InvalidFencingToken(s.to_owned());
+        let (operation, epoch) = s.split_once('/').ok_or_else(invalid)?;
+        Ok(FencingToken {
+            operation: operation.parse().map_err(|_| invalid())?,
+            epoch: epoch.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
 /// What a step may read while it runs: the Operation's params, earlier steps' outputs, a
-/// cancellation token and an idempotency key.
+/// cancellation token, an idempotency key and a fencing token.
 #[derive(Clone)]
 pub struct StepContext {
     pub(crate) operation: Arc<OperationInfo>,
@@ -238,6 +301,8 @@ pub(crate) type Outputs = HashMap<String, Arc<[u8]>>;
 #[derive(Debug)]
 pub(crate) struct OperationInfo {
     pub(crate) id: OperationId,
+    /// The epoch of the lease the driver holds.
+    pub(crate) epoch: u64,
     pub(crate) environment: String,
     pub(crate) resource: Resource,
     pub(crate) actor: String,
@@ -283,6 +348,14 @@ impl StepContext {
     /// Who started the Operation.
     pub fn actor(&self) -> &str {
         &self.operation.actor
+    }
+
+    /// The fencing token of the executor running this attempt: the Operation and its lease's
+    /// epoch, which grows with every claim. Hand it to the system the step changes so that it
+    /// can refuse a write from an executor that lost the Operation (see
+    /// [the `Step` docs](Step#leases-and-fencing-the-systems-a-step-changes)).
+    pub fn fencing_token(&self) -> FencingToken {
+        FencingToken { operation: self.operation.id, epoch: self.operation.epoch }
     }
 
     /// A key stable across retries and crashes: the Operation id and the step name. Pass it as the

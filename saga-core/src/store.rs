@@ -13,7 +13,10 @@ pub use crate::id::now_ms;
 use crate::id::OperationId;
 use crate::oplog::LogLine;
 pub use crate::record::{decode, encode, FORMAT_VERSION};
+#[cfg(doc)]
+use crate::record::RecordKind;
 use crate::record::{Record, Resource};
+use crate::step::FencingToken;
 pub use crate::wrapper::StoreWrapper;
 
 /// Ownership of one Operation by one executor, for a time.
@@ -33,9 +36,20 @@ pub struct Lease {
     pub expires_ms: u64,
 }
 
+impl Lease {
+    /// The fencing token of this lease: the Operation and the epoch, which grows with every
+    /// claim. See [`FencingToken`].
+    pub fn fencing_token(&self) -> FencingToken {
+        FencingToken { operation: self.operation, epoch: self.epoch }
+    }
+}
+
 /// A durable request to cancel an Operation, made by an executor that does not run it (another
-/// executor runs it, or none does yet). Its owner sees it and rolls back as for a local cancel;
-/// an executor that claims the Operation later sees it at claim.
+/// executor runs it, or none does yet). Its owner sees it (at once through the store's
+/// [wake-ups](Store::wake_ups), at its next poll otherwise, and at the latest when it passes the
+/// point of no return or finishes, which the store refuses while a request is pending) and
+/// either rolls back as for a local cancel (`CancelRequested`) or records why it refused
+/// (`CancelRefused`); an executor that claims the Operation later sees it at claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CancelRequest {
     /// The Operation.
@@ -46,6 +60,70 @@ pub struct CancelRequest {
     pub reason: String,
     /// When (Unix ms).
     pub at_ms: u64,
+}
+
+/// What [`Store::request_cancel`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelRecorded {
+    /// The request is durable and pending: the Operation's owner answers it.
+    Recorded,
+    /// Another request was pending already (this one was not recorded); the owner answers
+    /// that one, and with it this one.
+    AlreadyPending(CancelRequest),
+    /// The Operation has finished: nothing was recorded.
+    Finished,
+}
+
+/// What a store tells the executors that share it, as it happens (see [`Store::wake_ups`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WakeUp {
+    /// The Operation may be claimed at once: it was created without a live lease
+    /// (`Executor::submit`), or its lease was released while it is unfinished.
+    Claimable(OperationId),
+    /// A cancel request of the Operation was recorded.
+    CancelRequested(OperationId),
+    /// The Operation finished, or stopped to wait for an operator (`AttentionNeeded`): what
+    /// `Executor::wait` answers changed.
+    Settled(OperationId),
+    /// Some wake-ups may have been missed (a receiver fell behind, a connection was lost): look
+    /// at everything.
+    Missed,
+}
+
+/// A sender of [`WakeUp`]s for a store whose every writer is in this process (the memory and
+/// sled stores): what [`Store::wake_ups`] subscribes to.
+#[derive(Debug)]
+pub struct WakeUps(tokio::sync::broadcast::Sender<WakeUp>);
+
+impl Default for WakeUps {
+    fn default() -> Self {
+        WakeUps(tokio::sync::broadcast::channel(WAKE_UP_CAPACITY).0)
+    }
+}
+
+/// How many wake-ups a slow receiver may fall behind before it is told it missed some.
+pub const WAKE_UP_CAPACITY: usize = 4096;
+
+impl WakeUps {
+    /// Tells every receiver (none listening is fine).
+    pub fn send(&self, wake_up: WakeUp) {
+        let _ = self.0.send(wake_up);
+    }
+
+    /// Tells every receiver what an acknowledged append of `records` to `operation` changed:
+    /// [`WakeUp::Settled`] when one finishes it or asks for attention.
+    pub fn appended(&self, operation: OperationId, records: &[Record]) {
+        if records.iter().any(|r| r.kind.settles()) {
+            self.send(WakeUp::Settled(operation));
+        }
+    }
+
+    /// A new receiver.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<WakeUp> {
+        self.0.subscribe()
+    }
 }
 
 /// What a listing from an index found: the Operations it names, and the entries that name none
@@ -121,17 +199,36 @@ impl Listing {
 ///   `OperationFinished` (and `delete_environment`) removes it in the same durable write. The
 ///   executor runs an Operation only when it heads its resource's queue.
 ///
-/// Requests ([`request_cancel`](Store::request_cancel), [`cancel_requests`](Store::cancel_requests)):
+/// Requests ([`request_cancel`](Store::request_cancel), [`cancel_requests`](Store::cancel_requests),
+/// [`pending_cancel`](Store::pending_cancel)), decided against the point of no return:
 ///
-/// - `request_cancel` is durable when it returns; the first request of an Operation stays (a
-///   later one is not recorded) until an append of `OperationFinished` removes it in the same
-///   durable write. `cancel_requests` lists every pending one.
+/// - `request_cancel` is durable when it returns [`CancelRecorded::Recorded`]; one request per
+///   Operation is pending at a time (a later one is answered
+///   [`CancelRecorded::AlreadyPending`] with the pending one, and not recorded), and none is
+///   recorded for a finished Operation ([`CancelRecorded::Finished`]).
+/// - **A pending request is never dropped.** An append holding a record for which
+///   [`RecordKind::is_cancel_barrier`] holds (passing the point of no return; finishing as
+///   succeeded or abandoned) fails with [`StoreError::CancelPending`], writing nothing, while a
+///   request is pending; the check and the write are one atomic step with respect to
+///   `request_cancel`. An append holding a record for which
+///   [`RecordKind::answers_cancel_request`] holds (`CancelRequested`, `CancelRefused`,
+///   `OperationFinished`) removes the pending request in the same durable write. So a request
+///   recorded before the point of no return is passed always wins, and one recorded after is
+///   always answered with a recorded refusal.
+/// - `cancel_requests` lists every pending one; `pending_cancel` tells one Operation's.
 ///
 /// Log lines ([`append_log`](Store::append_log), [`read_log`](Store::read_log),
 /// [`purge_logs`](Store::purge_logs)):
 ///
+/// - `append_log` is fenced like `append`: with a lease that is not current it fails with
+///   [`StoreError::Fenced`] and writes nothing, so that an executor whose lease passed to
+///   another never writes lines the new owner numbers as its own. A line whose number is
+///   already stored is dropped (a stored line is never replaced).
 /// - Log lines need not be durable when `append_log` returns; they are written with the next
 ///   durable write at the latest. They may be purged by age while records stay.
+///
+/// Wake-ups ([`wake_ups`](Store::wake_ups)): a store that several executors share tells them
+/// of what changed ([`WakeUp`]) as it commits; see the method.
 ///
 /// Maintenance ([`delete_environment`](Store::delete_environment), [`check`](Store::check)):
 ///
@@ -149,7 +246,7 @@ impl Listing {
 /// use std::time::Duration;
 /// use async_trait::async_trait;
 /// use saga_core::log::{LogLine, Record};
-/// use saga_core::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+/// use saga_core::store::{CancelRecorded, CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
 /// use saga_core::{OperationId, Resource};
 ///
 /// #[derive(Default)]
@@ -175,12 +272,12 @@ impl Listing {
 ///     async fn renew(&self, lease: &Lease, _: Duration) -> Result<Lease, StoreError> { Ok(lease.clone()) }
 ///     async fn release(&self, _: &Lease) -> Result<(), StoreError> { Ok(()) }
 ///     async fn list_environment(&self, _: &str, _: u64, _: u64) -> Result<Listing, StoreError> { Ok(Listing::default()) }
-///     async fn append_log(&self, _: OperationId, _: &[LogLine]) -> Result<(), StoreError> { Ok(()) }
+///     async fn append_log(&self, _: &Lease, _: &[LogLine]) -> Result<(), StoreError> { Ok(()) }
 ///     async fn read_log(&self, _: OperationId) -> Result<Vec<LogLine>, StoreError> { Ok(vec![]) }
 ///     async fn purge_logs(&self, _: u64) -> Result<u64, StoreError> { Ok(0) }
 ///     async fn delete_environment(&self, _: &str) -> Result<u64, StoreError> { Ok(0) }
 ///     async fn check(&self, _: bool) -> Result<CheckReport, StoreError> { Ok(CheckReport::default()) }
-///     async fn request_cancel(&self, _: &CancelRequest) -> Result<(), StoreError> { Ok(()) }
+///     async fn request_cancel(&self, _: &CancelRequest) -> Result<CancelRecorded, StoreError> { Ok(CancelRecorded::Finished) }
 ///     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> { Ok(vec![]) }
 ///     async fn resource_queue(&self, _: &Resource) -> Result<Vec<OperationId>, StoreError> { Ok(vec![]) }
 /// }
@@ -198,7 +295,9 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Lease, StoreError>;
 
-    /// Appends records of the lease's Operation durably, in order.
+    /// Appends records of the lease's Operation durably, in order; refused while a cancel
+    /// request is pending when one of them is a barrier, and taking the pending request away
+    /// when one answers it (see the contract above).
     async fn append(&self, lease: &Lease, records: &[Record]) -> Result<(), StoreError>;
 
     /// All records of one Operation, in order. [`StoreError::NotFound`] if it does not exist.
@@ -231,9 +330,9 @@ pub trait Store: Send + Sync + 'static {
         until_ms: u64,
     ) -> Result<Listing, StoreError>;
 
-    /// Appends log lines of one Operation (not necessarily durable on return).
-    async fn append_log(&self, operation: OperationId, lines: &[LogLine])
-        -> Result<(), StoreError>;
+    /// Appends log lines of the lease's Operation (not necessarily durable on return), fenced
+    /// like [`append`](Store::append): [`StoreError::Fenced`] when the lease is not current.
+    async fn append_log(&self, lease: &Lease, lines: &[LogLine]) -> Result<(), StoreError>;
 
     /// All stored log lines of one Operation, in order (empty if none or purged).
     async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError>;
@@ -251,23 +350,35 @@ pub trait Store: Send + Sync + 'static {
     /// Operations run: each Operation is checked atomically with respect to its appends.
     async fn check(&self, repair: bool) -> Result<CheckReport, StoreError>;
 
-    /// Records a request to cancel an unfinished Operation, durably. Does nothing if the
-    /// Operation already has a pending request; [`StoreError::NotFound`] if it does not exist.
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError>;
+    /// Records a request to cancel an unfinished Operation, durably, unless one is pending
+    /// already or the Operation finished (see [`CancelRecorded`]); [`StoreError::NotFound`] if
+    /// it does not exist.
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<CancelRecorded, StoreError>;
 
     /// Every pending cancel request (of Operations that have not finished), in id order.
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError>;
 
+    /// The Operation's pending cancel request, if any. The default looks through
+    /// [`cancel_requests`](Store::cancel_requests); a store with an index overrides it.
+    async fn pending_cancel(
+        &self,
+        operation: OperationId,
+    ) -> Result<Option<CancelRequest>, StoreError> {
+        Ok(self.cancel_requests().await?.into_iter().find(|r| r.operation == operation))
+    }
+
     /// The unfinished Operations of `resource`, in the order they were created.
     async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError>;
 
-    /// A signal whose value changes whenever an executor over this store may have something new
-    /// to look at, told by another process sharing the store: an Operation created without a
-    /// live lease (`Executor::submit`) or released, or a cancel request recorded. The executor
-    /// then looks for cancel requests and (with takeover on) claimable Operations at once,
-    /// instead of at its next poll; the polls stay, as the fallback for a signal that is lost.
-    /// `None` (the default): the executor polls only. A store that one process opens needs none.
-    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    /// What changed, as the store commits it, told to every executor over the store (in this
+    /// process or, for a shared store, in any): an Operation that may be claimed at once
+    /// (submitted, or released unfinished), a cancel request recorded, an Operation that
+    /// finished or needs attention ([`WakeUp`]). The executor then claims, hands the request to
+    /// the Operation's driver, or answers its `wait`ers at once, instead of at its next poll;
+    /// the polls stay, as the fallback for a wake-up that is lost. A receiver that falls behind
+    /// sees `Lagged`, which the executor reads as [`WakeUp::Missed`]. `None` (the default): the
+    /// executor polls only.
+    fn wake_ups(&self) -> Option<tokio::sync::broadcast::Receiver<WakeUp>> {
         None
     }
 }

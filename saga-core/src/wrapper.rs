@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use crate::id::OperationId;
 use crate::oplog::LogLine;
 use crate::record::{Record, Resource};
-use crate::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use crate::store::{
+    CancelRecorded, CancelRequest, CheckReport, Lease, Listing, Store, StoreError, WakeUp,
+};
 
 /// A store over another (`inner`): every method passes the call on unless overridden. Every
 /// `StoreWrapper` is a [`Store`]. For test doubles that inject faults or damage, and for
@@ -91,12 +93,8 @@ pub trait StoreWrapper: Send + Sync + 'static {
         self.inner().list_environment(environment, since_ms, until_ms).await
     }
 
-    async fn append_log(
-        &self,
-        operation: OperationId,
-        lines: &[LogLine],
-    ) -> Result<(), StoreError> {
-        self.inner().append_log(operation, lines).await
+    async fn append_log(&self, lease: &Lease, lines: &[LogLine]) -> Result<(), StoreError> {
+        self.inner().append_log(lease, lines).await
     }
 
     async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
@@ -115,7 +113,7 @@ pub trait StoreWrapper: Send + Sync + 'static {
         self.inner().check(repair).await
     }
 
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<CancelRecorded, StoreError> {
         self.inner().request_cancel(request).await
     }
 
@@ -123,11 +121,18 @@ pub trait StoreWrapper: Send + Sync + 'static {
         self.inner().cancel_requests().await
     }
 
+    async fn pending_cancel(
+        &self,
+        operation: OperationId,
+    ) -> Result<Option<CancelRequest>, StoreError> {
+        self.inner().pending_cancel(operation).await
+    }
+
     async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
         self.inner().resource_queue(resource).await
     }
 
-    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    fn wake_ups(&self) -> Option<tokio::sync::broadcast::Receiver<WakeUp>> {
         self.inner().wake_ups()
     }
 }
@@ -181,12 +186,8 @@ impl<W: StoreWrapper> Store for W {
         StoreWrapper::list_environment(self, environment, since_ms, until_ms).await
     }
 
-    async fn append_log(
-        &self,
-        operation: OperationId,
-        lines: &[LogLine],
-    ) -> Result<(), StoreError> {
-        StoreWrapper::append_log(self, operation, lines).await
+    async fn append_log(&self, lease: &Lease, lines: &[LogLine]) -> Result<(), StoreError> {
+        StoreWrapper::append_log(self, lease, lines).await
     }
 
     async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
@@ -205,7 +206,7 @@ impl<W: StoreWrapper> Store for W {
         StoreWrapper::check(self, repair).await
     }
 
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<CancelRecorded, StoreError> {
         StoreWrapper::request_cancel(self, request).await
     }
 
@@ -213,11 +214,18 @@ impl<W: StoreWrapper> Store for W {
         StoreWrapper::cancel_requests(self).await
     }
 
+    async fn pending_cancel(
+        &self,
+        operation: OperationId,
+    ) -> Result<Option<CancelRequest>, StoreError> {
+        StoreWrapper::pending_cancel(self, operation).await
+    }
+
     async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
         StoreWrapper::resource_queue(self, resource).await
     }
 
-    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+    fn wake_ups(&self) -> Option<tokio::sync::broadcast::Receiver<WakeUp>> {
         StoreWrapper::wake_ups(self)
     }
 }

@@ -120,7 +120,7 @@ impl Faults {
                     .cancel(request.operation, "saga-testkit", "injected cancel")
                     .await
                 {
-                    Ok(()) => Some(CancelAnswer::Accepted),
+                    Ok(_) => Some(CancelAnswer::Accepted),
                     Err(
                         e @ (EngineError::PastPointOfNoReturn { .. }
                         | EngineError::AlreadyFinished { .. }),

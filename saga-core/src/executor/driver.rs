@@ -12,9 +12,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::lease::{LeaseClock, WithinLease};
 use super::mailbox::Mailbox;
 use super::plan::{self, Action, InFlight};
-use super::Shared;
+use super::{CancelAnswer, Shared};
 use crate::error::{Error, StepError};
 use crate::fold::{Execution, OperationState, Phase};
 use crate::id::now_ms;
@@ -22,12 +23,18 @@ use crate::oplog::{LogLevel, LogSink};
 use crate::record::{Outcome, Record, RecordKind};
 use crate::saga::Saga;
 use crate::step::{ExecutedBytes, OperationInfo, Outputs, StepContext};
-use crate::store::Lease;
+use crate::store::{CancelRequest, Lease, StoreError};
 
 /// A request to a running Operation's driver.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Cancel { actor: String, reason: String, reply: oneshot::Sender<Result<(), Error>> },
+    /// Cancel the Operation: asked here (`requested_ms` now), or a request found in the store.
+    Cancel {
+        actor: String,
+        reason: String,
+        requested_ms: u64,
+        reply: oneshot::Sender<Result<CancelAnswer, Error>>,
+    },
 }
 
 /// How a driver ended.
@@ -75,12 +82,11 @@ pub(crate) struct Driver {
     interrupted: bool,
     /// The outcome's log line, written once the outcome is durable.
     outcome_line: Option<(LogLevel, String)>,
-    /// A cancel request found in the store at claim, applied before anything else runs.
-    pub(crate) cancel_at_start: Option<crate::store::CancelRequest>,
+    /// A cancel request found in the store at claim, answered before anything else runs.
+    pub(crate) cancel_at_start: Option<CancelRequest>,
     /// When the lease was last granted or renewed (the instant the request was sent, so never
-    /// later than the store's grant), and so the instant past which this executor may no longer
-    /// act on it: see [`lease_deadline`].
-    lease_granted: tokio::time::Instant,
+    /// later than the store's grant), shared with the step futures: see [`super::lease`].
+    clock: Arc<LeaseClock>,
     _capture: crate::capture::Registration,
 }
 
@@ -98,6 +104,7 @@ impl Driver {
         let log_for_capture = log.clone();
         let info = Arc::new(OperationInfo {
             id: state.id,
+            epoch: lease.epoch,
             environment: state.environment.clone(),
             resource: state.resource.clone(),
             actor: state.actor.clone(),
@@ -111,6 +118,7 @@ impl Driver {
                 _ => None,
             })
             .collect();
+        let clock = LeaseClock::new(shared.lease_ttl, tokio::time::Instant::now());
         Driver {
             shared,
             saga,
@@ -130,7 +138,7 @@ impl Driver {
             outcome_line: None,
             cancel_at_start: None,
             // The claim or create was sent just before; the deadline's margin covers its latency.
-            lease_granted: tokio::time::Instant::now(),
+            clock,
             _capture: crate::capture::register(state_id, &log_for_capture),
         }
     }
@@ -176,10 +184,12 @@ impl Driver {
             for line in self.log.discard() {
                 tracing::warn!(operation = %line.operation, "{line} (not stored: the lease was lost)");
             }
-        } else {
-            let flush = Box::pin(self.log.flush(self.shared.store.as_ref()));
-            let _ = tokio::time::timeout(bound, flush).await;
+            // Nor is the lease released: past its deadline nothing more is sent for the
+            // Operation (a lease the store still holds expires on its own).
+            return exit;
         }
+        let flush = Box::pin(self.log.flush(self.shared.store.as_ref(), &self.lease));
+        let _ = tokio::time::timeout(bound, flush).await;
         let _ = tokio::time::timeout(bound, self.shared.store.release(&self.lease)).await;
         exit
     }
@@ -202,15 +212,20 @@ impl Driver {
         // An Operation that waited for a place among those running (`queue`) holds a lease that
         // was not renewed meanwhile: renew it before anything runs. Once another executor has
         // claimed it, this is fenced and the Operation is theirs.
-        if self.lease_granted.elapsed() >= period {
+        if self.clock.granted().elapsed() >= period {
+            if tokio::time::Instant::now() >= self.lease_deadline() {
+                return Err(Box::pin(self.lease_expiring()).await);
+            }
             let sent = tokio::time::Instant::now();
             let ttl = self.shared.lease_ttl;
-            let renewed =
-                Box::pin(tokio::time::timeout(ttl, self.shared.store.renew(&self.lease, ttl)));
+            let renewed = Box::pin(tokio::time::timeout_at(
+                self.lease_deadline(),
+                self.shared.store.renew(&self.lease, ttl),
+            ));
             match renewed.await {
                 Ok(renewed) => {
                     self.lease = renewed?;
-                    self.lease_granted = sent;
+                    self.clock.granted_at(sent);
                 }
                 Err(_) => return Err(Box::pin(self.lease_expiring()).await),
             }
@@ -221,14 +236,9 @@ impl Driver {
         tokio::pin!(expiring);
         let commands = self.commands.clone();
         if let Some(request) = self.cancel_at_start.take() {
-            match Box::pin(self.cancel(request.actor.clone(), request.reason.clone())).await {
-                Ok(()) => {}
-                Err(e @ Error::Store(_)) => return Err(e),
-                Err(refused) => self.log.line(
-                    LogLevel::Warn,
-                    None,
-                    format!("cancel requested by {} refused: {refused}", request.actor),
-                ),
+            match Box::pin(self.cancel(request.actor, request.reason, request.at_ms)).await {
+                Ok(_) | Err(Error::PastPointOfNoReturn { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         if self.is_fresh() {
@@ -240,6 +250,33 @@ impl Driver {
             } else {
                 plan::next_actions(&self.saga, &self.state, &self.flight)
             };
+            // Passing the point of no return, and finishing as succeeded, are decided by the
+            // store against a pending cancel request (see `commit_barrier`): done here, before
+            // anything of the next stage is recorded or logged, and then planned again.
+            if let Some(barrier) = self.barrier(&actions) {
+                if tokio::time::Instant::now() >= self.lease_deadline() {
+                    return Err(Box::pin(self.lease_expiring()).await);
+                }
+                match Box::pin(self.commit_barrier(barrier)).await? {
+                    None if self.state.outcome.is_some() => {
+                        if let Some((level, line)) = self.outcome_line.take() {
+                            self.log.final_line(level, line);
+                        }
+                        let outcome = self.state.outcome.clone().unwrap_or(Outcome::Succeeded);
+                        return Ok(Exit::Finished(outcome));
+                    }
+                    None => {}
+                    Some(request) => {
+                        match Box::pin(self.cancel(request.actor, request.reason, request.at_ms))
+                            .await
+                        {
+                            Ok(_) | Err(Error::PastPointOfNoReturn { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                continue;
+            }
             let mut launch = Vec::new();
             for action in actions {
                 match action {
@@ -309,6 +346,10 @@ impl Driver {
                 }
             }
             tokio::select! {
+                // The lease first: after a pause of the process, nothing else may act before
+                // the driver sees that its deadline passed.
+                biased;
+                _ = &mut expiring => return Err(Box::pin(self.lease_expiring()).await),
                 Some(event) = self.running.next(), if !self.running.is_empty() => {
                     self.on_event(event)?;
                 }
@@ -343,8 +384,66 @@ impl Driver {
                     Box::pin(self.renew(&mut renew)).await?;
                     expiring.as_mut().reset(self.lease_deadline());
                 }
-                _ = &mut expiring => return Err(Box::pin(self.lease_expiring()).await),
             }
+        }
+    }
+
+    /// The record that the next actions must have the store decide against a pending cancel
+    /// request before anything else: passing the point of no return (before the first step
+    /// after it starts), or the outcome `succeeded`. `None` for any other actions.
+    fn barrier(&self, actions: &[Action]) -> Option<RecordKind> {
+        let passes = actions.iter().any(|a| {
+            matches!(a, Action::Execute(step) if self.runs_past_point_of_no_return(step))
+        }) && !plan::past_point_of_no_return(&self.saga, &self.state);
+        if passes {
+            let step = self.saga.point_of_no_return().unwrap_or_default().to_owned();
+            return Some(RecordKind::PointOfNoReturnPassed { step });
+        }
+        match actions {
+            [Action::Finish(outcome)] => {
+                let kind = RecordKind::OperationFinished { outcome: outcome.clone() };
+                kind.is_cancel_barrier().then_some(kind)
+            }
+            _ => None,
+        }
+    }
+
+    /// Makes the queued records durable with `kind` after them, in one append, unless the
+    /// store has a cancel request pending ([`StoreError::CancelPending`]): then the queued
+    /// records alone, and returns the request for the caller to answer (roll back, or record
+    /// the refusal) before it tries again. A finish sets the outcome's log line, written once
+    /// the caller sees the outcome durable.
+    async fn commit_barrier(&mut self, kind: RecordKind) -> Result<Option<CancelRequest>, Error> {
+        let outcome = match &kind {
+            RecordKind::OperationFinished { outcome } => Some(outcome.clone()),
+            _ => None,
+        };
+        let record =
+            Record { operation: self.state.id, seq: self.state.next_seq, at_ms: now_ms(), kind };
+        // Checked against the fold before it is sent, applied only once it is durable.
+        let mut after = self.state.clone();
+        after.apply(&record)?;
+        self.pending.push(record);
+        let deadline = self.lease_deadline();
+        match tokio::time::timeout_at(deadline, self.commit()).await {
+            Ok(Ok(())) => {
+                self.state = after;
+                if let Some(outcome) = outcome {
+                    self.outcome_line = Some(outcome_line(&outcome));
+                    self.log_irreversible(&outcome);
+                }
+                Ok(None)
+            }
+            Ok(Err(Error::Store(StoreError::CancelPending { request, .. }))) => {
+                self.pending.pop();
+                match tokio::time::timeout_at(deadline, self.commit()).await {
+                    Ok(committed) => committed?,
+                    Err(_) => return Err(Box::pin(self.lease_expiring()).await),
+                }
+                Ok(Some(*request))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Box::pin(self.lease_expiring()).await),
         }
     }
 
@@ -354,40 +453,55 @@ impl Driver {
     /// over is the margin for the step tokens to fire and for clocks that run at slightly
     /// different rates, and renewals (every third of the lease) get two tries before it.
     fn lease_deadline(&self) -> tokio::time::Instant {
-        self.lease_granted + self.shared.lease_ttl * 5 / 6
+        self.clock.deadline()
     }
 
-    /// The lease could not be renewed in time: fires the running steps' tokens, lets their
-    /// futures run for a twelfth of the lease at most (half the margin left before the store's
-    /// lease expires) so that a step watching its token can stop, then drops them and the timers.
-    /// Nothing new starts and nothing more is recorded (what the steps return is not: the store
-    /// does not answer, and the next owner runs them again). Says so in the log. The error halts
-    /// the Operation; whoever claims it next resumes it from its log.
+    /// The lease's deadline passed without a renewal: nothing more is sent for the Operation.
+    /// While the lease is still surely held (before its [cutoff](LeaseClock::cutoff): the
+    /// store did not answer the renewals in time), the running steps' tokens fire and their
+    /// futures may run until the cutoff, so that a step watching its token can stop; past it
+    /// (the process was paused, and another executor may run the steps already), they are
+    /// dropped at once, without another poll. Nothing new starts and nothing more is recorded
+    /// (what the steps return is not: the next owner runs them again). Says so in the log
+    /// (the lines go to `tracing`, since the store's log may be another executor's now). The
+    /// error halts the Operation here; whoever claims it next resumes it from its log.
     async fn lease_expiring(&mut self) -> Error {
-        self.cancel.cancel();
         let running: Vec<String> = self.flight.running.iter().cloned().collect();
         let mut futures = std::mem::take(&mut self.running);
-        let _ = tokio::time::timeout(self.shared.lease_ttl / 12, async {
-            while futures.next().await.is_some() {}
-        })
-        .await;
+        let cutoff = self.clock.cutoff();
+        let graced = tokio::time::Instant::now() < cutoff;
+        if graced {
+            self.cancel.cancel();
+            // The futures are fenced themselves (`WithinLease`): none is polled past the cutoff.
+            let _ = tokio::time::timeout_at(cutoff, async {
+                while futures.next().await.is_some() {}
+            })
+            .await;
+        }
         drop(futures);
         self.timers = FuturesUnordered::new();
         self.pending.clear();
-        let since = self.lease_granted.elapsed();
+        let since = self.clock.granted().elapsed();
+        let dropped = match (running.is_empty(), graced) {
+            (true, _) => String::new(),
+            (false, true) => format!(
+                " and dropping {} (their tokens fired; the lease was still held)",
+                running.join(", ")
+            ),
+            (false, false) => format!(
+                " and dropping {} at once, without a grace period: the lease may have passed to \
+                 another executor",
+                running.join(", ")
+            ),
+        };
         self.log.line(
             LogLevel::Warn,
             None,
             format!(
                 "the lease could not be renewed before it expires (last renewed {:.1} s ago); \
-                 stopping here{}: another executor may take the Operation over and resumes it \
-                 from its log",
+                 stopping here{dropped}: another executor may take the Operation over and \
+                 resumes it from its log",
                 since.as_secs_f64(),
-                if running.is_empty() {
-                    String::new()
-                } else {
-                    format!(" and dropping {} (their tokens fired)", running.join(", "))
-                }
             ),
         );
         Error::LeaseExpiring { operation: self.state.id, since }
@@ -449,10 +563,12 @@ impl Driver {
                     None,
                     format!("waiting for operation {ahead} on {} to finish", self.state.resource),
                 );
-                self.log.flush(self.shared.store.as_ref()).await?;
+                self.log.flush(self.shared.store.as_ref(), &self.lease).await?;
                 waiting_for = Some(ahead);
             }
             tokio::select! {
+                biased;
+                _ = &mut expiring => return Err(Box::pin(self.lease_expiring()).await),
                 _ = tokio::time::sleep(self.shared.cancel_poll) => {}
                 command = commands.recv() => {
                     Box::pin(self.on_command(command)).await?;
@@ -468,7 +584,6 @@ impl Driver {
                     Box::pin(self.renew(renew)).await?;
                     expiring.as_mut().reset(self.lease_deadline());
                 }
-                _ = &mut expiring => return Err(Box::pin(self.lease_expiring()).await),
             }
         }
     }
@@ -500,6 +615,9 @@ impl Driver {
     /// ([`Driver::lease_expiring`]).
     async fn renew(&mut self, renew: &mut tokio::time::Interval) -> Result<(), Error> {
         let sent = tokio::time::Instant::now();
+        if sent >= self.lease_deadline() {
+            return Err(Box::pin(self.lease_expiring()).await);
+        }
         let renewed = tokio::time::timeout_at(
             self.lease_deadline(),
             self.shared.store.renew(&self.lease, self.shared.lease_ttl),
@@ -508,7 +626,7 @@ impl Driver {
         match renewed {
             Ok(Ok(lease)) => {
                 self.lease = lease;
-                self.lease_granted = sent;
+                self.clock.granted_at(sent);
             }
             Ok(Err(e)) if e.is_transient() => {
                 self.log.line(
@@ -554,12 +672,15 @@ impl Driver {
     }
 
     async fn try_commit(&mut self) -> Result<(), Error> {
-        // Log lines are not fenced by the store: once the lease may have passed to another
-        // executor, they stay here (and are dropped when the Operation halts, see `run`), so
-        // that they never mix with the new owner's.
-        if tokio::time::Instant::now() < self.lease_deadline() {
-            self.log.flush(self.shared.store.as_ref()).await?;
+        // Once the lease may have passed to another executor, nothing is sent (the store would
+        // refuse the lines and the records anyway: both are fenced).
+        if tokio::time::Instant::now() >= self.lease_deadline() {
+            return Err(Error::LeaseExpiring {
+                operation: self.state.id,
+                since: self.clock.granted().elapsed(),
+            });
         }
+        self.log.flush(self.shared.store.as_ref(), &self.lease).await?;
         if !self.pending.is_empty() {
             match self.shared.store.append(&self.lease, &self.pending).await {
                 Ok(()) => {}
@@ -617,10 +738,12 @@ impl Driver {
         let timeout = runner.timeout();
         let grace = runner.cancel_grace();
         let span = tracing::info_span!("saga_step", operation = %self.state.id, step = %step, phase = "execute");
+        let clock = self.clock.clone();
         Ok(Box::pin(
             async move {
                 let run = with_timeout(timeout, unwind(runner.execute(&ctx)));
                 tokio::pin!(run);
+                let mut run = WithinLease::new(clock, run);
                 let result = tokio::select! {
                     biased;
                     result = &mut run => result,
@@ -659,10 +782,13 @@ impl Driver {
         let entry = self.saga.entry(&step).ok_or_else(|| self.unknown_step(&step))?;
         let runner = entry.step.clone();
         let timeout = runner.compensation_timeout();
+        let clock = self.clock.clone();
         let span = tracing::info_span!("saga_step", operation = %self.state.id, step = %step, phase = "compensate");
         Ok(Box::pin(
             async move {
-                let result = with_timeout(timeout, unwind(runner.compensate(&ctx, executed))).await;
+                let run = with_timeout(timeout, unwind(runner.compensate(&ctx, executed)));
+                tokio::pin!(run);
+                let result = WithinLease::new(clock, run).await;
                 Event::Compensated { step, result }
             }
             .instrument(span),
@@ -712,7 +838,7 @@ impl Driver {
     }
 
     /// Whether the step runs after the point of no return, so that its failures retry forward.
-    fn past_point_of_no_return(&self, step: &str) -> bool {
+    fn runs_past_point_of_no_return(&self, step: &str) -> bool {
         self.saga
             .point_of_no_return_stage()
             .is_some_and(|p| self.saga.stage_of(step).is_some_and(|stage| stage > p))
@@ -728,24 +854,16 @@ impl Driver {
         }
     }
 
+    /// Queues the outcome (one that is no cancel barrier: a rollback's) for the next commit.
     fn finish(&mut self, outcome: Outcome) -> Result<(), Error> {
-        let (level, line) = match &outcome {
-            Outcome::Succeeded => (LogLevel::Info, "operation succeeded".to_owned()),
-            Outcome::RolledBack { cause } => {
-                (LogLevel::Warn, format!("rollback succeeded ({cause})"))
-            }
-            Outcome::RollbackIncomplete { cause, not_undone } => {
-                let items: Vec<String> = not_undone.iter().map(|n| n.to_string()).collect();
-                (
-                    LogLevel::Error,
-                    format!("rollback incomplete ({cause}): could not undo {}", items.join(", ")),
-                )
-            }
-            abandoned @ Outcome::Abandoned { .. } => {
-                (LogLevel::Error, format!("operation {abandoned}"))
-            }
-        };
-        if let Outcome::RollbackIncomplete { not_undone, .. } = &outcome {
+        self.log_irreversible(&outcome);
+        self.outcome_line = Some(outcome_line(&outcome));
+        self.record(RecordKind::OperationFinished { outcome })
+    }
+
+    /// Says in the log which steps of an incomplete rollback were irreversible.
+    fn log_irreversible(&self, outcome: &Outcome) {
+        if let Outcome::RollbackIncomplete { not_undone, .. } = outcome {
             for item in not_undone {
                 if item.reason == crate::record::NotUndoneReason::Irreversible {
                     self.log.line(
@@ -756,9 +874,6 @@ impl Driver {
                 }
             }
         }
-        self.record(RecordKind::OperationFinished { outcome })?;
-        self.outcome_line = Some((level, line));
-        Ok(())
     }
 
     fn on_event(&mut self, event: Event) -> Result<(), Error> {
@@ -824,7 +939,7 @@ impl Driver {
 
     fn on_execute_error(&mut self, step: String, error: StepError) -> Result<(), Error> {
         let message = error.to_string();
-        let forward_only = self.past_point_of_no_return(&step);
+        let forward_only = self.runs_past_point_of_no_return(&step);
         // Past the point of no return every error is retried forward within the step's retry
         // policy; when the policy runs out, the Operation needs attention. A sibling that fails
         // while another step needs attention waits with the Operation.
@@ -940,8 +1055,8 @@ impl Driver {
 
     async fn on_command(&mut self, command: Command) -> Result<(), Error> {
         match command {
-            Command::Cancel { actor, reason, reply } => {
-                match self.cancel(actor, reason).await {
+            Command::Cancel { actor, reason, requested_ms, reply } => {
+                match self.cancel(actor, reason, requested_ms).await {
                     // The cancel could not be recorded: the canceller is told why, and the
                     // Operation halts with the same cause.
                     Err(Error::Store(e)) => {
@@ -961,10 +1076,38 @@ impl Driver {
         Ok(())
     }
 
-    async fn cancel(&mut self, actor: String, reason: String) -> Result<(), Error> {
-        plan::refuse_cancel(Some(&self.saga), &self.state)?;
+    /// Answers a cancel, asked here or found in the store: past the point of no return, its
+    /// refusal is recorded (`CancelRefused`, which also answers the store's pending request)
+    /// and it is refused; while rolling back already, nothing more is recorded (the store's
+    /// request, if any, is answered by the rollback's finish); otherwise `CancelRequested` is
+    /// recorded (answering the store's request), and once it is durable the running steps'
+    /// tokens fire and the rollback starts.
+    async fn cancel(
+        &mut self,
+        actor: String,
+        reason: String,
+        requested_ms: u64,
+    ) -> Result<CancelAnswer, Error> {
+        if let Err(refused) = plan::refuse_cancel(Some(&self.saga), &self.state) {
+            if let Error::PastPointOfNoReturn { step, .. } = &refused {
+                let refusal = format!("past the point of no return (step {step})");
+                self.log.line(
+                    LogLevel::Warn,
+                    None,
+                    format!("cancel requested by {actor} ({reason}) refused: {refusal}"),
+                );
+                self.record(RecordKind::CancelRefused { actor, reason, requested_ms, refusal })?;
+                self.commit().await?;
+            }
+            return Err(refused);
+        }
         if self.state.phase() == Phase::RollingBack {
-            return Ok(());
+            self.log.line(
+                LogLevel::Info,
+                None,
+                format!("cancel requested by {actor} ({reason}): already rolling back"),
+            );
+            return Ok(CancelAnswer::AlreadyRollingBack);
         }
         self.record(RecordKind::CancelRequested { actor: actor.clone(), reason: reason.clone() })?;
         self.log.line(
@@ -977,7 +1120,25 @@ impl Driver {
         self.timers.clear();
         self.flight.waiting.clear();
         self.flight.due.clear();
-        Ok(())
+        Ok(CancelAnswer::RollingBack)
+    }
+}
+
+/// The log line that says how the Operation ended, written once the outcome is durable.
+fn outcome_line(outcome: &Outcome) -> (LogLevel, String) {
+    match outcome {
+        Outcome::Succeeded => (LogLevel::Info, "operation succeeded".to_owned()),
+        Outcome::RolledBack { cause } => (LogLevel::Warn, format!("rollback succeeded ({cause})")),
+        Outcome::RollbackIncomplete { cause, not_undone } => {
+            let items: Vec<String> = not_undone.iter().map(|n| n.to_string()).collect();
+            (
+                LogLevel::Error,
+                format!("rollback incomplete ({cause}): could not undo {}", items.join(", ")),
+            )
+        }
+        abandoned @ Outcome::Abandoned { .. } => {
+            (LogLevel::Error, format!("operation {abandoned}"))
+        }
     }
 }
 
@@ -1041,11 +1202,11 @@ async fn with_timeout<T>(
 /// Whether the Operation halted because its lease was lost: fenced by the store, or not renewed
 /// in time.
 fn lost_lease(exit: &Exit) -> bool {
-    match exit {
-        Exit::Halted(cause) => matches!(
-            cause.as_ref(),
-            Error::LeaseExpiring { .. } | Error::Store(crate::store::StoreError::Fenced { .. })
-        ),
-        _ => false,
-    }
+    matches!(exit, Exit::Halted(cause) if is_lost_lease(cause))
+}
+
+/// Whether a driver's error says its lease was lost (fenced by the store, or not renewed in
+/// time): the Operation is another executor's, or will be, and was not stopped by a failure.
+pub(crate) fn is_lost_lease(cause: &Error) -> bool {
+    matches!(cause, Error::LeaseExpiring { .. } | Error::Store(StoreError::Fenced { .. }))
 }

@@ -1,10 +1,13 @@
 //! The executor: starts, cancels, waits for and recovers Operations.
 
+mod answers;
 mod driver;
 mod follow;
 mod guard;
+mod lease;
 mod mailbox;
 pub(crate) mod plan;
+mod waiters;
 mod watcher;
 
 use std::collections::HashMap;
@@ -20,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::driver::{Command, Driver, Exit};
+pub use self::answers::CancelAnswer;
 pub use self::follow::{FollowEvent, LogFollower};
 use self::guard::Driving;
 use self::mailbox::Mailbox;
@@ -98,24 +102,37 @@ pub(crate) struct Shared {
     watching: AtomicBool,
     /// Wakes the watcher for a takeover scan now (an Operation was submitted here).
     pub(crate) scan_now: Arc<tokio::sync::Notify>,
+    /// The `wait`s of Operations not running here, which the watcher wakes.
+    pub(crate) waiters: Arc<waiters::Waiters>,
+    /// Whether the store has wake-ups ([`Store::wake_ups`]).
+    pub(crate) wakes: bool,
 }
 
-/// Why an Operation is not running here although it has not finished.
+/// Why an Operation is not running here although it has not finished, and how many records it
+/// had then (`seen`): once the store holds more, or an outcome, another executor moved it on
+/// and the store answers instead (see [`Executor::trouble`]).
 #[derive(Clone)]
 enum Trouble {
-    /// Its driver stopped on a store failure or an illegal log.
-    Halted(Arc<Error>),
+    /// Its driver stopped on a store failure or an illegal log (not a lost lease: that
+    /// Operation is another executor's, which the store tells).
+    Halted { cause: Arc<Error>, seen: u64 },
     /// `recover()` could not resume it.
-    Unrecoverable(Arc<Error>),
+    Unrecoverable { cause: Arc<Error>, seen: u64 },
 }
 
 impl Trouble {
     fn error(&self, operation: OperationId) -> Error {
         match self {
-            Trouble::Halted(cause) => Error::Halted { operation, cause: cause.clone() },
-            Trouble::Unrecoverable(cause) => {
+            Trouble::Halted { cause, .. } => Error::Halted { operation, cause: cause.clone() },
+            Trouble::Unrecoverable { cause, .. } => {
                 Error::Unrecoverable { operation, cause: cause.clone() }
             }
+        }
+    }
+
+    fn seen(&self) -> u64 {
+        match self {
+            Trouble::Halted { seen, .. } | Trouble::Unrecoverable { seen, .. } => *seen,
         }
     }
 }
@@ -306,6 +323,7 @@ impl ExecutorBuilder {
             }
         }
         let owner = self.owner.unwrap_or_else(default_owner);
+        let wakes = self.store.wake_ups().is_some();
         Ok(Executor {
             shared: Arc::new(Shared {
                 store: self.store,
@@ -326,6 +344,8 @@ impl ExecutorBuilder {
                 cancel_poll: self.cancel_poll,
                 watching: AtomicBool::new(false),
                 scan_now: Arc::new(tokio::sync::Notify::new()),
+                waiters: Arc::default(),
+                wakes,
             }),
         })
     }
@@ -497,6 +517,8 @@ impl Executor {
         let shared = self.shared.clone();
         let mut driver = Driver::new(shared.clone(), saga, state, lease, mailbox.clone(), log);
         driver.cancel_at_start = cancel;
+        // A `wait` here that follows it through the store now waits for this driver instead.
+        self.shared.waiters.wake(id);
         // The driver lives in the task and is borrowed by `queue` and `run`: moving it into `run`
         // would keep two copies of it in the task's future, per Operation in flight.
         self.shared.tasks.spawn(async move {
@@ -509,6 +531,7 @@ impl Executor {
                 }
             };
             mailbox.close();
+            let seen = driver.state.next_seq;
             // The driver (with any step future it still held) and its reservation go first, while
             // the handle still makes `wait()` wait for the exit below: whoever acts on the end
             // may drive the Operation next, and must find it free.
@@ -521,7 +544,10 @@ impl Executor {
                 if running.get(&id).is_some_and(|h| Arc::ptr_eq(&h.mailbox, &mailbox)) {
                     running.remove(&id);
                     if let Exit::Halted(cause) = &exit {
-                        lock(&shared.troubled).insert(id, Trouble::Halted(cause.clone()));
+                        if !driver::is_lost_lease(cause) {
+                            let trouble = Trouble::Halted { cause: cause.clone(), seen };
+                            lock(&shared.troubled).insert(id, trouble);
+                        }
                     }
                     let mut left = lock(&shared.left);
                     left.retain(|l| *l != id);
@@ -534,113 +560,6 @@ impl Executor {
         });
     }
 
-    /// Cancels an Operation. For one running here: once `CancelRequested` is durable it returns,
-    /// the running step's cancellation token fires and the rollback starts. For one running on
-    /// another executor, or on none (its executor died and nobody recovered it yet): once a
-    /// [`CancelRequest`] is durable in the store it returns; the owner sees it within its cancel
-    /// poll interval (250 ms by default) and rolls back exactly as for a local cancel, and an
-    /// executor that claims the Operation later sees it at claim. Cancelling an Operation already
-    /// rolling back does nothing; cancelling a finished one, or one past its point of no return,
-    /// is an error (for an Operation running elsewhere, the point of no return is checked from
-    /// the log when its saga is registered here, and again by its owner).
-    pub async fn cancel(&self, id: OperationId, actor: &str, reason: &str) -> Result<()> {
-        let mailbox = lock(&self.shared.running).get(&id).map(|h| h.mailbox.clone());
-        if let Some(mailbox) = mailbox {
-            let (reply, answer) = oneshot::channel();
-            let command = Command::Cancel { actor: actor.into(), reason: reason.into(), reply };
-            if mailbox.send(command).is_ok() {
-                if let Ok(answer) = answer.await {
-                    return answer;
-                }
-            }
-        }
-        // Not running here (or it ended while we asked): answer from the log.
-        if let Some(trouble @ Trouble::Halted(_)) = self.trouble(id) {
-            return Err(trouble.error(id));
-        }
-        let state = self.status(id).await?;
-        self.refuse_cancel(&state)?;
-        if state.phase() == Phase::RollingBack {
-            return Ok(());
-        }
-        let request = CancelRequest {
-            operation: id,
-            actor: actor.to_owned(),
-            reason: reason.to_owned(),
-            at_ms: now_ms(),
-        };
-        self.shared.store.request_cancel(&request).await?;
-        // It may have finished meanwhile (the finishing write drops the request).
-        let state = self.status(id).await?;
-        if state.cancel.is_none() {
-            self.refuse_cancel(&state)?;
-        }
-        Ok(())
-    }
-
-    /// Refuses to cancel a finished Operation, or one past its point of no return.
-    fn refuse_cancel(&self, state: &OperationState) -> Result<()> {
-        let saga = self.saga(&state.saga, state.version).map(Arc::as_ref);
-        plan::refuse_cancel(saga, state)
-    }
-
-    /// The Operation's state, folded from its acknowledged records in the store. For an
-    /// Operation that halted here on a store failure, that failure ([`Error::Halted`]), until a
-    /// `recover()` resumes it: its records in the store may not be all that happened.
-    pub async fn status(&self, id: OperationId) -> Result<OperationState> {
-        if let Some(trouble @ Trouble::Halted(_)) = self.trouble(id) {
-            return Err(trouble.error(id));
-        }
-        let records = self.shared.store.read(id).await.map_err(|e| match e {
-            StoreError::NotFound(id) => Error::NotFound(id),
-            other => Error::Store(other),
-        })?;
-        let mut state = OperationState::fold(id, &records)?;
-        if state.outcome.is_none() && state.steps.is_empty() && state.cancel.is_none() {
-            let queue = self.shared.store.resource_queue(&state.resource).await?;
-            state.waiting_for = ahead_of(&queue, id);
-        }
-        Ok(state)
-    }
-
-    /// Waits for the Operation's outcome, which is durable when it is returned. For an Operation
-    /// not running here, answers from the log: its outcome if it finished,
-    /// [`Error::Halted`] with the store's reason if it stopped here on a store failure,
-    /// [`Error::Unrecoverable`] if recovery could not resume it, [`Error::NotRunning`] otherwise.
-    pub async fn wait(&self, id: OperationId) -> Result<Outcome> {
-        let exit = lock(&self.shared.running).get(&id).map(|h| h.exit.clone());
-        if let Some(exit) = exit {
-            let ended = exit.wait().await;
-            match ended {
-                Some(Exit::Finished(outcome)) => return Ok(outcome),
-                Some(Exit::Stopped) => return Err(Error::NotRunning(id)),
-                Some(Exit::Halted(cause)) => return Err(Error::Halted { operation: id, cause }),
-                Some(Exit::NeedsAttention { step, error }) => {
-                    return Err(Error::NeedsAttention { operation: id, step, error })
-                }
-                None => {}
-            }
-        }
-        if let Some(trouble) = self.trouble(id) {
-            return Err(trouble.error(id));
-        }
-        let state = self.status(id).await?;
-        if let Some(outcome) = state.outcome {
-            return Ok(outcome);
-        }
-        if let Some((step, error)) = state.attention {
-            return Err(Error::NeedsAttention { operation: id, step, error });
-        }
-        if self.saga(&state.saga, state.version).is_none() {
-            return Err(Error::UnknownSaga { name: state.saga, version: Some(state.version) });
-        }
-        Err(Error::NotRunning(id))
-    }
-
-    fn trouble(&self, id: OperationId) -> Option<Trouble> {
-        lock(&self.shared.troubled).get(&id).cloned()
-    }
-
     /// Resumes every unfinished Operation of the store that no other live executor owns: forward
     /// if it was healthy, backward if it had failed or been cancelled. An Operation that cannot be
     /// resumed (its saga is not registered, its log is illegal, a record or its lease is damaged,
@@ -648,22 +567,30 @@ impl Executor {
     /// Fails as a whole only when the unfinished list itself cannot be read.
     pub async fn recover(&self) -> Result<RecoveryReport> {
         self.ensure_watching();
-        self.recover_unfinished(false).await
+        self.recover_unfinished(false, None).await
     }
 
     /// [`Executor::recover`], or with `scan` the takeover scan, which leaves out what is running
-    /// here and what was found unrecoverable for a lasting cause.
-    async fn recover_unfinished(&self, scan: bool) -> Result<RecoveryReport> {
+    /// here and what was found unrecoverable for a lasting cause; of the Operations `only`, when
+    /// given (the store said they may be claimed), instead of every unfinished one.
+    pub(crate) async fn recover_unfinished(
+        &self,
+        scan: bool,
+        only: Option<Vec<OperationId>>,
+    ) -> Result<RecoveryReport> {
         // One recovery at a time per executor, so that two never claim the same Operation.
         let _recovering = self.shared.recovering.lock().await;
-        let listing = self.shared.store.list_unfinished().await?;
+        let listing = match only {
+            Some(ids) => crate::store::Listing::of(ids),
+            None => self.shared.store.list_unfinished().await?,
+        };
         let mut ids = listing.ids;
         if scan {
             let running = lock(&self.shared.running);
             let troubled = lock(&self.shared.troubled);
             ids.retain(|id| {
                 !running.contains_key(id)
-                    && !matches!(troubled.get(id), Some(Trouble::Unrecoverable(c)) if !c.is_transient())
+                    && !matches!(troubled.get(id), Some(Trouble::Unrecoverable { cause, .. }) if !cause.is_transient())
             });
         }
         if ids.is_empty() {
@@ -692,7 +619,9 @@ impl Executor {
                 Recovered::Skipped => {}
                 Recovered::OwnedElsewhere(id) => report.owned_elsewhere.push(id),
                 Recovered::Unrecoverable(id, cause) => {
-                    lock(&self.shared.troubled).insert(id, Trouble::Unrecoverable(cause.clone()));
+                    // Forgotten once the store holds its outcome (`seen` never passed).
+                    let trouble = Trouble::Unrecoverable { cause: cause.clone(), seen: u64::MAX };
+                    lock(&self.shared.troubled).insert(id, trouble);
                     report.unrecoverable.push((id, cause));
                 }
                 Recovered::NeedsAttention(id) => report.needs_attention.push(id),
@@ -745,14 +674,14 @@ impl Executor {
                 Recovered::Skipped
             }
             Err(cause) => {
-                let _ = self.shared.store.release(&lease).await;
                 // A line in its log says why, unless its log cannot be read either: a line
                 // numbered from a guess could overwrite stored lines.
                 if let Ok(seq) = self.next_log_seq(id).await {
                     let sink = LogSink::new(id, seq, self.shared.max_log_lines);
                     sink.line(LogLevel::Error, None, format!("unrecoverable: {cause}"));
-                    let _ = sink.flush(self.shared.store.as_ref()).await;
+                    let _ = sink.flush(self.shared.store.as_ref(), &lease).await;
                 }
+                let _ = self.shared.store.release(&lease).await;
                 Recovered::Unrecoverable(id, Arc::new(cause))
             }
         }
@@ -834,13 +763,35 @@ impl Executor {
         Ok(self.shared.store.check(repair).await?)
     }
 
-    /// Hands the store's cancel requests of Operations running here to their drivers, once each.
-    async fn deliver_cancels(&self, delivered: &mut std::collections::HashSet<OperationId>) {
+    /// Hands the store's cancel requests of Operations running here to their drivers, once each
+    /// request (a driver answers it by recording the cancel or its refusal, which takes it out
+    /// of the store; a later request of the same Operation is handed over too): every pending
+    /// request, or those of the Operations `only`.
+    pub(crate) async fn deliver_cancels(
+        &self,
+        delivered: &mut std::collections::HashSet<(OperationId, u64)>,
+        only: Option<&[OperationId]>,
+    ) {
         if lock(&self.shared.running).is_empty() {
             delivered.clear();
             return;
         }
-        let requests = match self.shared.store.cancel_requests().await {
+        let requests = match only {
+            None => self.shared.store.cancel_requests().await,
+            Some(ids) => {
+                let mut requests = Vec::new();
+                for id in ids {
+                    match self.shared.store.pending_cancel(*id).await {
+                        Ok(request) => requests.extend(request),
+                        Err(e) => {
+                            tracing::warn!(operation = %id, error = %e, "cannot read a cancel request; the next poll tries again");
+                        }
+                    }
+                }
+                Ok(requests)
+            }
+        };
+        let requests = match requests {
             Ok(requests) => requests,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read cancel requests; trying again");
@@ -848,13 +799,17 @@ impl Executor {
             }
         };
         let running = lock(&self.shared.running);
-        delivered.retain(|id| running.contains_key(id));
+        delivered.retain(|(id, _)| running.contains_key(id));
         for request in requests {
             let Some(handle) = running.get(&request.operation) else { continue };
-            if delivered.insert(request.operation) {
+            if delivered.insert((request.operation, request.at_ms)) {
                 let (reply, _answer) = oneshot::channel();
-                let command =
-                    Command::Cancel { actor: request.actor, reason: request.reason, reply };
+                let command = Command::Cancel {
+                    actor: request.actor,
+                    reason: request.reason,
+                    requested_ms: request.at_ms,
+                    reply,
+                };
                 let _ = handle.mailbox.send(command);
             }
         }
@@ -893,17 +848,10 @@ impl Executor {
         self.ensure_watching();
         let claimed = self.claim_for_operator(id).await?;
         let Claimed { saga, mut state, lease, log, driving } = claimed;
-        let record = Record {
-            operation: id,
-            seq: state.next_seq,
-            at_ms: now_ms(),
-            kind: RecordKind::AttentionRetried {
-                actor: actor.to_owned(),
-                reason: reason.to_owned(),
-            },
-        };
+        let record =
+            RecordKind::AttentionRetried { actor: actor.to_owned(), reason: reason.to_owned() };
         let step = state.attention.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
-        if let Err(e) = self.operator_write(&lease, &mut state, &record).await {
+        if let Err(e) = self.operator_write(&lease, &mut state, record).await {
             let _ = self.shared.store.release(&lease).await;
             return Err(e);
         }
@@ -926,17 +874,42 @@ impl Executor {
         let (step, error) = state.attention.clone().unwrap_or_default();
         let outcome =
             Outcome::Abandoned { step, error, actor: actor.to_owned(), reason: reason.to_owned() };
-        let record = Record {
-            operation: id,
-            seq: state.next_seq,
-            at_ms: now_ms(),
-            kind: RecordKind::OperationFinished { outcome: outcome.clone() },
-        };
-        let written = self.operator_write(&lease, &mut state, &record).await;
+        let finish = RecordKind::OperationFinished { outcome: outcome.clone() };
+        let mut written = self.operator_write(&lease, &mut state, finish.clone()).await;
+        // A cancel request pending in the store came after the point of no return (the
+        // Operation needs attention only past it): its refusal is recorded before the outcome,
+        // which the store refuses while a request is pending.
+        for _ in 0..ABANDON_TRIES {
+            let Err(Error::Store(StoreError::CancelPending { request, .. })) = &written else {
+                break;
+            };
+            let refusal = format!(
+                "past the point of no return (step {}), the operation needs attention",
+                state.attention.as_ref().map_or("", |(s, _)| s.as_str())
+            );
+            log.line(
+                LogLevel::Warn,
+                None,
+                format!(
+                    "cancel requested by {} ({}) refused: {refusal}",
+                    request.actor, request.reason
+                ),
+            );
+            let refused = RecordKind::CancelRefused {
+                actor: request.actor.clone(),
+                reason: request.reason.clone(),
+                requested_ms: request.at_ms,
+                refusal,
+            };
+            written = match self.operator_write(&lease, &mut state, refused).await {
+                Ok(()) => self.operator_write(&lease, &mut state, finish.clone()).await,
+                Err(e) => Err(e),
+            };
+        }
         if written.is_ok() {
             log.final_line(LogLevel::Error, format!("operation {outcome}"));
         }
-        let _ = log.flush(self.shared.store.as_ref()).await;
+        let _ = log.flush(self.shared.store.as_ref(), &lease).await;
         let _ = self.shared.store.release(&lease).await;
         written.map(|()| outcome)
     }
@@ -977,14 +950,19 @@ impl Executor {
     }
 
     /// Applies an operator's record to the state and makes it durable.
+    /// Makes an operator's record durable and applies it to the state (checked against the
+    /// fold first; applied only once durable).
     async fn operator_write(
         &self,
         lease: &crate::store::Lease,
         state: &mut OperationState,
-        record: &Record,
+        kind: RecordKind,
     ) -> Result<()> {
-        state.apply(record)?;
-        self.shared.store.append(lease, std::slice::from_ref(record)).await?;
+        let record = Record { operation: state.id, seq: state.next_seq, at_ms: now_ms(), kind };
+        let mut after = state.clone();
+        after.apply(&record)?;
+        self.shared.store.append(lease, std::slice::from_ref(&record)).await?;
+        *state = after;
         Ok(())
     }
 }
@@ -1075,6 +1053,10 @@ fn default_owner() -> String {
         .unwrap_or_else(|| "executor".to_owned());
     format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
 }
+
+/// How many cancel requests `abandon` refuses before it gives up (each refusal answers one; a
+/// new one may come while it writes).
+const ABANDON_TRIES: usize = 8;
 
 /// How many Operations `recover()` claims and reads at once.
 const RECOVERY_CONCURRENCY: usize = 32;

@@ -43,12 +43,8 @@ impl InFlight {
     }
 }
 
-/// The index of the first stage not yet wholly succeeded; `stages.len()` when all are.
-pub(crate) fn current_stage(saga: &Saga, state: &OperationState) -> usize {
-    current_stage_from(saga, state, 0)
-}
-
-/// [`current_stage`], scanning from stage `from`, which must be at most the answer: a success is
+/// The index of the first stage not yet wholly succeeded (`stages.len()` when all are),
+/// scanning from stage `from`, which must be at most the answer: a success is
 /// final, so a stage found wholly succeeded once stays so, and the driver resumes each scan where
 /// the last one ended (amortised O(1) per step instead of O(stages)). Scanning in order, rather
 /// than bisecting, keeps the answer right for a log whose succeeded stages are not a prefix.
@@ -68,13 +64,20 @@ pub(crate) fn current_stage_from(saga: &Saga, state: &OperationState, from: usiz
         .map_or(stages.len(), |i| from + i)
 }
 
-/// Whether every step up to the point of no return has succeeded.
+/// Whether the Operation passed its point of no return: its log records it
+/// (`PointOfNoReturnPassed`, appended only while no cancel request is pending, so that the store
+/// decides a cancel and the crossing against each other), or, for a log of record format 1,
+/// which never records it, a step after the point of no return started.
 pub(crate) fn past_point_of_no_return(saga: &Saga, state: &OperationState) -> bool {
-    saga.point_of_no_return_stage().is_some_and(|p| current_stage(saga, state) > p)
+    state.passed_point_of_no_return.is_some()
+        || saga.point_of_no_return_stage().is_some_and(|p| {
+            state.steps.iter().any(|s| saga.stage_of(&s.name).is_some_and(|stage| stage > p))
+        })
 }
 
-/// Refuses to cancel a finished Operation, or one past its point of no return (checked only when
-/// its saga is known): the one rule of a local cancel and of a cancel through the store.
+/// Refuses to cancel a finished Operation, or one past its point of no return (without its
+/// saga, only what the log records): the one rule of a local cancel and of a cancel through the
+/// store.
 pub(crate) fn refuse_cancel(saga: Option<&Saga>, state: &OperationState) -> Result<(), Error> {
     if let Some(outcome) = &state.outcome {
         return Err(Error::AlreadyFinished {
@@ -82,11 +85,14 @@ pub(crate) fn refuse_cancel(saga: Option<&Saga>, state: &OperationState) -> Resu
             outcome: Box::new(outcome.clone()),
         });
     }
-    if let Some(saga) = saga.filter(|saga| past_point_of_no_return(saga, state)) {
-        return Err(Error::PastPointOfNoReturn {
-            operation: state.id,
-            step: saga.point_of_no_return().unwrap_or_default().to_owned(),
-        });
+    let past = match saga {
+        Some(saga) if past_point_of_no_return(saga, state) => {
+            Some(saga.point_of_no_return().unwrap_or_default())
+        }
+        _ => state.passed_point_of_no_return.as_deref(),
+    };
+    if let Some(step) = past {
+        return Err(Error::PastPointOfNoReturn { operation: state.id, step: step.to_owned() });
     }
     Ok(())
 }

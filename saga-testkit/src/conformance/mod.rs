@@ -69,13 +69,29 @@
 //!   non-ASCII, SQL wildcards.
 //! - [`log_lines`]: `append_log`/`read_log` in order; `purge_logs` removes only older lines,
 //!   counts them, keeps records.
+//! - [`log_lines_fenced`]: a line under a lease that is not current is `Fenced` and writes
+//!   nothing; a stored line is never replaced.
 //! - [`delete_environment`]: removes that environment's Operations everywhere, and only those.
 //! - [`check_on_healthy_store`]: `check`, with and without repair, finds nothing after a mix of
 //!   everything.
 //! - [`concurrent_appenders`]: 64 Operations × 20 appends from concurrent tasks, with checks
 //!   running: every log complete and gap-free.
-//!
-//! Cancel requests (`request_cancel`, `cancel_requests`) are not covered yet.
+//! - [`cancel_requests`]: one pending request per Operation, listed, answered (removed) by an
+//!   append of `CancelRequested`, `CancelRefused` or `OperationFinished`; none for a finished
+//!   or deleted Operation.
+//! - [`cancel_barriers`]: while a request is pending, passing the point of no return and
+//!   finishing as succeeded or abandoned are `CancelPending` and write nothing.
+//! - [`resource_queues`]: unfinished Operations of a resource in creation order.
+//! - [`wake_ups`]: a store with wake-ups tells of submitted and released Operations, cancel
+//!   requests, and Operations that settled.
+
+mod cancels;
+mod logs;
+mod wake_ups;
+
+pub use self::cancels::{cancel_barriers, cancel_requests};
+pub use self::logs::{log_lines, log_lines_fenced};
+pub use self::wake_ups::wake_ups;
 
 use std::fmt::{Debug, Display};
 use std::future::Future;
@@ -84,7 +100,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use saga_core::log::{LogLevel, LogLine, LogSource, Record, RecordKind};
-use saga_core::store::{now_ms, CancelRequest, CheckReport, Lease, Store, StoreError};
+use saga_core::store::{now_ms, CheckReport, Lease, Store, StoreError};
 use saga_core::{NotUndone, NotUndoneReason, OperationId, Outcome, Resource, RollbackCause};
 
 /// A lease that does not expire while a check runs.
@@ -121,11 +137,14 @@ where
     environment_bounds(fresh().await).await;
     environment_names(fresh().await).await;
     log_lines(fresh().await).await;
+    log_lines_fenced(fresh().await).await;
     delete_environment(fresh().await).await;
     check_on_healthy_store(fresh().await).await;
     concurrent_appenders(fresh().await).await;
     cancel_requests(fresh().await).await;
+    cancel_barriers(fresh().await).await;
     resource_queues(fresh().await).await;
+    wake_ups(fresh().await).await;
 }
 
 /// Writes one `#[tokio::test]` per conformance check, named `conformance_<check>`, each on a
@@ -147,11 +166,14 @@ macro_rules! conformance_tests {
             conformance_environment_bounds => environment_bounds,
             conformance_environment_names => environment_names,
             conformance_log_lines => log_lines,
+            conformance_log_lines_fenced => log_lines_fenced,
             conformance_delete_environment => delete_environment,
             conformance_check_on_healthy_store => check_on_healthy_store,
             conformance_concurrent_appenders => concurrent_appenders,
             conformance_cancel_requests => cancel_requests,
+            conformance_cancel_barriers => cancel_barriers,
             conformance_resource_queues => resource_queues,
+            conformance_wake_ups => wake_ups,
         );
     };
     (@each $fresh:expr; $($test:ident => $check:ident),* $(,)?) => {
@@ -223,71 +245,6 @@ pub async fn resource_queues<S: Store + ?Sized>(store: Arc<S>) {
                     "after two finishes and a deletion expected [{}], got {got:?}",
                     ids[2]
                 ));
-            }
-        })
-        .await;
-}
-
-/// `request_cancel` records the first request of an unfinished Operation (a second one does not
-/// replace it), `cancel_requests` lists every pending one in id order, an append of
-/// `OperationFinished` removes it, a finished Operation takes none, an unknown one is
-/// [`StoreError::NotFound`], and `delete_environment` removes its Operations' requests.
-pub async fn cancel_requests<S: Store + ?Sized>(store: Arc<S>) {
-    Ctx::new("cancel_requests", store)
-        .run(|cx| async move {
-            let request = |id, actor: &str| CancelRequest {
-                operation: id,
-                actor: actor.into(),
-                reason: format!("{actor} says stop"),
-                at_ms: now_ms(),
-            };
-            let listed = |requests: Vec<CancelRequest>| {
-                requests.into_iter().map(|r| (r.operation, r.actor)).collect::<Vec<_>>()
-            };
-            let none = cx.ok("listing on an empty store", cx.store.cancel_requests().await);
-            if !none.is_empty() {
-                cx.fail(format!("an empty store lists cancel requests: {none:?}"));
-            }
-            let (a, la, _) = cx.create("prod", now_ms(), "x").await;
-            let (b, _, _) = cx.create("prod", now_ms(), "x").await;
-            let (gone, _, _) = cx.create("gone", now_ms(), "x").await;
-            cx.ok("requesting a cancel of b", cx.store.request_cancel(&request(b, "bob")).await);
-            cx.ok("requesting a cancel of a", cx.store.request_cancel(&request(a, "amy")).await);
-            cx.ok("requesting again", cx.store.request_cancel(&request(a, "zed")).await);
-            cx.ok(
-                "requesting a cancel of gone",
-                cx.store.request_cancel(&request(gone, "gil")).await,
-            );
-            let mut expected =
-                vec![(a, "amy".to_owned()), (b, "bob".to_owned()), (gone, "gil".to_owned())];
-            expected.sort();
-            let got = listed(cx.ok("listing requests", cx.store.cancel_requests().await));
-            if got != expected {
-                cx.fail(format!(
-                    "expected the first request of each, in id order: {expected:?}, got {got:?}"
-                ));
-            }
-            let full = cx.ok("listing requests", cx.store.cancel_requests().await);
-            if full.iter().any(|r| r.operation == a && r.reason != "amy says stop") {
-                cx.fail(format!("the request lost its reason: {full:?}"));
-            }
-            cx.ok("finishing a", cx.store.append(&la, &[finished(a, 1)]).await);
-            cx.ok("deleting gone's environment", cx.store.delete_environment("gone").await);
-            let got = listed(cx.ok("listing requests", cx.store.cancel_requests().await));
-            if got != vec![(b, "bob".to_owned())] {
-                cx.fail(format!("finishing a and deleting gone left {got:?}"));
-            }
-            cx.ok(
-                "requesting a cancel of finished a",
-                cx.store.request_cancel(&request(a, "amy")).await,
-            );
-            let got = listed(cx.ok("listing requests", cx.store.cancel_requests().await));
-            if got != vec![(b, "bob".to_owned())] {
-                cx.fail(format!("a finished Operation took a request: {got:?}"));
-            }
-            match cx.store.request_cancel(&request(OperationId::new(), "nobody")).await {
-                Err(StoreError::NotFound(_)) => {}
-                other => cx.fail(format!("a request of an unknown Operation: {}", brief(&other))),
             }
         })
         .await;
@@ -1058,73 +1015,6 @@ fn show_name(name: &str) -> String {
     }
 }
 
-/// Log lines round-trip in order with `append_log` and `read_log` (an unknown or empty log reads
-/// empty); `purge_logs(before)` removes exactly the lines written before `before`, of every
-/// Operation, returns how many, and never a record or an Operation.
-pub async fn log_lines<S: Store + ?Sized>(store: Arc<S>) {
-    Ctx::new("log_lines", store)
-        .run(|cx| async move {
-            let (a, lease_a, _) = cx.create("prod", 10, "me").await;
-            let (b, _, _) = cx.create("prod", 20, "me").await;
-            cx.ok("appending a record", cx.store.append(&lease_a, &[started(a, 1)]).await);
-            cx.assert_log(a, &[], "before any line").await;
-            cx.ok("appending no log lines", cx.store.append_log(a, &[]).await);
-            cx.assert_log(a, &[], "after appending no lines").await;
-
-            let mut lines_a: Vec<LogLine> =
-                (0..6).map(|seq| line(a, seq, 100 * (seq + 1))).collect();
-            lines_a[2].step = None;
-            lines_a[2].source = LogSource::Step;
-            lines_a[2].level = LogLevel::Error;
-            lines_a[3].message =
-                "non-ASCII: \u{fc}\u{65e5}\u{1f680}, a newline\nand a tab\t".into();
-            cx.ok("appending lines 0-1", cx.store.append_log(a, &lines_a[0..2]).await);
-            cx.ok("appending line 2", cx.store.append_log(a, &lines_a[2..3]).await);
-            cx.ok("appending lines 3-5", cx.store.append_log(a, &lines_a[3..6]).await);
-            let lines_b = vec![line(b, 0, 150), line(b, 1, 250)];
-            cx.ok("appending lines of b", cx.store.append_log(b, &lines_b).await);
-            cx.assert_log(a, &lines_a, "after three appends").await;
-            cx.assert_log(b, &lines_b, "after one append").await;
-            cx.assert_log(OperationId::new(), &[], "of an unknown Operation").await;
-
-            let records_a = cx.read(a, "before purging").await;
-            let records_b = cx.read(b, "before purging").await;
-            let purged = cx.ok("purging before 0", cx.store.purge_logs(0).await);
-            cx.equal(purged, 0, "lines purged before 0");
-            let purged = cx.ok("purging before 100", cx.store.purge_logs(100).await);
-            cx.equal(purged, 0, "lines purged before 100 (the oldest line is at 100)");
-            let purged = cx.ok("purging before 200", cx.store.purge_logs(200).await);
-            cx.equal(purged, 2, "lines purged before 200 (one of a at 100, one of b at 150)");
-            cx.assert_log(a, &lines_a[1..], "after purging before 200").await;
-            cx.assert_log(b, &lines_b[1..], "after purging before 200").await;
-            let purged = cx.ok("purging before 200 again", cx.store.purge_logs(200).await);
-            cx.equal(purged, 0, "lines purged before 200 a second time");
-            let purged = cx.ok("purging before 301", cx.store.purge_logs(301).await);
-            cx.equal(purged, 3, "lines purged before 301 (a's at 200 and 300, b's at 250)");
-            cx.assert_log(a, &lines_a[3..], "after purging before 301").await;
-            cx.assert_log(b, &[], "after purging before 301").await;
-            cx.assert_records(a, &records_a, "after purging logs").await;
-            cx.assert_records(b, &records_b, "after purging logs").await;
-
-            // Lines go on after a purge; then a purge of everything.
-            let more = line(a, 6, 700);
-            cx.ok(
-                "appending after a purge",
-                cx.store.append_log(a, std::slice::from_ref(&more)).await,
-            );
-            let mut expected = lines_a[3..].to_vec();
-            expected.push(more);
-            cx.assert_log(a, &expected, "after appending after a purge").await;
-            let purged = cx.ok("purging everything", cx.store.purge_logs(u64::MAX).await);
-            cx.equal(purged, 4, "lines purged before u64::MAX");
-            cx.assert_log(a, &[], "after purging everything").await;
-            cx.assert_records(a, &records_a, "after purging everything").await;
-            cx.assert_records(b, &records_b, "after purging everything").await;
-            cx.assert_unfinished(&[a, b], "after purging everything").await;
-            cx.assert_env("prod", 0, u64::MAX, &[a, b], "after purging everything").await;
-        })
-        .await;
-}
 
 /// `delete_environment` removes every Operation of one environment (records read
 /// [`StoreError::NotFound`], gone from both listings, no log lines left, not claimable) and
@@ -1140,7 +1030,7 @@ pub async fn delete_environment<S: Store + ?Sized>(store: Arc<S>) {
                 let (id, lease, _) = cx.create(name, 10 + i as u64, "me").await;
                 cx.ok("appending", cx.store.append(&lease, &[started(id, 1)]).await);
                 let lines = vec![line(id, 0, 100 + i as u64)];
-                cx.ok("appending a log line", cx.store.append_log(id, &lines).await);
+                cx.ok("appending a log line", cx.store.append_log(&lease, &lines).await);
                 if name == "a" {
                     gone.push((id, lease));
                 } else {
@@ -1152,7 +1042,7 @@ pub async fn delete_environment<S: Store + ?Sized>(store: Arc<S>) {
             let (finished_id, lease, _) = cx.create("a", 50, "me").await;
             cx.ok("finishing", cx.store.append(&lease, &[finished(finished_id, 1)]).await);
             let lines = [line(finished_id, 0, 60), line(finished_id, 1, 70)];
-            cx.ok("appending log lines", cx.store.append_log(finished_id, &lines).await);
+            cx.ok("appending log lines", cx.store.append_log(&lease, &lines).await);
             gone.push((finished_id, lease));
 
             let deleted =
@@ -1235,7 +1125,7 @@ pub async fn check_on_healthy_store<S: Store + ?Sized>(store: Arc<S>) {
                     let (id, lease, _) = cx.create(env, 10 * i as u64 + j, "me").await;
                     count += 1;
                     cx.ok("appending", cx.store.append(&lease, &[started(id, 1)]).await);
-                    cx.ok("logging", cx.store.append_log(id, &[line(id, 0, 5 + j)]).await);
+                    cx.ok("logging", cx.store.append_log(&lease, &[line(id, 0, 5 + j)]).await);
                     match j {
                         0 => {
                             let r = finished(id, 2);
@@ -1384,7 +1274,7 @@ async fn append_all<S: Store + ?Sized>(
         let failed = |what: &str, e: StoreError| format!("Operation {i}: {what} {seq}: {e:?}");
         store.append(&lease, &[r]).await.map_err(|e| failed("appending record", e))?;
         let l = line(id, seq - 1, 1_000 + seq);
-        store.append_log(id, &[l]).await.map_err(|e| failed("appending log line", e))?;
+        store.append_log(&lease, &[l]).await.map_err(|e| failed("appending log line", e))?;
         let records = store.read(id).await.map_err(|e| failed("reading after record", e))?;
         let gap_free =
             records.iter().enumerate().all(|(n, r)| r.seq == n as u64 && r.operation == id);
