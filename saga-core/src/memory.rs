@@ -195,6 +195,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn lease(&self, operation: OperationId) -> Result<Option<Lease>, StoreError> {
+        Ok(self.lock().leases.get(&operation).cloned())
+    }
+
     async fn list_environment(
         &self,
         environment: &str,

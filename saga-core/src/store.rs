@@ -271,6 +271,7 @@ impl Listing {
 ///     }
 ///     async fn renew(&self, lease: &Lease, _: Duration) -> Result<Lease, StoreError> { Ok(lease.clone()) }
 ///     async fn release(&self, _: &Lease) -> Result<(), StoreError> { Ok(()) }
+///     async fn lease(&self, _: OperationId) -> Result<Option<Lease>, StoreError> { Ok(None) }
 ///     async fn list_environment(&self, _: &str, _: u64, _: u64) -> Result<Listing, StoreError> { Ok(Listing::default()) }
 ///     async fn append_log(&self, _: &Lease, _: &[LogLine]) -> Result<(), StoreError> { Ok(()) }
 ///     async fn read_log(&self, _: OperationId) -> Result<Vec<LogLine>, StoreError> { Ok(vec![]) }
@@ -320,6 +321,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives up a lease, so that another executor may claim the Operation at once.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// The Operation's current lease as the store holds it (an expired or released one too,
+    /// with its epoch), or `None` if it has none or does not exist. For reading only: an
+    /// executor tells from it whether another executor claimed an Operation after it stopped
+    /// here.
+    async fn lease(&self, operation: OperationId) -> Result<Option<Lease>, StoreError>;
 
     /// Ids of the Operations of `environment` created in `[since_ms, until_ms)`, in creation
     /// order, and the entries of that range that do not decode.

@@ -84,6 +84,10 @@ pub trait StoreWrapper: Send + Sync + 'static {
         self.inner().release(lease).await
     }
 
+    async fn lease(&self, operation: OperationId) -> Result<Option<Lease>, StoreError> {
+        self.inner().lease(operation).await
+    }
+
     async fn list_environment(
         &self,
         environment: &str,
@@ -175,6 +179,10 @@ impl<W: StoreWrapper> Store for W {
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         StoreWrapper::release(self, lease).await
+    }
+
+    async fn lease(&self, operation: OperationId) -> Result<Option<Lease>, StoreError> {
+        StoreWrapper::lease(self, operation).await
     }
 
     async fn list_environment(

@@ -13,7 +13,7 @@ use crate::error::{Error, Result, StoreError};
 use crate::fold::{OperationState, Phase};
 use crate::id::{now_ms, OperationId};
 use crate::log::Record;
-use crate::record::{Outcome, RecordKind};
+use crate::record::Outcome;
 use crate::store::{CancelRecorded, CancelRequest};
 
 /// What [`Executor::cancel`] did, when it did not refuse. A refusal is an error:
@@ -137,7 +137,7 @@ impl Executor {
     /// executor resumed or finished it, the store answers.
     pub async fn status(&self, id: OperationId) -> Result<OperationState> {
         let records = self.read_records(id).await?;
-        if let Some(trouble @ Trouble::Halted { .. }) = self.trouble(id, &records) {
+        if let Some(trouble @ Trouble::Halted { .. }) = self.trouble(id).await {
             return Err(trouble.error(id));
         }
         let mut state = OperationState::fold(id, &records)?;
@@ -227,7 +227,7 @@ impl Executor {
             Err(e) if e.is_transient() => return None,
             Err(e) => return Some(Err(self.trouble_or(id, e))),
         };
-        if let Some(trouble) = self.trouble(id, &records) {
+        if let Some(trouble) = self.trouble(id).await {
             return Some(Err(trouble.error(id)));
         }
         let state = match OperationState::fold(id, &records) {
@@ -252,18 +252,22 @@ impl Executor {
     }
 
     /// What this executor remembers of the Operation stopping here (a halt, or a recovery that
-    /// could not resume it), while the store has not moved past it: nothing appended since it
-    /// stopped here, no outcome. Forgets it once the store has.
-    pub(super) fn trouble(&self, id: OperationId, records: &[Record]) -> Option<Trouble> {
-        let mut troubled = lock(&self.shared.troubled);
-        let trouble = troubled.get(&id)?;
-        let finished =
-            records.last().is_some_and(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
-        if finished || records.len() as u64 > trouble.seen() {
-            troubled.remove(&id);
+    /// could not resume it), while the store has not moved past it: no executor claimed it
+    /// since (a later lease epoch). Forgets it once one did.
+    pub(super) async fn trouble(&self, id: OperationId) -> Option<Trouble> {
+        let trouble = lock(&self.shared.troubled).get(&id).cloned()?;
+        // An outcome in the store with no claim since is this executor's own write, which the
+        // store did not acknowledge: the halt still stands.
+        let claimed_since = match self.shared.store.lease(id).await {
+            Ok(lease) => lease.is_some_and(|lease| lease.epoch > trouble.epoch()),
+            // Unknown: what stopped it here still stands.
+            Err(_) => false,
+        };
+        if claimed_since {
+            lock(&self.shared.troubled).remove(&id);
             return None;
         }
-        Some(trouble.clone())
+        Some(trouble)
     }
 
     /// The error of reading an Operation that stopped here: what stopped it, if this executor

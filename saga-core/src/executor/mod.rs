@@ -108,16 +108,16 @@ pub(crate) struct Shared {
     pub(crate) wakes: bool,
 }
 
-/// Why an Operation is not running here although it has not finished, and how many records it
-/// had then (`seen`): once the store holds more, or an outcome, another executor moved it on
-/// and the store answers instead (see [`Executor::trouble`]).
+/// Why an Operation is not running here although it has not finished, and the epoch of the
+/// lease this executor held then: once the store holds a later one, another executor claimed
+/// it after it stopped here, and the store answers instead (see [`Executor::trouble`]).
 #[derive(Clone)]
 enum Trouble {
     /// Its driver stopped on a store failure or an illegal log (not a lost lease: that
     /// Operation is another executor's, which the store tells).
-    Halted { cause: Arc<Error>, seen: u64 },
+    Halted { cause: Arc<Error>, epoch: u64 },
     /// `recover()` could not resume it.
-    Unrecoverable { cause: Arc<Error>, seen: u64 },
+    Unrecoverable { cause: Arc<Error>, epoch: u64 },
 }
 
 impl Trouble {
@@ -130,9 +130,9 @@ impl Trouble {
         }
     }
 
-    fn seen(&self) -> u64 {
+    fn epoch(&self) -> u64 {
         match self {
-            Trouble::Halted { seen, .. } | Trouble::Unrecoverable { seen, .. } => *seen,
+            Trouble::Halted { epoch, .. } | Trouble::Unrecoverable { epoch, .. } => *epoch,
         }
     }
 }
@@ -375,7 +375,10 @@ impl Executor {
         if !self.shared.watching.swap(true, Ordering::SeqCst) {
             let shared = Arc::downgrade(&self.shared);
             let shutdown = self.shared.shutdown.clone();
-            self.shared.tasks.spawn(watcher::watch(shared, shutdown));
+            // Subscribed now, not when the task first runs: what the caller does next (a
+            // submit) may wake it already.
+            let wake_ups = self.shared.store.wake_ups();
+            self.shared.tasks.spawn(watcher::watch(shared, shutdown, wake_ups));
         }
     }
 
@@ -426,9 +429,12 @@ impl Executor {
         self.ensure_watching();
         let (record, _) = self.created_record(request)?;
         let id = record.operation;
-        // A lease that expired as it was granted: claimable at once by anyone.
+        // A lease that expired as it was granted: claimable at once by anyone. A store with
+        // wake-ups tells every executor over it (this one too); without, this one scans now.
         self.shared.store.create(&record, &self.shared.owner, Duration::ZERO).await?;
-        self.shared.scan_now.notify_one();
+        if !self.shared.wakes {
+            self.shared.scan_now.notify_one();
+        }
         Ok(id)
     }
 
@@ -531,7 +537,7 @@ impl Executor {
                 }
             };
             mailbox.close();
-            let seen = driver.state.next_seq;
+            let epoch = driver.lease.epoch;
             // The driver (with any step future it still held) and its reservation go first, while
             // the handle still makes `wait()` wait for the exit below: whoever acts on the end
             // may drive the Operation next, and must find it free.
@@ -545,7 +551,7 @@ impl Executor {
                     running.remove(&id);
                     if let Exit::Halted(cause) = &exit {
                         if !driver::is_lost_lease(cause) {
-                            let trouble = Trouble::Halted { cause: cause.clone(), seen };
+                            let trouble = Trouble::Halted { cause: cause.clone(), epoch };
                             lock(&shared.troubled).insert(id, trouble);
                         }
                     }
@@ -580,6 +586,7 @@ impl Executor {
     ) -> Result<RecoveryReport> {
         // One recovery at a time per executor, so that two never claim the same Operation.
         let _recovering = self.shared.recovering.lock().await;
+        let targeted = only.is_some();
         let listing = match only {
             Some(ids) => crate::store::Listing::of(ids),
             None => self.shared.store.list_unfinished().await?,
@@ -588,9 +595,18 @@ impl Executor {
         if scan {
             let running = lock(&self.shared.running);
             let troubled = lock(&self.shared.troubled);
+            // What stopped here on a failure is tried again by the periodic scan only: a
+            // halted driver releases its lease, and a wake-up for that would try again at once,
+            // for as long as the failure lasts.
             ids.retain(|id| {
                 !running.contains_key(id)
-                    && !matches!(troubled.get(id), Some(Trouble::Unrecoverable { cause, .. }) if !cause.is_transient())
+                    && match troubled.get(id) {
+                        None => true,
+                        Some(Trouble::Unrecoverable { cause, .. }) => {
+                            !targeted && cause.is_transient()
+                        }
+                        Some(Trouble::Halted { .. }) => !targeted,
+                    }
             });
         }
         if ids.is_empty() {
@@ -618,9 +634,8 @@ impl Executor {
             match found {
                 Recovered::Skipped => {}
                 Recovered::OwnedElsewhere(id) => report.owned_elsewhere.push(id),
-                Recovered::Unrecoverable(id, cause) => {
-                    // Forgotten once the store holds its outcome (`seen` never passed).
-                    let trouble = Trouble::Unrecoverable { cause: cause.clone(), seen: u64::MAX };
+                Recovered::Unrecoverable(id, cause, epoch) => {
+                    let trouble = Trouble::Unrecoverable { cause: cause.clone(), epoch };
                     lock(&self.shared.troubled).insert(id, trouble);
                     report.unrecoverable.push((id, cause));
                 }
@@ -658,7 +673,7 @@ impl Executor {
             match self.shared.store.claim(id, &self.shared.owner, self.shared.lease_ttl).await {
                 Ok(lease) => lease,
                 Err(StoreError::Owned { .. }) => return Recovered::OwnedElsewhere(id),
-                Err(e) => return Recovered::Unrecoverable(id, Arc::new(e.into())),
+                Err(e) => return Recovered::Unrecoverable(id, Arc::new(e.into()), 0),
             };
         match self.prepare(id).await {
             Ok(Some((_, state, _))) if state.phase() == Phase::NeedsAttention => {
@@ -682,7 +697,7 @@ impl Executor {
                     let _ = sink.flush(self.shared.store.as_ref(), &lease).await;
                 }
                 let _ = self.shared.store.release(&lease).await;
-                Recovered::Unrecoverable(id, Arc::new(cause))
+                Recovered::Unrecoverable(id, Arc::new(cause), lease.epoch)
             }
         }
     }
@@ -860,7 +875,10 @@ impl Executor {
             Some(&step),
             format!("{actor} retries step {step}, which needed attention: {reason}"),
         );
-        self.spawn(saga, state, lease, log, driving, None);
+        // A cancel requested while it waited came after the point of no return: the driver
+        // records its refusal first.
+        let cancel = self.shared.store.pending_cancel(id).await.ok().flatten();
+        self.spawn(saga, state, lease, log, driving, cancel);
         Ok(())
     }
 
@@ -1067,8 +1085,9 @@ enum Recovered {
     Skipped,
     /// Another executor's lease holds it, or another executor of this process drives it.
     OwnedElsewhere(OperationId),
-    /// It cannot be resumed, for this reason.
-    Unrecoverable(OperationId, Arc<Error>),
+    /// It cannot be resumed, for this reason (with the epoch of the lease claimed to try, if
+    /// any: 0 when the claim failed).
+    Unrecoverable(OperationId, Arc<Error>, u64),
     /// It waits for an operator's decision.
     NeedsAttention(OperationId),
     /// Claimed and folded, ready to resume.

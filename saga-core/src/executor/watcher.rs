@@ -43,10 +43,13 @@ impl Work {
 /// Operation is claimed (with takeover on), a cancel request is handed to its Operation's
 /// driver, a settled Operation's waiters look at the store again. The wake-ups that arrived
 /// together are handled together.
-pub(super) async fn watch(shared: Weak<Shared>, shutdown: CancellationToken) {
-    let Some((poll, takeover, scan_now, mut wake_ups)) = shared
-        .upgrade()
-        .map(|s| (s.cancel_poll, s.takeover_interval, s.scan_now.clone(), s.store.wake_ups()))
+pub(super) async fn watch(
+    shared: Weak<Shared>,
+    shutdown: CancellationToken,
+    mut wake_ups: Option<broadcast::Receiver<WakeUp>>,
+) {
+    let Some((poll, takeover, scan_now)) =
+        shared.upgrade().map(|s| (s.cancel_poll, s.takeover_interval, s.scan_now.clone()))
     else {
         return;
     };

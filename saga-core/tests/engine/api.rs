@@ -104,11 +104,13 @@ async fn waiting_for_an_operation_of_an_unknown_saga_is_a_typed_error() {
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     let reader = Executor::builder(store).build().expect("an executor without sagas");
-    match reader.wait(id).await {
-        Err(Error::UnknownSaga { name, version }) => {
-            assert_eq!((name.as_str(), version), ("deploy", Some(1)));
+    // Another executor may run it: `wait` follows it, here until the caller's bound.
+    let bound = Duration::from_millis(300);
+    match reader.wait_timeout(id, bound).await {
+        Err(Error::WaitTimedOut { operation, waited }) => {
+            assert_eq!((operation, waited), (id, bound));
         }
-        other => panic!("expected UnknownSaga, got {other:?}"),
+        other => panic!("expected WaitTimedOut, got {other:?}"),
     }
     // Recovery cannot resume it and says why, typed; wait() then gives that cause.
     let report = reader.recover().await.expect("recover");
@@ -125,8 +127,9 @@ async fn waiting_for_an_operation_of_an_unknown_saga_is_a_typed_error() {
 }
 
 /// `submit` records the Operation without running it in the call: an executor whose takeover
-/// scan is on runs it at once (woken by its own submit, not at its next scan a minute away); one
-/// whose scan is off leaves it for the workers.
+/// scan is off leaves it for the workers; a worker that watches the store (it recovered at
+/// start) runs it at once, woken by the store, not at its next scan a minute away, and runs its
+/// own submits at once too.
 #[tokio::test]
 async fn a_submitted_operation_runs_on_the_scan_of_an_executor_that_adopts_and_waits_otherwise() {
     let params = Params { image: "web:3".into(), replicas: 1 };
@@ -138,25 +141,25 @@ async fn a_submitted_operation_runs_on_the_scan_of_an_executor_that_adopts_and_w
         .takeover_interval(None)
         .build()
         .expect("executor");
-    let id = api.submit(request()).await.expect("submitted");
+    let early = api.submit(request()).await.expect("submitted");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!api.is_running(id));
-    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![id]);
+    assert!(!api.is_running(early));
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![early]);
 
     let worker = Executor::builder(store.clone())
         .saga(saga())
         .takeover_interval(Some(Duration::from_secs(60)))
         .build()
         .expect("executor");
+    assert_eq!(worker.recover().await.expect("recovers").resumed, vec![early]);
+    let id = api.submit(request()).await.expect("submitted");
     let own = worker.submit(request()).await.expect("submitted");
-    let finished = tokio::time::timeout(Duration::from_secs(5), async {
-        while !store.list_unfinished().await.expect("lists").ids.is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(finished.is_ok(), "the worker's scan ran both at once");
-    for id in [id, own] {
+    for id in [early, id, own] {
+        // The api executor follows them too, wherever they run.
+        let outcome = api.wait_timeout(id, Duration::from_secs(5)).await.expect("finished");
+        assert_eq!(outcome, Outcome::Succeeded);
+    }
+    for id in [early, id, own] {
         let records = store.read(id).await.expect("reads");
         assert!(
             matches!(

@@ -159,7 +159,7 @@ async fn shutdown_stops_at_a_step_boundary_and_recover_finishes() {
     let state = first.status(id).await.unwrap();
     assert!(matches!(state.step("a").unwrap().execution, Execution::Succeeded { .. }));
     assert!(state.step("b").is_none());
-    assert!(matches!(first.wait(id).await, Err(Error::NotRunning(_))));
+    assert!(matches!(first.wait(id).await, Err(Error::ShuttingDown)));
     let late = Start::new("s", Resource::new("a", "b")).params(&()).environment("t").actor("x");
     assert!(matches!(first.start(late).await, Err(Error::ShuttingDown)));
 

@@ -122,10 +122,10 @@ pub async fn cancel_requests<S: Store + ?Sized>(store: Arc<S>) {
 /// While a cancel request is pending, an append holding a cancel barrier
 /// (`PointOfNoReturnPassed`, or `OperationFinished` as succeeded or abandoned) is
 /// [`StoreError::CancelPending`] with that request and writes nothing, not even the records
-/// before the barrier in the same append; any other append goes in (and leaves the request
-/// pending); once the request is answered the barrier goes in, and a request made after it is
-/// recorded (for the owner to refuse); a rollback's finish goes in while a request is pending
-/// and answers it.
+/// before the barrier in the same append, nor an answer to the request beside it; any other
+/// append goes in (and leaves the request pending); once the request is answered the barrier
+/// goes in, and a request made after it is recorded (for the owner to refuse); a rollback's
+/// finish goes in while a request is pending and answers it.
 pub async fn cancel_barriers<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("cancel_barriers", store)
         .run(|cx| async move {
@@ -167,18 +167,19 @@ pub async fn cancel_barriers<S: Store + ?Sized>(store: Arc<S>) {
             cx.ok("appending a step's start", cx.store.append(&la, &[started(a, 1)]).await);
             let still = cx.ok("reading the pending request", cx.store.pending_cancel(a).await);
             cx.equal(still, Some(amy.clone()), "the request after a plain append");
-            // Refused (as the owner does once past the point of no return): the barrier goes in.
+            // A barrier is refused even beside the answer in one append: the answer goes first.
             let answer = [record(a, 2, step_succeeded()), refused(a, 3, "amy"), passed(a, 4)];
-            cx.ok("refusing and passing in one append", cx.store.append(&la, &answer).await);
+            pending(&cx.store.append(&la, &answer).await, "refusing and passing in one append");
+            let answer = [record(a, 2, step_succeeded()), refused(a, 3, "amy")];
+            cx.ok("refusing the request", cx.store.append(&la, &answer).await);
+            cx.ok("passing once it is answered", cx.store.append(&la, &[passed(a, 4)]).await);
             let late = request(a, "lee");
             let recorded =
                 cx.ok("requesting after the barrier", cx.store.request_cancel(&late).await);
             cx.equal(recorded, CancelRecorded::Recorded, "a request after passing");
             pending_for(&cx.store.append(&la, &[finished(a, 5)]).await, &late, "finishing");
-            cx.ok(
-                "refusing lee's request and finishing",
-                cx.store.append(&la, &[refused(a, 5, "lee"), finished(a, 6)]).await,
-            );
+            cx.ok("refusing lee's request", cx.store.append(&la, &[refused(a, 5, "lee")]).await);
+            cx.ok("finishing once it is answered", cx.store.append(&la, &[finished(a, 6)]).await);
             cx.assert_unfinished(&[], "after the finish").await;
 
             // A rollback's finish goes in with a request pending, and answers it.
