@@ -141,6 +141,12 @@ impl Inner {
     }
 
     fn failed(&self) -> Option<String> {
+        // The log's writer tells its failure to `progress` (which wakes the waiting writers)
+        // before it marks its queue failed: a writer woken with the failure and writing again
+        // at once must see it here too.
+        if let Some(e) = self.progress.borrow().failed.as_ref() {
+            return Some(e.to_string());
+        }
         if let Some(e) = self.wal.failure() {
             return Some(e.to_string());
         }
