@@ -277,8 +277,13 @@ impl Tickets {
     }
 
     /// Every ticket up to this one is durable. Never grows again after a failed sync.
+    ///
+    /// The log's writer releases the waiters of a group (in `apply`) before it publishes the
+    /// group's LSN as durable, so a writer may return, and a reader may look, in between: the
+    /// tickets released count as durable too, so that a write is shown as soon as its writer
+    /// was told it is durable.
     pub(crate) fn durable(&self) -> u64 {
-        self.0.wal.durable_lsn()
+        self.0.wal.durable_lsn().max(self.0.waiters.released())
     }
 }
 
@@ -306,6 +311,11 @@ impl Waiters {
         let (tx, rx) = tokio::sync::oneshot::channel();
         state.waiting.entry(ticket).or_default().push(tx);
         Some(rx)
+    }
+
+    /// Every ticket up to this one was released (is durable).
+    fn released(&self) -> Lsn {
+        lock(&self.state).released
     }
 
     /// Every ticket up to `lsn` is durable: answers their writers.
