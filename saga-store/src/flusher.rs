@@ -264,6 +264,12 @@ impl Flusher {
         }
     }
 
+    /// Waits until every entry queued to the log before the call is durable: every change made
+    /// under the write lock before the call, since writers take their tickets under it.
+    pub(crate) async fn wait_queued(&self) -> Result<(), StoreError> {
+        self.wait(self.inner.wal.last_lsn()).await
+    }
+
     /// How many times the log was synced to acknowledge writes since the store opened.
     pub(crate) fn syncs(&self) -> u64 {
         self.io.syncs.load(Ordering::Relaxed).saturating_sub(self.syncs_at_open)

@@ -104,7 +104,7 @@ async fn a_healthy_store_checks_clean() {
     let (a, lease) = create(&store, "prod", 10).await;
     create(&store, "dev", 11).await;
     store.append(&lease, &[started(a, 1, "a"), finished(a, 2)]).await.expect("appends");
-    store.append_log(a, &[line(a, 0), line(a, 1)]).await.expect("logs");
+    store.append_log(&lease, &[line(a, 0), line(a, 1)]).await.expect("logs");
     let report = store.check(true).await.expect("checks");
     assert_eq!(report.operations, 2);
     assert!(report.findings.is_empty(), "{:?}", report.findings);
@@ -253,9 +253,14 @@ async fn undecodable_and_newer_leases_are_damaged_entries() {
 async fn dangling_and_damaged_index_entries_are_found_and_removed() {
     let (_dir, path, store) = open_temp();
     let (a, _) = create(&store, "prod", 10).await;
-    drop(store);
+    // An Operation with log lines (written under its lease), whose records then go: a ghost.
     let ghost = OperationId::new();
+    let ghost_lease =
+        store.create(&created(ghost, "s", "prod", 5), "me", TTL).await.expect("creates");
+    store.append_log(&ghost_lease, &[line(ghost, 0), line(ghost, 1)]).await.expect("logs");
+    drop(store);
     edit(&path, |db| {
+        tree(db, "records").remove(seq_key(ghost, 0)).expect("removes the ghost's record");
         let index = tree(db, "by_environment");
         index.insert(env_key("prod", 5, ghost), &[][..]).expect("inserts");
         // An entry of an Operation that exists, at a time it was not created.
@@ -270,7 +275,6 @@ async fn dangling_and_damaged_index_entries_are_found_and_removed() {
     });
 
     let store = SledStore::open(&path).expect("reopens");
-    store.append_log(ghost, &[line(ghost, 0), line(ghost, 1)]).await.expect("logs");
     let listing = store.list_environment("prod", 0, u64::MAX).await.expect("lists");
     // Opening removed the ghost's unfinished mark, its lease and its index entry: what an
     // unacknowledged create leaves (see `settle_unacknowledged`). What names no unfinished
@@ -370,7 +374,7 @@ async fn a_check_while_operations_run_finds_nothing() {
                 for seq in 1..=10 {
                     store.append(&lease, &[started(id, seq, "a")]).await.expect("appends");
                 }
-                store.append_log(id, &[line(id, 0)]).await.expect("logs");
+                store.append_log(&lease, &[line(id, 0)]).await.expect("logs");
                 store.append(&lease, &[finished(id, 11)]).await.expect("finishes");
             }
         }));
