@@ -501,6 +501,7 @@ impl WalFile for FaultyFile {
         if !self.segment {
             return self.file.sync_data();
         }
+        self.io_faults.pass();
         self.syncs.fetch_add(1, Ordering::Relaxed);
         match self.io_faults.take() {
             Some(error) => Err(error),

@@ -297,4 +297,6 @@ mod resources;
 mod store;
 mod wal;
 
+#[doc(hidden)]
+pub use crate::disk::SyncHold;
 pub use crate::store::{Durability, SledStore};

@@ -17,7 +17,7 @@ use saga_core::{OperationId, Resource};
 use crate::acks::{Acks, Hidden, StoredCancel};
 use crate::cancels::Requested;
 use crate::codec::decode_cancel;
-use crate::disk::DiskSync;
+use crate::disk::{DiskSync, SyncHold};
 use crate::flusher::{Flusher, Tuning};
 use crate::open::{open, Trees};
 use crate::records::Appended;
@@ -178,6 +178,26 @@ impl SledStore {
         };
         flusher.faults().arm(after, error);
         Ok(())
+    }
+
+    /// **For tests only** (hidden from the docs; not part of the stable API): holds every sync
+    /// of the write-ahead log back until the returned [`SyncHold`] is released or dropped, so
+    /// that a test can act while a write is in sled and in the log's file but not acknowledged
+    /// ([`SyncHold::wait_until_held`] tells when a sync waits). Combined with
+    /// [`SledStore::inject_sync_failure`], the held sync then fails. Release the hold before
+    /// dropping the store: closing waits for the log's writer.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] if the store was opened without fsync: it never syncs.
+    #[doc(hidden)]
+    pub fn hold_syncs(&self) -> Result<SyncHold, StoreError> {
+        let Some(flusher) = self.flusher.as_ref() else {
+            return Err(StoreError::Unavailable(
+                "no sync to hold: the store was opened without fsync".into(),
+            ));
+        };
+        Ok(SyncHold::new(flusher.faults().clone()))
     }
 
     /// Runs `f` on the trees in tokio's blocking pool, after refusing to write if syncing has

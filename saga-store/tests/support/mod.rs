@@ -92,3 +92,29 @@ pub(crate) fn open_sled(path: &std::path::Path) -> sled::Db {
         }
     }
 }
+
+/// `PointOfNoReturnPassed` at `step`: a cancel barrier.
+pub(crate) fn passed(id: OperationId, seq: u64) -> Record {
+    record(id, seq, RecordKind::PointOfNoReturnPassed { step: "migrate".into() })
+}
+
+/// `CancelRequested` by `actor`: answers a pending cancel request.
+pub(crate) fn cancelled(id: OperationId, seq: u64, actor: &str) -> Record {
+    record(id, seq, RecordKind::CancelRequested { actor: actor.into(), reason: "stop".into() })
+}
+
+/// `OperationFinished` as rolled back after a cancel: answers a request, and is no barrier.
+pub(crate) fn rolled_back(id: OperationId, seq: u64) -> Record {
+    let cause = saga_core::RollbackCause::Cancelled { actor: "amy".into(), reason: "stop".into() };
+    record(id, seq, RecordKind::OperationFinished { outcome: Outcome::RolledBack { cause } })
+}
+
+/// A cancel request of `id` by `actor`.
+pub(crate) fn cancel_request(id: OperationId, actor: &str) -> saga_core::store::CancelRequest {
+    saga_core::store::CancelRequest {
+        operation: id,
+        actor: actor.into(),
+        reason: format!("{actor} says stop"),
+        at_ms: 1_000,
+    }
+}
