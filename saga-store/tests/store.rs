@@ -2,6 +2,7 @@
 //! commit, failing syncs (`faults`), the consistency check (`check`), and an executor running
 //! over it.
 
+mod cancels;
 mod check;
 mod conformance;
 mod faults;
