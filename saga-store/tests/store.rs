@@ -126,7 +126,7 @@ async fn unfinished_shrinks_and_never_reads_finished_operations() {
 
     // Garbage in the finished Operation's records does not disturb the list: it is never read.
     {
-        let db = open_sled(&path);
+        let db = open_sled_to_edit(&path);
         let records = db.open_tree("records").expect("tree");
         let mut key = a.as_u128().to_be_bytes().to_vec();
         key.extend_from_slice(&0u64.to_be_bytes());
@@ -294,7 +294,7 @@ fn record_key(id: OperationId, seq: u64) -> Vec<u8> {
 
 /// Writes `bytes` as record `seq` of `id`, straight into sled.
 fn overwrite_record(path: &std::path::Path, id: OperationId, seq: u64, bytes: &[u8]) {
-    let db = open_sled(path);
+    let db = open_sled_to_edit(path);
     let records = db.open_tree("records").expect("tree");
     records.insert(record_key(id, seq), bytes).expect("inserts");
     db.flush().expect("flushes");
@@ -344,7 +344,7 @@ async fn corrupt_and_truncated_records_are_typed_errors() {
 
     // A missing record in the middle is named too.
     {
-        let db = open_sled(&path);
+        let db = open_sled_to_edit(&path);
         db.open_tree("records").expect("tree").remove(record_key(id, 2)).expect("removes");
         db.flush().expect("flushes");
     }
@@ -373,7 +373,7 @@ async fn newer_formats_are_refused() {
         let (_dir, path, store) = open_temp();
         drop(store);
         {
-            let db = open_sled(&path);
+            let db = open_sled_to_edit(&path);
             db.open_tree("meta").expect("tree").insert(key, &[99u8][..]).expect("inserts");
             db.flush().expect("flushes");
         }

@@ -13,19 +13,10 @@ use saga_store::SledStore;
 use crate::support::*;
 
 /// Opens the store's directory with sled alone, runs `edit` on it and flushes, once the store's
-/// write-ahead log holds nothing that the next open would replay over the edit.
-///
-/// A store closed right after a write may leave that write in its log: the close checkpoints up
-/// to the LSN the log's writer has published as durable, and the writer wakes the write's
-/// caller a moment before it publishes it, so under load the last acknowledged write can stay
-/// after the checkpoint (harmless: the next open replays it, changing nothing sled holds). An
-/// edit of a key that write set would then be undone by that replay. So the store is opened and
-/// closed once first: opening replays whatever the log holds and checkpoints it before it
-/// returns (at the LSN of the last entry replayed, which it knows for certain), and the store
-/// writes nothing more, so the log then holds nothing after its checkpoint, whatever the timing.
+/// write-ahead log holds nothing that the next open would replay over the edit (see
+/// `open_sled_to_edit`).
 fn edit(path: &Path, edit: impl FnOnce(&sled::Db)) {
-    drop(SledStore::open(path).expect("opens, replaying the log, before the edit"));
-    let db = open_sled(path);
+    let db = open_sled_to_edit(path);
     edit(&db);
     db.flush().expect("flushes");
 }
@@ -140,8 +131,9 @@ async fn a_removed_unfinished_mark_is_found_and_repaired() {
     assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![a]);
 }
 
-/// The cut is made once the write-ahead log no longer holds the finish (see `edit`): the
-/// record never comes back at the next open, whenever the close's checkpoint ran.
+/// The cut is made once the write-ahead log no longer holds the finish (see
+/// `open_sled_to_edit`): the record never comes back at the next open, whenever the close's
+/// checkpoint ran.
 #[tokio::test]
 async fn a_cut_finish_is_an_unfinished_operation_without_a_mark() {
     let (_dir, path, store) = open_temp();

@@ -284,7 +284,7 @@ fn raw_entries(path: &Path, trees: &[&str], id: OperationId) -> Vec<(String, Vec
 
 /// Writes entries back with sled alone into a closed store.
 fn write_raw(path: &Path, entries: &[(String, Vec<u8>, Vec<u8>)], remove: &[(&str, Vec<u8>)]) {
-    let db = open_sled(path);
+    let db = open_sled_to_edit(path);
     for (name, key, value) in entries {
         db.open_tree(name).expect("a tree").insert(key, value.as_slice()).expect("inserts");
     }
