@@ -15,6 +15,14 @@
 //!
 //! Readers read sled first and ask here after: a record a reader saw was registered before it
 //! was written, so it is still listed here unless its sync succeeded.
+//!
+//! Cancel requests are tracked the same way, as values rather than sequence numbers: every
+//! change of an Operation's request (recorded by `request_cancel`, taken away by an append that
+//! answers it) is registered under the write lock before it reaches sled, with the request as it
+//! was before ([`Acks::begin_cancel`]), and gets its ticket after ([`Acks::ticket_cancel`]).
+//! Until that ticket is durable, readers show the request as it was before the first change
+//! not acknowledged ([`Acks::acknowledged_cancel`]): a request whose sync failed is never shown
+//! as pending, and one whose removal was not acknowledged is still shown.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -31,6 +39,32 @@ const UNTICKETED: u64 = u64::MAX;
 pub(crate) struct Acks {
     tickets: Tickets,
     writes: Mutex<HashMap<OperationId, Vec<Write>>>,
+    cancels: Mutex<HashMap<OperationId, CancelChanges>>,
+}
+
+/// The encoded cancel request of an Operation as stored (`None`: none pending).
+pub(crate) type StoredCancel = Option<Vec<u8>>;
+
+/// The changes of one Operation's cancel request not acknowledged yet, in the order made.
+#[derive(Debug)]
+struct CancelChanges {
+    /// The request before the first of `changes`: the acknowledged one.
+    acknowledged: StoredCancel,
+    /// Each change: the ticket of the sync that covers it (or [`UNTICKETED`]), and the request
+    /// after it.
+    changes: Vec<(u64, StoredCancel)>,
+}
+
+impl CancelChanges {
+    /// Folds the changes acknowledged by now (a prefix: tickets are taken in order) into
+    /// `acknowledged`; whether any change is left.
+    fn prune(&mut self, durable: u64) -> bool {
+        let done = self.changes.iter().take_while(|(ticket, _)| *ticket <= durable).count();
+        if let Some((_, after)) = self.changes.drain(..done).next_back() {
+            self.acknowledged = after;
+        }
+        !self.changes.is_empty()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -61,7 +95,7 @@ impl Hidden {
 
 impl Acks {
     pub(crate) fn new(tickets: Tickets) -> Self {
-        Acks { tickets, writes: Mutex::new(HashMap::new()) }
+        Acks { tickets, writes: Mutex::new(HashMap::new()), cancels: Mutex::new(HashMap::new()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<OperationId, Vec<Write>>> {
@@ -142,6 +176,64 @@ impl Acks {
                 true
             }
             None => false,
+        });
+        out
+    }
+}
+
+impl Acks {
+    fn lock_cancels(&self) -> MutexGuard<'_, HashMap<OperationId, CancelChanges>> {
+        self.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a change of `id`'s cancel request from `before` (as sled holds it now) to
+    /// `after`, before it reaches sled. Call under the store's write lock, then
+    /// [`Acks::ticket_cancel`] once the change is made (under the same lock).
+    pub(crate) fn begin_cancel(&self, id: OperationId, before: StoredCancel, after: StoredCancel) {
+        let durable = self.tickets.durable();
+        let mut cancels = self.lock_cancels();
+        let entry = cancels
+            .entry(id)
+            .or_insert_with(|| CancelChanges { acknowledged: before, changes: Vec::new() });
+        entry.prune(durable);
+        entry.changes.push((UNTICKETED, after));
+    }
+
+    /// Records the ticket of the change of `id`'s request registered last.
+    pub(crate) fn ticket_cancel(&self, id: OperationId, ticket: u64) {
+        if let Some(last) = self.lock_cancels().get_mut(&id).and_then(|c| c.changes.last_mut()) {
+            if last.0 == UNTICKETED {
+                last.0 = ticket;
+            }
+        }
+    }
+
+    /// The acknowledged request of `id` when a change of it is not acknowledged yet (what a
+    /// reader shows instead of what sled holds), or `None` when sled holds the acknowledged one.
+    pub(crate) fn acknowledged_cancel(&self, id: OperationId) -> Option<StoredCancel> {
+        let durable = self.tickets.durable();
+        let mut cancels = self.lock_cancels();
+        let entry = cancels.get_mut(&id)?;
+        if entry.prune(durable) {
+            Some(entry.acknowledged.clone())
+        } else {
+            cancels.remove(&id);
+            None
+        }
+    }
+
+    /// [`Acks::acknowledged_cancel`] of every Operation with a change not acknowledged, in no
+    /// order.
+    pub(crate) fn all_acknowledged_cancels(&self) -> Vec<(OperationId, StoredCancel)> {
+        let durable = self.tickets.durable();
+        let mut cancels = self.lock_cancels();
+        let mut out = Vec::new();
+        cancels.retain(|id, entry| {
+            let pending = entry.prune(durable);
+            if pending {
+                out.push((*id, entry.acknowledged.clone()));
+            }
+            pending
         });
         out
     }

@@ -141,6 +141,12 @@ impl Inner {
     }
 
     fn failed(&self) -> Option<String> {
+        // The log's writer tells its failure to `progress` (which wakes the waiting writers)
+        // before it marks its queue failed: a writer woken with the failure and writing again
+        // at once must see it here too.
+        if let Some(e) = self.progress.borrow().failed.as_ref() {
+            return Some(e.to_string());
+        }
         if let Some(e) = self.wal.failure() {
             return Some(e.to_string());
         }
@@ -258,6 +264,12 @@ impl Flusher {
         }
     }
 
+    /// Waits until every entry queued to the log before the call is durable: every change made
+    /// under the write lock before the call, since writers take their tickets under it.
+    pub(crate) async fn wait_queued(&self) -> Result<(), StoreError> {
+        self.wait(self.inner.wal.last_lsn()).await
+    }
+
     /// How many times the log was synced to acknowledge writes since the store opened.
     pub(crate) fn syncs(&self) -> u64 {
         self.io.syncs.load(Ordering::Relaxed).saturating_sub(self.syncs_at_open)
@@ -271,8 +283,13 @@ impl Tickets {
     }
 
     /// Every ticket up to this one is durable. Never grows again after a failed sync.
+    ///
+    /// The log's writer releases the waiters of a group (in `apply`) before it publishes the
+    /// group's LSN as durable, so a writer may return, and a reader may look, in between: the
+    /// tickets released count as durable too, so that a write is shown as soon as its writer
+    /// was told it is durable.
     pub(crate) fn durable(&self) -> u64 {
-        self.0.wal.durable_lsn()
+        self.0.wal.durable_lsn().max(self.0.waiters.released())
     }
 }
 
@@ -300,6 +317,11 @@ impl Waiters {
         let (tx, rx) = tokio::sync::oneshot::channel();
         state.waiting.entry(ticket).or_default().push(tx);
         Some(rx)
+    }
+
+    /// Every ticket up to this one was released (is durable).
+    fn released(&self) -> Lsn {
+        lock(&self.state).released
     }
 
     /// Every ticket up to `lsn` is durable: answers their writers.
@@ -479,6 +501,7 @@ impl WalFile for FaultyFile {
         if !self.segment {
             return self.file.sync_data();
         }
+        self.io_faults.pass();
         self.syncs.fetch_add(1, Ordering::Relaxed);
         match self.io_faults.take() {
             Some(error) => Err(error),

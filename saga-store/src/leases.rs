@@ -56,12 +56,17 @@ impl Trees {
         Ok(renewed)
     }
 
-    /// Expires a current lease at once; does nothing for a lease that is not current.
-    pub(crate) fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+    /// Expires a current lease at once; does nothing for a lease that is not current. Returns
+    /// whether it released an Operation that is still marked unfinished (one that may be
+    /// claimed at once).
+    pub(crate) fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
         let _writing = self.lock();
-        if lease.check_current(self.lease(lease.operation)?.as_ref()).is_ok() {
-            self.put_lease(&Lease { expires_ms: 0, ..lease.clone() })?;
+        if lease.check_current(self.lease(lease.operation)?.as_ref()).is_err() {
+            return Ok(false);
         }
-        Ok(())
+        self.put_lease(&Lease { expires_ms: 0, ..lease.clone() })?;
+        self.unfinished
+            .contains_key(keys::operation_key(lease.operation))
+            .map_err(|e| sled_error("reading a mark", e))
     }
 }

@@ -58,7 +58,7 @@
 //! | `logs` | id (16) ++ seq (8) | log line |
 //! | `logs_by_time` | at ms (8) ++ id (16) ++ seq (8) | empty |
 //! | `by_resource` | len(kind) (8) ++ kind ++ len(name) (8) ++ name ++ id (16) | empty |
-//! | `cancels` | id (16) | actor, reason, at ms of the first pending cancel request |
+//! | `cancels` | id (16) | actor, reason, at ms of the Operation's pending cancel request |
 //! | `meta` | `layout`, `record_format` | one version byte each |
 //!
 //! - `create` writes the `unfinished` mark, the index entry, the lease, the queue entry and then
@@ -69,6 +69,19 @@
 //!   unfinished, which opening settles (see "Faults") and
 //!   [`check`](saga_core::store::Store::check) repairs. [`list_unfinished`](saga_core::store::Store::list_unfinished) reads the
 //!   `unfinished` tree only, never a finished Operation.
+//! - Cancel requests are decided against the point of no return under the write lock: an
+//!   `append` holding a cancel barrier (`PointOfNoReturnPassed`, or `OperationFinished` as
+//!   succeeded or abandoned) is refused with
+//!   [`StoreError::CancelPending`](saga_core::store::StoreError::CancelPending), writing nothing,
+//!   when the Operation's `cancels` entry is there and no earlier record of the same append
+//!   answers it; an `append` holding an answer (`CancelRequested`, `CancelRefused`,
+//!   `OperationFinished`) removes the entry after its records, in the same log entry, so that
+//!   a crash keeps the answer and the removal together or neither (what sled's own files can
+//!   keep of an unacknowledged one is the answer with its request still pending, never a
+//!   request gone without its answer). `request_cancel` writes the entry only while the
+//!   Operation is marked unfinished and has none.
+//! - `append_log` checks the lease under the write lock, like `append`, and never replaces a
+//!   stored line: a line whose key is taken is dropped.
 //! - The environment name is length-prefixed, so that `"a"` and `"a\0..."` never share keys.
 //! - `purge_logs` walks `logs_by_time` up to the cut-off only; records stay.
 //! - At open, a store whose `meta` versions are newer than this release's is refused with
@@ -98,8 +111,11 @@
 //! allocated blocks, the rest deleted). The log never grows past what the last checkpoint left.
 //!
 //! Every change to a tree is recorded as it is made: a writer takes a ticket after its
-//! change, which drains every change recorded so far (the `redo` module) into one log entry; the entry's LSN is the
-//! ticket. So an entry holds every change made before it, including the log lines and lease
+//! change, which drains every change recorded so far (the `redo` module) into one log entry; the
+//! entry's LSN is the ticket. Every ticket is taken under the write lock, at the end of the
+//! writer's changes, so that no ticket drains half of another writer's changes: each write is
+//! whole in one entry (a `create`, a finish with its marks, an answer with its request's
+//! removal). So an entry holds every change made before it, including the log lines and lease
 //! changes (`append_log`, `claim`, `renew`, `release`), which take no ticket of their own and
 //! become durable with the next entry (or the next checkpoint). Opening replays the entries after
 //! the last checkpoint into sled (entries set keys, so replaying one sled already holds changes
@@ -150,10 +166,29 @@
 //!   later write anyway. A store reopened after the failure shows what reached the disk: every
 //!   acknowledged record, and perhaps some that were not (as after a crash: a prefix of them).
 //!
+//! Cancel requests are tracked the same way, by value: a `request_cancel` not acknowledged is
+//! not shown by `pending_cancel` and `cancel_requests`, and a request whose removal (by an
+//! answering `append`) is not acknowledged is still shown. Answers that rest on another write
+//! wait until that write is acknowledged, and fail as its sync did: `request_cancel` answers
+//! `AlreadyPending` or `Finished`, and `append` answers `CancelPending`, only once the pending
+//! request, or the finish that removed the unfinished mark, is durable. A released ticket
+//! counts as durable as soon as its writer is told (the log's writer publishes the durable LSN
+//! a moment later), so that a reader right after a write sees it.
+//!
 //! The cost is a few short locks of a small map, never held across I/O: an `append` without
 //! `OperationFinished` takes it once before its write and once after its sync; a `create` or a
 //! finishing `append` (which run in the blocking pool) once more, to record its sync's ticket.
 //! A store opened without fsync acknowledges a write once sled holds it, and tracks nothing.
+//!
+//! # Wake-ups
+//!
+//! Every writer is in this process, so [`Store::wake_ups`](saga_core::store::Store::wake_ups)
+//! subscribes to the store's own [`WakeUps`](saga_core::store::WakeUps), sent once the write is
+//! acknowledged (after its sync; at once without fsync), never for a write that failed:
+//! `Claimable` for a `create` with a zero ttl and for a `release` (by the current lease) of an
+//! Operation still marked unfinished, `CancelRequested` when a request is recorded, `Settled`
+//! after an `append` that finishes an Operation or asks for attention. A caller that stops
+//! waiting before its write is acknowledged sends none: the executors' polls find the change.
 //!
 //! # Check
 //!
@@ -262,4 +297,6 @@ mod resources;
 mod store;
 mod wal;
 
+#[doc(hidden)]
+pub use crate::disk::SyncHold;
 pub use crate::store::{Durability, SledStore};

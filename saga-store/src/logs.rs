@@ -1,7 +1,7 @@
 //! Operation log lines: append, read, purge by age.
 
 use saga_core::log::LogLine;
-use saga_core::store::StoreError;
+use saga_core::store::{Lease, StoreError};
 use saga_core::OperationId;
 
 use crate::codec::{decode_line, encode_line, sled_error};
@@ -12,8 +12,13 @@ use crate::open::Trees;
 const PURGE_CHUNK: usize = 1024;
 
 impl Trees {
-    /// Writes log lines and their time-index entries in one atomic write (not synced).
-    pub(crate) fn append_log(&self, id: OperationId, lines: &[LogLine]) -> Result<(), StoreError> {
+    /// Writes the log lines of the lease's Operation and their time-index entries (not synced:
+    /// they reach the write-ahead log with the next ticket), fenced like an append: refused with
+    /// [`StoreError::Fenced`] when the lease is not current, and with a typed error when a line
+    /// belongs to another Operation, writing nothing either way. A line whose number is stored
+    /// already is dropped (the stored line stays).
+    pub(crate) fn append_log(&self, lease: &Lease, lines: &[LogLine]) -> Result<(), StoreError> {
+        let id = lease.operation;
         let mut entries = Vec::with_capacity(lines.len());
         for line in lines {
             if line.operation != id {
@@ -28,11 +33,21 @@ impl Trees {
                 encode_line(line)?,
             ));
         }
+        // Checked and written under the write lock, so that a claim between the check and the
+        // write cannot let a stale owner's line in, and two writers of one number cannot both
+        // find it free.
+        let _writing = self.lock();
+        lease.check_current(self.lease(id)?.as_ref())?;
         // Plain inserts rather than a sled transaction, which would seal and write sled's IO
         // buffer with a disk wait (see `append`). The time-index entry goes first: a crash between
         // the two leaves an entry without a line, which `purge_logs` drops, never a line that no
         // purge would find.
         for (key, time_key, bytes) in &entries {
+            let stored =
+                self.logs.contains_key(key).map_err(|e| sled_error("reading a log line", e))?;
+            if stored {
+                continue;
+            }
             self.logs_by_time
                 .insert(&time_key[..], &[][..])
                 .map_err(|e| sled_error("appending log lines", e))?;

@@ -5,21 +5,48 @@ use saga_core::store::{check_sequence, decode, encode, now_ms, Lease, Listing, S
 use saga_core::OperationId;
 
 use crate::acks::Acks;
-use crate::codec::sled_error;
+use crate::codec::{decode_cancel, sled_error};
 use crate::keys;
 use crate::open::Trees;
 
+/// What [`Trees::append`] wrote.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Appended {
+    /// The sequence number of the first record written.
+    pub(crate) from: u64,
+    /// The ticket of the log entry holding the write (with `acks`; not recorded there yet).
+    pub(crate) ticket: Option<u64>,
+}
+
+/// Refuses the append of `records` with [`StoreError::CancelPending`] if a cancel barrier comes
+/// in it while the stored request (`stored`) is pending: before any record that answers it.
+fn refuse_barrier(id: OperationId, records: &[Record], stored: &[u8]) -> Result<(), StoreError> {
+    for record in records {
+        if record.kind.is_cancel_barrier() {
+            // A request that does not decode is still pending: refused all the same, with the
+            // decoding error, which names it.
+            let request = Box::new(decode_cancel(stored, id)?);
+            return Err(StoreError::CancelPending { operation: id, request });
+        }
+        if record.kind.answers_cancel_request() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 impl Trees {
     /// Writes an Operation's first record, its unfinished mark, its index entry, its queue entry
-    /// and its first lease (one log entry). With `acks`, the write is registered there (at sequence number
-    /// 0) before it is made; the caller takes its ticket.
+    /// and its first lease (one log entry). With `acks`, the write is registered there (at
+    /// sequence number 0) before it is made, and its ticket is taken (and recorded there) before
+    /// the write lock is released: returned with the lease.
     pub(crate) fn create(
         &self,
         record: &Record,
         owner: &str,
         ttl: std::time::Duration,
         acks: Option<&Acks>,
-    ) -> Result<Lease, StoreError> {
+    ) -> Result<(Lease, Option<u64>), StoreError> {
         let id = record.operation;
         let RecordKind::OperationCreated { environment, resource, .. } = &record.kind else {
             return Err(StoreError::OutOfSequence { operation: id, expected: 0, got: record.seq });
@@ -42,10 +69,10 @@ impl Trees {
         // IO buffer and waits for the disk at its commit, with the write lock held, which queued
         // every other writer behind it. Atomicity comes from elsewhere: readers hide the write
         // until it is acknowledged (`acks`), and its changes are one entry of the write-ahead
-        // log, replayed whole. The record goes last: what a crash can leave of an unacknowledged
-        // create is index entries naming no records, which `check` removes, never an Operation
-        // that nobody was told exists. A failed insert leaves the write registered, never
-        // acknowledged.
+        // log (its ticket is taken under the write lock), replayed whole. The record goes last:
+        // what a crash can leave of an unacknowledged create is index entries naming no
+        // records, which `check` removes, never an Operation that nobody was told exists. A
+        // failed insert leaves the write registered, never acknowledged.
         let insert = |tree: &crate::redo::Logged, key: &[u8], value: &[u8]| {
             tree.insert(key, value).map(drop).map_err(|e| sled_error("creating an operation", e))
         };
@@ -54,19 +81,27 @@ impl Trees {
         insert(&self.leases, &op_key, &lease_bytes)?;
         insert(&self.by_resource, &queue_key, &[])?;
         insert(&self.records, &keys::seq_key(id, 0), &bytes)?;
-        Ok(lease)
+        let ticket = acks.map(|acks| acks.ticket(id, 0)).transpose()?;
+        Ok((lease, ticket))
     }
 
-    /// Appends records after checking the lease and the sequence; an `OperationFinished` record
-    /// removes the unfinished mark too (in the same log entry). Returns the sequence number of the
-    /// first record written, or `None` if there were none. With `acks`, the write is registered
-    /// there before it is made; the caller takes its ticket.
+    /// Appends records after checking the lease, the sequence and the pending cancel request:
+    /// an `OperationFinished` record removes the unfinished mark and the queue entry, and a
+    /// record that answers a cancel request removes the pending request, in the same log entry.
+    /// Refused with [`StoreError::CancelPending`], writing nothing, when a cancel barrier comes
+    /// while a request is pending (one answered by an earlier record of the same append is no
+    /// longer pending). Returns what was written, or `None` if there were no records.
+    ///
+    /// With `acks`, the write (and the request's removal) is registered there before it is
+    /// made, and its ticket is taken before the write lock is released (so that no other
+    /// writer's ticket splits its changes between two log entries) and returned; the caller
+    /// records it with the write if it must ([`Acks::set_ticket`]).
     pub(crate) fn append(
         &self,
         lease: &Lease,
         records: &[Record],
         acks: Option<&Acks>,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<Appended>, StoreError> {
         let id = lease.operation;
         let encoded = records
             .iter()
@@ -74,6 +109,8 @@ impl Trees {
             .collect::<Result<Vec<([u8; 24], Vec<u8>)>, StoreError>>()?;
         let finished =
             records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
+        let answers = records.iter().any(|r| r.kind.answers_cancel_request());
+        let barrier = records.iter().any(|r| r.kind.is_cancel_barrier());
         let _writing = self.lock();
         lease.check_current(self.lease(id)?.as_ref())?;
         let next = self.next_seq(id)?.ok_or(StoreError::NotFound(id))?;
@@ -81,29 +118,34 @@ impl Trees {
         if records.is_empty() {
             return Ok(None);
         }
+        let op_key = keys::operation_key(id);
+        let request = if answers || barrier {
+            self.cancels.get(op_key).map_err(|e| sled_error("reading a cancel request", e))?
+        } else {
+            None
+        };
+        if let Some(bytes) = &request {
+            refuse_barrier(id, records, bytes)?;
+        }
+        let queue_key = if finished { self.queue_key(id)? } else { None };
+        let removes_request = answers && request.is_some();
         if let Some(acks) = acks {
             acks.begin(id, next, finished);
-        }
-        if !finished {
-            // Plain inserts, in sequence order, under the write lock. A sled transaction (or
-            // batch) seals and writes sled's IO buffer with a disk wait at every commit, before
-            // and after the batch, which serialises every writer on the disk and defeats group
-            // commit. Without one, a crash keeps a prefix of sled's log, so a prefix of these
-            // records: a legal log (no gap), as if the crash had come before the append.
-            // A failed insert may leave a prefix written: it stays registered in `acks`, never
-            // acknowledged.
-            for (key, bytes) in &encoded {
-                self.records
-                    .insert(&key[..], bytes.as_slice())
-                    .map_err(|e| sled_error("appending records", e))?;
+            if removes_request {
+                acks.begin_cancel(id, request.map(|bytes| bytes.to_vec()), None);
             }
-            return Ok(Some(next));
         }
-        let op_key = keys::operation_key(id);
-        let queue_key = self.queue_key(id)?;
-        // Plain changes, as in `create`: the records first, then the marks, so that what a
-        // crash can leave of an unacknowledged finish is a finished Operation still marked
-        // unfinished (recovery finds its outcome and leaves it; `check` removes the mark).
+        // Plain inserts, in sequence order, under the write lock. A sled transaction (or batch)
+        // seals and writes sled's IO buffer with a disk wait at every commit, before and after
+        // the batch, which serialises every writer on the disk and defeats group commit. The
+        // write is one entry of the write-ahead log, replayed whole; what sled's own files can
+        // hold of an unacknowledged one after a crash is a prefix of these changes, so the
+        // records come first and then the marks: a prefix is a legal log (no gap), as if the
+        // crash had come before the append, or a finished Operation still marked unfinished
+        // (opening settles it; `check` removes the mark), or an answer with its request still
+        // pending (answered again), never a request gone without its answer.
+        // A failed insert may leave a prefix written: it stays registered in `acks`, never
+        // acknowledged.
         for (key, bytes) in &encoded {
             self.records
                 .insert(&key[..], bytes.as_slice())
@@ -112,12 +154,28 @@ impl Trees {
         let remove = |tree: &crate::redo::Logged, key: &[u8]| {
             tree.remove(key).map(drop).map_err(|e| sled_error("finishing an operation", e))
         };
-        remove(&self.unfinished, &op_key)?;
-        remove(&self.cancels, &op_key)?;
-        if let Some(queue_key) = &queue_key {
-            remove(&self.by_resource, queue_key)?;
+        if finished {
+            remove(&self.unfinished, &op_key)?;
+            if let Some(queue_key) = &queue_key {
+                remove(&self.by_resource, queue_key)?;
+            }
         }
-        Ok(Some(next))
+        if removes_request {
+            self.cancels
+                .remove(op_key)
+                .map_err(|e| sled_error("taking an answered cancel request away", e))?;
+        }
+        let ticket = match acks {
+            Some(acks) => {
+                let ticket = acks.fresh_ticket()?;
+                if removes_request {
+                    acks.ticket_cancel(id, ticket);
+                }
+                Some(ticket)
+            }
+            None => None,
+        };
+        Ok(Some(Appended { from: next, ticket }))
     }
 
     /// The sequence number after the Operation's last record, or `None` if it has none.

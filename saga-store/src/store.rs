@@ -9,13 +9,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use saga_core::log::{LogLine, Record, RecordKind};
-use saga_core::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use saga_core::store::{
+    CancelRecorded, CancelRequest, CheckReport, Lease, Listing, Store, StoreError, WakeUp, WakeUps,
+};
 use saga_core::{OperationId, Resource};
 
-use crate::acks::{Acks, Hidden};
-use crate::disk::DiskSync;
+use crate::acks::{Acks, Hidden, StoredCancel};
+use crate::cancels::Requested;
+use crate::codec::decode_cancel;
+use crate::disk::{DiskSync, SyncHold};
 use crate::flusher::{Flusher, Tuning};
 use crate::open::{open, Trees};
+use crate::records::Appended;
 
 /// How a [`SledStore`] makes its writes durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,6 +52,8 @@ pub struct SledStore {
     trees: Arc<Trees>,
     path: PathBuf,
     durability: Durability,
+    /// What [`Store::wake_ups`] subscribes to: every writer is in this process.
+    wake: WakeUps,
 }
 
 impl fmt::Debug for SledStore {
@@ -126,7 +133,7 @@ impl SledStore {
         };
         trees.settle_unacknowledged()?;
         let acks = flusher.as_ref().map(|f| Arc::new(Acks::new(f.tickets())));
-        Ok(SledStore { flusher, acks, trees, path, durability })
+        Ok(SledStore { flusher, acks, trees, path, durability, wake: WakeUps::default() })
     }
 
     /// The store's directory.
@@ -151,7 +158,8 @@ impl SledStore {
     /// `std::io::Error::from_raw_os_error(5)`, EIO, or `28`, ENOSPC). The next `after` syncs
     /// succeed and the one after them fails; sled's flush before it still runs, as it would.
     /// [`SledStore::sync_count`] counts the syncs made so far: with one writer, each `create`,
-    /// `append` (of at least one record), `purge_logs` and `delete_environment` is one sync.
+    /// `append` (of at least one record), recorded `request_cancel`, `purge_logs` and
+    /// `delete_environment` is one sync.
     ///
     /// The failure then behaves as a real one: the writers waiting for that sync get
     /// [`StoreError::Unavailable`], what they wrote stays hidden from reads, and the store
@@ -170,6 +178,26 @@ impl SledStore {
         };
         flusher.faults().arm(after, error);
         Ok(())
+    }
+
+    /// **For tests only** (hidden from the docs; not part of the stable API): holds every sync
+    /// of the write-ahead log back until the returned [`SyncHold`] is released or dropped, so
+    /// that a test can act while a write is in sled and in the log's file but not acknowledged
+    /// ([`SyncHold::wait_until_held`] tells when a sync waits). Combined with
+    /// [`SledStore::inject_sync_failure`], the held sync then fails. Release the hold before
+    /// dropping the store: closing waits for the log's writer.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] if the store was opened without fsync: it never syncs.
+    #[doc(hidden)]
+    pub fn hold_syncs(&self) -> Result<SyncHold, StoreError> {
+        let Some(flusher) = self.flusher.as_ref() else {
+            return Err(StoreError::Unavailable(
+                "no sync to hold: the store was opened without fsync".into(),
+            ));
+        };
+        Ok(SyncHold::new(flusher.faults().clone()))
     }
 
     /// Runs `f` on the trees in tokio's blocking pool, after refusing to write if syncing has
@@ -214,8 +242,25 @@ impl SledStore {
     /// Returns once everything written before the call is durable: a sync that began after the
     /// call has finished. Without fsync, at once.
     async fn commit(&self) -> Result<(), StoreError> {
+        let Some(flusher) = &self.flusher else { return Ok(()) };
+        // Taken under the write lock, as every writer takes its ticket: a ticket drains every
+        // change recorded so far into one log entry, and taken while another writer is halfway
+        // through its changes it would split them between two entries (a crash between their
+        // syncs would keep half of that write).
+        let ticket = {
+            let _writing = self.trees.lock();
+            flusher.ticket()?
+        };
+        flusher.wait(ticket).await
+    }
+
+    /// Returns once every write whose ticket was taken before the call is durable (without
+    /// taking a ticket of its own): an answer that rests on what another write did (a pending
+    /// request, a finish) is given only once that write is acknowledged. Fails as that write's
+    /// sync did. Without fsync, at once.
+    async fn settled(&self) -> Result<(), StoreError> {
         match &self.flusher {
-            Some(flusher) => flusher.wait(flusher.ticket()?).await,
+            Some(flusher) => flusher.wait_queued().await,
             None => Ok(()),
         }
     }
@@ -239,6 +284,15 @@ impl SledStore {
     /// What reads must hide of `id`.
     fn hidden(&self, id: OperationId) -> Option<Hidden> {
         self.acks.as_ref().and_then(|acks| acks.hidden(id))
+    }
+
+    /// The acknowledged cancel request of `id`, stored as `stored` when read from sled (read
+    /// before this call: see `acks`).
+    fn acknowledged_cancel(&self, id: OperationId, stored: StoredCancel) -> StoredCancel {
+        match self.acks.as_ref().and_then(|acks| acks.acknowledged_cancel(id)) {
+            Some(acknowledged) => acknowledged,
+            None => stored,
+        }
     }
 }
 
@@ -274,19 +328,17 @@ impl Store for SledStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let Some(acks) = self.acks.clone() else {
-            let (record, owner) = (record.clone(), owner.to_owned());
-            return self.write(move |t| t.create(&record, &owner, ttl, None)).await;
-        };
         let id = record.operation;
-        let (record, owner, writer_acks) = (record.clone(), owner.to_owned(), acks.clone());
-        let (lease, ticket) = self
-            .write(move |t| {
-                let lease = t.create(&record, &owner, ttl, Some(&writer_acks))?;
-                Ok((lease, writer_acks.ticket(id, 0)?))
-            })
-            .await?;
-        self.acknowledge(&acks, id, 0, ticket).await?;
+        let (record, owner, writer_acks) = (record.clone(), owner.to_owned(), self.acks.clone());
+        let (lease, ticket) =
+            self.write(move |t| t.create(&record, &owner, ttl, writer_acks.as_deref())).await?;
+        if let (Some(acks), Some(ticket)) = (self.acks.as_deref(), ticket) {
+            self.acknowledge(acks, id, 0, ticket).await?;
+        }
+        if ttl.is_zero() {
+            // Submitted: no live lease, so that any executor may claim it at once.
+            self.wake.send(WakeUp::Claimable(id));
+        }
         Ok(lease)
     }
 
@@ -294,46 +346,51 @@ impl Store for SledStore {
         let id = lease.operation;
         let finishing =
             records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
-        let Some(acks) = self.acks.as_deref() else {
-            if finishing {
-                let (lease, records) = (lease.clone(), records.to_vec());
-                self.write(move |t| t.append(&lease, &records, None)).await?;
-            } else {
-                self.write_inline(|t| t.append(lease, records, None))?;
-            }
-            return Ok(());
-        };
-        if finishing {
-            // A sled transaction (records and the unfinished mark), which may wait for the disk,
-            // in the blocking pool: the ticket is recorded there, since this future may be
-            // dropped before the write is made.
+        let written = if finishing {
+            // In the blocking pool (a finish reads the queue key and removes the marks): the
+            // ticket is recorded there, since this future may be dropped before the write is
+            // made, so that the write is acknowledged once that ticket is durable.
             let writer_acks = self.acks.clone();
             let (lease, records) = (lease.clone(), records.to_vec());
-            let written = self
-                .write(move |t| {
-                    let writer_acks = writer_acks.as_deref();
-                    let from = t.append(&lease, &records, writer_acks)?;
-                    match from.zip(writer_acks) {
-                        Some((from, acks)) => Ok(Some((from, acks.ticket(id, from)?))),
-                        None => Ok(None),
+            self.write(move |t| {
+                let acks = writer_acks.as_deref();
+                let written = t.append(&lease, &records, acks)?;
+                if let (Some(acks), Some(w)) = (acks, &written) {
+                    if let Some(ticket) = w.ticket {
+                        acks.set_ticket(id, w.from, ticket);
                     }
-                })
-                .await?;
-            match written {
-                Some((from, ticket)) => self.acknowledge(acks, id, from, ticket).await,
-                None => Ok(()),
-            }
+                }
+                Ok(written)
+            })
+            .await
         } else {
-            let Some(from) = self.write_inline(|t| t.append(lease, records, Some(acks)))? else {
-                return Ok(());
-            };
-            // No await since the write: the ticket covers it. It is recorded with the write
-            // only if this future is dropped while it waits.
-            let mut waiting = Waiting { acks, id, from, ticket: acks.fresh_ticket()?, done: false };
-            let result = self.acknowledge(acks, id, from, waiting.ticket).await;
-            waiting.done = true;
-            result
+            self.write_inline(|t| t.append(lease, records, self.acks.as_deref()))
+        };
+        let written = match written {
+            Ok(written) => written,
+            Err(refused @ StoreError::CancelPending { .. }) => {
+                // The pending request may not be acknowledged yet (its sync runs): refused
+                // because of it only once it is, or with the error of its sync.
+                self.settled().await?;
+                return Err(refused);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(Appended { from, ticket, .. }) = written else { return Ok(()) };
+        if let (Some(acks), Some(ticket)) = (self.acks.as_deref(), ticket) {
+            if finishing {
+                self.acknowledge(acks, id, from, ticket).await?;
+            } else {
+                // No await since the write: the ticket covers it. It is recorded with the write
+                // only if this future is dropped while it waits.
+                let mut waiting = Waiting { acks, id, from, ticket, done: false };
+                let result = self.acknowledge(acks, id, from, ticket).await;
+                waiting.done = true;
+                result?;
+            }
         }
+        self.wake.appended(id, records);
+        Ok(())
     }
 
     async fn read(&self, operation: OperationId) -> Result<Vec<Record>, StoreError> {
@@ -379,7 +436,10 @@ impl Store for SledStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.write_inline(|t| t.release(lease))
+        if self.write_inline(|t| t.release(lease))? {
+            self.wake.send(WakeUp::Claimable(lease.operation));
+        }
+        Ok(())
     }
 
     async fn list_environment(
@@ -399,15 +459,11 @@ impl Store for SledStore {
         Ok(listing)
     }
 
-    async fn append_log(
-        &self,
-        operation: OperationId,
-        lines: &[LogLine],
-    ) -> Result<(), StoreError> {
+    async fn append_log(&self, lease: &Lease, lines: &[LogLine]) -> Result<(), StoreError> {
         if lines.is_empty() {
             return Ok(());
         }
-        self.write_inline(|t| t.append_log(operation, lines))
+        self.write_inline(|t| t.append_log(lease, lines))
     }
 
     async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
@@ -438,16 +494,57 @@ impl Store for SledStore {
         Ok(report)
     }
 
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
-        let request = request.clone();
-        if self.write(move |t| t.request_cancel(&request)).await? {
-            self.commit().await?;
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<CancelRecorded, StoreError> {
+        let id = request.operation;
+        let requested = self.write_inline(|t| t.request_cancel(request, self.acks.as_deref()))?;
+        match requested {
+            Requested::Recorded(ticket) => {
+                if let (Some(flusher), Some(ticket)) = (&self.flusher, ticket) {
+                    flusher.wait(ticket).await?;
+                }
+                self.wake.send(WakeUp::CancelRequested(id));
+                Ok(CancelRecorded::Recorded)
+            }
+            // Both rest on another write (the pending request, the finish), which may not be
+            // acknowledged yet: answered once it is, or with the error of its sync.
+            Requested::AlreadyPending(pending) => {
+                self.settled().await?;
+                Ok(CancelRecorded::AlreadyPending(pending))
+            }
+            Requested::Finished => {
+                self.settled().await?;
+                Ok(CancelRecorded::Finished)
+            }
         }
-        Ok(())
     }
 
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {
-        self.blocking(Trees::cancel_requests).await
+        let mut requests = self.blocking(Trees::cancel_requests).await?;
+        // Asked after reading: see `acks`.
+        let changed = self.acks.as_ref().map(|acks| acks.all_acknowledged_cancels());
+        let changed = changed.unwrap_or_default();
+        if !changed.is_empty() {
+            // Requests whose recording or removal is not acknowledged: shown as they were.
+            requests.retain(|r| !changed.iter().any(|(id, _)| *id == r.operation));
+            for (id, acknowledged) in changed {
+                let Some(bytes) = acknowledged else { continue };
+                match decode_cancel(&bytes, id) {
+                    Ok(request) => requests.push(request),
+                    Err(e) => tracing::warn!(error = %e, "a damaged cancel request is left out"),
+                }
+            }
+            requests.sort_by_key(|r| r.operation);
+        }
+        Ok(requests)
+    }
+
+    async fn pending_cancel(
+        &self,
+        operation: OperationId,
+    ) -> Result<Option<CancelRequest>, StoreError> {
+        let stored = self.trees.stored_cancel(operation)?;
+        let acknowledged = self.acknowledged_cancel(operation, stored);
+        acknowledged.map(|bytes| decode_cancel(&bytes, operation)).transpose()
     }
 
     async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
@@ -470,5 +567,11 @@ impl Store for SledStore {
             queue.sort_unstable();
         }
         Ok(queue)
+    }
+
+    /// Every writer is in this process (one process opens a store): the wake-ups come from the
+    /// store's own calls, each sent once its write is acknowledged (durable, with fsync).
+    fn wake_ups(&self) -> Option<tokio::sync::broadcast::Receiver<WakeUp>> {
+        Some(self.wake.subscribe())
     }
 }

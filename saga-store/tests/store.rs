@@ -2,6 +2,7 @@
 //! commit, failing syncs (`faults`), the consistency check (`check`), and an executor running
 //! over it.
 
+mod cancels;
 mod check;
 mod conformance;
 mod faults;
@@ -125,7 +126,7 @@ async fn unfinished_shrinks_and_never_reads_finished_operations() {
 
     // Garbage in the finished Operation's records does not disturb the list: it is never read.
     {
-        let db = open_sled(&path);
+        let db = open_sled_to_edit(&path);
         let records = db.open_tree("records").expect("tree");
         let mut key = a.as_u128().to_be_bytes().to_vec();
         key.extend_from_slice(&0u64.to_be_bytes());
@@ -184,11 +185,11 @@ fn line(id: OperationId, seq: u64, at_ms: u64) -> LogLine {
 async fn purging_logs_keeps_records() {
     let (_dir, _path, store) = open_temp();
     let (a, lease) = create(&store, "prod", 10).await;
-    let (b, _) = create(&store, "prod", 11).await;
+    let (b, lease_b) = create(&store, "prod", 11).await;
     store.append(&lease, &[started(a, 1, "a")]).await.expect("appends");
-    store.append_log(a, &[line(a, 0, 100), line(a, 1, 200)]).await.expect("logs");
-    store.append_log(a, &[line(a, 2, 300)]).await.expect("logs");
-    store.append_log(b, &[line(b, 0, 150)]).await.expect("logs");
+    store.append_log(&lease, &[line(a, 0, 100), line(a, 1, 200)]).await.expect("logs");
+    store.append_log(&lease, &[line(a, 2, 300)]).await.expect("logs");
+    store.append_log(&lease_b, &[line(b, 0, 150)]).await.expect("logs");
     assert_eq!(store.read_log(a).await.expect("reads").len(), 3);
     assert!(store.read_log(OperationId::new()).await.expect("reads").is_empty());
 
@@ -200,8 +201,8 @@ async fn purging_logs_keeps_records() {
     assert_eq!(store.read(b).await.expect("records stay").len(), 1);
 
     // A line rewritten under an old key after a purge is not purged by the old time entry.
-    store.append_log(b, &[line(b, 0, 500)]).await.expect("logs");
-    store.append_log(b, &[line(b, 1, 50)]).await.expect("logs");
+    store.append_log(&lease_b, &[line(b, 0, 500)]).await.expect("logs");
+    store.append_log(&lease_b, &[line(b, 1, 50)]).await.expect("logs");
     assert_eq!(store.purge_logs(400).await.expect("purges"), 3);
     assert_eq!(store.read_log(b).await.expect("reads"), vec![line(b, 0, 500)]);
     assert!(store.read_log(a).await.expect("reads").is_empty());
@@ -214,10 +215,10 @@ async fn deleting_an_environment_removes_everything_of_it_only() {
     let (_dir, path, store) = open_temp();
     let (a1, lease) = create(&store, "gone", 10).await;
     let (a2, _) = create(&store, "gone", 20).await;
-    let (keep, _) = create(&store, "kept", 15).await;
+    let (keep, lease_keep) = create(&store, "kept", 15).await;
     store.append(&lease, &[started(a1, 1, "a")]).await.expect("appends");
-    store.append_log(a1, &[line(a1, 0, 100)]).await.expect("logs");
-    store.append_log(keep, &[line(keep, 0, 100)]).await.expect("logs");
+    store.append_log(&lease, &[line(a1, 0, 100)]).await.expect("logs");
+    store.append_log(&lease_keep, &[line(keep, 0, 100)]).await.expect("logs");
 
     assert_eq!(store.delete_environment("gone").await.expect("deletes"), 2);
     for id in [a1, a2] {
@@ -250,7 +251,7 @@ async fn reopening_keeps_everything() {
     let (b, lease_b) = create(&store, "prod", 20).await;
     store.append(&lease_a, &[started(a, 1, "a"), succeeded(a, 2, "a", b"7")]).await.expect("ok");
     store.append(&lease_b, &[finished(b, 1)]).await.expect("finishes");
-    store.append_log(a, &[line(a, 0, 100)]).await.expect("logs");
+    store.append_log(&lease_a, &[line(a, 0, 100)]).await.expect("logs");
     let records_a = store.read(a).await.expect("reads");
     drop(store);
 
@@ -293,7 +294,7 @@ fn record_key(id: OperationId, seq: u64) -> Vec<u8> {
 
 /// Writes `bytes` as record `seq` of `id`, straight into sled.
 fn overwrite_record(path: &std::path::Path, id: OperationId, seq: u64, bytes: &[u8]) {
-    let db = open_sled(path);
+    let db = open_sled_to_edit(path);
     let records = db.open_tree("records").expect("tree");
     records.insert(record_key(id, seq), bytes).expect("inserts");
     db.flush().expect("flushes");
@@ -343,7 +344,7 @@ async fn corrupt_and_truncated_records_are_typed_errors() {
 
     // A missing record in the middle is named too.
     {
-        let db = open_sled(&path);
+        let db = open_sled_to_edit(&path);
         db.open_tree("records").expect("tree").remove(record_key(id, 2)).expect("removes");
         db.flush().expect("flushes");
     }
@@ -372,7 +373,7 @@ async fn newer_formats_are_refused() {
         let (_dir, path, store) = open_temp();
         drop(store);
         {
-            let db = open_sled(&path);
+            let db = open_sled_to_edit(&path);
             db.open_tree("meta").expect("tree").insert(key, &[99u8][..]).expect("inserts");
             db.flush().expect("flushes");
         }
@@ -438,7 +439,7 @@ async fn a_lone_operation_costs_one_sync_per_append() {
     }
     assert_eq!(store.sync_count(), before + 6);
     // Log lines and lease changes do not sync on their own.
-    store.append_log(id, &[line(id, 0, 1)]).await.expect("logs");
+    store.append_log(&lease, &[line(id, 0, 1)]).await.expect("logs");
     store.renew(&lease, TTL).await.expect("renews");
     assert_eq!(store.sync_count(), before + 6);
 }

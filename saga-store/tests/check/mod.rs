@@ -12,9 +12,11 @@ use saga_store::SledStore;
 
 use crate::support::*;
 
-/// Opens the store's directory with sled alone, runs `edit` on it and flushes.
+/// Opens the store's directory with sled alone, runs `edit` on it and flushes, once the store's
+/// write-ahead log holds nothing that the next open would replay over the edit (see
+/// `open_sled_to_edit`).
 fn edit(path: &Path, edit: impl FnOnce(&sled::Db)) {
-    let db = open_sled(path);
+    let db = open_sled_to_edit(path);
     edit(&db);
     db.flush().expect("flushes");
 }
@@ -93,7 +95,7 @@ async fn a_healthy_store_checks_clean() {
     let (a, lease) = create(&store, "prod", 10).await;
     create(&store, "dev", 11).await;
     store.append(&lease, &[started(a, 1, "a"), finished(a, 2)]).await.expect("appends");
-    store.append_log(a, &[line(a, 0), line(a, 1)]).await.expect("logs");
+    store.append_log(&lease, &[line(a, 0), line(a, 1)]).await.expect("logs");
     let report = store.check(true).await.expect("checks");
     assert_eq!(report.operations, 2);
     assert!(report.findings.is_empty(), "{:?}", report.findings);
@@ -129,6 +131,9 @@ async fn a_removed_unfinished_mark_is_found_and_repaired() {
     assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![a]);
 }
 
+/// The cut is made once the write-ahead log no longer holds the finish (see
+/// `open_sled_to_edit`): the record never comes back at the next open, whenever the close's
+/// checkpoint ran.
 #[tokio::test]
 async fn a_cut_finish_is_an_unfinished_operation_without_a_mark() {
     let (_dir, path, store) = open_temp();
@@ -138,6 +143,8 @@ async fn a_cut_finish_is_an_unfinished_operation_without_a_mark() {
     assert!(store.list_unfinished().await.expect("lists").ids.is_empty());
     drop(store);
     edit(&path, |db| {
+        let finish = tree(db, "records").get(seq_key(a, 3)).expect("reads");
+        assert!(finish.is_some(), "the acknowledged finish is in sled before the cut");
         tree(db, "records").remove(seq_key(a, 3)).expect("cuts");
     });
 
@@ -238,9 +245,14 @@ async fn undecodable_and_newer_leases_are_damaged_entries() {
 async fn dangling_and_damaged_index_entries_are_found_and_removed() {
     let (_dir, path, store) = open_temp();
     let (a, _) = create(&store, "prod", 10).await;
-    drop(store);
+    // An Operation with log lines (written under its lease), whose records then go: a ghost.
     let ghost = OperationId::new();
+    let ghost_lease =
+        store.create(&created(ghost, "s", "prod", 5), "me", TTL).await.expect("creates");
+    store.append_log(&ghost_lease, &[line(ghost, 0), line(ghost, 1)]).await.expect("logs");
+    drop(store);
     edit(&path, |db| {
+        tree(db, "records").remove(seq_key(ghost, 0)).expect("removes the ghost's record");
         let index = tree(db, "by_environment");
         index.insert(env_key("prod", 5, ghost), &[][..]).expect("inserts");
         // An entry of an Operation that exists, at a time it was not created.
@@ -255,7 +267,6 @@ async fn dangling_and_damaged_index_entries_are_found_and_removed() {
     });
 
     let store = SledStore::open(&path).expect("reopens");
-    store.append_log(ghost, &[line(ghost, 0), line(ghost, 1)]).await.expect("logs");
     let listing = store.list_environment("prod", 0, u64::MAX).await.expect("lists");
     // Opening removed the ghost's unfinished mark, its lease and its index entry: what an
     // unacknowledged create leaves (see `settle_unacknowledged`). What names no unfinished
@@ -355,7 +366,7 @@ async fn a_check_while_operations_run_finds_nothing() {
                 for seq in 1..=10 {
                     store.append(&lease, &[started(id, seq, "a")]).await.expect("appends");
                 }
-                store.append_log(id, &[line(id, 0)]).await.expect("logs");
+                store.append_log(&lease, &[line(id, 0)]).await.expect("logs");
                 store.append(&lease, &[finished(id, 11)]).await.expect("finishes");
             }
         }));

@@ -7,8 +7,8 @@ use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use saga_core::log::Record;
-use saga_core::store::{Lease, Store, StoreError};
+use saga_core::log::{LogLevel, LogLine, LogSource, Record};
+use saga_core::store::{CancelRecorded, CancelRequest, Lease, Store, StoreError};
 use saga_core::OperationId;
 use saga_store::SledStore;
 
@@ -39,6 +39,20 @@ async fn refuses_writes(store: &SledStore, id: OperationId, lease: &Lease, next:
     assert!(is_unavailable(&store.purge_logs(u64::MAX).await));
     assert!(is_unavailable(&store.delete_environment("prod").await));
     assert!(is_unavailable(&store.check(true).await));
+    assert!(is_unavailable(&store.request_cancel(&cancel_request(id, "late")).await));
+    assert!(is_unavailable(&store.append_log(lease, &[log_line(id, 0)]).await));
+}
+
+fn log_line(id: OperationId, seq: u64) -> LogLine {
+    LogLine {
+        operation: id,
+        seq,
+        at_ms: 100 + seq,
+        level: LogLevel::Info,
+        source: LogSource::Engine,
+        step: None,
+        message: format!("line {seq}"),
+    }
 }
 
 #[tokio::test]
@@ -214,4 +228,258 @@ async fn without_fsync_nothing_is_hidden() {
         store.inject_sync_failure(0, eio()).expect("a store with fsync");
     }));
     assert!(hook.is_err(), "a store that never syncs cannot fail a sync");
+}
+
+// ---------------------------------------------------------------- cancel requests
+
+/// Polls `future` once (with a waker that does nothing): what it does before its first wait is
+/// done when this returns. Returns its output if it did not wait.
+fn poll_once<F: Future + ?Sized>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    match future.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// How long a held sync may take to reach the hold: a bound for a store that never syncs, not
+/// a wait for timing.
+const REACH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The pending request and the records of `id` in a store reopened after a failure agree:
+/// either the write happened whole or not at all, as `whole` and `none` say, and a barrier
+/// append then is refused exactly when a request is pending.
+async fn pending_agrees(
+    store: &SledStore,
+    id: OperationId,
+    lease: &Lease,
+) -> Option<CancelRequest> {
+    let pending = store.pending_cancel(id).await.expect("reads the pending request");
+    let listed = store.cancel_requests().await.expect("lists requests");
+    assert_eq!(listed, pending.iter().cloned().collect::<Vec<_>>(), "the listing agrees");
+    let unfinished = store.list_unfinished().await.expect("lists").ids.contains(&id);
+    let records = store.read(id).await.expect("reads");
+    if !unfinished {
+        assert!(pending.is_none(), "a finished Operation keeps no request: {pending:?}");
+        return pending;
+    }
+    let next = records.len() as u64;
+    let barrier = store.append(lease, &[passed(id, next)]).await;
+    match (&pending, &barrier) {
+        (Some(request), Err(StoreError::CancelPending { request: refused, .. })) => {
+            assert_eq!(**refused, *request);
+            assert_eq!(store.read(id).await.expect("reads"), records, "nothing written");
+        }
+        (None, Ok(())) => {}
+        other => panic!("the pending request and the barrier disagree: {other:?}"),
+    }
+    pending
+}
+
+#[tokio::test]
+async fn a_failed_sync_of_a_cancel_request_is_never_shown_as_pending() {
+    let (_dir, path, store) = open_temp();
+    let (id, lease) = create(&store, "prod", 10).await;
+    let request = cancel_request(id, "amy");
+    store.inject_sync_failure(0, eio()).expect("a store with fsync");
+    let failed = store.request_cancel(&request).await;
+    assert!(is_unavailable(&failed), "{failed:?}");
+    // In sled's memory, never acknowledged: not pending for any reader.
+    assert_eq!(store.pending_cancel(id).await.expect("reads"), None);
+    assert!(store.cancel_requests().await.expect("lists").is_empty());
+    assert_eq!(store.read(id).await.expect("reads").len(), 1);
+    refuses_writes(&store, id, &lease, 1).await;
+    drop(store);
+
+    // Reopened: the request is there or not; whichever, the store acts on it.
+    let store = SledStore::open(&path).expect("reopens");
+    assert_eq!(store.read(id).await.expect("reads").len(), 1);
+    if let Some(pending) = pending_agrees(&store, id, &lease).await {
+        assert_eq!(pending, request);
+    }
+    assert!(store.check(false).await.expect("checks").is_healthy());
+}
+
+#[tokio::test]
+async fn a_failed_sync_of_an_answer_keeps_the_request_pending() {
+    // The answer alone, and the answer with the rollback's finish (the finishing path).
+    for finish in [false, true] {
+        let (_dir, path, store) = open_temp();
+        let (id, lease) = create(&store, "prod", 10).await;
+        let (other, _) = create(&store, "prod", 11).await;
+        let request = cancel_request(id, "amy");
+        let recorded = store.request_cancel(&request).await.expect("requests");
+        assert_eq!(recorded, CancelRecorded::Recorded);
+        let mut answer = vec![cancelled(id, 1, "amy")];
+        if finish {
+            answer.push(rolled_back(id, 2));
+        }
+        store.inject_sync_failure(0, eio()).expect("a store with fsync");
+        let failed = store.append(&lease, &answer).await;
+        assert!(is_unavailable(&failed), "finish {finish}: {failed:?}");
+        // The removal was not acknowledged: the request is still pending, the answer not shown.
+        assert_eq!(store.pending_cancel(id).await.expect("reads"), Some(request.clone()));
+        assert_eq!(store.cancel_requests().await.expect("lists"), vec![request.clone()]);
+        assert_eq!(store.read(id).await.expect("reads").len(), 1);
+        assert_eq!(store.list_unfinished().await.expect("lists").ids.len(), 2);
+        refuses_writes(&store, id, &lease, 1).await;
+        drop(store);
+
+        // Reopened: the answer and the removal both happened, or neither.
+        let store = SledStore::open(&path).expect("reopens");
+        let records = store.read(id).await.expect("reads");
+        let pending = store.pending_cancel(id).await.expect("reads");
+        if records.len() == 1 {
+            assert_eq!(pending, Some(request.clone()), "finish {finish}: no answer, so pending");
+        } else {
+            assert_eq!(records[1..], answer[..], "finish {finish}: the answer whole");
+            assert_eq!(pending, None, "finish {finish}: answered, so not pending");
+        }
+        let unfinished = store.list_unfinished().await.expect("lists").ids;
+        assert_eq!(unfinished.contains(&id), records.len() < 3, "finish {finish}");
+        assert!(unfinished.contains(&other));
+        pending_agrees(&store, id, &lease).await;
+        assert!(store.check(false).await.expect("checks").is_healthy());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_sync_of_a_barrier_shows_no_barrier() {
+    let (_dir, path, store) = open_temp();
+    let (id, lease) = create(&store, "prod", 10).await;
+    store.inject_sync_failure(0, eio()).expect("a store with fsync");
+    let failed = store.append(&lease, &[started(id, 1, "a"), passed(id, 2)]).await;
+    assert!(is_unavailable(&failed), "{failed:?}");
+    assert_eq!(store.read(id).await.expect("reads").len(), 1);
+    assert_eq!(store.pending_cancel(id).await.expect("reads"), None);
+    refuses_writes(&store, id, &lease, 1).await;
+    drop(store);
+
+    let store = SledStore::open(&path).expect("reopens");
+    let records = store.read(id).await.expect("reads");
+    assert!(records.len() == 1 || records.len() == 3, "a torn append: {records:?}");
+    assert_eq!(store.pending_cancel(id).await.expect("reads"), None);
+    // A request now is recorded (the Operation is unfinished), and stops a finish either way.
+    let request = cancel_request(id, "lee");
+    assert_eq!(store.request_cancel(&request).await.expect("requests"), CancelRecorded::Recorded);
+    let next = records.len() as u64;
+    let finish = store.append(&lease, &[finished(id, next)]).await;
+    assert!(matches!(&finish, Err(StoreError::CancelPending { request: r, .. }) if **r == request));
+    assert!(store.check(false).await.expect("checks").is_healthy());
+}
+
+/// Answers that rest on a write whose sync runs (a pending request, a finish) wait for it, and
+/// readers show none of it before: with the syncs held, a second request, a barrier and a
+/// request after an unacknowledged finish all wait, and come out as the acknowledged writes say.
+#[tokio::test]
+async fn answers_resting_on_an_unacknowledged_write_wait_for_its_sync() {
+    let (_dir, _path, store) = open_temp();
+    let (id, lease) = create(&store, "prod", 10).await;
+    let amy = cancel_request(id, "amy");
+    let zed = cancel_request(id, "zed");
+
+    let hold = store.hold_syncs().expect("a store with fsync");
+    let mut first = Box::pin(store.request_cancel(&amy));
+    assert!(poll_once(first.as_mut()).is_none(), "a request waits for its sync");
+    assert!(hold.wait_until_held(REACH), "the request's sync reaches the hold");
+    assert_eq!(store.pending_cancel(id).await.expect("reads"), None, "not acknowledged yet");
+    assert!(store.cancel_requests().await.expect("lists").is_empty());
+    let mut second = Box::pin(store.request_cancel(&zed));
+    assert!(poll_once(second.as_mut()).is_none(), "the second waits for the first's sync");
+    let barrier = [passed(id, 1)];
+    let mut refused = Box::pin(store.append(&lease, &barrier));
+    assert!(poll_once(refused.as_mut()).is_none(), "the barrier waits for the request's sync");
+    hold.release();
+    assert_eq!(first.await.expect("requests"), CancelRecorded::Recorded);
+    assert_eq!(second.await.expect("answers"), CancelRecorded::AlreadyPending(amy.clone()));
+    match refused.await {
+        Err(StoreError::CancelPending { request, .. }) => assert_eq!(*request, amy),
+        other => panic!("expected CancelPending, got {other:?}"),
+    }
+    assert_eq!(store.pending_cancel(id).await.expect("reads"), Some(amy.clone()));
+
+    // The answer's removal is shown only once acknowledged.
+    let hold = store.hold_syncs().expect("a store with fsync");
+    let answer = [cancelled(id, 1, "amy")];
+    let mut answering = Box::pin(store.append(&lease, &answer));
+    assert!(poll_once(answering.as_mut()).is_none(), "an append waits for its sync");
+    assert!(hold.wait_until_held(REACH), "the answer's sync reaches the hold");
+    assert_eq!(store.pending_cancel(id).await.expect("reads"), Some(amy.clone()));
+    assert_eq!(store.cancel_requests().await.expect("lists"), vec![amy.clone()]);
+    assert_eq!(store.read(id).await.expect("reads").len(), 1);
+    hold.release();
+    answering.await.expect("answers");
+    assert_eq!(store.pending_cancel(id).await.expect("reads"), None);
+    assert!(store.cancel_requests().await.expect("lists").is_empty());
+
+    // A request after a finish whose sync runs is answered once the finish is acknowledged.
+    let hold = store.hold_syncs().expect("a store with fsync");
+    let finish = [rolled_back(id, 2)];
+    let mut finishing = Box::pin(store.append(&lease, &finish));
+    let _ = poll_once(finishing.as_mut());
+    assert!(hold.wait_until_held(REACH), "the finish's sync reaches the hold");
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![id], "not finished yet");
+    let mut late = Box::pin(store.request_cancel(&zed));
+    assert!(poll_once(late.as_mut()).is_none(), "the request waits for the finish's sync");
+    hold.release();
+    finishing.await.expect("finishes");
+    assert_eq!(late.await.expect("answers"), CancelRecorded::Finished);
+    assert!(store.cancel_requests().await.expect("lists").is_empty());
+    assert!(store.check(false).await.expect("checks").is_healthy());
+}
+
+/// The same waits, when the sync they wait for fails: a typed error, never an answer that rests
+/// on a write that was not acknowledged; and the reopened store agrees with itself.
+#[tokio::test]
+async fn answers_resting_on_a_write_whose_sync_fails_fail_with_it() {
+    let (_dir, path, store) = open_temp();
+    let (id, lease) = create(&store, "prod", 10).await;
+    let hold = store.hold_syncs().expect("a store with fsync");
+    store.inject_sync_failure(0, eio()).expect("a store with fsync");
+    let (amy, zed) = (cancel_request(id, "amy"), cancel_request(id, "zed"));
+    let mut first = Box::pin(store.request_cancel(&amy));
+    assert!(poll_once(first.as_mut()).is_none(), "a request waits for its sync");
+    assert!(hold.wait_until_held(REACH), "the request's sync reaches the hold");
+    let mut second = Box::pin(store.request_cancel(&zed));
+    assert!(poll_once(second.as_mut()).is_none(), "the second waits for the first's sync");
+    let barrier = [passed(id, 1)];
+    let mut refused = Box::pin(store.append(&lease, &barrier));
+    assert!(poll_once(refused.as_mut()).is_none(), "the barrier waits for the request's sync");
+    hold.release();
+    assert!(is_unavailable(&first.await));
+    let second = second.await;
+    assert!(is_unavailable(&second), "not AlreadyPending: {second:?}");
+    let refused = refused.await;
+    assert!(is_unavailable(&refused), "not CancelPending: {refused:?}");
+    assert_eq!(store.pending_cancel(id).await.expect("reads"), None);
+    assert_eq!(store.read(id).await.expect("reads").len(), 1);
+    drop(store);
+    let store = SledStore::open(&path).expect("reopens");
+    assert_eq!(store.read(id).await.expect("reads").len(), 1, "the barrier was never written");
+    pending_agrees(&store, id, &lease).await;
+    drop(store);
+
+    // A finish whose sync fails: a request waiting for it fails too, never `Finished`.
+    let (_dir, path, store) = open_temp();
+    let (id, lease) = create(&store, "prod", 10).await;
+    let hold = store.hold_syncs().expect("a store with fsync");
+    store.inject_sync_failure(0, eio()).expect("a store with fsync");
+    let finish = [finished(id, 1)];
+    let mut finishing = Box::pin(store.append(&lease, &finish));
+    let _ = poll_once(finishing.as_mut());
+    assert!(hold.wait_until_held(REACH), "the finish's sync reaches the hold");
+    let lee = cancel_request(id, "lee");
+    let mut late = Box::pin(store.request_cancel(&lee));
+    assert!(poll_once(late.as_mut()).is_none(), "the request waits for the finish's sync");
+    hold.release();
+    assert!(is_unavailable(&finishing.await));
+    let late = late.await;
+    assert!(is_unavailable(&late), "not Finished: {late:?}");
+    assert_eq!(store.list_unfinished().await.expect("lists").ids, vec![id]);
+    drop(store);
+    let store = SledStore::open(&path).expect("reopens");
+    let finished_now = store.read(id).await.expect("reads").len() == 2;
+    let answer = store.request_cancel(&cancel_request(id, "lee")).await.expect("answers");
+    let expected = if finished_now { CancelRecorded::Finished } else { CancelRecorded::Recorded };
+    assert_eq!(answer, expected);
+    assert!(store.check(false).await.expect("checks").is_healthy());
 }

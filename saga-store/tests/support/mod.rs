@@ -77,9 +77,29 @@ pub(crate) async fn create(
     (id, lease)
 }
 
-/// Opens a store's directory with sled alone, once a `SledStore` on it was dropped. sled may
-/// release its file lock a moment after the drop returns, so this waits up to 2 s for it, as
-/// `SledStore::open` itself waits up to 1 s.
+/// Opens a store's directory with sled alone to edit it, once a `SledStore` on it was dropped,
+/// and once the store's write-ahead log holds nothing that the next open would replay over the
+/// edit.
+///
+/// A store closed right after a write may leave that write in its log: the close checkpoints up
+/// to the LSN the log's writer has published as durable, and the writer wakes the write's
+/// caller a moment before it publishes it, so under load the last acknowledged write can stay
+/// after the checkpoint (harmless for the store: the next open replays it, changing nothing
+/// sled holds). An edit of a key that write set would then be undone by that replay, and a test
+/// of the damaged store would see the undamaged one. So the store is opened and closed once
+/// first: opening replays whatever the log holds and checkpoints it before it returns (at the
+/// LSN of the last entry replayed, which it knows for certain), and it writes nothing more, so
+/// the log then holds nothing after its checkpoint, whatever the timing. (Opening also settles
+/// what an unacknowledged write left half made: edit after it, not before.)
+pub(crate) fn open_sled_to_edit(path: &std::path::Path) -> sled::Db {
+    drop(SledStore::open(path).expect("opens, replaying the log, before sled alone opens it"));
+    open_sled(path)
+}
+
+/// Opens a store's directory with sled alone, once a `SledStore` on it was dropped, to read
+/// what sled's files hold (to edit them, [`open_sled_to_edit`]). sled may release its file lock
+/// a moment after a drop returns, so this waits up to 2 s for it, as `SledStore::open` itself
+/// waits up to 1 s.
 pub(crate) fn open_sled(path: &std::path::Path) -> sled::Db {
     let start = std::time::Instant::now();
     loop {
@@ -90,5 +110,31 @@ pub(crate) fn open_sled(path: &std::path::Path) -> sled::Db {
             }
             Err(e) => panic!("sled opens {}: {e}", path.display()),
         }
+    }
+}
+
+/// `PointOfNoReturnPassed` at `step`: a cancel barrier.
+pub(crate) fn passed(id: OperationId, seq: u64) -> Record {
+    record(id, seq, RecordKind::PointOfNoReturnPassed { step: "migrate".into() })
+}
+
+/// `CancelRequested` by `actor`: answers a pending cancel request.
+pub(crate) fn cancelled(id: OperationId, seq: u64, actor: &str) -> Record {
+    record(id, seq, RecordKind::CancelRequested { actor: actor.into(), reason: "stop".into() })
+}
+
+/// `OperationFinished` as rolled back after a cancel: answers a request, and is no barrier.
+pub(crate) fn rolled_back(id: OperationId, seq: u64) -> Record {
+    let cause = saga_core::RollbackCause::Cancelled { actor: "amy".into(), reason: "stop".into() };
+    record(id, seq, RecordKind::OperationFinished { outcome: Outcome::RolledBack { cause } })
+}
+
+/// A cancel request of `id` by `actor`.
+pub(crate) fn cancel_request(id: OperationId, actor: &str) -> saga_core::store::CancelRequest {
+    saga_core::store::CancelRequest {
+        operation: id,
+        actor: actor.into(),
+        reason: format!("{actor} says stop"),
+        at_ms: 1_000,
     }
 }

@@ -284,7 +284,7 @@ fn raw_entries(path: &Path, trees: &[&str], id: OperationId) -> Vec<(String, Vec
 
 /// Writes entries back with sled alone into a closed store.
 fn write_raw(path: &Path, entries: &[(String, Vec<u8>, Vec<u8>)], remove: &[(&str, Vec<u8>)]) {
-    let db = open_sled(path);
+    let db = open_sled_to_edit(path);
     for (name, key, value) in entries {
         db.open_tree(name).expect("a tree").insert(key, value.as_slice()).expect("inserts");
     }
@@ -332,4 +332,68 @@ async fn opening_settles_what_an_unacknowledged_finish_or_create_left_half_made(
 
 fn id_bytes(id: OperationId) -> Vec<u8> {
     id.as_u128().to_be_bytes().to_vec()
+}
+
+/// Set for the child of [`replaying_the_log_replays_a_removal_with_its_answer`]: the store and
+/// the Operation (`<path>|<id>`) whose pending request the child answers.
+const ANSWER_CHILD: &str = "SAGA_WAL_ANSWER_CHILD";
+
+/// Not a test of its own (ignored; run by the test below): answers the pending cancel request of
+/// the Operation it is told (created by the parent with owner `me`, whose lease is current),
+/// prints `ANSWERED` once the answer is acknowledged, and dies without closing the store.
+#[tokio::test]
+#[ignore = "the workload of a child process"]
+async fn answer_child() {
+    let Ok(told) = std::env::var(ANSWER_CHILD) else { return };
+    let Some((path, id)) = told.split_once('|') else { panic!("told {told}") };
+    let id: OperationId = id.parse().expect("an id");
+    let store = SledStore::open(path).expect("the child opens the store");
+    let lease = saga_core::store::Lease {
+        operation: id,
+        owner: "me".into(),
+        epoch: 1,
+        expires_ms: u64::MAX,
+    };
+    store.append(&lease, &[cancelled(id, 1, "amy")]).await.expect("answers");
+    println!("ANSWERED");
+    let _ = std::io::stdout().flush();
+    // No checkpoint, no destructor: the answer is in the write-ahead log only (and in sled's
+    // memory, which dies here).
+    std::process::abort();
+}
+
+/// An answer acknowledged and then lost with the process (never checkpointed) comes back
+/// whole from the write-ahead log: its records and the removal of the request they answer, so
+/// that a request is never left pending beside its answer, nor removed without it.
+#[tokio::test]
+async fn replaying_the_log_replays_a_removal_with_its_answer() {
+    let (_dir, path) = temp_store_path();
+    let store = SledStore::open(&path).expect("opens");
+    let (id, _) = create(&store, "prod", 10).await;
+    let (other, _) = create(&store, "prod", 11).await;
+    let request = cancel_request(id, "amy");
+    let kept = cancel_request(other, "bob");
+    store.request_cancel(&request).await.expect("requests");
+    store.request_cancel(&kept).await.expect("requests");
+    // Closed: sled's files hold both requests.
+    drop(store);
+
+    let exe = std::env::current_exe().expect("the test binary");
+    let output = Command::new(exe)
+        .args(["wal::answer_child", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env(ANSWER_CHILD, format!("{}|{id}", path.display()))
+        .stderr(Stdio::null())
+        .output()
+        .expect("the child runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("ANSWERED"), "the child answered: {stdout}");
+
+    let store = SledStore::open(&path).expect("reopens, replaying the log");
+    let records = store.read(id).await.expect("reads");
+    assert_eq!(records.len(), 2, "the acknowledged answer is there: {records:?}");
+    assert_eq!(records[1], cancelled(id, 1, "amy"));
+    assert_eq!(store.pending_cancel(id).await.expect("reads"), None, "and its request gone");
+    assert_eq!(store.pending_cancel(other).await.expect("reads"), Some(kept.clone()));
+    assert_eq!(store.cancel_requests().await.expect("lists"), vec![kept]);
+    assert!(store.check(false).await.expect("checks").is_healthy());
 }
