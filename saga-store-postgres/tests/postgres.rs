@@ -7,6 +7,7 @@
 //! `target/services/postgres.env`; `scripts/test.sh` does both. Without it a test prints why it
 //! skips; under `CI=true` it fails instead.
 
+mod cancels;
 mod executors;
 mod support;
 
