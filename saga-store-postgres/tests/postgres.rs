@@ -9,6 +9,7 @@
 
 mod cancels;
 mod executors;
+mod log_lines;
 mod support;
 
 use std::error::Error as _;
