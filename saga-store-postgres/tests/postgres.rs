@@ -11,6 +11,7 @@ mod cancels;
 mod executors;
 mod log_lines;
 mod support;
+mod wake_ups;
 
 use std::error::Error as _;
 use std::sync::Arc;
