@@ -169,7 +169,7 @@ impl PostgresStore {
                     &to_i64(lease.epoch),
                     &owner,
                     &crate::listener::WAKE_CHANNEL,
-                    &lease.operation.to_string(),
+                    &crate::listener::claimable(&lease.operation.to_string()),
                 ],
             )
             .await

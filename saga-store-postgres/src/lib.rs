@@ -72,9 +72,20 @@
 //!   only then, so a stale executor's append writes nothing; a follow-up read in the same
 //!   transaction tells [`Fenced`](saga_core::store::StoreError::Fenced) from
 //!   [`OutOfSequence`](saga_core::store::StoreError::OutOfSequence) from
-//!   [`NotFound`](saga_core::store::StoreError::NotFound). An append holding
+//!   [`NotFound`](saga_core::store::StoreError::NotFound) from
+//!   [`CancelPending`](saga_core::store::StoreError::CancelPending). An append holding
 //!   `OperationFinished` marks the row finished (so it leaves the unfinished index and its
-//!   resource's queue) and clears the cancel request in the same statement.
+//!   resource's queue); one holding a record that answers a cancel request (`CancelRequested`,
+//!   `CancelRefused`, `OperationFinished`) clears the pending request in the same statement.
+//! - An append holding a **cancel barrier** (`PointOfNoReturnPassed`, or a finish as succeeded
+//!   or abandoned) has one more condition in that statement: no cancel request is pending.
+//!   `request_cancel` records a request by updating the same row, so the row lock orders the
+//!   two and the second re-checks its condition on the row the first committed: either the
+//!   barrier is written first and the request is recorded after it (for the owner to refuse),
+//!   or the request is recorded first and the barrier is refused, writing nothing.
+//! - **Log lines** are fenced too: their insert checks the lease under a share lock of the
+//!   Operation's row, which a claim waits for (and which waits for a claim in flight, then sees
+//!   the new lease), so a stale executor's lines are committed before the claim or refused.
 //! - A **create** takes its resource's advisory lock before it takes its queue position, so
 //!   that queue order is commit order across executors.
 //!
@@ -83,8 +94,13 @@
 //! Every write is a PostgreSQL commit, acknowledged once the server has flushed it:
 //! `connect` refuses a server with `fsync = off` ([`PostgresError::FsyncOff`], unless
 //! [`PostgresOptions::accept_fsync_off`]), and when the server's `synchronous_commit` is `off`
-//! the store's sessions set it `on` (stronger settings stay). It is never turned off, log lines
-//! included. [`PostgresStore::durability`] tells what was found.
+//! the store's sessions set it `on` (stronger settings stay). [`PostgresStore::durability`]
+//! tells what was found.
+//!
+//! One exception, as the store contract allows: log lines commit with `synchronous_commit =
+//! off` for their own transaction only. They are visible at once and become durable with the
+//! next synchronous commit of any session (PostgreSQL's log is sequential) or the WAL writer's
+//! next flush; a crash of the server in between may lose the last lines, never a record.
 //!
 //! # Group commit
 //!
@@ -107,9 +123,22 @@
 //!
 //! # Cancel requests
 //!
-//! `request_cancel` is durable at return and notifies channel `saga_cancel` with the id in the
-//! same statement; [`PostgresStore::cancel_notifications`] delivers those, with polling of
-//! `cancel_requests` behind it.
+//! `request_cancel` locks the Operation's row, records the request when it is unfinished and
+//! has none (durable at return, `Recorded`), and notifies channel `saga_cancel` with the id in
+//! the same transaction; otherwise it answers `AlreadyPending` with the pending request, or
+//! `Finished`. A pending request equal to the caller's (a retry after a lost commit answer) is
+//! answered `Recorded`. [`PostgresStore::cancel_notifications`] delivers the notifications, with
+//! polling of `cancel_requests` behind it; `pending_cancel` reads one row.
+//!
+//! # Wake-ups
+//!
+//! [`Store::wake_ups`](saga_core::store::Store::wake_ups) is fed by `LISTEN` on a connection of
+//! the store's own, started by the first subscription: `saga_cancel` (`<id>`: a cancel
+//! request recorded) and `saga_wake` (`claimable <id>`: created with a zero ttl, or released
+//! unfinished; `settled <id>`: an append that finished the Operation or recorded
+//! `AttentionNeeded` committed), each notified in the transaction that makes the change.
+//! Unknown payloads are ignored; every (re)connection of the listener is told as
+//! [`WakeUp::Missed`](saga_core::store::WakeUp::Missed).
 //!
 //! # Check
 //!

@@ -1,42 +1,90 @@
-//! Notifications: a dedicated connection that `LISTEN`s to cancel requests ([`CHANNEL`]) and
-//! wake-ups ([`WAKE_CHANNEL`]: an Operation submitted or released) and reconnects, feeding a
-//! broadcast channel of cancelled ids and the executor's wake-up signal.
+//! Notifications: a task that `LISTEN`s on a connection of its own to the channels of cancel
+//! requests ([`CHANNEL`]) and wake-ups ([`WAKE_CHANNEL`]), connects again after it is lost, and
+//! feeds the receivers of [`PostgresStore::cancel_notifications`](crate::PostgresStore::cancel_notifications)
+//! and of [`Store::wake_ups`](saga_core::store::Store::wake_ups).
+//!
+//! # Payloads
+//!
+//! | channel | payload | sent | wake-up |
+//! |---|---|---|---|
+//! | `saga_cancel` | `<id>` | by `request_cancel`, when it records a request | `CancelRequested(id)` |
+//! | `saga_wake` | `claimable <id>` | by `create` with a zero ttl (`Executor::submit`), by `release` of an unfinished Operation | `Claimable(id)` |
+//! | `saga_wake` | `settled <id>` | by an append that finishes an Operation or records `AttentionNeeded`, only when it writes | `Settled(id)` |
+//!
+//! `<id>` is the Operation id's text form. Each is sent with `pg_notify` in the transaction that
+//! makes the change, so it is delivered at commit, and never for a change that rolled back. A
+//! bare `<id>` on `saga_wake` (what releases before `claimable`/`settled` sent) is read as
+//! `claimable`. Any other payload is ignored (logged at debug level): a newer release may send
+//! more. Stores in other schemas of the same database share the channels, so an id may be of an
+//! Operation this store does not have; its receivers look and find nothing.
+//!
+//! Every (re)connection of the listening connection sends [`WakeUp::Missed`]: notifications
+//! sent while it was not listening are lost.
 
 use std::time::Duration;
 
 use futures::StreamExt;
+use saga_core::store::{WakeUp, WAKE_UP_CAPACITY};
 use saga_core::OperationId;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Config, NoTls};
 
 use crate::cancels::CHANNEL;
 use crate::retry::backoff;
 
-/// The channel notified when an Operation becomes claimable at once: created without a live
-/// lease (`Executor::submit`) or released.
+/// The channel of wake-ups other than cancel requests: an Operation that became claimable at
+/// once, or that settled (see the module docs for the payloads).
 pub(crate) const WAKE_CHANNEL: &str = "saga_wake";
 
-/// How many notifications a slow receiver may fall behind before it sees `Lagged`.
+/// How many cancel notifications a slow receiver may fall behind before it sees `Lagged`.
 const CAPACITY: usize = 1024;
 
-/// The listening task and its channel.
+/// The `saga_wake` payload of an Operation that may be claimed at once.
+pub(crate) fn claimable(id: &str) -> String {
+    format!("claimable {id}")
+}
+
+/// The `saga_wake` payload of an Operation that finished or needs attention.
+pub(crate) fn settled(id: &str) -> String {
+    format!("settled {id}")
+}
+
+/// The wake-up a notification tells, if it is one this release knows.
+pub(crate) fn parse(channel: &str, payload: &str) -> Option<WakeUp> {
+    let id = |text: &str| text.trim().parse::<OperationId>().ok();
+    if channel == CHANNEL {
+        return id(payload).map(WakeUp::CancelRequested);
+    }
+    if channel != WAKE_CHANNEL {
+        return None;
+    }
+    match payload.split_once(' ') {
+        Some(("claimable", rest)) => id(rest).map(WakeUp::Claimable),
+        Some(("settled", rest)) => id(rest).map(WakeUp::Settled),
+        Some(_) => None,
+        // Releases before these payloads sent the bare id, for a claimable Operation.
+        None => id(payload).map(WakeUp::Claimable),
+    }
+}
+
+/// The listening task and its channels.
 #[derive(Debug)]
 pub(crate) struct Listener {
-    pub(crate) sender: broadcast::Sender<OperationId>,
-    /// Changes at every notification of either channel (and at every reconnection, since
-    /// notifications may have been missed meanwhile).
-    pub(crate) wake: watch::Sender<u64>,
+    /// The ids of cancel requests ([`crate::PostgresStore::cancel_notifications`]).
+    pub(crate) cancels: broadcast::Sender<OperationId>,
+    /// Every wake-up, and [`WakeUp::Missed`] at every (re)connection.
+    pub(crate) wake: broadcast::Sender<WakeUp>,
     task: JoinHandle<()>,
 }
 
 impl Listener {
     /// Starts listening with `config` (the store's sessions' settings).
     pub(crate) fn start(config: Config, runtime: &tokio::runtime::Handle) -> Listener {
-        let (sender, _) = broadcast::channel(CAPACITY);
-        let (wake, _) = watch::channel(0);
-        let task = runtime.spawn(listen(config, sender.clone(), wake.clone()));
-        Listener { sender, wake, task }
+        let (cancels, _) = broadcast::channel(CAPACITY);
+        let (wake, _) = broadcast::channel(WAKE_UP_CAPACITY);
+        let task = runtime.spawn(listen(config, cancels.clone(), wake.clone()));
+        Listener { cancels, wake, task }
     }
 
     pub(crate) fn stop(self) {
@@ -44,15 +92,18 @@ impl Listener {
     }
 }
 
-/// Connects, `LISTEN`s and forwards every notification whose payload is an id, for ever;
-/// after a lost connection, connects again with backoff.
-async fn listen(config: Config, sender: broadcast::Sender<OperationId>, wake: watch::Sender<u64>) {
+/// Connects, `LISTEN`s and forwards every notification it can read, for ever; after a lost
+/// connection, connects again with backoff. No receiver at a send is fine: nobody is waiting.
+async fn listen(
+    config: Config,
+    cancels: broadcast::Sender<OperationId>,
+    wake: broadcast::Sender<WakeUp>,
+) {
     let mut failures = 0;
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
                 let (messages, mut forwarded) = futures::channel::mpsc::unbounded();
-                let messages = messages;
                 let driver = tokio::spawn(async move {
                     let mut stream =
                         futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -64,7 +115,7 @@ async fn listen(config: Config, sender: broadcast::Sender<OperationId>, wake: wa
                                 }
                             }
                             Err(e) => {
-                                tracing::debug!(error = %e, "the cancel notification connection ended");
+                                tracing::debug!(error = %e, "the notification connection ended");
                                 return;
                             }
                         }
@@ -77,24 +128,29 @@ async fn listen(config: Config, sender: broadcast::Sender<OperationId>, wake: wa
                     Ok(()) => {
                         failures = 0;
                         // What was notified while not listening is unknown: look now.
-                        wake.send_modify(|n| *n = n.wrapping_add(1));
+                        let _ = wake.send(WakeUp::Missed);
                         while let Some(message) = forwarded.next().await {
-                            if let AsyncMessage::Notification(n) = message {
-                                if n.channel() == CHANNEL {
-                                    if let Ok(id) = n.payload().parse::<OperationId>() {
-                                        // No receiver now is fine: nobody is waiting.
-                                        let _ = sender.send(id);
+                            let AsyncMessage::Notification(n) = message else { continue };
+                            match parse(n.channel(), n.payload()) {
+                                Some(wake_up) => {
+                                    if let WakeUp::CancelRequested(id) = wake_up {
+                                        let _ = cancels.send(id);
                                     }
+                                    let _ = wake.send(wake_up);
                                 }
-                                wake.send_modify(|n| *n = n.wrapping_add(1));
+                                None => tracing::debug!(
+                                    channel = n.channel(),
+                                    payload = n.payload(),
+                                    "an unknown notification is ignored"
+                                ),
                             }
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "LISTEN {CHANNEL} failed"),
+                    Err(e) => tracing::debug!(error = %e, "LISTEN failed"),
                 }
                 driver.abort();
             }
-            Err(e) => tracing::debug!(error = %e, "cannot connect for cancel notifications"),
+            Err(e) => tracing::debug!(error = %e, "cannot connect to listen for notifications"),
         }
         tokio::time::sleep(backoff(failures).max(Duration::from_millis(100))).await;
         failures = (failures + 1).min(6);
@@ -117,14 +173,14 @@ impl crate::PostgresStore {
     /// request. Stores in other schemas of the same database share the channel: an id may be
     /// of an Operation this store does not have.
     pub fn cancel_notifications(&self) -> broadcast::Receiver<OperationId> {
-        self.with_listener(|l| l.sender.subscribe())
+        self.with_listener(|l| l.cancels.subscribe())
     }
 
-    /// The wake-up signal of [`Store::wake_ups`](saga_core::store::Store::wake_ups): changes at
-    /// every cancel request, submitted Operation and released lease notified on this database,
-    /// and when the listening connection (re)connects. Starts the listener as
+    /// A receiver of [`Store::wake_ups`](saga_core::store::Store::wake_ups): every wake-up
+    /// notified on this database (see the [module docs](self) for the payloads), and
+    /// [`WakeUp::Missed`] when the listening connection (re)connects. Starts the listener as
     /// [`PostgresStore::cancel_notifications`] does.
-    pub(crate) fn wake_signal(&self) -> watch::Receiver<u64> {
+    pub(crate) fn wake_up_receiver(&self) -> broadcast::Receiver<WakeUp> {
         self.with_listener(|l| l.wake.subscribe())
     }
 
@@ -132,5 +188,25 @@ impl crate::PostgresStore {
         let mut listener = self.inner.listener.lock().unwrap_or_else(|p| p.into_inner());
         f(listener
             .get_or_insert_with(|| Listener::start(self.inner.config.clone(), &self.inner.runtime)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_parse_defensively() {
+        let id = OperationId::new();
+        let text = id.to_string();
+        assert_eq!(parse(CHANNEL, &text), Some(WakeUp::CancelRequested(id)));
+        assert_eq!(parse(WAKE_CHANNEL, &claimable(&text)), Some(WakeUp::Claimable(id)));
+        assert_eq!(parse(WAKE_CHANNEL, &settled(&text)), Some(WakeUp::Settled(id)));
+        assert_eq!(parse(WAKE_CHANNEL, &text), Some(WakeUp::Claimable(id)), "an older release");
+        for bad in ["", " ", "settled", "settled ", "settled x", "finished 1", "claimable  "] {
+            assert_eq!(parse(WAKE_CHANNEL, bad), None, "{bad:?}");
+        }
+        assert_eq!(parse(CHANNEL, &settled(&text)), None);
+        assert_eq!(parse("elsewhere", &text), None);
     }
 }

@@ -1,13 +1,15 @@
-//! Operation log lines: append, read, purge by age.
+//! Operation log lines: append (fenced by the lease), read, purge by age.
 
 use std::collections::BTreeMap;
 
 use saga_core::log::LogLine;
-use saga_core::store::{StoreError, FORMAT_VERSION};
+use saga_core::store::{Lease, StoreError, FORMAT_VERSION};
 use saga_core::OperationId;
+use tokio_postgres::types::ToSql;
 
 use crate::connect::PostgresStore;
 use crate::error::{corrupt, pg, pool_error};
+use crate::retry::backoff;
 use crate::sql::{id_bytes, to_i64};
 
 /// A log line's bytes: the format version byte, then postcard.
@@ -41,24 +43,44 @@ pub(crate) fn decode_line(id: OperationId, n: i64, bytes: &[u8]) -> Result<LogLi
     Ok(line)
 }
 
+/// The insert of log lines, fenced: the lease is checked with a share lock on the Operation's
+/// row, which a claim (an update of the row) waits for and which waits for a claim in flight (then
+/// re-checks the lease on the row the claim committed). So lines are either committed before a
+/// claim by another owner, or refused; never written after it. Returns 1 when the lease is
+/// current (and the lines whose numbers were free are written), 0 when it is not.
+const APPEND_LOG: &str = "
+WITH lease AS (
+    SELECT id FROM operations
+     WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3
+       FOR SHARE
+), written AS (
+    INSERT INTO log_lines (operation, n, at_ms, bytes)
+    SELECT lease.id, l.n, l.at_ms, l.bytes
+      FROM lease, unnest($4::bigint[], $5::bigint[], $6::bytea[]) AS l(n, at_ms, bytes)
+    ON CONFLICT (operation, n) DO NOTHING
+)
+SELECT count(*) FROM lease";
+
+/// Log lines to write, as columns: one row per number (the last line given winning: a
+/// statement may not write a row twice).
+struct Lines {
+    ns: Vec<i64>,
+    ats: Vec<i64>,
+    bytes: Vec<Vec<u8>>,
+}
+
 impl PostgresStore {
-    /// Writes the lines (a line of a number already stored is dropped: a stored line is never
-    /// replaced); harmless to repeat.
-    ///
-    /// Committed with `synchronous_commit = off` for this transaction only: the store contract
-    /// lets log lines wait for the next durable write, and PostgreSQL's log is sequential, so the
-    /// next synchronous commit of any session (the Operation's next append) makes them durable
-    /// too. That saves one WAL flush per step; the records' commits stay synchronous.
-    pub(crate) async fn append_log_once(
+    /// Writes the lines under the lease (see [`APPEND_LOG`]): [`StoreError::Fenced`], writing
+    /// nothing, when it is not current; a line whose number is already stored is dropped (a
+    /// stored line is never replaced). Retried after a transient error; a retry that is fenced
+    /// answers `Ok` when the lines are there byte for byte (an earlier try wrote them, before
+    /// the claim that fenced the retry, and its answer was lost).
+    pub(crate) async fn append_log_lines(
         &self,
-        id: OperationId,
+        lease: &Lease,
         lines: &[LogLine],
     ) -> Result<(), StoreError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        // One row per number, the last line given winning (a statement may not write a row
-        // twice).
+        let id = lease.operation;
         let mut rows = BTreeMap::new();
         for line in lines {
             if line.operation != id {
@@ -69,31 +91,95 @@ impl PostgresStore {
             }
             rows.insert(to_i64(line.seq), (to_i64(line.at_ms), encode_line(line)?));
         }
-        let ns: Vec<i64> = rows.keys().copied().collect();
-        let ats: Vec<i64> = rows.values().map(|(at, _)| *at).collect();
-        let bytes: Vec<Vec<u8>> = rows.into_values().map(|(_, b)| b).collect();
+        let lines = Lines {
+            ns: rows.keys().copied().collect(),
+            ats: rows.values().map(|(at, _)| *at).collect(),
+            bytes: rows.into_values().map(|(_, b)| b).collect(),
+        };
+        let mut attempt = 0;
+        loop {
+            let error = match self.append_log_once(lease, &lines).await {
+                Ok(()) => return Ok(()),
+                Err(e @ StoreError::Fenced { .. }) if attempt > 0 => {
+                    return match self.lines_stored(id, &lines).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) | Err(_) => Err(e),
+                    };
+                }
+                Err(e) => e,
+            };
+            if !error.is_transient() || attempt >= self.inner.options.retries {
+                return Err(error);
+            }
+            tracing::debug!(error = %error, attempt, "retrying appending log lines");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// One try of [`append_log_lines`](Self::append_log_lines).
+    ///
+    /// Committed with `synchronous_commit = off` for this transaction only: the store contract
+    /// lets log lines wait for the next durable write, and PostgreSQL's log is sequential, so the
+    /// next synchronous commit of any session (the Operation's next append) makes them durable
+    /// too. That saves one WAL flush per step; the records' commits stay synchronous. (A crash of
+    /// the server before any later commit flushes them may lose the last lines, written within
+    /// about three times `wal_writer_delay`; never a record.) Visibility is not delayed: other sessions see the lines at commit.
+    async fn append_log_once(&self, lease: &Lease, lines: &Lines) -> Result<(), StoreError> {
+        let id = lease.operation;
         let context = "appending log lines";
         let mut client = self.inner.pool.get().await.map_err(|e| pool_error(context, e))?;
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO log_lines (operation, n, at_ms, bytes) \
-                 SELECT $1, l.n, l.at_ms, l.bytes \
-                   FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) AS l(n, at_ms, bytes) \
-                 ON CONFLICT (operation, n) DO NOTHING",
+        let statement = client.prepare_cached(APPEND_LOG).await.map_err(|e| pg(context, e))?;
+        let tx = client.transaction().await.map_err(|e| pg(context, e))?;
+        let key = id_bytes(id);
+        let epoch = to_i64(lease.epoch);
+        let owner = lease.owner.as_bytes().to_vec();
+        let params: [&(dyn ToSql + Sync); 6] =
+            [&key, &epoch, &owner, &lines.ns, &lines.ats, &lines.bytes];
+        let (relaxed, current) = tokio::join!(
+            tx.batch_execute("SET LOCAL synchronous_commit = off"),
+            tx.query_one(&statement, &params),
+        );
+        relaxed.map_err(|e| pg(context, e))?;
+        let current: i64 = current.and_then(|row| row.try_get(0)).map_err(|e| pg(context, e))?;
+        if current == 0 {
+            // Fenced: who holds it now, read in the same transaction.
+            let holder = tx
+                .query_opt("SELECT lease_owner FROM operations WHERE id = $1", &[&key])
+                .await
+                .map_err(|e| pg(context, e))?;
+            let holder = match holder {
+                None => "nobody".to_owned(),
+                Some(row) => {
+                    let holder: Vec<u8> = row.try_get(0).map_err(|e| pg(context, e))?;
+                    String::from_utf8_lossy(&holder).into_owned()
+                }
+            };
+            return Err(StoreError::Fenced { operation: id, epoch: lease.epoch, holder });
+        }
+        tx.commit().await.map_err(|e| pg(context, e))?;
+        Ok(())
+    }
+
+    /// Whether every one of `lines` is stored, byte for byte.
+    async fn lines_stored(&self, id: OperationId, lines: &Lines) -> Result<bool, StoreError> {
+        let context = "checking whether log lines were appended";
+        let client = self.inner.pool.get().await.map_err(|e| pool_error(context, e))?;
+        let rows = client
+            .query(
+                "SELECT n, bytes FROM log_lines WHERE operation = $1 AND n = ANY($2) ORDER BY n",
+                &[&id_bytes(id), &lines.ns],
             )
             .await
             .map_err(|e| pg(context, e))?;
-        let tx = client.transaction().await.map_err(|e| pg(context, e))?;
-        let id = id_bytes(id);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&id, &ns, &ats, &bytes];
-        let (relaxed, inserted) = tokio::join!(
-            tx.batch_execute("SET LOCAL synchronous_commit = off"),
-            tx.execute(&statement, &params),
-        );
-        relaxed.map_err(|e| pg(context, e))?;
-        inserted.map_err(|e| pg(context, e))?;
-        tx.commit().await.map_err(|e| pg(context, e))?;
-        Ok(())
+        let stored = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<_, i64>(0)?, row.try_get::<_, Vec<u8>>(1)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(|e| pg(context, e))?;
+        let ours: Vec<(i64, Vec<u8>)> =
+            lines.ns.iter().copied().zip(lines.bytes.iter().cloned()).collect();
+        Ok(stored == ours)
     }
 
     pub(crate) async fn read_log_once(&self, id: OperationId) -> Result<Vec<LogLine>, StoreError> {

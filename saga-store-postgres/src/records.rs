@@ -8,9 +8,10 @@ use saga_core::OperationId;
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 
+use crate::cancels::cancel_row;
 use crate::connect::PostgresStore;
 use crate::error::{pg, pool_error};
-use crate::listener::WAKE_CHANNEL;
+use crate::listener::{claimable, settled, WAKE_CHANNEL};
 use crate::retry::{backoff, retrying};
 use crate::sql::{id_bytes, to_i64, to_u64, ttl_ms, NOW_MS};
 use crate::writer::{self, Append, Failure, Job};
@@ -134,7 +135,8 @@ impl PostgresStore {
         .map_err(not_written)?;
         if row.ttl == 0 {
             // Submitted (a lease that expired as it was granted): wake the executors, at commit.
-            tx.execute("SELECT pg_notify($1, $2)", &[&WAKE_CHANNEL, &row.id_text])
+            let payload = claimable(row.id_text.as_str());
+            tx.execute("SELECT pg_notify($1, $2)", &[&WAKE_CHANNEL, &payload])
                 .await
                 .map_err(not_written)?;
         }
@@ -201,6 +203,9 @@ impl PostgresStore {
         let encoded = records.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
         let finishing =
             records.iter().any(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
+        let barrier = guarded_barrier(records);
+        let answers = records.iter().any(|r| r.kind.answers_cancel_request());
+        let settles = records.iter().any(|r| r.kind.settles()).then(|| settled(&id.to_string()));
         let mut attempt = 0;
         loop {
             let append = Append {
@@ -213,13 +218,16 @@ impl PostgresStore {
                 first: to_i64(first.seq),
                 records: encoded.clone(),
                 finishing,
+                barrier,
+                answers,
+                settled: settles.clone(),
             };
             let error = match self.submit(append).await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Refused(e)) => return Err(e),
                 Err(Failure::NotWritten(e)) => e,
                 Err(Failure::Unknown(e)) => {
-                    match self.landed(lease, first.seq, &encoded).await {
+                    match self.landed(lease, first.seq, &encoded, barrier).await {
                         Ok(Landed::Yes) => return Ok(()),
                         // Known not written: safe to send again (the append is conditional on
                         // the sequence number anyway).
@@ -261,30 +269,44 @@ impl PostgresStore {
     }
 
     /// After an append whose commit answer was lost: whether its records are there, byte for
-    /// byte. `Err` with a refusal when they are not and the lease or the sequence says why.
+    /// byte. `Err` with a refusal when they are not and the lease, the sequence or (for an
+    /// append holding a cancel barrier) a pending cancel request says why: a barrier that did
+    /// not land is never sent again past a request recorded meanwhile (a resend would be refused
+    /// by its own statement too; this answers without one).
     async fn landed(
         &self,
         lease: &Lease,
         first: u64,
         encoded: &[Vec<u8>],
+        barrier: bool,
     ) -> Result<Landed, StoreError> {
         let id = lease.operation;
         retrying(self.inner.options.retries, "checking an append", || async {
             let context = "checking whether records were appended";
             let mut client = self.inner.pool.get().await.map_err(|e| pool_error(context, e))?;
             let tx = client.transaction().await.map_err(|e| pg(context, e))?;
-            // FOR SHARE waits for a transaction still writing the row (a commit in flight).
+            // FOR SHARE waits for a transaction still writing the row (a commit in flight). The
+            // first columns are those `cancel_row` reads.
             let row = tx
                 .query_opt(
-                    "SELECT next_seq, lease_epoch, lease_owner FROM operations WHERE id = $1 FOR SHARE",
+                    "SELECT id, cancel_actor, cancel_reason, cancel_at_ms, next_seq, lease_epoch, \
+                     lease_owner FROM operations WHERE id = $1 FOR SHARE",
                     &[&id_bytes(id)],
                 )
                 .await
                 .map_err(|e| pg(context, e))?;
             let Some(row) = row else { return Err(StoreError::NotFound(id)) };
-            let next: i64 = row.try_get(0).map_err(|e| pg(context, e))?;
+            let next: i64 = row.try_get(4).map_err(|e| pg(context, e))?;
+            let epoch: i64 = row.try_get(5).map_err(|e| pg(context, e))?;
+            let owner: Vec<u8> = row.try_get(6).map_err(|e| pg(context, e))?;
+            let current = epoch == to_i64(lease.epoch) && owner == lease.owner.as_bytes();
             let end = first.saturating_add(encoded.len() as u64);
-            if next == to_i64(first) {
+            if next == to_i64(first) && current {
+                let pending: Option<i64> = row.try_get(3).map_err(|e| pg(context, e))?;
+                if barrier && pending.is_some() {
+                    let request = Box::new(cancel_row(&row)?);
+                    return Err(StoreError::CancelPending { operation: id, request });
+                }
                 return Ok(Landed::No);
             }
             if next >= to_i64(end) {
@@ -305,9 +327,7 @@ impl PostgresStore {
                 }
             }
             // Not ours: someone else's records, or a sequence number moved past ours.
-            let epoch: i64 = row.try_get(1).map_err(|e| pg(context, e))?;
-            let owner: Vec<u8> = row.try_get(2).map_err(|e| pg(context, e))?;
-            if epoch != to_i64(lease.epoch) || owner != lease.owner.as_bytes() {
+            if !current {
                 return Err(StoreError::Fenced {
                     operation: id,
                     epoch: lease.epoch,
@@ -369,6 +389,24 @@ pub(crate) fn decode_row(
     }
 }
 
+/// Whether the append must be refused while a cancel request is pending: it holds a cancel
+/// barrier ([`RecordKind::is_cancel_barrier`]) that no record before it in the same append
+/// answers the request ([`RecordKind::answers_cancel_request`]). An append that records the
+/// answer (say, `CancelRefused`) and then passes the point of no return or finishes is one
+/// atomic write in which the request is answered before the barrier, as the conformance check
+/// `cancel_barriers` requires.
+pub(crate) fn guarded_barrier(records: &[Record]) -> bool {
+    for record in records {
+        if record.kind.answers_cancel_request() && !record.kind.is_cancel_barrier() {
+            return false;
+        }
+        if record.kind.is_cancel_barrier() {
+            return true;
+        }
+    }
+    false
+}
+
 /// The columns of a new Operation.
 struct CreateRow {
     id: Vec<u8>,
@@ -381,4 +419,48 @@ struct CreateRow {
     owner: Vec<u8>,
     ttl: i64,
     bytes: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use saga_core::{Outcome, RollbackCause};
+
+    use super::*;
+
+    fn record(kind: RecordKind) -> Record {
+        Record { operation: OperationId::from_u128(1), seq: 1, at_ms: 1, kind }
+    }
+
+    fn passed() -> Record {
+        record(RecordKind::PointOfNoReturnPassed { step: "s".into() })
+    }
+
+    fn refused() -> Record {
+        record(RecordKind::CancelRefused {
+            actor: "a".into(),
+            reason: "r".into(),
+            requested_ms: 1,
+            refusal: "late".into(),
+        })
+    }
+
+    fn finished(outcome: Outcome) -> Record {
+        record(RecordKind::OperationFinished { outcome })
+    }
+
+    #[test]
+    fn a_barrier_is_guarded_unless_answered_before_it() {
+        let started = record(RecordKind::StepStarted { step: "s".into(), attempt: 1 });
+        let rolled_back = Outcome::RolledBack {
+            cause: RollbackCause::Cancelled { actor: "a".into(), reason: "r".into() },
+        };
+        assert!(!guarded_barrier(&[]));
+        assert!(!guarded_barrier(std::slice::from_ref(&started)));
+        assert!(guarded_barrier(&[started.clone(), passed()]));
+        assert!(guarded_barrier(&[passed(), refused()]), "answered only after the barrier");
+        assert!(!guarded_barrier(&[refused(), passed()]));
+        assert!(guarded_barrier(&[finished(Outcome::Succeeded)]));
+        assert!(!guarded_barrier(&[refused(), finished(Outcome::Succeeded)]));
+        assert!(!guarded_barrier(&[finished(rolled_back)]), "a rollback's finish answers");
+    }
 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_core::log::{LogLine, Record};
-use saga_core::store::{CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use saga_core::store::{
+    CancelRecorded, CancelRequest, CheckReport, Lease, Listing, Store, StoreError, WakeUp,
+};
 use saga_core::{OperationId, Resource};
 
 use crate::connect::PostgresStore;
@@ -12,9 +14,11 @@ use crate::retry::retrying;
 
 /// Retries after transient errors (see [`PostgresOptions::retries`](crate::PostgresOptions::retries)):
 /// every read; `claim`, `renew`, `release`, `append_log` and `request_cancel`, whose repetition
-/// is harmless; `create` and `append` only where the outcome of the failed try is known (a
-/// commit whose answer was lost is first checked against what the database holds); never
-/// `purge_logs` and `delete_environment`, whose counts a repetition would get wrong.
+/// is harmless (a repeated `request_cancel` finds its own request pending and answers
+/// `Recorded`; a repeated `append_log` that is fenced answers `Ok` when its lines are there);
+/// `create` and `append` only where the outcome of the failed try is known (a commit whose
+/// answer was lost is first checked against what the database holds); never `purge_logs` and
+/// `delete_environment`, whose counts a repetition would get wrong.
 #[async_trait]
 impl Store for PostgresStore {
     async fn create(
@@ -67,13 +71,8 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn append_log(
-        &self,
-        operation: OperationId,
-        lines: &[LogLine],
-    ) -> Result<(), StoreError> {
-        retrying(self.retries(), "appending log lines", || self.append_log_once(operation, lines))
-            .await
+    async fn append_log(&self, lease: &Lease, lines: &[LogLine]) -> Result<(), StoreError> {
+        self.append_log_lines(lease, lines).await
     }
 
     async fn read_log(&self, operation: OperationId) -> Result<Vec<LogLine>, StoreError> {
@@ -96,7 +95,7 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<CancelRecorded, StoreError> {
         retrying(self.retries(), "requesting a cancel", || self.request_cancel_once(request)).await
     }
 
@@ -104,15 +103,25 @@ impl Store for PostgresStore {
         retrying(self.retries(), "listing cancel requests", || self.cancel_requests_once()).await
     }
 
+    async fn pending_cancel(
+        &self,
+        operation: OperationId,
+    ) -> Result<Option<CancelRequest>, StoreError> {
+        retrying(self.retries(), "reading a cancel request", || self.pending_cancel_once(operation))
+            .await
+    }
+
     async fn resource_queue(&self, resource: &Resource) -> Result<Vec<OperationId>, StoreError> {
         retrying(self.retries(), "reading a resource queue", || self.queue_once(resource)).await
     }
 
-    /// Fed by `LISTEN` on a connection of its own (see [`PostgresStore::cancel_notifications`]):
-    /// a submitted Operation, a released lease and a cancel request reach every executor on the
-    /// database as they commit.
-    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.wake_signal())
+    /// Fed by `LISTEN` on a connection of its own, started by the first call (see
+    /// [`PostgresStore::cancel_notifications`] and the crate docs for the channels): a
+    /// submitted Operation, a lease released unfinished, a cancel request, and an Operation
+    /// that finished or needs attention reach every executor on the database as they commit;
+    /// [`WakeUp::Missed`] whenever the listening connection (re)connects.
+    fn wake_ups(&self) -> Option<tokio::sync::broadcast::Receiver<WakeUp>> {
+        Some(self.wake_up_receiver())
     }
 }
 

@@ -3,9 +3,10 @@
 //! One writer task takes every append waiting in its queue (up to `max_group`), runs them in one
 //! transaction, each behind a `SAVEPOINT` so that one that is refused (fenced, out of sequence)
 //! or fails alone rolls back alone, commits once, and answers each waiter. While it commits, the
-//! next group gathers. Each append is one statement that checks the lease and the sequence
-//! number and writes the records only when both hold, so a refused append writes nothing even
-//! before its savepoint is rolled back.
+//! next group gathers. Each append is one statement that checks the lease, the sequence number
+//! and (for an append holding a cancel barrier) that no cancel request is pending, and writes
+//! the records only when all hold, so a refused append writes nothing even before its savepoint
+//! is rolled back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use saga_core::OperationId;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
+use crate::cancels::cancel_row;
 use crate::error::{is_transient, pg, pool_error};
+use crate::listener::WAKE_CHANNEL;
 use crate::sql::to_u64;
 
 /// One append: its lease and its records, encoded.
@@ -34,6 +37,19 @@ pub(crate) struct Append {
     pub(crate) records: Vec<Vec<u8>>,
     /// Whether a record is `OperationFinished`.
     pub(crate) finishing: bool,
+    /// Whether a record is a cancel barrier ([`RecordKind::is_cancel_barrier`]): the append is
+    /// refused while a cancel request is pending.
+    ///
+    /// [`RecordKind::is_cancel_barrier`]: saga_core::log::RecordKind::is_cancel_barrier
+    pub(crate) barrier: bool,
+    /// Whether a record answers the pending cancel request
+    /// ([`RecordKind::answers_cancel_request`]): the append clears it.
+    ///
+    /// [`RecordKind::answers_cancel_request`]: saga_core::log::RecordKind::answers_cancel_request
+    pub(crate) answers: bool,
+    /// The wake-up notified at commit when the append writes (an Operation that finished or
+    /// needs attention: `settled <id>`, see [`crate::listener`]), if any.
+    pub(crate) settled: Option<String>,
 }
 
 /// Why an append was not acknowledged.
@@ -55,19 +71,29 @@ pub(crate) struct Job {
     pub(crate) reply: oneshot::Sender<Result<(), Failure>>,
 }
 
-/// The append: lease and sequence checked, records written, the finish marked (which takes the
-/// Operation out of the unfinished and resource indexes and clears its cancel request) in one
-/// statement. Returns 1 when it wrote, 0 when the checks failed.
+/// The append, in one statement: the lease, the sequence number and, for an append holding a
+/// cancel barrier (`$7`), that no cancel request is pending, checked; the records written; the
+/// finish marked (`$6`: the Operation leaves the unfinished and resource indexes); the pending
+/// cancel request cleared by an append that answers it (`$8`); and the Operation's settling
+/// notified (`$9`: `pg_notify($10, $11)`, sent at commit, and dropped with the savepoint if the
+/// append rolls back). Returns 1 when it wrote, 0 when the checks failed.
+///
+/// The check of the pending request and `request_cancel`'s recording of one are both
+/// conditional updates of the Operation's row: the row lock orders them, and the second
+/// re-evaluates its condition on the row the first committed (`READ COMMITTED`). So either the
+/// barrier commits first and the request is recorded after it, or the request commits first and
+/// the barrier is refused; never both, never neither.
 const APPEND: &str = "
 WITH op AS (
     UPDATE operations
        SET next_seq = next_seq + cardinality($5::bytea[]),
            finished = finished OR $6,
-           cancel_actor = CASE WHEN $6 THEN NULL ELSE cancel_actor END,
-           cancel_reason = CASE WHEN $6 THEN NULL ELSE cancel_reason END,
-           cancel_at_ms = CASE WHEN $6 THEN NULL ELSE cancel_at_ms END
+           cancel_actor = CASE WHEN $8 THEN NULL ELSE cancel_actor END,
+           cancel_reason = CASE WHEN $8 THEN NULL ELSE cancel_reason END,
+           cancel_at_ms = CASE WHEN $8 THEN NULL ELSE cancel_at_ms END
      WHERE id = $1 AND lease_epoch = $2 AND lease_owner = $3 AND next_seq = $4
- RETURNING id
+       AND (NOT $7 OR cancel_at_ms IS NULL)
+ RETURNING id, CASE WHEN $9 THEN pg_notify($10, $11) END
 ), written AS (
     INSERT INTO records (operation, seq, bytes)
     SELECT op.id, $4 + r.ord - 1, r.bytes
@@ -75,8 +101,11 @@ WITH op AS (
 )
 SELECT count(*) FROM op";
 
-/// Why the append's checks failed, read in the same transaction.
-const WHY: &str = "SELECT lease_epoch, lease_owner, next_seq FROM operations WHERE id = $1";
+/// Why the append's checks failed, read in the same transaction: the columns of
+/// [`cancel_row`] first, then the lease and the sequence number.
+const WHY: &str =
+    "SELECT id, cancel_actor, cancel_reason, cancel_at_ms, lease_epoch, lease_owner, \
+                   next_seq FROM operations WHERE id = $1";
 
 /// How the writer shared its transactions so far, as
 /// [`PostgresStore::group_commit_stats`](crate::PostgresStore::group_commit_stats) tells.
@@ -175,9 +204,21 @@ pub(crate) async fn group(pool: &Pool, appends: &[&Append]) -> Vec<Result<(), Fa
         let sent = appends[start..].iter().enumerate().map(|(j, a)| {
             let savepoint = format!("SAVEPOINT a{}", start + j);
             async move {
-                let finishing = a.finishing;
-                let params: [&(dyn ToSql + Sync); 6] =
-                    [&a.id, &a.epoch, &a.owner, &a.first, &a.records, &finishing];
+                let settles = a.settled.is_some();
+                let payload = a.settled.as_deref().unwrap_or("");
+                let params: [&(dyn ToSql + Sync); 11] = [
+                    &a.id,
+                    &a.epoch,
+                    &a.owner,
+                    &a.first,
+                    &a.records,
+                    &a.finishing,
+                    &a.barrier,
+                    &a.answers,
+                    &settles,
+                    &WAKE_CHANNEL,
+                    &payload,
+                ];
                 tokio::join!(
                     tx_ref.batch_execute(&savepoint),
                     tx_ref.query_one(append_ref, &params)
@@ -216,7 +257,7 @@ pub(crate) async fn group(pool: &Pool, appends: &[&Append]) -> Vec<Result<(), Fa
     for i in unexplained {
         let a = appends[i];
         match tx.query_opt(&why, &[&a.id]).await {
-            Ok(row) => answers[i] = Some(Failure::Refused(refusal(a, row))),
+            Ok(row) => answers[i] = Some(refusal(a, row)),
             Err(e) => return fail_group(answers, i, pg(context, e)),
         }
     }
@@ -230,9 +271,10 @@ pub(crate) async fn group(pool: &Pool, appends: &[&Append]) -> Vec<Result<(), Fa
     match tx.commit().await {
         Ok(()) => answers,
         Err(e) => {
-            // An answer from the server (a SQLSTATE) means it did not commit; a lost connection
-            // leaves the outcome unknown.
-            let known = e.code().is_some();
+            // An answer from the server (a SQLSTATE) that is not about the connection means it
+            // did not commit; a lost or terminated connection leaves the outcome unknown (the
+            // caller then reads what landed).
+            let known = e.code().is_some() && !is_transient(&e);
             let mut original = Some(pg("committing appended records", e));
             let copy = original.as_ref().map(clone_error);
             answers
@@ -272,33 +314,52 @@ fn fail_group(answers: Vec<Option<Failure>>, at: usize, e: StoreError) -> Vec<Re
         .collect()
 }
 
-/// Why an append's checks failed, from its Operation's row (`None`: no such Operation).
-pub(crate) fn refusal(a: &Append, row: Option<tokio_postgres::Row>) -> StoreError {
-    let Some(row) = row else { return StoreError::NotFound(a.operation) };
+/// Why an append's checks failed, from its Operation's row as [`WHY`] reads it (`None`: no
+/// such Operation): fenced, out of sequence, or a barrier while a cancel request is pending, in
+/// that order. A row that passes every check now (it changed since the append's statement, which
+/// only the Operation's own writer or a repair does) is a transient failure: nothing was
+/// written, and the append may be sent again.
+pub(crate) fn refusal(a: &Append, row: Option<tokio_postgres::Row>) -> Failure {
+    let Some(row) = row else { return Failure::Refused(StoreError::NotFound(a.operation)) };
     let place = || format!("table operations, row {}", a.operation);
     let parsed = (|| {
-        let epoch: i64 = row.try_get(0)?;
-        let owner: Vec<u8> = row.try_get(1)?;
-        let next: i64 = row.try_get(2)?;
-        Ok::<_, tokio_postgres::Error>((epoch, owner, next))
+        let at: Option<i64> = row.try_get(3)?;
+        let epoch: i64 = row.try_get(4)?;
+        let owner: Vec<u8> = row.try_get(5)?;
+        let next: i64 = row.try_get(6)?;
+        Ok::<_, tokio_postgres::Error>((at, epoch, owner, next))
     })();
-    let (epoch, owner, next) = match parsed {
+    let (pending_at, epoch, owner, next) = match parsed {
         Ok(values) => values,
-        Err(e) => return StoreError::backend(place(), e),
+        Err(e) => return Failure::Refused(StoreError::backend(place(), e)),
     };
     if epoch != a.epoch || owner != a.owner {
-        return StoreError::Fenced {
+        return Failure::Refused(StoreError::Fenced {
             operation: a.operation,
             epoch: a.lease_epoch,
             holder: String::from_utf8_lossy(&owner).into_owned(),
-        };
+        });
     }
-    match to_u64(next, place) {
-        Ok(expected) => {
-            StoreError::OutOfSequence { operation: a.operation, expected, got: a.first_seq }
-        }
-        Err(e) => e,
+    if next != a.first {
+        return Failure::Refused(match to_u64(next, place) {
+            Ok(expected) => {
+                StoreError::OutOfSequence { operation: a.operation, expected, got: a.first_seq }
+            }
+            Err(e) => e,
+        });
     }
+    if a.barrier && pending_at.is_some() {
+        return Failure::Refused(match cancel_row(&row) {
+            Ok(request) => {
+                StoreError::CancelPending { operation: a.operation, request: Box::new(request) }
+            }
+            Err(e) => e,
+        });
+    }
+    Failure::NotWritten(StoreError::transient(
+        format!("appending records to operation {}", a.operation),
+        "the append's checks failed, but its Operation's row passes them now",
+    ))
 }
 
 /// A copy of a group's error for each of its waiters: the same variant and text, with the

@@ -7,14 +7,17 @@
 //! `target/services/postgres.env`; `scripts/test.sh` does both. Without it a test prints why it
 //! skips; under `CI=true` it fails instead.
 
+mod cancels;
 mod executors;
+mod log_lines;
 mod support;
+mod wake_ups;
 
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use saga_core::store::{CancelRequest, Lease, Problem, Store, StoreError};
+use saga_core::store::{CancelRecorded, CancelRequest, Lease, Problem, Store, StoreError};
 use saga_core::OperationId;
 use saga_store_postgres::{PostgresError, PostgresStore};
 use saga_testkit::conformance;
@@ -284,7 +287,7 @@ async fn undecodable_rows_are_typed_errors_naming_where() {
     assert_eq!(store.read(good).await.expect("the other reads").len(), 1);
 
     // A log line that does not decode.
-    store.append_log(bad, &[line(bad, 0)]).await.expect("logs");
+    store.append_log(&lease, &[line(bad, 0)]).await.expect("logs");
     admin
         .execute(
             &format!("UPDATE {}.log_lines SET bytes = '\\x0102' WHERE operation = $1", schema.name),
@@ -497,7 +500,8 @@ async fn cancel_requests_are_notified() {
     let request =
         CancelRequest { operation: id, actor: "amy".into(), reason: "stop".into(), at_ms: 1 };
     let start = Instant::now();
-    other.request_cancel(&request).await.expect("requests");
+    let recorded = other.request_cancel(&request).await.expect("requests");
+    assert_eq!(recorded, CancelRecorded::Recorded);
     let got = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match notices.recv().await {

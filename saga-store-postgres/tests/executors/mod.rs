@@ -1,11 +1,13 @@
 //! Executors over one database, each with a store (a pool) of its own as separate processes
-//! have: a submitted Operation is claimed by a worker at once, and a cancel made by another
-//! executor reaches the owner at once, both through `LISTEN`/`NOTIFY` (the workers' polls are
-//! set far apart, so that only the notifications can explain the speed).
+//! have: a submitted Operation is claimed by a worker at once, a cancel made by another
+//! executor reaches the owner at once, and a `wait` on an executor that does not run the
+//! Operation is answered as it settles, all through `LISTEN`/`NOTIFY` (the polls are set far
+//! apart, so that only the notifications can explain the speed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use saga_core::executor::CancelAnswer;
 use saga_core::log::RecordKind;
 use saga_core::store::Store;
 use saga_core::{
@@ -110,7 +112,12 @@ async fn a_cancel_from_another_executor_reaches_the_owner_at_once() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let cancelled = Instant::now();
-    api.cancel(id, "operator", "test").await.expect("records the cancel request");
+    match api.cancel(id, "operator", "test").await.expect("records the cancel request") {
+        CancelAnswer::Requested { pending } => {
+            assert_eq!((pending.operation, pending.actor.as_str()), (id, "operator"))
+        }
+        other => panic!("a cancel of an Operation running elsewhere: {other:?}"),
+    }
     let outcome = outcome_within(api.store().as_ref(), id, Duration::from_secs(5)).await;
     let took = cancelled.elapsed();
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
@@ -118,4 +125,43 @@ async fn a_cancel_from_another_executor_reaches_the_owner_at_once() {
     assert!(took < Duration::from_secs(1), "the rollback took {took:?}");
     println!("cancel requested to rolled back: {took:?}");
     drop(Arc::new(worker));
+}
+
+/// An executor that does not run the Operation (it never claims; its own polls of the store,
+/// four times its cancel poll interval, are 40 s apart) waits for it: the worker rolls it back
+/// after a cancel, and the `Settled` notification of the finishing append answers the wait at
+/// once. A second cancel then is refused as finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_another_executor_is_answered_when_the_operation_settles() {
+    let Some(url) = url("a_wait_on_another_executor_is_answered_when_the_operation_settles") else {
+        return;
+    };
+    let schema = Schema::new(&url);
+    let (_, worker) = api_and_worker(&schema, true).await;
+    let api = Executor::builder(schema.store().await)
+        .saga(saga(true))
+        .owner("api")
+        .takeover_interval(None)
+        .cancel_poll_interval(Duration::from_secs(10))
+        .build()
+        .expect("builds");
+    let id = api.submit(Start::new("work", Resource::new("app", "web"))).await.expect("submits");
+    let waiting = {
+        let api = api.clone();
+        tokio::spawn(async move { api.wait_timeout(id, Duration::from_secs(30)).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !worker.is_running(id) {
+        assert!(Instant::now() < deadline, "the worker never took the Operation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = api.cancel(id, "operator", "test").await.expect("records the cancel request");
+    assert!(matches!(answer, CancelAnswer::Requested { .. }), "{answer:?}");
+    let outcome = waiting.await.expect("joins").expect("the wait is answered");
+    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+    match api.cancel(id, "operator", "again").await {
+        Err(saga_core::Error::AlreadyFinished { operation, .. }) => assert_eq!(operation, id),
+        other => panic!("a cancel of a finished Operation: {other:?}"),
+    }
+    drop(worker);
 }

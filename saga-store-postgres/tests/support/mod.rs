@@ -149,3 +149,232 @@ pub fn finished(id: OperationId, seq: u64) -> Record {
         kind: RecordKind::OperationFinished { outcome: Outcome::Succeeded },
     }
 }
+
+pub fn record(id: OperationId, seq: u64, kind: RecordKind) -> Record {
+    Record { operation: id, seq, at_ms: 1_000 + seq, kind }
+}
+
+/// `PointOfNoReturnPassed`: a cancel barrier.
+pub fn passed(id: OperationId, seq: u64) -> Record {
+    record(id, seq, RecordKind::PointOfNoReturnPassed { step: "migrate".into() })
+}
+
+/// `CancelRequested`: answers a pending request.
+pub fn cancelled(id: OperationId, seq: u64, actor: &str) -> Record {
+    record(id, seq, RecordKind::CancelRequested { actor: actor.into(), reason: "stop".into() })
+}
+
+/// `CancelRefused`: answers a pending request.
+pub fn refused(id: OperationId, seq: u64, actor: &str) -> Record {
+    let kind = RecordKind::CancelRefused {
+        actor: actor.into(),
+        reason: "stop".into(),
+        requested_ms: 1,
+        refusal: "past the point of no return (step migrate)".into(),
+    };
+    record(id, seq, kind)
+}
+
+/// A cancel request of `id` by `actor`.
+pub fn request(id: OperationId, actor: &str) -> saga_core::store::CancelRequest {
+    saga_core::store::CancelRequest {
+        operation: id,
+        actor: actor.into(),
+        reason: format!("{actor} says stop"),
+        at_ms: saga_core::store::now_ms(),
+    }
+}
+
+/// The id as its column value.
+pub fn key(id: OperationId) -> Vec<u8> {
+    id.as_u128().to_be_bytes().to_vec()
+}
+
+/// How long a test waits for something to happen on the server before it fails.
+pub const EVENT: Duration = Duration::from_secs(60);
+
+/// Waits until a backend of application `name` waits on a lock: `advisory` (held at a
+/// [`Gate`]) or any other (a row); returns its pid.
+pub async fn blocked_backend(admin: &Client, name: &str, advisory: bool) -> i32 {
+    let deadline = tokio::time::Instant::now() + EVENT;
+    loop {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+                 AND wait_event_type = 'Lock' AND (wait_event = 'advisory') = $2 LIMIT 1",
+                &[&name, &advisory],
+            )
+            .await
+            .expect("reading pg_stat_activity");
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backend of {name} waited on a lock (advisory: {advisory}) within {EVENT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Terminates one backend.
+pub async fn terminate_pid(admin: &Client, pid: i32) {
+    let row = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("terminating a backend");
+    assert!(row.get::<_, bool>(0), "backend {pid} was not terminated");
+}
+
+/// Holds chosen commits of one schema: a deferred constraint trigger (fired at commit) that
+/// waits for a shared advisory lock which the gate holds exclusively until [`Gate::open`]. A
+/// transaction held there has done all its work and holds its row locks; killing its backend
+/// or cutting its connection then is a failure at commit, whose answer the client never gets.
+pub struct Gate {
+    admin: Client,
+    schema: String,
+    key: i64,
+}
+
+impl Gate {
+    /// A closed gate in `schema` (which must exist: connect a store first).
+    pub async fn close(url: &str, schema: &str) -> Gate {
+        let admin = admin(url).await;
+        let key = i64::from(fastrand::u32(..)) + 1_000_000;
+        admin
+            .batch_execute(&format!(
+                "CREATE OR REPLACE FUNCTION {schema}.test_gate() RETURNS trigger LANGUAGE plpgsql \
+                 AS $$ BEGIN PERFORM pg_advisory_xact_lock_shared({key}); RETURN NULL; END $$; \
+                 SELECT pg_advisory_lock({key});"
+            ))
+            .await
+            .expect("closing a gate");
+        Gate { admin, schema: schema.to_owned(), key }
+    }
+
+    /// Holds the commit of every append of records to `id` (not its create).
+    pub async fn on_records(&self, id: OperationId) {
+        let s = &self.schema;
+        self.admin
+            .batch_execute(&format!(
+                "CREATE CONSTRAINT TRIGGER gate_records_{n} AFTER INSERT ON {s}.records \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+                 WHEN (NEW.operation = '\\x{hex}'::bytea AND NEW.seq > 0) \
+                 EXECUTE FUNCTION {s}.test_gate()",
+                n = id.as_u128(),
+                hex = hex(id),
+            ))
+            .await
+            .expect("gating records");
+    }
+
+    /// Holds the commit of every insert of `id`'s log lines but line 0.
+    pub async fn on_log_lines(&self, id: OperationId) {
+        let s = &self.schema;
+        self.admin
+            .batch_execute(&format!(
+                "CREATE CONSTRAINT TRIGGER gate_lines_{n} AFTER INSERT ON {s}.log_lines \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+                 WHEN (NEW.operation = '\\x{hex}'::bytea AND NEW.n > 0) \
+                 EXECUTE FUNCTION {s}.test_gate()",
+                n = id.as_u128(),
+                hex = hex(id),
+            ))
+            .await
+            .expect("gating log lines");
+    }
+
+    /// Holds the commit of every update of `id`'s row that leaves a cancel request pending.
+    pub async fn on_cancel(&self, id: OperationId) {
+        let s = &self.schema;
+        self.admin
+            .batch_execute(&format!(
+                "CREATE CONSTRAINT TRIGGER gate_cancel_{n} AFTER UPDATE ON {s}.operations \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+                 WHEN (NEW.id = '\\x{hex}'::bytea AND NEW.cancel_at_ms IS NOT NULL) \
+                 EXECUTE FUNCTION {s}.test_gate()",
+                n = id.as_u128(),
+                hex = hex(id),
+            ))
+            .await
+            .expect("gating cancel requests");
+    }
+
+    /// Holds commits again (once the ones let go have finished).
+    pub async fn reclose(&self) {
+        self.admin
+            .execute("SELECT pg_advisory_lock($1)", &[&self.key])
+            .await
+            .expect("closing a gate again");
+    }
+
+    /// Lets every held commit go on (and every later one).
+    pub async fn open(&self) {
+        self.admin
+            .execute("SELECT pg_advisory_unlock($1)", &[&self.key])
+            .await
+            .expect("opening a gate");
+    }
+}
+
+fn hex(id: OperationId) -> String {
+    key(id).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A TCP proxy in front of the server whose connections can be cut at once, both ways, without
+/// a word to either side: what a client sees when the network fails after it sent a commit
+/// (the server goes on and commits, the answer is lost).
+pub struct Proxy {
+    pub port: u16,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy to the server of `url`, on a free port of 127.0.0.1.
+    pub async fn start(url: &str) -> Proxy {
+        let upstream =
+            saga_store_postgres::testing::server_addr(url).expect("the server's address");
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding the proxy");
+        let port = listener.local_addr().expect("the proxy's address").port();
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                held.lock().unwrap_or_else(|e| e.into_inner()).push(task.abort_handle());
+            }
+        });
+        Proxy { port, connections, accept }
+    }
+
+    /// `url` through the proxy.
+    pub fn url(&self, url: &str) -> String {
+        let start = url.rfind('@').map_or_else(|| url.find("://").map_or(0, |i| i + 3), |i| i + 1);
+        let end = url[start..].find(['/', '?']).map_or(url.len(), |i| start + i);
+        format!("{}127.0.0.1:{}{}", &url[..start], self.port, &url[end..])
+    }
+
+    /// Cuts every connection made so far; new ones go through.
+    pub fn cut(&self) -> usize {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let n = connections.len();
+        for c in connections.drain(..) {
+            c.abort();
+        }
+        n
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
