@@ -88,15 +88,15 @@ fn a_plain_run_prints_the_golden_output() {
         csv.lines().next().unwrap(),
         "operation id,operation type,status,resource type,resource,actor,created at,finished at,\
          duration seconds,failed step,not undone,failure,cancelled by,cancel reason,abandoned by,\
-         abandon reason,problem",
+         abandon reason,cancels refused,problem",
         "{csv}"
     );
     let row = csv.lines().nth(1).unwrap();
     assert!(row.contains(",provision-site,succeeded,site,demo,tester,"), "{csv}");
-    // A success fails nothing, undoes nothing, and nobody cancelled or abandoned it: the eight
+    // A success fails nothing, undoes nothing, and nobody cancelled or abandoned it: the nine
     // cells after `duration seconds` are empty.
-    assert!(row.ends_with(&",".repeat(8)) && !row.ends_with(&",".repeat(9)), "{csv}");
-    assert_eq!(row.split(',').count(), 17, "{csv}");
+    assert!(row.ends_with(&",".repeat(9)) && !row.ends_with(&",".repeat(10)), "{csv}");
+    assert_eq!(row.split(',').count(), 18, "{csv}");
 }
 
 #[test]

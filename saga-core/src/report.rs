@@ -26,9 +26,11 @@ use crate::store::Store;
 /// (`failed step` and `failure`: the step failure that started the rollback and its error;
 /// `not undone`; `cancelled by` and `cancel reason`: the cancel request; `abandoned by` and
 /// `abandon reason`: the operator who abandoned an Operation that needed attention, whose step
-/// and last error are then `failed step` and `failure`), and last `problem`,
-/// why a [`damaged`](ActivityStatus::Damaged) row's Operation could not be read.
-pub const ACTIVITY_COLUMNS: [&str; 17] = [
+/// and last error are then `failed step` and `failure`; `cancels refused`: each cancel request
+/// refused because it came after the point of no return, with who asked, why, and why it was
+/// refused), and last `problem`, why a [`damaged`](ActivityStatus::Damaged) row's Operation
+/// could not be read.
+pub const ACTIVITY_COLUMNS: [&str; 18] = [
     "operation id",
     "operation type",
     "status",
@@ -45,6 +47,7 @@ pub const ACTIVITY_COLUMNS: [&str; 17] = [
     "cancel reason",
     "abandoned by",
     "abandon reason",
+    "cancels refused",
     "problem",
 ];
 
@@ -86,6 +89,9 @@ pub struct ActivityRow {
     pub abandoned_by: Option<String>,
     /// Why they abandoned it.
     pub abandon_reason: Option<String>,
+    /// The cancel requests refused (they came after the point of no return), each as
+    /// `<who>: <why> (refused: <why refused>)`, in the order the refusals were recorded.
+    pub cancels_refused: Vec<String>,
     /// In a damaged row, why the Operation (or index entry) could not be read: the message of
     /// the store's or the fold's typed error. `None` in every other row.
     pub problem: Option<String>,
@@ -187,6 +193,11 @@ impl ActivityRow {
             cancel_reason: state.cancel.as_ref().map(|(_, reason)| reason.clone()),
             abandoned_by,
             abandon_reason,
+            cancels_refused: state
+                .cancel_refusals
+                .iter()
+                .map(|r| format!("{}: {} (refused: {})", r.actor, r.reason, r.refusal))
+                .collect(),
             problem: None,
         }
     }
@@ -210,6 +221,7 @@ impl ActivityRow {
             cancel_reason: None,
             abandoned_by: None,
             abandon_reason: None,
+            cancels_refused: Vec::new(),
             problem: Some(problem.to_string()),
         }
     }
@@ -232,8 +244,8 @@ impl ActivityRow {
     }
 
     /// The cells, in [`ACTIVITY_COLUMNS`] order, before neutralisation. An absent value is an
-    /// empty cell; `not undone` joins its items with `; `.
-    pub fn cells(&self) -> [String; 17] {
+    /// empty cell; `not undone` and `cancels refused` join their items with `; `.
+    pub fn cells(&self) -> [String; 18] {
         let named = self.names_operation();
         [
             if named { self.operation.to_string() } else { String::new() },
@@ -252,6 +264,7 @@ impl ActivityRow {
             self.cancel_reason.clone().unwrap_or_default(),
             self.abandoned_by.clone().unwrap_or_default(),
             self.abandon_reason.clone().unwrap_or_default(),
+            self.cancels_refused.join("; "),
             self.problem.clone().unwrap_or_default(),
         ]
     }

@@ -12,9 +12,9 @@ pub use crate::error::StoreError;
 pub use crate::id::now_ms;
 use crate::id::OperationId;
 use crate::oplog::LogLine;
-pub use crate::record::{decode, encode, FORMAT_VERSION};
 #[cfg(doc)]
 use crate::record::RecordKind;
+pub use crate::record::{decode, encode, FORMAT_VERSION};
 use crate::record::{Record, Resource};
 use crate::step::FencingToken;
 pub use crate::wrapper::StoreWrapper;

@@ -59,6 +59,10 @@ impl Store for PostgresStore {
         retrying(self.retries(), "releasing", || self.release_once(lease)).await
     }
 
+    async fn lease(&self, operation: OperationId) -> Result<Option<Lease>, StoreError> {
+        Ok(self.operation_state(operation).await?.map(|state| state.lease))
+    }
+
     async fn list_environment(
         &self,
         environment: &str,

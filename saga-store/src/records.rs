@@ -18,19 +18,15 @@ pub(crate) struct Appended {
     pub(crate) ticket: Option<u64>,
 }
 
-/// Refuses the append of `records` with [`StoreError::CancelPending`] if a cancel barrier comes
-/// in it while the stored request (`stored`) is pending: before any record that answers it.
+/// Refuses the append of `records` with [`StoreError::CancelPending`] if it holds a cancel
+/// barrier while the stored request (`stored`) is pending, even beside a record that answers
+/// the request: the answer goes in an append of its own first (the contract's strict rule).
 fn refuse_barrier(id: OperationId, records: &[Record], stored: &[u8]) -> Result<(), StoreError> {
-    for record in records {
-        if record.kind.is_cancel_barrier() {
-            // A request that does not decode is still pending: refused all the same, with the
-            // decoding error, which names it.
-            let request = Box::new(decode_cancel(stored, id)?);
-            return Err(StoreError::CancelPending { operation: id, request });
-        }
-        if record.kind.answers_cancel_request() {
-            return Ok(());
-        }
+    if records.iter().any(|r| r.kind.is_cancel_barrier()) {
+        // A request that does not decode is still pending: refused all the same, with the
+        // decoding error, which names it.
+        let request = Box::new(decode_cancel(stored, id)?);
+        return Err(StoreError::CancelPending { operation: id, request });
     }
     Ok(())
 }

@@ -442,6 +442,10 @@ impl Store for SledStore {
         Ok(())
     }
 
+    async fn lease(&self, operation: OperationId) -> Result<Option<Lease>, StoreError> {
+        self.trees.lease(operation)
+    }
+
     async fn list_environment(
         &self,
         environment: &str,

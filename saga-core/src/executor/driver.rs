@@ -392,9 +392,10 @@ impl Driver {
     /// request before anything else: passing the point of no return (before the first step
     /// after it starts), or the outcome `succeeded`. `None` for any other actions.
     fn barrier(&self, actions: &[Action]) -> Option<RecordKind> {
-        let passes = actions.iter().any(|a| {
-            matches!(a, Action::Execute(step) if self.runs_past_point_of_no_return(step))
-        }) && !plan::past_point_of_no_return(&self.saga, &self.state);
+        let passes = actions
+            .iter()
+            .any(|a| matches!(a, Action::Execute(step) if self.runs_past_point_of_no_return(step)))
+            && !plan::past_point_of_no_return(&self.saga, &self.state);
         if passes {
             let step = self.saga.point_of_no_return().unwrap_or_default().to_owned();
             return Some(RecordKind::PointOfNoReturnPassed { step });
@@ -473,10 +474,9 @@ impl Driver {
         if graced {
             self.cancel.cancel();
             // The futures are fenced themselves (`WithinLease`): none is polled past the cutoff.
-            let _ = tokio::time::timeout_at(cutoff, async {
-                while futures.next().await.is_some() {}
-            })
-            .await;
+            let _ =
+                tokio::time::timeout_at(cutoff, async { while futures.next().await.is_some() {} })
+                    .await;
         }
         drop(futures);
         self.timers = FuturesUnordered::new();

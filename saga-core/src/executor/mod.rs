@@ -22,8 +22,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::driver::{Command, Driver, Exit};
 pub use self::answers::CancelAnswer;
+use self::driver::{Command, Driver, Exit};
 pub use self::follow::{FollowEvent, LogFollower};
 use self::guard::Driving;
 use self::mailbox::Mailbox;
@@ -85,6 +85,10 @@ pub(crate) struct Shared {
     /// Operations that stopped here without an outcome the log stands behind, and why: their
     /// answers (`wait`, `status`, `cancel`) are that failure until a `recover()` resumes them.
     troubled: Mutex<HashMap<OperationId, Trouble>>,
+    /// Operations found here waiting for an operator (they need attention): a wake-up that says
+    /// one may be claimed (its lease was released) does not claim it again, which would release
+    /// it again, for ever. The periodic scan still looks at them.
+    attention: Mutex<std::collections::HashSet<OperationId>>,
     pub(crate) shutdown: CancellationToken,
     /// Fired when a shutdown's deadline passes: running executes see their tokens fire.
     pub(crate) interrupt: CancellationToken,
@@ -335,6 +339,7 @@ impl ExecutorBuilder {
                 permits: Arc::new(Semaphore::new(self.max_running)),
                 running: Mutex::new(HashMap::new()),
                 troubled: Mutex::new(HashMap::new()),
+                attention: Mutex::default(),
                 shutdown: CancellationToken::new(),
                 interrupt: CancellationToken::new(),
                 left: Mutex::new(Vec::new()),
@@ -515,6 +520,7 @@ impl Executor {
     ) {
         let id = state.id;
         lock(&self.shared.troubled).remove(&id);
+        lock(&self.shared.attention).remove(&id);
         let mailbox = Arc::new(Mailbox::default());
         let exit_cell = Arc::new(ExitCell::default());
         let exit_tx = ExitSender(exit_cell.clone());
@@ -549,11 +555,15 @@ impl Executor {
                 // stays, and this one's troubles are over.
                 if running.get(&id).is_some_and(|h| Arc::ptr_eq(&h.mailbox, &mailbox)) {
                     running.remove(&id);
-                    if let Exit::Halted(cause) = &exit {
-                        if !driver::is_lost_lease(cause) {
+                    match &exit {
+                        Exit::Halted(cause) if !driver::is_lost_lease(cause) => {
                             let trouble = Trouble::Halted { cause: cause.clone(), epoch };
                             lock(&shared.troubled).insert(id, trouble);
                         }
+                        Exit::NeedsAttention { .. } => {
+                            lock(&shared.attention).insert(id);
+                        }
+                        _ => {}
                     }
                     let mut left = lock(&shared.left);
                     left.retain(|l| *l != id);
@@ -595,11 +605,13 @@ impl Executor {
         if scan {
             let running = lock(&self.shared.running);
             let troubled = lock(&self.shared.troubled);
+            let attention = lock(&self.shared.attention);
             // What stopped here on a failure is tried again by the periodic scan only: a
             // halted driver releases its lease, and a wake-up for that would try again at once,
             // for as long as the failure lasts.
             ids.retain(|id| {
                 !running.contains_key(id)
+                    && !(targeted && attention.contains(id))
                     && match troubled.get(id) {
                         None => true,
                         Some(Trouble::Unrecoverable { cause, .. }) => {
@@ -639,7 +651,10 @@ impl Executor {
                     lock(&self.shared.troubled).insert(id, trouble);
                     report.unrecoverable.push((id, cause));
                 }
-                Recovered::NeedsAttention(id) => report.needs_attention.push(id),
+                Recovered::NeedsAttention(id) => {
+                    lock(&self.shared.attention).insert(id);
+                    report.needs_attention.push(id);
+                }
                 Recovered::Ready(ready) => {
                     report.resumed.push(ready.state.id);
                     resume.push(*ready);
@@ -673,7 +688,15 @@ impl Executor {
             match self.shared.store.claim(id, &self.shared.owner, self.shared.lease_ttl).await {
                 Ok(lease) => lease,
                 Err(StoreError::Owned { .. }) => return Recovered::OwnedElsewhere(id),
-                Err(e) => return Recovered::Unrecoverable(id, Arc::new(e.into()), 0),
+                Err(e) => {
+                    // The epoch it stopped at here: the store's, if it tells (an unreadable
+                    // lease is forgotten only when a claim here succeeds).
+                    let epoch = match self.shared.store.lease(id).await {
+                        Ok(lease) => lease.map_or(0, |l| l.epoch),
+                        Err(_) => u64::MAX,
+                    };
+                    return Recovered::Unrecoverable(id, Arc::new(e.into()), epoch);
+                }
             };
         match self.prepare(id).await {
             Ok(Some((_, state, _))) if state.phase() == Phase::NeedsAttention => {
@@ -944,6 +967,7 @@ impl Executor {
         match self.prepare(id).await {
             Ok(Some((saga, state, log))) if state.phase() == Phase::NeedsAttention => {
                 lock(&self.shared.troubled).remove(&id);
+                lock(&self.shared.attention).remove(&id);
                 Ok(Claimed { saga, state, lease, log, driving })
             }
             Ok(Some(_)) => {

@@ -288,6 +288,7 @@ async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
         "cancel reason",
         "abandoned by",
         "abandon reason",
+        "cancels refused",
         "problem",
     ] {
         assert_eq!(cells[column(name)], "", "{name}");

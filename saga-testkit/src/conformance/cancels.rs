@@ -10,7 +10,12 @@ use saga_core::{OperationId, Outcome, RollbackCause};
 use super::{brief, finished, record, started, Ctx};
 
 fn request(id: OperationId, actor: &str) -> CancelRequest {
-    CancelRequest { operation: id, actor: actor.into(), reason: format!("{actor} says stop"), at_ms: now_ms() }
+    CancelRequest {
+        operation: id,
+        actor: actor.into(),
+        reason: format!("{actor} says stop"),
+        at_ms: now_ms(),
+    }
 }
 
 fn passed(id: OperationId, seq: u64) -> Record {
@@ -132,8 +137,8 @@ pub async fn cancel_barriers<S: Store + ?Sized>(store: Arc<S>) {
             let (a, la, first) = cx.create("prod", now_ms(), "x").await;
             let amy = request(a, "amy");
             cx.ok("requesting a cancel", cx.store.request_cancel(&amy).await);
-            let pending_for = |result: &Result<(), StoreError>, pending: &CancelRequest, what| {
-                match result {
+            let pending_for =
+                |result: &Result<(), StoreError>, pending: &CancelRequest, what| match result {
                     Err(StoreError::CancelPending { operation, request })
                         if *operation == a && **request == *pending => {}
                     other => cx.fail(format!(
@@ -142,8 +147,7 @@ pub async fn cancel_barriers<S: Store + ?Sized>(store: Arc<S>) {
                         pending.actor,
                         brief(other)
                     )),
-                }
-            };
+                };
             let pending = |result: &Result<(), StoreError>, what| pending_for(result, &amy, what);
             let batch = [started(a, 1), passed(a, 2)];
             pending(&cx.store.append(&la, &batch).await, "passing the point of no return");

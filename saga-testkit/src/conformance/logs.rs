@@ -76,7 +76,6 @@ pub async fn log_lines<S: Store + ?Sized>(store: Arc<S>) {
         .await;
 }
 
-
 /// `append_log` is fenced like `append`: once another owner claimed the Operation, the old
 /// lease's lines are [`StoreError::Fenced`](saga_core::store::StoreError::Fenced) and write
 /// nothing (they would take the new owner's line numbers); the new owner's lines go in; a line
@@ -96,7 +95,10 @@ pub async fn log_lines_fenced<S: Store + ?Sized>(store: Arc<S>) {
             cx.assert_log(a, &first, "after the fenced append").await;
             let mut theirs = line(a, 2, 130);
             theirs.message = "the new owner's line 2".into();
-            cx.ok("appending the new owner's line 2", cx.store.append_log(&new, &[theirs.clone()]).await);
+            cx.ok(
+                "appending the new owner's line 2",
+                cx.store.append_log(&new, &[theirs.clone()]).await,
+            );
             let mut again = line(a, 1, 140);
             again.message = "a second line 1".into();
             cx.ok(

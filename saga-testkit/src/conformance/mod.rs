@@ -1015,7 +1015,6 @@ fn show_name(name: &str) -> String {
     }
 }
 
-
 /// `delete_environment` removes every Operation of one environment (records read
 /// [`StoreError::NotFound`], gone from both listings, no log lines left, not claimable) and
 /// returns how many; Operations of other environments, whose names are close to it, stay whole;

@@ -49,7 +49,8 @@ pub async fn wake_ups<S: Store + ?Sized>(store: Arc<S>) {
                 cx.fail("no Claimable wake-up for an Operation released unfinished");
             }
             let la = cx.ok("claiming a", cx.store.claim(a, "y", LONG).await);
-            let attention = RecordKind::AttentionNeeded { step: "step-1".into(), error: "e".into() };
+            let attention =
+                RecordKind::AttentionNeeded { step: "step-1".into(), error: "e".into() };
             let batch = [started(a, 1), record(a, 2, attention)];
             cx.ok("asking for attention", cx.store.append(&la, &batch).await);
             if !told(&mut rx, WakeUp::Settled(a), ARRIVAL).await {
