@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use saga_core::log::{LogLine, Record};
-use saga_core::store::{now_ms, CancelRequest, CheckReport, Lease, Listing, Store, StoreError};
+use saga_core::store::{
+    now_ms, CancelRecorded, CancelRequest, CheckReport, Lease, Listing, Store, StoreError,
+};
 use saga_core::{OperationId, Resource};
 
 /// Acknowledges every write and keeps nothing; see the [module docs](self).
@@ -60,10 +62,13 @@ impl Store for DiscardStore {
     async fn release(&self, _: &Lease) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn lease(&self, _: OperationId) -> Result<Option<Lease>, StoreError> {
+        Ok(None)
+    }
     async fn list_environment(&self, _: &str, _: u64, _: u64) -> Result<Listing, StoreError> {
         Ok(Listing::default())
     }
-    async fn append_log(&self, _: OperationId, _: &[LogLine]) -> Result<(), StoreError> {
+    async fn append_log(&self, _: &Lease, _: &[LogLine]) -> Result<(), StoreError> {
         Ok(())
     }
     async fn read_log(&self, _: OperationId) -> Result<Vec<LogLine>, StoreError> {
@@ -78,7 +83,7 @@ impl Store for DiscardStore {
     async fn check(&self, _: bool) -> Result<CheckReport, StoreError> {
         Ok(CheckReport::default())
     }
-    async fn request_cancel(&self, request: &CancelRequest) -> Result<(), StoreError> {
+    async fn request_cancel(&self, request: &CancelRequest) -> Result<CancelRecorded, StoreError> {
         Err(StoreError::NotFound(request.operation))
     }
     async fn cancel_requests(&self) -> Result<Vec<CancelRequest>, StoreError> {

@@ -88,7 +88,7 @@ use saga_core::executor::RecoveryReport;
 use saga_core::log::{render_log, FollowEvent, OperationLogLayer};
 use saga_core::report::{activity_report, write_activity_csv};
 use saga_core::store::{Problem, Store};
-use saga_core::{Executor, OperationId, Outcome, Resource, Start};
+use saga_core::{CancelAnswer, Executor, OperationId, Outcome, Resource, Start};
 use saga_store::SledStore;
 use saga_store_postgres::{PostgresOptions, PostgresStore};
 use tracing_subscriber::prelude::*;
@@ -274,8 +274,19 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
         Command::Cancel { store, id, actor, reason } => {
             let (executor, _world) = open(&store).await?;
             let actor = actor.unwrap_or_else(user);
-            executor.cancel(id, &actor, &reason).await?;
-            say!("operation {id}: cancel requested by {actor} ({reason}); its executor rolls it back");
+            match executor.cancel(id, &actor, &reason).await? {
+                CancelAnswer::Requested { pending } if pending.actor == actor => say!(
+                    "operation {id}: cancel requested by {actor} ({reason}); the executor \
+                     running it rolls it back, or records why it refused"
+                ),
+                CancelAnswer::Requested { pending } => say!(
+                    "operation {id}: a cancel requested by {} ({}) is pending already; the \
+                     executor running it answers it",
+                    pending.actor,
+                    pending.reason
+                ),
+                answer => say!("operation {id}: {answer}"),
+            }
             executor.shutdown(SHUTDOWN_DEADLINE).await;
             Ok(true)
         }

@@ -142,12 +142,15 @@ async fn watch_one(executor: &Executor, id: OperationId) -> bool {
                     }
                 }
             }
-            break executor.wait(id).await;
+            // How it ended here (another executor may go on with it: its verdict is theirs).
+            break executor.wait_here(id).await;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
         if claimed_at.elapsed() > Duration::from_secs(2) {
-            match executor.wait(id).await {
-                Err(Error::NotRunning(_)) if claimed_at.elapsed() < Duration::from_secs(60) => {}
+            // Never ran here (it finished or needs attention): the store's answer, now.
+            match executor.wait_timeout(id, Duration::from_secs(1)).await {
+                Err(Error::WaitTimedOut { .. })
+                    if claimed_at.elapsed() < Duration::from_secs(60) => {}
                 other => break other,
             }
         }
@@ -158,7 +161,9 @@ async fn watch_one(executor: &Executor, id: OperationId) -> bool {
             outcome == Outcome::Succeeded
         }
         // Stopped by the shutdown: the shutdown report says so.
-        Err(Error::NotRunning(_)) | Err(Error::ShuttingDown) => true,
+        Err(Error::NotRunning(_)) | Err(Error::ShuttingDown) | Err(Error::WaitTimedOut { .. }) => {
+            true
+        }
         Err(e) => {
             say!("{e}");
             false

@@ -220,6 +220,14 @@ pub struct OperationDetail {
     pub finished_at: Option<String>,
     /// The cancel, if one was recorded.
     pub cancel: Option<CancelInfo>,
+    /// A cancel request pending in the store, which the executor running the Operation (or the
+    /// next to claim it) has not answered yet: it rolls back, or records the refusal.
+    #[serde(default)]
+    pub cancel_pending: Option<CancelInfo>,
+    /// The cancel requests refused because they came after the point of no return, each with
+    /// who asked, why, and why it was refused.
+    #[serde(default)]
+    pub cancels_refused: Vec<CancelRefusal>,
     /// The step failure that started the rollback, if any.
     pub failure: Option<StepError>,
     /// The step that needs attention, while it does.
@@ -248,6 +256,21 @@ pub struct CancelInfo {
     pub reason: String,
     /// When it was recorded, if the record is in the log.
     pub at: Option<String>,
+}
+
+/// A refused cancel request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRefusal {
+    /// Who asked.
+    pub actor: String,
+    /// Why they asked.
+    pub reason: String,
+    /// When they asked.
+    pub requested_at: String,
+    /// Why it was refused.
+    pub refusal: String,
+    /// When the refusal was recorded.
+    pub at: String,
 }
 
 /// A step and its error.
@@ -416,8 +439,9 @@ pub struct CancelBody {
     pub reason: String,
 }
 
-/// The answer to a cancel (202 Accepted): the cancel request is durable and the rollback
-/// starts; follow the log stream for its verdict.
+/// The answer to a cancel (202 Accepted), once what it says is durable; follow the log stream
+/// for the verdict. A refusal is an error answer instead (409, saying why; past the point of
+/// no return the refusal is recorded in the Operation's log).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelAccepted {
     /// The Operation.
@@ -426,6 +450,15 @@ pub struct CancelAccepted {
     pub actor: String,
     /// Why.
     pub reason: String,
+    /// What the cancel did: `rolling back` (recorded in the log: it rolls back), `already
+    /// rolling back` (nothing recorded), or `requested` (a request durable in the store, which
+    /// the executor running the Operation answers: it rolls back, or records why it refused).
+    #[serde(default)]
+    pub answer: String,
+    /// The request pending in the store, when `answer` is `requested`: this one, or an earlier
+    /// one that stands for it.
+    #[serde(default)]
+    pub pending: Option<CancelInfo>,
 }
 
 /// The data of a `line` event of the log stream.

@@ -7,7 +7,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 
 use crate::admin::{operation_id, Admin};
-use crate::api::{CancelAccepted, CancelBody};
+use saga_core::log::format_rfc3339_ms;
+use saga_core::CancelAnswer;
+
+use crate::api::{CancelAccepted, CancelBody, CancelInfo};
 use crate::error::ApiError;
 
 /// The longest reason (and actor) recorded, in bytes.
@@ -67,7 +70,25 @@ pub(crate) async fn cancel(
     if !grant.may_cancel() {
         return Err(ApiError::forbidden("this token may not cancel operations"));
     }
-    admin.executor.cancel(id, &actor, reason).await?;
-    let accepted = CancelAccepted { operation: id.to_string(), actor, reason: reason.to_owned() };
+    let (answer, pending) = match admin.executor.cancel(id, &actor, reason).await? {
+        CancelAnswer::RollingBack => ("rolling back".to_owned(), None),
+        CancelAnswer::AlreadyRollingBack => ("already rolling back".to_owned(), None),
+        CancelAnswer::Requested { pending } => (
+            "requested".to_owned(),
+            Some(CancelInfo {
+                actor: pending.actor,
+                reason: pending.reason,
+                at: Some(format_rfc3339_ms(pending.at_ms)),
+            }),
+        ),
+        other => (other.to_string(), None),
+    };
+    let accepted = CancelAccepted {
+        operation: id.to_string(),
+        actor,
+        reason: reason.to_owned(),
+        answer,
+        pending,
+    };
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }

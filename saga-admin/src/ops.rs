@@ -11,7 +11,7 @@ use saga_core::store::StoreError;
 use saga_core::{Error, OperationId};
 
 use crate::admin::{operation_id, query_pairs, Admin};
-use crate::api::{Me, OperationDetail, OperationPage, OperationSummary, Status};
+use crate::api::{CancelInfo, Me, OperationDetail, OperationPage, OperationSummary, Status};
 use crate::auth::{Environments, Grant};
 use crate::error::ApiError;
 use crate::query::ListQuery;
@@ -159,7 +159,14 @@ pub(crate) async fn detail(
     let mut detail = timeline::detail(&records, &state);
     detail.running_here = admin.executor.is_running(id);
     match admin.executor.status(id).await {
-        Ok(now) => detail.waiting_for = now.waiting_for().map(|w| w.to_string()),
+        Ok(now) => {
+            detail.waiting_for = now.waiting_for().map(|w| w.to_string());
+            detail.cancel_pending = now.pending_cancel().map(|r| CancelInfo {
+                actor: r.actor.clone(),
+                reason: r.reason.clone(),
+                at: Some(format_rfc3339_ms(r.at_ms)),
+            });
+        }
         Err(e @ (Error::Halted { .. } | Error::Unrecoverable { .. })) => {
             detail.problem = Some(e.to_string())
         }

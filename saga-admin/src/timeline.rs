@@ -8,8 +8,8 @@ use saga_core::state::{Compensation, Execution, OperationState};
 use saga_core::Outcome;
 
 use crate::api::{
-    Attempt, AttemptResult, CancelInfo, CompensationStatus, CompensationTimeline, NotUndoneInfo,
-    OperationDetail, OutcomeInfo, Status, StepError, StepStatus, StepTimeline,
+    Attempt, AttemptResult, CancelInfo, CancelRefusal, CompensationStatus, CompensationTimeline,
+    NotUndoneInfo, OperationDetail, OutcomeInfo, Status, StepError, StepStatus, StepTimeline,
 };
 
 /// The detail of an Operation from its records and their fold.
@@ -80,6 +80,18 @@ pub(crate) fn detail(records: &[Record], state: &OperationState) -> OperationDet
             reason: reason.to_owned(),
             at: cancel_at,
         }),
+        cancel_pending: None,
+        cancels_refused: state
+            .cancel_refusals()
+            .iter()
+            .map(|r| CancelRefusal {
+                actor: r.actor.clone(),
+                reason: r.reason.clone(),
+                requested_at: format_rfc3339_ms(r.requested_ms),
+                refusal: r.refusal.clone(),
+                at: format_rfc3339_ms(r.at_ms),
+            })
+            .collect(),
         failure: pair(state.failure()),
         attention: pair(state.attention()),
         outcome: state.outcome().map(OutcomeInfo::of),

@@ -85,9 +85,9 @@ pub enum Error {
         #[source]
         cause: std::sync::Arc<Error>,
     },
-    /// The Operation stopped on this executor before finishing (shutdown, or a store failure);
-    /// `recover()` on an executor over the same store finishes it.
-    #[error("operation {0} is not running on this executor and has not finished")]
+    /// [`Executor::wait_here`](crate::Executor::wait_here): no driver of the Operation runs on
+    /// this executor.
+    #[error("operation {0} is not running on this executor")]
     NotRunning(OperationId),
     /// [`Executor::wait_timeout`](crate::Executor::wait_timeout) gave up: the Operation had
     /// neither finished nor stopped for an operator when the time the caller chose was up. It

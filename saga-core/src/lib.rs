@@ -78,7 +78,7 @@ pub mod store;
 mod wrapper;
 
 pub use crate::error::{Error, ErrorKind, Result, StepError};
-pub use crate::executor::{Executor, Start};
+pub use crate::executor::{CancelAnswer, Executor, Start};
 pub use crate::id::OperationId;
 pub use crate::input::Input;
 pub use crate::memory::MemoryStore;

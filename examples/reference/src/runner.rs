@@ -141,7 +141,7 @@ impl Runner {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 match executor.cancel(id, &actor, "--cancel-after").await {
-                    Ok(()) => say(&format!("cancelled operation {id} after {ms} ms")),
+                    Ok(answer) => say(&format!("cancelled operation {id} after {ms} ms: {answer}")),
                     Err(e) => say(&format!("cancel refused: {e}")),
                 }
             });

@@ -163,27 +163,25 @@ impl Executor {
     /// - [`Error::Unrecoverable`] if `recover()` here could not resume it, likewise;
     /// - [`Error::ShuttingDown`] once this executor shuts down before the Operation ends.
     pub async fn wait(&self, id: OperationId) -> Result<Outcome> {
-        self.ensure_watching();
-        let waiting = self.shared.waiters.register(id);
+        // Registered only once it is not running here: a local driver answers by itself.
+        let mut waiting = None;
         let poll = self.wait_poll();
         loop {
+            if let Some(answer) = self.local_exit(id).await {
+                match answer {
+                    Some(answer) => return answer,
+                    None => continue,
+                }
+            }
+            let waiting = waiting.get_or_insert_with(|| {
+                self.ensure_watching();
+                self.shared.waiters.register(id)
+            });
             let notified = waiting.notify().notified();
             tokio::pin!(notified);
             // Registered before looking, so that a wake-up in between is not lost.
             notified.as_mut().enable();
-            let exit = lock(&self.shared.running).get(&id).map(|h| h.exit.clone());
-            if let Some(exit) = exit {
-                match exit.wait().await {
-                    Some(Exit::Finished(outcome)) => return Ok(outcome),
-                    Some(Exit::NeedsAttention { step, error }) => {
-                        return Err(Error::NeedsAttention { operation: id, step, error })
-                    }
-                    Some(Exit::Halted(cause)) if !super::driver::is_lost_lease(&cause) => {
-                        return Err(Error::Halted { operation: id, cause })
-                    }
-                    // A lost lease, a shutdown here, or a panic: the store tells the rest.
-                    Some(Exit::Halted(_) | Exit::Stopped) | None => {}
-                }
+            if self.is_running(id) {
                 continue;
             }
             if let Some(answer) = self.settled(id).await {
@@ -198,6 +196,45 @@ impl Executor {
                 _ = self.shared.shutdown.cancelled() => {}
             }
         }
+    }
+
+    /// Waits for this executor's driver of the Operation to end, and says how it ended **here**:
+    /// its outcome (durable); [`Error::NeedsAttention`]; [`Error::Halted`] with the store's
+    /// failure, or with the lease lost ([`Error::LeaseExpiring`], or the store's
+    /// [`StoreError::Fenced`]: another executor goes on with it); [`Error::ShuttingDown`] when a
+    /// shutdown here stopped it (left for `recover()`). [`Error::NotRunning`] when no driver of
+    /// it runs here. For the Operation's verdict wherever it runs, use [`Executor::wait`]; this
+    /// is for a worker that reports what it did itself.
+    pub async fn wait_here(&self, id: OperationId) -> Result<Outcome> {
+        let exit = lock(&self.shared.running).get(&id).map(|h| h.exit.clone());
+        let Some(exit) = exit else { return Err(Error::NotRunning(id)) };
+        match exit.wait().await {
+            Some(Exit::Finished(outcome)) => Ok(outcome),
+            Some(Exit::NeedsAttention { step, error }) => {
+                Err(Error::NeedsAttention { operation: id, step, error })
+            }
+            Some(Exit::Halted(cause)) => Err(Error::Halted { operation: id, cause }),
+            Some(Exit::Stopped) => Err(Error::ShuttingDown),
+            // The driver's task panicked: nothing more is known here.
+            None => Err(Error::NotRunning(id)),
+        }
+    }
+
+    /// Waits for the driver of the Operation here, if one runs it: `None` if none does,
+    /// `Some(None)` if it ended without an answer of its own (it lost its lease, the executor
+    /// shuts down, it panicked: the store tells the rest), else its answer.
+    async fn local_exit(&self, id: OperationId) -> Option<Option<Result<Outcome>>> {
+        let exit = lock(&self.shared.running).get(&id).map(|h| h.exit.clone())?;
+        Some(match exit.wait().await {
+            Some(Exit::Finished(outcome)) => Some(Ok(outcome)),
+            Some(Exit::NeedsAttention { step, error }) => {
+                Some(Err(Error::NeedsAttention { operation: id, step, error }))
+            }
+            Some(Exit::Halted(cause)) if !super::driver::is_lost_lease(&cause) => {
+                Some(Err(Error::Halted { operation: id, cause }))
+            }
+            Some(Exit::Halted(_) | Exit::Stopped) | None => None,
+        })
     }
 
     /// [`Executor::wait`] for at most `timeout`: [`Error::WaitTimedOut`] when the Operation has

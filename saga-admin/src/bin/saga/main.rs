@@ -205,10 +205,22 @@ async fn run(cli: Cli) -> Result<bool, CliError> {
                 url: url.to_string(),
                 cause: client::root_cause(&e),
             })?;
-            eprintln!(
-                "saga: cancel of operation {} recorded (by {}: {})",
-                accepted.operation, accepted.actor, accepted.reason
-            );
+            match (accepted.answer.as_str(), &accepted.pending) {
+                ("requested", Some(pending)) if pending.actor != accepted.actor => eprintln!(
+                    "saga: operation {}: a cancel by {} ({}) is pending already; the executor \
+                     running it answers it",
+                    accepted.operation, pending.actor, pending.reason
+                ),
+                ("requested", _) => eprintln!(
+                    "saga: cancel of operation {} requested (by {}: {}); the executor running \
+                     it rolls it back, or records why it refused",
+                    accepted.operation, accepted.actor, accepted.reason
+                ),
+                (answer, _) => eprintln!(
+                    "saga: cancel of operation {} recorded (by {}: {}): {answer}",
+                    accepted.operation, accepted.actor, accepted.reason
+                ),
+            }
             if no_follow {
                 return Ok(true);
             }
@@ -307,6 +319,15 @@ fn show(op: &OperationDetail) -> String {
     }
     if let Some(cancel) = &op.cancel {
         fact("cancelled", &format!("by {}: {}", cancel.actor, cancel.reason));
+    }
+    if let Some(pending) = &op.cancel_pending {
+        fact("cancel pending", &format!("by {}: {}", pending.actor, pending.reason));
+    }
+    for refused in &op.cancels_refused {
+        fact(
+            "cancel refused",
+            &format!("by {}: {} ({})", refused.actor, refused.reason, refused.refusal),
+        );
     }
     if let Some(failure) = &op.failure {
         fact("failed step", &format!("{}: {}", failure.step, failure.error));
