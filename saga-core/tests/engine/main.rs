@@ -8,6 +8,7 @@ mod attention;
 mod cancel;
 mod crash;
 mod faults;
+mod fleet;
 mod forward;
 mod logs;
 mod many;
