@@ -75,8 +75,9 @@ pub enum Executed<O> {
 /// **fencing token**: [`StepContext::fencing_token`] grows with every claim of the Operation;
 /// hand it to the system the step changes, which keeps the highest token it has seen per
 /// Operation and refuses a change that carries a lower one (a conditional write, a version
-/// column, a tag compared before the change). saga-testkit's `checks::stale_writes_are_refused`
-/// shows a resource that does, and the reference deploy labels its containers with it.
+/// column, a tag compared before the change). saga-testkit's `fencing` module has such a
+/// resource and the check `stale_write_is_refused`; the reference deploy labels its containers
+/// with the token and checks the label before it changes one.
 ///
 /// ```
 /// use async_trait::async_trait;

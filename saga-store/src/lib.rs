@@ -73,8 +73,8 @@
 //!   `append` holding a cancel barrier (`PointOfNoReturnPassed`, or `OperationFinished` as
 //!   succeeded or abandoned) is refused with
 //!   [`StoreError::CancelPending`](saga_core::store::StoreError::CancelPending), writing nothing,
-//!   when the Operation's `cancels` entry is there and no earlier record of the same append
-//!   answers it; an `append` holding an answer (`CancelRequested`, `CancelRefused`,
+//!   when the Operation's `cancels` entry is there, even if the same append also answers it
+//!   (the answer goes in an append of its own first); an `append` holding an answer (`CancelRequested`, `CancelRefused`,
 //!   `OperationFinished`) removes the entry after its records, in the same log entry, so that
 //!   a crash keeps the answer and the removal together or neither (what sled's own files can
 //!   keep of an unacknowledged one is the answer with its request still pending, never a

@@ -27,6 +27,9 @@
 //!   shape or a user's saga).
 //! - A store conformance suite, [`conformance`]: the [`Store`](saga_core::store::Store) contract
 //!   as checks that any store runs with one call ([`conformance::run_all`]) or one test per check.
+//! - [`fencing`]: a [`FencedResource`](fencing::FencedResource) that refuses a stale executor's
+//!   write by its fencing token, and the check
+//!   [`stale_write_is_refused`](fencing::stale_write_is_refused).
 //!
 //! A user's saga, checked:
 //!
@@ -93,6 +96,7 @@ mod builder;
 mod checks;
 pub mod conformance;
 mod crash_store;
+pub mod fencing;
 mod error;
 mod faults;
 mod faulty;

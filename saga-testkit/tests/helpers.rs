@@ -522,3 +522,13 @@ fn an_abandoned_operation_keeps_what_it_did() {
         assert_eq!(crashed.after, run.after, "crash after {r}");
     }
 }
+
+/// The fencing check holds on the in-memory store and on the sled store: the second executor's
+/// token is higher, and the first executor's late write is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_executors_write_is_refused_by_a_fenced_resource() {
+    saga_testkit::fencing::stale_write_is_refused(Arc::new(MemoryStore::new())).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sled = saga_store::SledStore::open(dir.path().join("store")).unwrap();
+    saga_testkit::fencing::stale_write_is_refused(Arc::new(sled)).await.unwrap();
+}

@@ -60,7 +60,8 @@ async fn wake_ups_tell_a_reconnection_and_pass_over_what_they_do_not_know() {
         other => panic!("finishing with a request pending: {other:?}"),
     }
     let answer = crate::support::refused(id, 1, "amy");
-    store.append(&lease, &[answer, finished(id, 2)]).await.expect("refuses and finishes");
+    store.append(&lease, &[answer]).await.expect("refuses");
+    store.append(&lease, &[finished(id, 2)]).await.expect("finishes");
     let passed = told(&mut rx, WakeUp::Settled(id)).await;
     assert!(passed.contains(&WakeUp::CancelRequested(id)), "{passed:?}");
     // Notifications come in commit order: a Settled of the refused finish would be here.

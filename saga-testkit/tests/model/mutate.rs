@@ -11,7 +11,8 @@
 //! attempt reads as one attempt fewer. So a renumbered mutation must be illegal only where no
 //! legal log can result:
 //!
-//! - a record written twice in a row (every record kind refuses to follow itself);
+//! - a record written twice in a row (every record kind refuses to follow itself, but
+//!   `CancelRefused`: a request recorded again after its answer was lost is refused again);
 //! - a first attempt's start (`StepStarted`/`CompensationStarted` attempt 1) dropped or moved
 //!   after a later record of the same step (that record then has no start);
 //! - `OperationCreated` dropped or moved, a record moved after `OperationFinished`.
@@ -132,12 +133,22 @@ pub fn problems(log: &[Record]) -> Vec<String> {
         let mut doubled = log.to_vec();
         doubled.insert(i + 1, r.clone());
         must_be_illegal(&format!("raw duplicate of {i} ({name})"), id, &doubled, &mut problems);
-        must_be_illegal(
-            &format!("duplicate of {i} ({name})"),
-            id,
-            &renumber(doubled),
-            &mut problems,
-        );
+        if matches!(r.kind, RecordKind::CancelRefused { .. }) {
+            illegal_from(
+                &format!("duplicate of {i} ({name})"),
+                id,
+                &renumber(doubled),
+                i,
+                &mut problems,
+            );
+        } else {
+            must_be_illegal(
+                &format!("duplicate of {i} ({name})"),
+                id,
+                &renumber(doubled),
+                &mut problems,
+            );
+        }
 
         // Swap records i and i + 1.
         if i + 1 < n {
