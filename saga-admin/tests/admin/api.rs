@@ -265,7 +265,13 @@ async fn cancel_answers_once_durable_and_refuses_a_finished_operation() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(
         body,
-        json!({"operation": id.to_string(), "actor": "stager", "reason": "bad config"})
+        json!({
+            "operation": id.to_string(),
+            "actor": "stager",
+            "reason": "bad config",
+            "answer": "rolling back",
+            "pending": null
+        })
     );
     // Durable when answered: the store's records say so.
     let state = s.executor.status(id).await.unwrap();
