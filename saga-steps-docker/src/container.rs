@@ -5,7 +5,7 @@ use std::fmt;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
-use saga_core::{async_trait, Executed, Step, StepContext, StepError, StepKind};
+use saga_core::{async_trait, Executed, FencingToken, Step, StepContext, StepError, StepKind};
 use serde::{Deserialize, Serialize};
 
 use crate::classify::{docker_error, status_code};
@@ -14,6 +14,12 @@ use saga_core::Input;
 /// The label that [`CreateContainer`] puts on the containers it creates: the step's idempotency
 /// key (Operation id and step name), so that a retry recognises its own container.
 pub const CREATED_BY_LABEL: &str = "io.saga.created-by";
+
+/// The label that [`CreateContainer`] puts on the containers it creates: the fencing token of
+/// the attempt that created it ([`StepContext::fencing_token`], written `<operation>/<epoch>`),
+/// so that an attempt of a stale executor, which lost the Operation to another, recognises a
+/// container of a newer one and leaves it alone. See [`CreateContainer`].
+pub const FENCING_TOKEN_LABEL: &str = "io.saga.fencing-token";
 
 /// The container [`CreateContainer`] creates: its name and its configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +50,36 @@ impl ContainerSpec {
 ///   as are a missing image and invalid parameters.
 /// - Compensation removes the container (forcibly, in case it runs), and after a failed or
 ///   interrupted attempt removes the container of that name only if it carries this step's label.
+///
+/// # Fencing a stale executor
+///
+/// The container also carries the label [`FENCING_TOKEN_LABEL`]: the
+/// [fencing token](saga_core::FencingToken) of the attempt that created it. An executor paused
+/// in the middle of this step (SIGSTOP, a VM migration) may deliver its requests after another
+/// executor took the Operation over and ran the step again under a higher token. So before it
+/// adopts a container of its own name and label (after a name conflict) and before the
+/// compensation removes one, the step reads that label: a token of the same Operation with a
+/// **higher** epoch than this attempt's means this attempt comes from a stale executor, and it
+/// fails with a permanent error naming the container and both tokens, changing nothing. A
+/// container without the label (created by an older release of this crate) or with an equal or
+/// lower epoch (a retry, or an earlier executor's attempt this one takes over) is adopted or
+/// removed as before. A label that is not a token is a permanent error.
+///
+/// This narrows the window of a stale executor; it does not close it:
+///
+/// - Reading the label and removing the container are two requests (Docker has no conditional
+///   delete): a stale executor paused between them still sends the removal of the container it
+///   read. It removes by the id it read, never by name, so a container created under the name
+///   since is safe; one that a newer executor adopted since is not.
+/// - Docker cannot change a container's labels: a container that a newer executor adopted
+///   (rather than created) keeps the token of the attempt that created it, so a stale request
+///   of that creator's epoch passes the check.
+///
+/// It still matters: a paused process typically resumes long after the takeover, and every
+/// check it makes once the newer executor has created its container refuses it. Its late
+/// create (atomic by name: it cannot replace the container) fails loudly instead of reporting
+/// the newer executor's container as its own, and its compensation does not remove the
+/// container the Operation goes on with.
 ///
 /// ```no_run
 /// use bollard::Docker;
@@ -90,14 +126,57 @@ impl CreateContainer {
     }
 }
 
-/// Whether the container carries `key` in [`CREATED_BY_LABEL`].
-fn created_by(container: &ContainerInspectResponse, key: &str) -> bool {
+/// The value of the container's label `label`, if it has one.
+fn label<'a>(container: &'a ContainerInspectResponse, label: &str) -> Option<&'a str> {
     container
         .config
         .as_ref()
         .and_then(|c| c.labels.as_ref())
-        .and_then(|labels| labels.get(CREATED_BY_LABEL))
-        .is_some_and(|v| v == key)
+        .and_then(|labels| labels.get(label))
+        .map(String::as_str)
+}
+
+/// Whether the container carries `key` in [`CREATED_BY_LABEL`].
+fn created_by(container: &ContainerInspectResponse, key: &str) -> bool {
+    label(container, CREATED_BY_LABEL) == Some(key)
+}
+
+/// How the container is named in errors: its name (as given) and its id when known.
+fn describe_container(container: &ContainerInspectResponse, name: &str) -> String {
+    match container.id.as_deref() {
+        Some(id) if id != name => format!("{name} ({id})"),
+        _ => name.to_owned(),
+    }
+}
+
+/// Refuses to act (`doing`) on the container when its [`FENCING_TOKEN_LABEL`] holds a token of
+/// the same Operation with a higher epoch than `ctx`'s: the attempt comes from a stale
+/// executor. A container without the label, or with a token of another Operation or an equal
+/// or lower epoch, passes; a label that is not a token is a permanent error.
+fn check_fencing(
+    container: &ContainerInspectResponse,
+    name: &str,
+    ctx: &StepContext,
+    doing: &str,
+) -> Result<(), StepError> {
+    let Some(text) = label(container, FENCING_TOKEN_LABEL) else { return Ok(()) };
+    let which = describe_container(container, name);
+    let theirs: FencingToken = text.parse().map_err(|e| {
+        StepError::permanent(format!(
+            "{doing} container {which}: its label {FENCING_TOKEN_LABEL} is not a fencing \
+             token: {e}"
+        ))
+    })?;
+    let mine = ctx.fencing_token();
+    if theirs.operation == mine.operation && theirs.epoch > mine.epoch {
+        tracing::warn!(container = %which, %mine, %theirs, "stale executor refused");
+        return Err(StepError::permanent(format!(
+            "{doing} container {which}: refused, this attempt is from a stale executor: its \
+             fencing token {mine} is older than the token {theirs} the container carries (a \
+             newer executor took the Operation over and created it); nothing was changed"
+        )));
+    }
+    Ok(())
 }
 
 /// The container named `name`, or `None` if there is none.
@@ -129,10 +208,9 @@ impl Step for CreateContainer {
     async fn execute(&self, ctx: &StepContext) -> Result<CreatedContainer, StepError> {
         let ContainerSpec { name, mut config } = self.spec(ctx)?;
         let key = ctx.idempotency_key();
-        config
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(CREATED_BY_LABEL.into(), key.clone());
+        let labels = config.labels.get_or_insert_with(Default::default);
+        labels.insert(CREATED_BY_LABEL.into(), key.clone());
+        labels.insert(FENCING_TOKEN_LABEL.into(), ctx.fencing_token().to_string());
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         match self.docker.create_container(Some(options), config).await {
             Ok(created) => {
@@ -146,6 +224,7 @@ impl Step for CreateContainer {
                     return Err(StepError::transient(e.message()));
                 };
                 if created_by(&existing, &key) {
+                    check_fencing(&existing, &name, ctx, "create")?;
                     tracing::info!(container = %name, "container already created by an earlier attempt");
                     Ok(CreatedContainer { id: existing.id.unwrap_or_default(), name })
                 } else {
@@ -166,19 +245,24 @@ impl Step for CreateContainer {
         ctx: &StepContext,
         executed: Executed<CreatedContainer>,
     ) -> Result<(), StepError> {
-        match executed {
-            Executed::Succeeded(created) => remove_forcibly(&self.docker, &created.id).await,
+        // Read the container (by id when the step succeeded), compare its token, then remove
+        // it by the id read: a container created under that name since is never touched.
+        let found = match executed {
+            Executed::Succeeded(created) => {
+                inspect(&self.docker, &created.id).await?.map(|c| (c, created.name))
+            }
             Executed::Failed(_) | Executed::Unknown => {
                 let name = self.spec(ctx)?.name;
                 match inspect(&self.docker, &name).await? {
-                    Some(c) if created_by(&c, &ctx.idempotency_key()) => {
-                        remove_forcibly(&self.docker, c.id.as_deref().unwrap_or(&name)).await
-                    }
+                    Some(c) if created_by(&c, &ctx.idempotency_key()) => Some((c, name)),
                     // Nothing, or someone else's container: not ours to remove.
-                    _ => Ok(()),
+                    _ => None,
                 }
             }
-        }
+        };
+        let Some((container, name)) = found else { return Ok(()) };
+        check_fencing(&container, &name, ctx, "remove")?;
+        remove_forcibly(&self.docker, container.id.as_deref().unwrap_or(&name)).await
     }
 }
 

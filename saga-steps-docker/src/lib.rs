@@ -16,6 +16,16 @@
 //! [`CREATED_BY_LABEL`] label) succeeds. What a step acts on is an [`Input`]: fixed when the saga
 //! is defined, or computed from the Operation's params and earlier outputs.
 //!
+//! An executor paused in the middle of a step (SIGSTOP, a VM migration) may deliver its requests
+//! after another executor took the Operation over and ran the step again: the engine cannot stop
+//! a request already sent, so the system changed must refuse it. [`CreateContainer`] labels its
+//! container with the attempt's fencing token ([`FENCING_TOKEN_LABEL`], see
+//! [`saga_core::FencingToken`]), and before it adopts an existing container or its compensation
+//! removes one, it compares: a container carrying a newer token of the same Operation refuses
+//! the stale attempt with a permanent error, unchanged. Docker has no conditional delete nor
+//! label update, so this narrows the window rather than closing it; [`CreateContainer`] says
+//! exactly what is left.
+//!
 //! Docker errors become step errors through [`classify`]: connection refused or reset, 5xx and
 //! timeouts are transient (retried); a missing image or container, a conflict, invalid
 //! parameters are permanent (rollback). The Docker message is in the error.
@@ -67,7 +77,7 @@ mod lifecycle;
 pub use crate::classify::{classify, docker_error};
 pub use crate::container::{
     ContainerSpec, CreateContainer, CreatedContainer, RemoveContainer, RemovedContainer,
-    CREATED_BY_LABEL,
+    CREATED_BY_LABEL, FENCING_TOKEN_LABEL,
 };
 pub use crate::health::{HealthProbe, Healthy, WaitHealthy};
 pub use crate::image::{PullImage, PulledImage, SkippedRegistry, PULL_MARKER_REPOSITORY};
