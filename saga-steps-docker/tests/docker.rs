@@ -5,14 +5,23 @@
 
 mod support;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use saga_core::{NotUndoneReason, Outcome, RetryPolicy, RollbackCause, Saga};
+use bollard::Docker;
+use saga_core::store::Store;
+use saga_core::{
+    async_trait, Executed, Executor, FencingToken, MemoryStore, NotUndoneReason, Outcome, Resource,
+    RetryPolicy, RollbackCause, Saga, Start, Step, StepContext, StepError,
+};
 use saga_steps_docker::{
     CreateContainer, CreatedContainer, HealthProbe, Healthy, PullImage, PulledImage,
     RemoveContainer, RemovedContainer, StartContainer, StartedContainer, StopContainer,
-    StoppedContainer, WaitHealthy, CREATED_BY_LABEL,
+    StoppedContainer, WaitHealthy, CREATED_BY_LABEL, FENCING_TOKEN_LABEL,
 };
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use support::{Cleanup, Fail, FailAfter, RetryAfterEffect};
 
@@ -583,4 +592,246 @@ async fn a_saga_failing_at_each_step_leaves_nothing_it_created() {
         // The old container's image is still there: the saga did not create it.
         assert!(support::image_present(docker, &old_reference).await);
     }
+}
+
+/// A request on its way: the late `execute` of a first attempt.
+type LateRequest = JoinHandle<Result<CreatedContainer, StepError>>;
+
+/// Wraps a `CreateContainer` whose first attempt sends its request but has it delivered late: a
+/// detached task holding a clone of the attempt's context waits on the gate and only then calls
+/// the inner `execute`, while the attempt itself never returns. Every later attempt runs the
+/// inner step at once. Keeps the context of every attempt, in order.
+///
+/// It does not forward the step settings (`forward_step_settings!` would forward
+/// `cancel_grace` too): its own `cancel_grace` is short, so that the stopped attempt is dropped
+/// at once, and the others are the defaults, which are `CreateContainer`'s.
+#[derive(Clone)]
+struct DeliveredLate {
+    inner: CreateContainer,
+    gate: Arc<Semaphore>,
+    contexts: Arc<Mutex<Vec<StepContext>>>,
+    late: Arc<Mutex<Option<LateRequest>>>,
+}
+
+impl DeliveredLate {
+    fn new(inner: CreateContainer) -> Self {
+        DeliveredLate {
+            inner,
+            gate: Arc::new(Semaphore::new(0)),
+            contexts: Arc::default(),
+            late: Arc::default(),
+        }
+    }
+
+    fn contexts(&self) -> Vec<StepContext> {
+        self.contexts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn take_late(&self) -> Option<LateRequest> {
+        self.late.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[async_trait]
+impl Step for DeliveredLate {
+    type Output = CreatedContainer;
+
+    async fn execute(&self, ctx: &StepContext) -> Result<CreatedContainer, StepError> {
+        let first = {
+            let mut contexts = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
+            contexts.push(ctx.clone());
+            contexts.len() == 1
+        };
+        if first {
+            let (inner, gate, sent) = (self.inner.clone(), self.gate.clone(), ctx.clone());
+            let request = tokio::spawn(async move {
+                let _open = gate.acquire().await.expect("the gate is never closed");
+                inner.execute(&sent).await
+            });
+            *self.late.lock().unwrap_or_else(|p| p.into_inner()) = Some(request);
+            std::future::pending::<()>().await;
+        }
+        self.inner.execute(ctx).await
+    }
+
+    async fn compensate(
+        &self,
+        ctx: &StepContext,
+        executed: Executed<CreatedContainer>,
+    ) -> Result<(), StepError> {
+        self.inner.compensate(ctx, executed).await
+    }
+
+    fn cancel_grace(&self) -> Duration {
+        Duration::from_millis(10)
+    }
+}
+
+/// The container's id and labels; `None` if it does not exist.
+async fn id_and_labels(docker: &Docker, name: &str) -> Option<(String, HashMap<String, String>)> {
+    let container = docker.inspect_container(name, None).await.ok()?;
+    let labels = container.config.and_then(|c| c.labels).unwrap_or_default();
+    Some((container.id.unwrap_or_default(), labels))
+}
+
+/// A fixture container of this name carrying these labels, not through the step.
+async fn labelled_fixture(docker: &Docker, name: &str, reference: &str, labels: &[(&str, &str)]) {
+    let mut spec = support::spec(name, reference);
+    spec.config.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    support::fixture_container(docker, spec, false).await;
+}
+
+/// Executor A runs the step's first attempt (epoch 1), whose create is delivered late; A shuts
+/// down, B recovers the Operation (epoch 2) and creates the container for real; then A's
+/// create arrives and is refused as stale, as is a compensation under A's token, and B's
+/// container stays. Then the labels: none (an older release) and a lower epoch are adopted as
+/// before, a label that is not a token is a permanent error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_executors_late_create_and_compensation_are_refused() {
+    let (env, _serial) = require_env!("a_stale_executors_late_create_and_compensation_are_refused");
+    let cleanup = Cleanup::new(&env, "fenced");
+    let reference = env.reference(&env.registry_a);
+    support::pull(&env.docker, &reference).await;
+    let docker = &env.docker;
+    let name = cleanup.name("web");
+    let inner = CreateContainer::new(docker.clone(), support::spec(&name, &reference));
+    let step = DeliveredLate::new(inner.clone());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let executor = |owner: &str| {
+        let saga = Saga::builder("fenced", 1).step("create", step.clone()).build().expect("saga");
+        Executor::builder(store.clone())
+            .owner(owner)
+            .lease_ttl(Duration::from_secs(5))
+            .takeover_interval(None)
+            .saga(saga)
+            .build()
+            .expect("executor")
+    };
+
+    // A starts the Operation; its attempt sends the create, which is delayed "in the network".
+    let a = executor("a");
+    let request = Start::new("fenced", Resource::new("app", cleanup.prefix.clone()))
+        .params(&())
+        .environment("test")
+        .actor("tests");
+    let id = a.start(request).await.expect("start");
+    cleanup.track(id);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while step.late.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the first attempt sent its create");
+    let late = step.take_late().expect("the late create");
+
+    // A stops: its step is dropped and its lease released; the create is still on its way.
+    let report = a.shutdown(Duration::from_millis(10)).await;
+    assert_eq!(report.left, [id], "{report:?}");
+    assert!(report.interrupted, "{report:?}");
+    assert_eq!(support::running(docker, &name).await, None, "nothing created yet");
+
+    // B takes the Operation over and runs the step for real.
+    let b = executor("b");
+    let recovered = b.recover().await.expect("recover");
+    assert_eq!(recovered.resumed, [id], "{recovered:?}");
+    let outcome = b.wait_timeout(id, Duration::from_secs(60)).await.expect("wait");
+    assert_eq!(outcome, Outcome::Succeeded);
+    let state = b.status(id).await.expect("status");
+    let created: CreatedContainer = support::output(&state, "create");
+    let contexts = step.contexts();
+    assert_eq!(contexts.len(), 2, "{contexts:?}");
+    let (a_ctx, b_ctx) = (&contexts[0], &contexts[1]);
+    let a_token = a_ctx.fencing_token();
+    let b_token = b_ctx.fencing_token();
+    assert_eq!(a_token, FencingToken { operation: id, epoch: 1 });
+    assert_eq!(b_token, FencingToken { operation: id, epoch: 2 });
+    let (b_id, labels) = id_and_labels(docker, &name).await.expect("B's container");
+    assert_eq!(b_id, created.id);
+    assert_eq!(labels.get(FENCING_TOKEN_LABEL), Some(&b_token.to_string()));
+    assert_eq!(labels.get(CREATED_BY_LABEL), Some(&format!("{id}-create")));
+
+    // Only now does A's create arrive: refused as stale, permanently; B's container untouched.
+    step.gate.add_permits(1);
+    let delivered = tokio::time::timeout(Duration::from_secs(30), late)
+        .await
+        .expect("the late create ended")
+        .expect("the late create did not panic");
+    let error = delivered.expect_err("a stale executor's create is refused");
+    assert!(!error.is_transient(), "{error:?}");
+    let message = error.message();
+    assert!(message.contains("stale executor"), "{message}");
+    assert!(message.contains(&name) && message.contains(&created.id), "{message}");
+    assert!(
+        message.contains(&a_token.to_string()) && message.contains(&b_token.to_string()),
+        "{message}"
+    );
+    let unchanged = || async {
+        let (now_id, labels) = id_and_labels(docker, &name).await.expect("B's container stays");
+        assert_eq!(now_id, created.id);
+        assert_eq!(labels.get(FENCING_TOKEN_LABEL), Some(&b_token.to_string()));
+        let containers: Vec<String> = cleanup
+            .leftovers(docker)
+            .await
+            .into_iter()
+            .filter(|l| l.starts_with("container "))
+            .collect();
+        assert_eq!(containers, [format!("container {name}")]);
+    };
+    unchanged().await;
+
+    // A stale compensation, told of B's container or of nothing: refused, the container stays.
+    for executed in [Executed::Succeeded(created.clone()), Executed::Unknown] {
+        let what = format!("{executed:?}");
+        let error = inner.compensate(a_ctx, executed).await.expect_err("stale compensation");
+        assert!(!error.is_transient(), "{what}: {error:?}");
+        let message = error.message();
+        assert!(message.starts_with(&format!("remove container {name}")), "{what}: {message}");
+        assert!(message.contains("stale executor"), "{what}: {message}");
+        assert!(
+            message.contains(&a_token.to_string()) && message.contains(&b_token.to_string()),
+            "{what}: {message}"
+        );
+        unchanged().await;
+    }
+    // B's own compensation is not stale: it removes the container.
+    inner.compensate(b_ctx, Executed::Succeeded(created.clone())).await.expect("B compensates");
+    assert_eq!(support::running(docker, &name).await, None);
+
+    // A container of this step without the token label (an older release): adopted as before.
+    let key = format!("{id}-create");
+    let unlabelled = cleanup.name("unlabelled");
+    labelled_fixture(docker, &unlabelled, &reference, &[(CREATED_BY_LABEL, &key)]).await;
+    let create = CreateContainer::new(docker.clone(), support::spec(&unlabelled, &reference));
+    let adopted = create.execute(a_ctx).await.expect("adopted");
+    assert_eq!(Some(adopted.id), id_and_labels(docker, &unlabelled).await.map(|(id, _)| id));
+
+    // Created under A's token and taken over by B (a lower epoch): adopted, and removable by B.
+    let older = cleanup.name("older");
+    let a_text = a_token.to_string();
+    let labels = [(CREATED_BY_LABEL, key.as_str()), (FENCING_TOKEN_LABEL, a_text.as_str())];
+    labelled_fixture(docker, &older, &reference, &labels).await;
+    let create = CreateContainer::new(docker.clone(), support::spec(&older, &reference));
+    let adopted = create.execute(b_ctx).await.expect("adopted by a newer executor");
+    create.compensate(b_ctx, Executed::Succeeded(adopted)).await.expect("removed");
+    assert_eq!(support::running(docker, &older).await, None);
+
+    // A token label that does not parse: a permanent error naming the container and the label,
+    // for the create and the compensation alike; the container stays.
+    let garbled = cleanup.name("garbled");
+    let labels = [(CREATED_BY_LABEL, key.as_str()), (FENCING_TOKEN_LABEL, "not-a-token")];
+    labelled_fixture(docker, &garbled, &reference, &labels).await;
+    let create = CreateContainer::new(docker.clone(), support::spec(&garbled, &reference));
+    let errors = [
+        create.execute(b_ctx).await.expect_err("not a token"),
+        create.compensate(b_ctx, Executed::Unknown).await.expect_err("not a token"),
+    ];
+    for error in errors {
+        assert!(!error.is_transient(), "{error:?}");
+        let message = error.message();
+        assert!(message.contains(&garbled) && message.contains(FENCING_TOKEN_LABEL), "{message}");
+        assert!(message.contains("not-a-token"), "{message}");
+    }
+    assert!(support::running(docker, &garbled).await.is_some());
+    b.shutdown(Duration::from_secs(5)).await;
 }
