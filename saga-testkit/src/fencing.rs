@@ -100,12 +100,15 @@ impl FencedResource {
 #[error("check `a stale executor's write is refused by a fenced resource` failed: {0}")]
 pub struct FencingCheckFailed(String);
 
+/// Writes sent and not delivered yet, each a task that delivers it when let through.
+type LateWrites = Arc<Mutex<Vec<tokio::task::JoinHandle<Result<(), StaleToken>>>>>;
+
 /// The step of the check: its first attempt sends its write but the write is delivered late (it
 /// waits, "in the network", until the check lets it through) and the attempt never ends; a
 /// later attempt writes at once.
 struct Writer {
     resource: FencedResource,
-    late: Arc<Mutex<Vec<tokio::task::JoinHandle<Result<(), StaleToken>>>>>,
+    late: LateWrites,
     deliver: Arc<Notify>,
 }
 
@@ -150,10 +153,11 @@ impl Step for Writer {
 pub async fn stale_write_is_refused(store: Arc<dyn Store>) -> Result<(), FencingCheckFailed> {
     let fail = |what: String| Err(FencingCheckFailed(what));
     let resource = FencedResource::default();
-    let late = Arc::new(Mutex::new(Vec::new()));
+    let late: LateWrites = Arc::default();
     let deliver = Arc::new(Notify::new());
     let saga = || {
-        let step = Writer { resource: resource.clone(), late: late.clone(), deliver: deliver.clone() };
+        let step =
+            Writer { resource: resource.clone(), late: late.clone(), deliver: deliver.clone() };
         Saga::builder("fenced-write", 1).step("write", step).build()
     };
     let executor = |owner: &str| -> Result<Executor, FencingCheckFailed> {

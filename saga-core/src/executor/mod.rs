@@ -610,8 +610,9 @@ impl Executor {
             // halted driver releases its lease, and a wake-up for that would try again at once,
             // for as long as the failure lasts.
             ids.retain(|id| {
+                let waits_for_an_operator = targeted && attention.contains(id);
                 !running.contains_key(id)
-                    && !(targeted && attention.contains(id))
+                    && !waits_for_an_operator
                     && match troubled.get(id) {
                         None => true,
                         Some(Trouble::Unrecoverable { cause, .. }) => {
