@@ -600,4 +600,37 @@ mod executor {
         assert_eq!(ids, vec![ok, bad, half]);
         assert!(exec.shutdown(SHUTDOWN_DEADLINE).await.left.is_empty());
     }
+
+    /// On sled the workers are the executors of the same process: an Operation submitted by
+    /// one that never runs anything is picked up at once by a worker over the same store (woken
+    /// by the store, its own scan a minute away), and the submitter's `wait` follows it there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submitted_operation_is_picked_up_at_once_by_a_worker_of_the_process() {
+        let (_dir, _path, store) = open_temp();
+        let store = Arc::new(store);
+        let api = Executor::builder(store.clone())
+            .saga(three())
+            .owner("api")
+            .takeover_interval(None)
+            .build()
+            .expect("builds");
+        let worker = Executor::builder(store.clone())
+            .saga(three())
+            .owner("worker")
+            .takeover_interval(Some(Duration::from_secs(60)))
+            .cancel_poll_interval(Duration::from_secs(60))
+            .build()
+            .expect("builds");
+        worker.recover().await.expect("recovers");
+        let id = api.submit(in_prod("three", "web", "alice")).await.expect("submits");
+        let outcome = api.wait_timeout(id, Duration::from_secs(10)).await.expect("waits");
+        assert_eq!(outcome, Outcome::Succeeded);
+        let records = store.read(id).await.expect("reads");
+        assert!(!api.is_running(id));
+        assert_eq!(
+            records.iter().filter(|r| matches!(r.kind, RecordKind::StepSucceeded { .. })).count(),
+            3
+        );
+        assert!(worker.shutdown(SHUTDOWN_DEADLINE).await.left.is_empty());
+    }
 }
