@@ -100,6 +100,7 @@ fn run_child_with(
     }
     let mut child = command.spawn().expect("the child starts");
     let stdout = child.stdout.take().expect("its stdout");
+    let (seen, acks) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         BufReader::new(stdout)
             .lines()
@@ -108,11 +109,20 @@ fn run_child_with(
                 // The last two words: the test harness may have begun the line with its own.
                 let mut words = line.split_whitespace().rev();
                 let n = words.next()?.parse().ok()?;
-                Some((words.next()?.to_owned(), n))
+                let ack = (words.next()?.to_owned(), n);
+                let _ = seen.send(());
+                Some(ack)
             })
             .collect::<Vec<(String, u64)>>()
     });
     if let Some(after) = kill_after {
+        // Killed `after` past its first acknowledgements, however slowly a loaded machine let
+        // it start: the kill lands amid its writes, never before them.
+        for _ in 0..KILL_AFTER_ACKS {
+            if acks.recv_timeout(Duration::from_secs(60)).is_err() {
+                break;
+            }
+        }
         std::thread::sleep(after);
         // SIGKILL: no destructor, no checkpoint, nothing runs after it.
         let _ = child.kill();
@@ -120,6 +130,9 @@ fn run_child_with(
     let _ = child.wait();
     reader.join().expect("the reader")
 }
+
+/// How many acknowledged writes a child makes before the timer of its kill starts.
+const KILL_AFTER_ACKS: usize = 10;
 
 /// Every acknowledged write is in the reopened store; every Operation ends with at most one
 /// outcome, and those listed unfinished have none (their finish was not acknowledged, or undone
@@ -154,15 +167,16 @@ async fn assert_all_there(path: &Path, acked: &[(String, u64)]) -> SledStore {
     store
 }
 
-/// Six rounds of a child killed 150 to 550 ms after it started, each followed by a reopen that
-/// finds every acknowledged write and a healthy store. Returns how many writes were acknowledged.
+/// Six rounds of a child killed 0 to 400 ms after its tenth acknowledged write, each followed by a
+/// reopen that finds every acknowledged write and a healthy store. Returns how many writes were
+/// acknowledged.
 async fn kill_rounds(path: &Path, checkpointing: bool) -> usize {
     let mut total = 0;
     for round in 0..6u64 {
         let jitter = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::from(d.subsec_nanos()) % 400);
-        let after = Duration::from_millis(150 + jitter);
+        let after = Duration::from_millis(jitter);
         let acked = run_child_with(path, Some(after), None, checkpointing);
         total += acked.len();
         let store = assert_all_there(path, &acked).await;
