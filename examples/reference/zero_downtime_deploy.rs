@@ -34,9 +34,7 @@ use aws_sdk_ec2::types::InstanceType;
 use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use bollard::Docker;
 use saga_core::saga::{DefineGroup, DefineSaga};
-use saga_core::{
-    async_trait, Executed, Input, Resource, RetryPolicy, Step, StepContext, StepError, StepKind,
-};
+use saga_core::{async_trait, Executed, Input, Resource, Step, StepContext, StepError};
 use saga_reference::{
     containers, emulator, say, Args, BoxError, Cli, Clients, FaultFlags, Injected, Recorded, Runner,
 };
@@ -247,13 +245,9 @@ impl<S: Step> Step for Drained<S> {
         Ok(())
     }
 
-    fn kind(&self) -> StepKind {
-        self.inner.kind()
-    }
-
-    fn retry_policy(&self) -> RetryPolicy {
-        self.inner.retry_policy()
-    }
+    // Every setting of the wrapped step, not the defaults (its timeouts, cancel grace and
+    // compensation policy too).
+    saga_core::forward_step_settings!(inner);
 }
 
 /// Stops an old replica; the undo starts it and waits until it answers, so that the rollback

@@ -442,13 +442,17 @@ pub fn write_activity_csv(rows: &[ActivityRow], out: impl io::Write) -> Result<(
     Ok(())
 }
 
-/// The ISO week (Monday 00:00 UTC to the next Monday) that contains `ms`, as `[since, until)`.
+/// The ISO week (Monday 00:00 UTC to the next Monday) that contains `ms`, as `[since, until)`;
+/// the week of 1970-01-01 to 1970-01-04 starts at 0, since no time is earlier.
 pub fn iso_week_containing(ms: u64) -> (u64, u64) {
     const DAY: u64 = 86_400_000;
     let days = ms / DAY;
-    // 1970-01-01 was a Thursday: Monday-based weekday is (days + 3) % 7.
-    let monday = days - (days + 3) % 7;
-    (monday * DAY, (monday + 7) * DAY)
+    // 1970-01-01 was a Thursday: Monday-based weekday is (days + 3) % 7. The week of the first
+    // days of 1970 began before the epoch: it starts at 0 (no time is earlier).
+    let monday = days.checked_sub((days + 3) % 7);
+    let start = monday.map_or(0, |m| m.saturating_mul(DAY));
+    let end = monday.map_or(4, |m| m.saturating_add(7)).saturating_mul(DAY);
+    (start, end)
 }
 
 /// The activity report of the ISO week that contains `ms`.
@@ -611,5 +615,19 @@ mod tests {
         assert_eq!(iso_week_containing(since).0, since);
         // A Sunday late is in the week before.
         assert_eq!(iso_week_containing(since - 1).1, since);
+    }
+
+    #[test]
+    fn the_week_of_the_first_days_of_1970_starts_at_the_epoch_without_a_panic() {
+        // Thursday 1970-01-01 to Sunday 1970-01-04: the week of Monday 1969-12-29, from 0.
+        let monday = "1970-01-05T00:00:00.000Z";
+        for ms in [0, 1, 86_400_000 * 3, 86_400_000 * 4 - 1] {
+            let (since, until) = iso_week_containing(ms);
+            assert_eq!((since, format_rfc3339_ms(until).as_str()), (0, monday), "{ms}");
+        }
+        let (since, until) = iso_week_containing(86_400_000 * 4);
+        assert_eq!(format_rfc3339_ms(since), monday);
+        assert_eq!(format_rfc3339_ms(until), "1970-01-12T00:00:00.000Z");
+        assert!(iso_week_containing(u64::MAX).0 <= u64::MAX);
     }
 }
