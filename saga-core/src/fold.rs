@@ -195,7 +195,7 @@ pub struct OperationState {
     /// A cancel request pending in the store, not answered yet. Not part of the log:
     /// [`Executor::status`](crate::Executor::status) fills it in from the store; the fold
     /// leaves it `None`.
-    pub(crate) pending_cancel: Option<crate::store::CancelRequest>,
+    pub(crate) pending_cancel: Option<Box<crate::store::CancelRequest>>,
     /// The Operation it waits for, directly ahead of it in its resource's queue, when nothing of
     /// it ran yet. Not part of the log: [`Executor::status`](crate::Executor::status) fills it
     /// in from the store; the fold leaves it `None`.
@@ -461,7 +461,7 @@ impl OperationState {
     /// its refusal. Not part of the log: [`Executor::status`](crate::Executor::status) fills it
     /// in from the store; the fold leaves it `None`.
     pub fn pending_cancel(&self) -> Option<&crate::store::CancelRequest> {
-        self.pending_cancel.as_ref()
+        self.pending_cancel.as_deref()
     }
 
     /// Applies one record, or says why it cannot follow the records before it.

@@ -142,7 +142,7 @@ impl Executor {
         }
         let mut state = OperationState::fold(id, &records)?;
         if state.outcome.is_none() {
-            state.pending_cancel = self.shared.store.pending_cancel(id).await?;
+            state.pending_cancel = self.shared.store.pending_cancel(id).await?.map(Box::new);
             if state.steps.is_empty() && state.cancel.is_none() {
                 let queue = self.shared.store.resource_queue(&state.resource).await?;
                 state.waiting_for = ahead_of(&queue, id);
