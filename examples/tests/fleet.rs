@@ -18,6 +18,8 @@
 #[allow(dead_code)]
 mod saga;
 
+#[path = "fleet/cancel_race.rs"]
+mod cancel_race;
 #[path = "fleet/journal.rs"]
 mod journal;
 #[path = "fleet/pause.rs"]
