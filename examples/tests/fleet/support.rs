@@ -126,6 +126,8 @@ pub(crate) struct Proc {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr, which end with the process's pipes.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -141,20 +143,21 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = BufReader::new(child.stdout.take().unwrap());
         let into = lines.clone();
-        std::thread::spawn(move || {
+        let stdout_reader = std::thread::spawn(move || {
             for line in out.lines().map_while(Result::ok) {
                 into.lock().unwrap().push(line);
             }
         });
         let mut err = child.stderr.take().unwrap();
         let into = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = err.read(&mut buf) {
                 into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Proc { name: name.to_owned(), child, lines, stderr }
+        let readers = vec![stdout_reader, stderr_reader];
+        Proc { name: name.to_owned(), child, lines, stderr, readers }
     }
 
     /// A `fleet worker` named `owner` over `db`, ready (it printed so).
@@ -211,8 +214,7 @@ impl Proc {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the readers take the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                self.join_readers();
                 return status;
             }
             if Instant::now() >= deadline {
@@ -221,6 +223,15 @@ impl Proc {
                 panic!("{}: still running {limit:?} after SIGTERM\n{}", self.name, self.shown());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Proc {
+    /// Its last lines: the readers end at the end of its pipes, once it exited.
+    fn join_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
         }
     }
 }
@@ -263,8 +274,7 @@ pub(crate) fn fleet_output(args: &[String], limit: Duration) -> String {
         assert!(Instant::now() < deadline, "fleet {args:?}: a hang\n{}", proc.shown());
         std::thread::sleep(Duration::from_millis(10));
     };
-    // The readers take the last lines once the pipes close.
-    std::thread::sleep(Duration::from_millis(30));
+    proc.join_readers();
     assert!(status.success(), "fleet {args:?}: {status}\n{}", proc.shown());
     proc.stdout_lines().join("\n")
 }
