@@ -126,24 +126,34 @@ async fn watch_one(executor: &Executor, id: OperationId) -> bool {
     let claimed_at = tokio::time::Instant::now();
     let ended = loop {
         if executor.is_running(id) {
-            if let Ok(mut follower) = executor.follow(id).await {
-                while let Some(event) = follower.next().await {
-                    match event {
-                        FollowEvent::Line(line)
-                            if line.at_ms >= since_ms
-                                && matches!(line.level, LogLevel::Warn | LogLevel::Error) =>
-                        {
-                            say!("operation {id}: {line}")
-                        }
-                        FollowEvent::Line(_) => {}
-                        FollowEvent::Missed(n) => {
-                            say!("operation {id}: ({n} lines skipped; see `quickstart log {id}`)")
+            let follow = async {
+                if let Ok(mut follower) = executor.follow(id).await {
+                    while let Some(event) = follower.next().await {
+                        match event {
+                            FollowEvent::Line(line)
+                                if line.at_ms >= since_ms
+                                    && matches!(line.level, LogLevel::Warn | LogLevel::Error) =>
+                            {
+                                say!("operation {id}: {line}")
+                            }
+                            FollowEvent::Line(_) => {}
+                            FollowEvent::Missed(n) => say!(
+                                "operation {id}: ({n} lines skipped; see `quickstart log {id}`)"
+                            ),
                         }
                     }
                 }
+            };
+            // How it ended here (another executor may go on with it: its verdict is theirs),
+            // asked while it still runs: once its driver is gone, nothing here knows.
+            let (_, ended) = tokio::join!(follow, executor.wait_here(id));
+            match ended {
+                // It ended between the look and the ask: the store tells how.
+                Err(Error::NotRunning(_)) => {
+                    break executor.wait_timeout(id, Duration::from_secs(1)).await;
+                }
+                other => break other,
             }
-            // How it ended here (another executor may go on with it: its verdict is theirs).
-            break executor.wait_here(id).await;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
         if claimed_at.elapsed() > Duration::from_secs(2) {

@@ -144,7 +144,8 @@ impl Driver {
     }
 
     /// Waits for a place among the Operations allowed to run at once, answering commands (a cancel
-    /// is recorded at once) meanwhile. `None` when the executor shuts down or the store fails first.
+    /// is recorded at once) and renewing the lease meanwhile. `None` when the executor shuts
+    /// down, the store fails, or the lease is lost first.
     pub(crate) async fn queue(
         &mut self,
         permits: Arc<tokio::sync::Semaphore>,
@@ -152,12 +153,19 @@ impl Driver {
         let acquire = permits.acquire_owned();
         tokio::pin!(acquire);
         let commands = self.commands.clone();
+        let period = self.shared.lease_ttl / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tokio::select! {
                 permit = &mut acquire => return permit.ok(),
                 _ = self.shared.shutdown.cancelled() => return None,
                 command = commands.recv() => {
                     if Box::pin(self.on_command(command)).await.is_err() {
+                        return None;
+                    }
+                }
+                _ = renew.tick() => {
+                    if Box::pin(self.renew(&mut renew)).await.is_err() {
                         return None;
                     }
                 }
