@@ -95,7 +95,7 @@ impl Driver {
         shared: Arc<Shared>,
         saga: Arc<Saga>,
         mut state: OperationState,
-        lease: Lease,
+        (lease, sent): (Lease, tokio::time::Instant),
         commands: Arc<Mailbox>,
         log: Arc<LogSink>,
     ) -> Self {
@@ -118,7 +118,9 @@ impl Driver {
                 _ => None,
             })
             .collect();
-        let clock = LeaseClock::new(shared.lease_ttl, tokio::time::Instant::now());
+        // Counted from the instant the claim or create was sent: the lease may have run for a
+        // while since (recovery claims and reads many Operations before it spawns them).
+        let clock = LeaseClock::new(shared.lease_ttl, sent);
         Driver {
             shared,
             saga,

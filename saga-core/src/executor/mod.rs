@@ -491,6 +491,7 @@ impl Executor {
         let Some(driving) = Driving::reserve(id) else {
             return Err(Error::Store(StoreError::AlreadyExists(id)));
         };
+        let sent = tokio::time::Instant::now();
         let lease =
             self.shared.store.create(&record, &self.shared.owner, self.shared.lease_ttl).await?;
         let log = Arc::new(LogSink::new(id, 0, self.shared.max_log_lines));
@@ -505,15 +506,17 @@ impl Executor {
                 state.actor()
             ),
         );
-        self.spawn(definition, state, lease, log, driving, None);
+        self.spawn(definition, state, (lease, sent), log, driving, None);
         Ok(id)
     }
 
+    /// Runs the Operation here under `lease`, granted by a request sent at the instant beside
+    /// it (the driver counts its lease from there, never from later: see `lease.rs`).
     fn spawn(
         &self,
         saga: Arc<Saga>,
         state: OperationState,
-        lease: crate::store::Lease,
+        (lease, sent): (crate::store::Lease, tokio::time::Instant),
         log: Arc<LogSink>,
         driving: Driving,
         cancel: Option<CancelRequest>,
@@ -527,7 +530,8 @@ impl Executor {
         lock(&self.shared.running)
             .insert(id, Handle { mailbox: mailbox.clone(), exit: exit_cell, log: log.clone() });
         let shared = self.shared.clone();
-        let mut driver = Driver::new(shared.clone(), saga, state, lease, mailbox.clone(), log);
+        let mut driver =
+            Driver::new(shared.clone(), saga, state, (lease, sent), mailbox.clone(), log);
         driver.cancel_at_start = cancel;
         // A `wait` here that follows it through the store now waits for this driver instead.
         self.shared.waiters.wake(id);
@@ -662,14 +666,14 @@ impl Executor {
                 }
             }
         }
-        for Ready { saga, state, lease, log, driving } in resume {
+        for Ready { saga, state, lease, sent, log, driving } in resume {
             log.line(
                 LogLevel::Info,
                 None,
                 format!("recovered by {}: {}", self.shared.owner, describe(&state)),
             );
             let cancel = cancels.get(&state.id).cloned();
-            self.spawn(saga, state, lease, log, driving, cancel);
+            self.spawn(saga, state, (lease, sent), log, driving, cancel);
         }
         Ok(report)
     }
@@ -685,6 +689,7 @@ impl Executor {
                 Recovered::OwnedElsewhere(id)
             };
         };
+        let sent = tokio::time::Instant::now();
         let lease =
             match self.shared.store.claim(id, &self.shared.owner, self.shared.lease_ttl).await {
                 Ok(lease) => lease,
@@ -705,7 +710,7 @@ impl Executor {
                 Recovered::NeedsAttention(id)
             }
             Ok(Some((saga, state, log))) => {
-                Recovered::Ready(Box::new(Ready { saga, state, lease, log, driving }))
+                Recovered::Ready(Box::new(Ready { saga, state, lease, sent, log, driving }))
             }
             Ok(None) => {
                 // Finished, though still listed as unfinished: `check` unlists it.
@@ -886,7 +891,7 @@ impl Executor {
     pub async fn retry(&self, id: OperationId, actor: &str, reason: &str) -> Result<()> {
         self.ensure_watching();
         let claimed = self.claim_for_operator(id).await?;
-        let Claimed { saga, mut state, lease, log, driving } = claimed;
+        let Claimed { saga, mut state, lease, sent, log, driving } = claimed;
         let record =
             RecordKind::AttentionRetried { actor: actor.to_owned(), reason: reason.to_owned() };
         let step = state.attention.as_ref().map(|(s, _)| s.clone()).unwrap_or_default();
@@ -902,7 +907,7 @@ impl Executor {
         // A cancel requested while it waited came after the point of no return: the driver
         // records its refusal first.
         let cancel = self.shared.store.pending_cancel(id).await.ok().flatten();
-        self.spawn(saga, state, lease, log, driving, cancel);
+        self.spawn(saga, state, (lease, sent), log, driving, cancel);
         Ok(())
     }
 
@@ -964,12 +969,13 @@ impl Executor {
         let Some(driving) = Driving::reserve(id) else {
             return Err(Error::NoAttentionNeeded { operation: id });
         };
+        let sent = tokio::time::Instant::now();
         let lease = self.shared.store.claim(id, &self.shared.owner, self.shared.lease_ttl).await?;
         match self.prepare(id).await {
             Ok(Some((saga, state, log))) if state.phase() == Phase::NeedsAttention => {
                 lock(&self.shared.troubled).remove(&id);
                 lock(&self.shared.attention).remove(&id);
-                Ok(Claimed { saga, state, lease, log, driving })
+                Ok(Claimed { saga, state, lease, sent, log, driving })
             }
             Ok(Some(_)) => {
                 let _ = self.shared.store.release(&lease).await;
@@ -1015,6 +1021,8 @@ struct Claimed {
     saga: Arc<Saga>,
     state: OperationState,
     lease: crate::store::Lease,
+    /// When the claim was sent.
+    sent: tokio::time::Instant,
     log: Arc<LogSink>,
     driving: Driving,
 }
@@ -1124,6 +1132,8 @@ struct Ready {
     saga: Arc<Saga>,
     state: OperationState,
     lease: crate::store::Lease,
+    /// When the claim was sent.
+    sent: tokio::time::Instant,
     log: Arc<LogSink>,
     driving: Driving,
 }

@@ -548,3 +548,69 @@ async fn steps_see_a_fencing_token_that_grows_with_every_claim() {
     let lease = store.lease(id).await.unwrap().unwrap();
     assert_eq!(tokens[1], lease.fencing_token());
 }
+
+/// The store of a recovering executor that reads slowly: recovery claims an Operation, then
+/// takes longer than the lease to read it, as recovery of many Operations on a loaded machine
+/// can.
+struct SlowRead {
+    inner: Arc<MemoryStore>,
+    delay: Duration,
+    reads: AtomicU64,
+}
+
+#[async_trait]
+impl StoreWrapper for SlowRead {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
+    }
+
+    async fn read(&self, id: OperationId) -> Result<Vec<Record>, StoreError> {
+        // Only recovery's first read is slow.
+        if self.reads.fetch_add(1, Ordering::SeqCst) == 0 {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.read(id).await
+    }
+}
+
+/// A driver counts its lease from the instant its claim was sent, not from when it starts: an
+/// Operation claimed and read for longer than its lease never runs a step under that claim
+/// (another executor may hold it by then); a later claim runs it.
+#[tokio::test]
+async fn a_claim_older_than_its_lease_runs_nothing() {
+    let ttl = Duration::from_millis(300);
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let saga = || {
+        Saga::builder("t", 1)
+            .step("s", Tokens(tokens.clone(), Arc::new(AtomicU64::new(1))))
+            .build()
+            .unwrap()
+    };
+    let memory = Arc::new(MemoryStore::new());
+    // Created by an executor that died at once: its lease (epoch 1) expires in a millisecond.
+    let dead = Executor::builder(memory.clone())
+        .owner("dead")
+        .lease_ttl(ttl)
+        .saga(saga())
+        .takeover_interval(None)
+        .build()
+        .unwrap();
+    let id = dead.submit(start("t")).await.unwrap();
+    let slow =
+        Arc::new(SlowRead { inner: memory.clone(), delay: ttl * 2, reads: AtomicU64::new(0) });
+    let recovering = Executor::builder(slow)
+        .owner("recovering")
+        .lease_ttl(ttl)
+        .saga(saga())
+        .takeover_interval(Some(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    let report = recovering.recover().await.unwrap();
+    assert_eq!(report.resumed, vec![id]);
+    let outcome = recovering.wait_timeout(id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(outcome, Outcome::Succeeded);
+    let tokens = tokens.lock().unwrap().clone();
+    // Epoch 2, the slow claim, never ran the step: a later claim did.
+    assert!(!tokens.iter().any(|t| t.epoch <= 2), "{tokens:?}");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+}
