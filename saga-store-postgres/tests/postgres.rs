@@ -45,6 +45,18 @@ async fn conformance_run_all() {
     .await;
 }
 
+/// saga-testkit's fencing check on PostgreSQL: a second executor's claim carries a higher token,
+/// and the first executor's late write is refused by a fenced resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_executors_write_is_refused_by_a_fenced_resource() {
+    let Some(url) = url("a_stale_executors_write_is_refused_by_a_fenced_resource") else {
+        return;
+    };
+    let schema = Schema::new(&url);
+    let store: Arc<dyn Store> = schema.store().await;
+    saga_testkit::fencing::stale_write_is_refused(store).await.expect("the stale write is refused");
+}
+
 /// A lease expires by the database's clock (its row), whatever the lease the executor holds
 /// says; a stale executor's append after a takeover writes nothing and is `Fenced`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

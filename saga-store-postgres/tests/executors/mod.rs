@@ -167,9 +167,11 @@ async fn a_wait_on_another_executor_is_answered_when_the_operation_settles() {
 }
 
 /// How soon a `wait` on an executor that does not run the Operation answers after the Operation
-/// ends on another (the worker's own `wait_here` returning is the end): for 20 Operations, each
-/// waited for on the api executor, whose own polls are 40 s apart. Prints the median and the
-/// slowest; the target is 200 ms, asserted with room for a loaded machine.
+/// ends on another: for 20 Operations, each waited for on the api executor (whose own polls are
+/// 40 s apart, so only the `Settled` notification explains a quick answer), from the time of the
+/// worker's `OperationFinished` record (taken before its commit, so the figure includes the
+/// commit) to the answer. Prints the median and the slowest; the target is 200 ms, asserted
+/// with room for a loaded machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_elsewhere_answers_within_moments_of_the_end() {
     let Some(url) = url("a_wait_elsewhere_answers_within_moments_of_the_end") else {
@@ -189,34 +191,21 @@ async fn a_wait_elsewhere_answers_within_moments_of_the_end() {
     for i in 0..20 {
         let request = Start::new("work", Resource::new("app", format!("web-{i}")));
         let id = api.submit(request).await.expect("submits");
-        let waiting = {
-            let api = api.clone();
-            tokio::spawn(async move {
-                let answer = api.wait_timeout(id, Duration::from_secs(30)).await;
-                (answer, Instant::now())
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let ended = loop {
-            if worker.is_running(id) {
-                let here = worker.wait_here(id).await;
-                break (here, Instant::now());
-            }
-            if waiting.is_finished() {
-                // Finished before the loop saw it running: measured from the store's end.
-                break (Ok(Outcome::Succeeded), Instant::now());
-            }
-            assert!(Instant::now() < deadline, "the worker never took operation {id}");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
-        let (answer, answered) = waiting.await.expect("joins");
-        assert_eq!(answer.expect("answered"), Outcome::Succeeded);
-        assert_eq!(ended.0.expect("ended on the worker"), Outcome::Succeeded);
-        latencies.push(answered.saturating_duration_since(ended.1));
+        let outcome = api.wait_timeout(id, Duration::from_secs(30)).await;
+        let answered_ms = saga_core::store::now_ms();
+        assert_eq!(outcome.expect("answered"), Outcome::Succeeded, "operation {id}");
+        let records = api.store().read(id).await.expect("reads");
+        let finished_ms = records
+            .iter()
+            .find(|r| matches!(r.kind, RecordKind::OperationFinished { .. }))
+            .map(|r| r.at_ms)
+            .expect("an outcome");
+        latencies.push(Duration::from_millis(answered_ms.saturating_sub(finished_ms)));
     }
     latencies.sort();
     let median = latencies[latencies.len() / 2];
     let slowest = latencies[latencies.len() - 1];
     println!("wait on another executor, after the end: median {median:?}, slowest {slowest:?}");
-    assert!(slowest < Duration::from_secs(2), "{latencies:?}");
+    assert!(slowest < Duration::from_secs(5), "{latencies:?}");
+    drop(worker);
 }
