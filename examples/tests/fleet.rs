@@ -20,6 +20,7 @@ mod saga;
 
 #[path = "fleet/cancel_race.rs"]
 mod cancel_race;
+mod common;
 #[path = "fleet/journal.rs"]
 mod journal;
 #[path = "fleet/pause.rs"]

@@ -21,7 +21,10 @@ use saga_core::store::Store;
 use saga_core::{NotUndone, NotUndoneReason, OperationId, Outcome};
 use saga_store::SledStore;
 
+mod common;
 mod postgres;
+
+use common::output_within;
 
 /// The quickstart binary, which `cargo test` builds next to this test's directory.
 fn quickstart_exe() -> PathBuf {
@@ -420,51 +423,6 @@ fn strace_available(test: &str) -> bool {
         println!("SKIPPED {test}: strace not installed");
     }
     works
-}
-
-/// Runs `command` to its end, or kills it (and what it started) after `limit` and fails.
-fn output_within(command: &mut Command, limit: Duration, what: &str) -> Output {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            kill_tree(child.id());
-            let _ = child.wait();
-            let stdout = String::from_utf8_lossy(&stdout.join().unwrap()).into_owned();
-            let stderr = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
-            panic!("{what}: still running after {limit:?} (a hang); stdout:\n{stdout}\nstderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
-}
-
-/// SIGKILLs `pid` and its descendants (strace's tracee survives strace's death otherwise).
-fn kill_tree(pid: u32) {
-    let children = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
-        .flat_map(|list| list.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-        .collect::<Vec<_>>();
-    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-    for child in children {
-        if let Ok(child) = child.parse() {
-            kill_tree(child);
-        }
-    }
 }
 
 /// Runs the quickstart under strace with `syscall` failing with `errno` from its k-th call on,

@@ -21,7 +21,7 @@ use saga_store_postgres::testing::database_url;
 
 use crate::journal::{self, Line, Tail};
 use crate::saga::{self, Journal, Params, STEPS};
-use crate::support::{outcomes, serial, Db, Proc};
+use crate::support::{outcomes, serial, worker, Db, Proc};
 
 /// How many rounds, and how many at once.
 const ROUNDS: usize = 1000;
@@ -356,14 +356,12 @@ fn a_thousand_cancels_racing_the_point_of_no_return_on_postgresql() {
     let test = "a_thousand_cancels_racing_the_point_of_no_return_on_postgresql";
     let Some(url) = database_url(test) else { return };
     let _serial = serial();
-    let db = Db::new(&url);
+    let db = Db::new(&url, "fleet_test", 8);
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let mut workers: Vec<Proc> = ["c1", "c2"]
         .iter()
-        .map(|name| {
-            Proc::worker(&db, name, &journal, &["--lease-ttl", "10000", "--takeover-ms", "500"])
-        })
+        .map(|name| worker(&db, name, &journal, &["--lease-ttl", "10000", "--takeover-ms", "500"]))
         .collect();
     let started = Instant::now();
     let canceller = canceller(db.store.clone());

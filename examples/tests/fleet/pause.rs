@@ -13,7 +13,7 @@ use saga_store_postgres::testing::database_url;
 
 use crate::journal::{self, Line, Tail};
 use crate::saga::STEPS;
-use crate::support::{fleet_output, now_us, outcomes, serial, wait_until, Db, Proc};
+use crate::support::{fleet_output, now_us, outcomes, serial, wait_until, worker, Db, Proc};
 
 /// The workers' lease: short, so that a pause outlives it.
 const LEASE_MS: u64 = 1000;
@@ -77,7 +77,7 @@ fn a_paused_worker_never_runs_a_step_beside_its_successor() {
     let Some(url) = database_url(test) else { return };
     let _serial = serial();
     let started = Instant::now();
-    let db = Db::new(&url);
+    let db = Db::new(&url, "fleet_test", 8);
     let dir = tempfile::tempdir().unwrap();
     let journal_path = dir.path().join("journal");
     let lease = LEASE_MS.to_string();
@@ -85,7 +85,7 @@ fn a_paused_worker_never_runs_a_step_beside_its_successor() {
     let mut workers: Vec<Proc> = names
         .iter()
         .map(|name| {
-            Proc::worker(&db, name, &journal_path, &["--lease-ttl", &lease, "--takeover-ms", "200"])
+            worker(&db, name, &journal_path, &["--lease-ttl", &lease, "--takeover-ms", "200"])
         })
         .collect();
     let shown = |workers: &[Proc]| workers.iter().map(Proc::shown).collect::<Vec<_>>().join("\n");

@@ -14,86 +14,36 @@
 //! processes on what may be two cores).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use saga_core::log::{LogLine, Record, RecordKind};
 use saga_core::state::OperationState;
-use saga_core::store::{now_ms, Store};
+use saga_core::store::now_ms;
 use saga_core::{OperationId, Outcome};
-use saga_store_postgres::{PostgresOptions, PostgresStore};
-use tokio_postgres::NoTls;
 
-use super::{kill_tree, output_within, quickstart, site_of, world_matches};
+use super::common::{outcomes, output_within, serial, show_all, wait_until, Db, Proc};
+use super::{quickstart, site_of, world_matches};
+
+/// The quickstart with `args`.
+fn quickstart_with(args: &[String]) -> Command {
+    let mut command = quickstart();
+    command.args(args);
+    command
+}
 
 // ---------------------------------------------------------------------------------------------
 // The database (the approach of saga-store-postgres/tests/support/mod.rs).
 
-use saga_store_postgres::testing::{ci, database_url as url, redact, server_addr};
+use saga_store_postgres::testing::{ci, database_url as url, server_addr};
 
-/// One test at a time (see the module docs).
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-static SCHEMAS: AtomicU64 = AtomicU64::new(0);
-
-/// A schema of the test's own (the quickstart's `--schema`), with a store and a plain
-/// connection in it to read what the processes wrote; dropped, with everything in it, at the
-/// end.
-struct Db {
-    url: String,
-    schema: String,
-    runtime: tokio::runtime::Runtime,
-    store: Arc<PostgresStore>,
-    /// A plain connection, made again when it was lost (a restart of the server).
-    admin: Mutex<Option<tokio_postgres::Client>>,
-}
-
+/// The quickstart's own uses of a test's schema.
 impl Db {
-    fn new(url: &str) -> Db {
-        let n = SCHEMAS.fetch_add(1, Ordering::Relaxed);
-        let schema = format!("qs_test_{}_{n}_{:08x}", std::process::id(), fastrand::u32(..));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let options = PostgresOptions::default().schema(&schema).pool_size(4);
-        let store = match runtime.block_on(PostgresStore::connect(url, options)) {
-            Ok(store) => Arc::new(store),
-            Err(e) => panic!("connecting to {} in schema {schema}: {e:?}", redact(url)),
-        };
-        Db { url: url.to_owned(), schema, runtime, store, admin: Mutex::new(None) }
-    }
-
-    /// Runs `query` on the plain connection (connecting first if needed).
-    fn query(&self, query: &str) -> Vec<tokio_postgres::Row> {
-        let mut admin = self.admin.lock().unwrap();
-        if admin.as_ref().is_none_or(|c| c.is_closed()) {
-            *admin = Some(
-                self.runtime
-                    .block_on(async {
-                        let (client, connection) =
-                            tokio_postgres::connect(&self.url, NoTls).await?;
-                        tokio::spawn(async move {
-                            let _ = connection.await;
-                        });
-                        Ok::<_, tokio_postgres::Error>(client)
-                    })
-                    .unwrap_or_else(|e| panic!("connecting to {}: {e}", redact(&self.url))),
-            );
-        }
-        let client = admin.as_ref().unwrap();
-        self.runtime.block_on(client.query(query, &[])).unwrap()
-    }
-
     /// The quickstart's flags for this store, with the world under `data`.
     fn args(&self, data: &Path) -> Vec<String> {
         self.args_via(data, &self.url)
@@ -109,27 +59,6 @@ impl Db {
             "--schema".into(),
             self.schema.clone(),
         ]
-    }
-
-    fn ids(&self) -> Vec<OperationId> {
-        let listing =
-            self.runtime.block_on(self.store.list_environment("quickstart", 0, u64::MAX)).unwrap();
-        assert!(listing.damaged.is_empty(), "{:?}", listing.damaged);
-        listing.ids
-    }
-
-    fn unfinished(&self) -> Vec<OperationId> {
-        let listing = self.runtime.block_on(self.store.list_unfinished()).unwrap();
-        assert!(listing.damaged.is_empty(), "{:?}", listing.damaged);
-        listing.ids
-    }
-
-    fn records(&self, id: OperationId) -> Vec<Record> {
-        self.runtime.block_on(self.store.read(id)).unwrap()
-    }
-
-    fn log(&self, id: OperationId) -> Vec<LogLine> {
-        self.runtime.block_on(self.store.read_log(id)).unwrap()
     }
 
     /// The sessions of quickstarts (their application names are `quickstart <owner>`) that are
@@ -165,154 +94,8 @@ impl Db {
     }
 }
 
-impl Drop for Db {
-    fn drop(&mut self) {
-        let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
-        let dropped = self.runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), async {
-                let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                client.batch_execute(&drop).await
-            })
-            .await
-        });
-        if !matches!(dropped, Ok(Ok(()))) {
-            let _ = writeln!(std::io::stderr(), "could not drop test schema {}", self.schema);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Processes.
-
-/// A quickstart process whose output is read as it comes; killed (with what it started) when
-/// dropped, so that a failing test leaves nothing running.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: Arc<Mutex<Vec<(Instant, u64, String)>>>,
-    stderr: Arc<Mutex<String>>,
-    /// The threads reading stdout and stderr, which end when the process (and its pipes) did.
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, args: &[String]) -> Proc {
-        let mut child = quickstart()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let into = lines.clone();
-        let stdout_reader = std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                into.lock().unwrap().push((Instant::now(), now_ms(), line));
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let into = stderr.clone();
-        let stderr_reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = err.read(&mut buf) {
-                into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Proc {
-            name: name.to_owned(),
-            child,
-            lines,
-            stderr,
-            readers: vec![stdout_reader, stderr_reader],
-        }
-    }
-
-    fn stdout(&self) -> String {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().map(|(_, _, l)| format!("{l}\n")).collect()
-    }
-
-    /// Its output so far, for a failure's message.
-    fn shown(&self) -> String {
-        format!(
-            "--- {} stdout:\n{}--- {} stderr:\n{}",
-            self.name,
-            self.stdout(),
-            self.name,
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    /// The instant (and Unix ms) at which the first line matching `matches` was read.
-    fn line_seen(&self, matches: impl Fn(&str) -> bool) -> Option<(Instant, u64)> {
-        let lines = self.lines.lock().unwrap();
-        lines.iter().find(|(_, _, l)| matches(l)).map(|(at, ms, _)| (*at, *ms))
-    }
-
-    fn wait_for_line(&self, limit: Duration, matches: impl Fn(&str) -> bool) -> (Instant, u64) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(seen) = self.line_seen(&matches) {
-                return seen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no expected line within {limit:?}\n{}",
-                self.shown()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} {}", self.name);
-    }
-
-    /// Waits for it to exit, or kills it after `limit` and fails.
-    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Its last lines: the readers end at the end of its pipes.
-                for reader in self.readers.drain(..) {
-                    reader.join().unwrap();
-                }
-                return status;
-            }
-            if Instant::now() >= deadline {
-                kill_tree(self.child.id());
-                let _ = self.child.wait();
-                panic!("{}: still running after {limit:?} (a hang)\n{}", self.name, self.shown());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, then its exit within `limit`.
-    fn stop(&mut self, limit: Duration) -> ExitStatus {
-        self.signal("TERM");
-        self.wait_within(limit)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            kill_tree(self.child.id());
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// A worker named `owner`, ready (it printed that it adopts operations).
 fn worker(db: &Db, data: &Path, owner: &str, extra: &[&str]) -> Proc {
@@ -324,7 +107,7 @@ fn worker_via(db: &Db, data: &Path, url: &str, owner: &str, extra: &[&str]) -> P
     args.extend(["--owner".into(), owner.into()]);
     args.extend(extra.iter().map(|a| a.to_string()));
     args.push("worker".into());
-    let proc = Proc::spawn(owner, &args);
+    let proc = Proc::spawn(owner, quickstart_with(&args));
     proc.wait_for_line(Duration::from_secs(30), |l| l.contains("adopting operations"));
     proc
 }
@@ -347,41 +130,9 @@ fn submit(db: &Db, data: &Path, extra: &[&str]) -> Vec<(OperationId, String)> {
         .collect()
 }
 
-/// Polls `done` every 50 ms until it holds, or fails after `limit` with `shown()`.
-fn wait_until(
-    limit: Duration,
-    what: &str,
-    shown: impl Fn() -> String,
-    mut done: impl FnMut() -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        if done() {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}\n{}", shown());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn show_all(procs: &[&Proc]) -> String {
-    procs.iter().map(|p| p.shown()).collect::<Vec<_>>().join("\n")
-}
-
 // ---------------------------------------------------------------------------------------------
 // What the store and the world hold.
 
-fn outcomes(records: &[Record]) -> Vec<Outcome> {
-    records
-        .iter()
-        .filter_map(|r| match &r.kind {
-            RecordKind::OperationFinished { outcome } => Some(outcome.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-/// When the first record matching `matches` was written (Unix ms).
 fn first_at(records: &[Record], matches: impl Fn(&RecordKind) -> bool) -> Option<u64> {
     records.iter().find(|r| matches(&r.kind)).map(|r| r.at_ms)
 }
@@ -394,7 +145,7 @@ fn step_started(records: &[Record], step: &str) -> bool {
 /// `(id, site, outcome, records)`, in creation order.
 fn one_outcome_each(db: &Db) -> Vec<(OperationId, String, Outcome, Vec<Record>)> {
     assert!(db.unfinished().is_empty(), "unfinished: {:?}", db.unfinished());
-    db.ids()
+    db.ids("quickstart")
         .into_iter()
         .map(|id| {
             let records = db.records(id);
@@ -429,7 +180,7 @@ enum Printed {
 /// The ends `proc` printed, in order: its other lines (the log lines it streams, `owned by
 /// another executor`, `left unfinished here`) say nothing of an end.
 fn printed_ends(proc: &Proc) -> Vec<(OperationId, Printed)> {
-    let out = format!("{}{}", proc.stdout(), proc.stderr.lock().unwrap());
+    let out = format!("{}{}", proc.stdout(), proc.stderr());
     out.lines()
         .filter_map(|line| {
             let line = line.strip_prefix("quickstart: ").unwrap_or(line);
@@ -500,7 +251,7 @@ fn three_workers_take_over_a_killed_workers_operations_within_its_lease() {
     let test = "three_workers_take_over_a_killed_workers_operations_within_its_lease";
     let Some(url) = url(test) else { return };
     let _serial = serial();
-    let db = Db::new(&url);
+    let db = Db::new(&url, "qs_test", 4);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let ttl = Duration::from_millis(2000);
@@ -627,7 +378,7 @@ fn a_stalled_owner_is_fenced_and_nothing_it_writes_after_the_takeover_reaches_th
         "a_stalled_owner_is_fenced_and_nothing_it_writes_after_the_takeover_reaches_the_store";
     let Some(url) = url(test) else { return };
     let _serial = serial();
-    let db = Db::new(&url);
+    let db = Db::new(&url, "qs_test", 4);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut args = db.args(&data);
@@ -635,11 +386,13 @@ fn a_stalled_owner_is_fenced_and_nothing_it_writes_after_the_takeover_reaches_th
         ["--owner", "stalled", "--lease-ttl", "2000", "--site", "b", "--warm-ms", "4000"]
             .map(String::from),
     );
-    let mut stalled = Proc::spawn("stalled", &args);
+    let mut stalled = Proc::spawn("stalled", quickstart_with(&args));
     stalled.wait_for_line(Duration::from_secs(30), |l| l.contains("step warm-cache started"));
     stalled.signal("STOP");
     let stopped_at = Instant::now();
-    let [id] = db.ids()[..] else { panic!("one operation: {:?}", db.ids()) };
+    let [id] = db.ids("quickstart")[..] else {
+        panic!("one operation: {:?}", db.ids("quickstart"))
+    };
 
     let mut taker = worker(&db, &data, "taker", &["--lease-ttl", "2000"]);
     let shown = || format!("{}\n{}", show_all(&[&stalled, &taker]), db.activity());
@@ -662,7 +415,7 @@ fn a_stalled_owner_is_fenced_and_nothing_it_writes_after_the_takeover_reaches_th
 
     stalled.signal("CONT");
     let status = stalled.wait_within(Duration::from_secs(30));
-    let told = format!("{}{}", stalled.stdout(), stalled.stderr.lock().unwrap());
+    let told = format!("{}{}", stalled.stdout(), stalled.stderr());
     // It says that it lost the Operation (its lease lapsed, or it was fenced)...
     assert!(
         told.contains("is not current (held by taker)")
@@ -730,7 +483,7 @@ fn two_hundred_operations_each_end_once_across_a_restart_of_postgresql() {
         return;
     }
     let _serial = serial();
-    let db = Db::new(&url);
+    let db = Db::new(&url, "qs_test", 4);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let submitted = submit(&db, &data, &["--count", "200", "--site", "r", "--warm-ms", "3000"]);
@@ -897,7 +650,7 @@ fn a_worker_cut_off_from_the_database_stops_before_its_lease_expires_and_another
         "a_worker_cut_off_from_the_database_stops_before_its_lease_expires_and_another_finishes";
     let Some(url) = url(test) else { return };
     let _serial = serial();
-    let db = Db::new(&url);
+    let db = Db::new(&url, "qs_test", 4);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let proxy = Proxy::start(server_addr(&url).unwrap());
@@ -978,7 +731,7 @@ fn a_cancel_from_another_process_rolls_back_within_a_second() {
     let test = "a_cancel_from_another_process_rolls_back_within_a_second";
     let Some(url) = url(test) else { return };
     let _serial = serial();
-    let db = Db::new(&url);
+    let db = Db::new(&url, "qs_test", 4);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut runner = worker(&db, &data, "runner", &[]);
@@ -1055,7 +808,7 @@ fn ten_operations_on_one_site_from_two_submitters_run_one_after_another_in_creat
         "ten_operations_on_one_site_from_two_submitters_run_one_after_another_in_creation_order";
     let Some(url) = url(test) else { return };
     let _serial = serial();
-    let db = Db::new(&url);
+    let db = Db::new(&url, "qs_test", 4);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut workers: Vec<Proc> =
