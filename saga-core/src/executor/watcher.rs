@@ -6,10 +6,12 @@ use std::collections::HashSet;
 use std::sync::Weak;
 
 use tokio::sync::broadcast::{self, error::TryRecvError};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Executor, Shared};
+use super::driver::Command;
+use super::{lock, Executor, Shared};
 use crate::id::OperationId;
 use crate::store::WakeUp;
 
@@ -125,6 +127,60 @@ fn ready(wake_ups: &mut Option<broadcast::Receiver<WakeUp>>) -> Vec<WakeUp> {
             Ok(wake_up) => out.push(wake_up),
             Err(TryRecvError::Lagged(_)) => out.push(WakeUp::Missed),
             Err(TryRecvError::Empty | TryRecvError::Closed) => return out,
+        }
+    }
+}
+
+impl Executor {
+    /// Hands the store's cancel requests of Operations running here to their drivers, once each
+    /// request (a driver answers it by recording the cancel or its refusal, which takes it out
+    /// of the store; a later request of the same Operation is handed over too): every pending
+    /// request, or those of the Operations `only`.
+    pub(crate) async fn deliver_cancels(
+        &self,
+        delivered: &mut std::collections::HashSet<(OperationId, u64)>,
+        only: Option<&[OperationId]>,
+    ) {
+        if lock(&self.shared.running).is_empty() {
+            delivered.clear();
+            return;
+        }
+        let requests = match only {
+            None => self.shared.store.cancel_requests().await,
+            Some(ids) => {
+                let mut requests = Vec::new();
+                for id in ids {
+                    match self.shared.store.pending_cancel(*id).await {
+                        Ok(request) => requests.extend(request),
+                        Err(e) => {
+                            tracing::warn!(operation = %id, error = %e, "cannot read a cancel request; the next poll tries again");
+                        }
+                    }
+                }
+                Ok(requests)
+            }
+        };
+        let requests = match requests {
+            Ok(requests) => requests,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read cancel requests; trying again");
+                return;
+            }
+        };
+        let running = lock(&self.shared.running);
+        delivered.retain(|(id, _)| running.contains_key(id));
+        for request in requests {
+            let Some(handle) = running.get(&request.operation) else { continue };
+            if delivered.insert((request.operation, request.at_ms)) {
+                let (reply, _answer) = oneshot::channel();
+                let command = Command::Cancel {
+                    actor: request.actor,
+                    reason: request.reason,
+                    requested_ms: request.at_ms,
+                    reply,
+                };
+                let _ = handle.mailbox.send(command);
+            }
         }
     }
 }
