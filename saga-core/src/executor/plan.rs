@@ -136,9 +136,8 @@ fn forward(saga: &Saga, state: &OperationState, flight: &InFlight) -> Vec<Action
 /// ended (unknown after a crash, or waiting for a retry) first, latest started first among them.
 pub(crate) fn rollback_order(state: &OperationState) -> Vec<&StepState> {
     let mut steps: Vec<(usize, &StepState)> = state.steps.iter().enumerate().collect();
-    steps.sort_by_key(|(start_order, s)| {
-        (std::cmp::Reverse(s.completed_seq.unwrap_or(u64::MAX)), std::cmp::Reverse(*start_order))
-    });
+    // The one rule, which the fold checks an outcome's `not_undone` against too.
+    steps.sort_by_key(|(start_order, s)| crate::fold::rollback_rank(*start_order, s));
     steps.into_iter().map(|(_, s)| s).collect()
 }
 
