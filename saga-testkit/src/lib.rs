@@ -93,6 +93,7 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+pub mod ci;
 mod checks;
 pub mod conformance;
 mod crash_store;
