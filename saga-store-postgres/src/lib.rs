@@ -170,6 +170,7 @@ mod retry;
 mod schema;
 mod sql;
 mod store;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
 mod writer;

@@ -4,16 +4,16 @@
 //! `scripts/services/postgres.sh start` starts a server and writes `SAGA_TEST_POSTGRES_URL` to
 //! `target/services/postgres.env`; `scripts/test.sh` does both and exports it.
 
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
 use tokio_postgres::Config;
 
-/// Whether the tests run under CI (`CI=true`), where a missing service is a failure.
+/// Whether the tests run under CI, where a missing service is a failure: the workspace's one
+/// rule, [`saga_testkit::ci::under_ci`].
 pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|ci| ci == "true")
+    saga_testkit::ci::under_ci()
 }
 
 /// The database URL for test `test`, or `None` (with the reason printed on stderr, past the
@@ -37,17 +37,13 @@ pub fn database_url(test: &str) -> Option<String> {
 }
 
 fn unavailable(test: &str, why: &str) -> Option<String> {
-    assert!(
-        !ci(),
-        "{test}: {why}; under CI=true PostgreSQL is required (scripts/services/postgres.sh \
-         start, then export the variables of target/services/postgres.env)"
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why}; run `bash scripts/services/postgres.sh start` and export the \
-         variables of target/services/postgres.env"
-    );
-    None
+    saga_testkit::ci::unavailable(
+        test,
+        &format!(
+            "{why}; run `bash scripts/services/postgres.sh start` and export the variables of \
+             target/services/postgres.env"
+        ),
+    )
 }
 
 /// The URL without its password, for messages.
