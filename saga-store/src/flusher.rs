@@ -25,7 +25,6 @@
 use std::fmt;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,9 +33,11 @@ use tokio::sync::watch;
 
 use saga_core::store::StoreError;
 
-use crate::disk::{DiskSync, Faults};
+use crate::disk::DiskSync;
+#[cfg(feature = "fault-injection")]
+use crate::faults::Faults;
 use crate::redo::{self, Redo};
-use crate::wal::io::{RealIo, WalFile, WalIo};
+use crate::sync_io::SegmentIo;
 use crate::wal::{Lsn, Wal, WalError, WalOptions, WalProgress};
 
 /// The longest time between checkpoints.
@@ -79,8 +80,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(20);
 /// checkpoint, unless the store failed) when dropped.
 pub(crate) struct Flusher {
     inner: Arc<Inner>,
-    faults: Faults,
-    io: Arc<FaultyIo>,
+    io: Arc<SegmentIo>,
     /// Syncs of the log made by opening it, left out of [`Flusher::syncs`].
     syncs_at_open: u64,
     checkpointer: Option<JoinHandle<()>>,
@@ -169,8 +169,7 @@ impl Flusher {
         tuning: Tuning,
         replay: impl FnOnce(Vec<(Lsn, Vec<u8>)>) -> Result<(), StoreError>,
     ) -> Result<Self, StoreError> {
-        let faults = Faults::default();
-        let io = Arc::new(FaultyIo { faults: faults.clone(), syncs: Arc::default() });
+        let io = Arc::new(SegmentIo::default());
         let waiters = Arc::new(Waiters::default());
         let released = waiters.clone();
         let apply = Box::new(move |group: Vec<(Lsn, ())>| {
@@ -213,8 +212,8 @@ impl Flusher {
                 context: "starting the checkpointer thread".into(),
                 source,
             })?;
-        let syncs_at_open = io.syncs.load(Ordering::Relaxed);
-        Ok(Flusher { inner, faults, io, syncs_at_open, checkpointer: Some(checkpointer) })
+        let syncs_at_open = io.syncs();
+        Ok(Flusher { inner, io, syncs_at_open, checkpointer: Some(checkpointer) })
     }
 
     /// Fails if an earlier sync or checkpoint failed, so that no write is made that could never
@@ -237,8 +236,9 @@ impl Flusher {
     }
 
     /// The handle that arms a sync failure, for tests.
+    #[cfg(feature = "fault-injection")]
     pub(crate) fn faults(&self) -> &Faults {
-        &self.faults
+        self.io.faults()
     }
 
     /// Waits until the log entry of `ticket` is durable.
@@ -272,7 +272,7 @@ impl Flusher {
 
     /// How many times the log was synced to acknowledge writes since the store opened.
     pub(crate) fn syncs(&self) -> u64 {
-        self.io.syncs.load(Ordering::Relaxed).saturating_sub(self.syncs_at_open)
+        self.io.syncs().saturating_sub(self.syncs_at_open)
     }
 }
 
@@ -422,98 +422,5 @@ pub(crate) fn wal_error(error: WalError) -> StoreError {
             source: io::Error::new(source.kind(), source.to_string()),
         },
         other => StoreError::Unavailable(other.to_string()),
-    }
-}
-
-/// The real file system, with the sync failures armed through [`Faults`] and a count of the
-/// syncs of log segments (the syncs that acknowledge writes).
-#[derive(Debug)]
-struct FaultyIo {
-    faults: Faults,
-    syncs: Arc<AtomicU64>,
-}
-
-#[derive(Debug)]
-struct FaultyFile {
-    file: Box<dyn WalFile>,
-    /// A segment (its syncs acknowledge writes), not the checkpoint file.
-    segment: bool,
-    io_faults: Faults,
-    syncs: Arc<AtomicU64>,
-}
-
-impl FaultyIo {
-    fn wrap(&self, path: &Path, file: Box<dyn WalFile>) -> Box<dyn WalFile> {
-        let segment = path.extension().is_some_and(|e| e == "seg");
-        Box::new(FaultyFile {
-            file,
-            segment,
-            io_faults: self.faults.clone(),
-            syncs: self.syncs.clone(),
-        })
-    }
-}
-
-impl WalIo for FaultyIo {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        RealIo.create_dir_all(dir)
-    }
-
-    fn open(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
-        Ok(self.wrap(path, RealIo.open(path)?))
-    }
-
-    fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
-        Ok(self.wrap(path, RealIo.create(path)?))
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealIo.rename(from, to)
-    }
-
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        RealIo.remove(path)
-    }
-
-    fn list(&self, dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
-        RealIo.list(dir)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        RealIo.sync_dir(dir)
-    }
-}
-
-impl WalFile for FaultyFile {
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_at(buf, offset)
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.file.read_at(buf, offset)
-    }
-
-    fn len(&self) -> io::Result<u64> {
-        self.file.len()
-    }
-
-    fn sync_data(&self) -> io::Result<()> {
-        if !self.segment {
-            return self.file.sync_data();
-        }
-        self.io_faults.pass();
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        match self.io_faults.take() {
-            Some(error) => Err(error),
-            None => self.file.sync_data(),
-        }
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
-    }
-
-    fn allocate(&self, len: u64) -> io::Result<()> {
-        self.file.allocate(len)
     }
 }

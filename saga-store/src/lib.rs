@@ -3,8 +3,9 @@
 //!
 //! Main types: [`SledStore`] (opened with [`SledStore::open`], or, for tests only,
 //! [`SledStore::open_without_fsync`]) and [`Durability`]. Errors are
-//! [`saga_core::store::StoreError`]s. For tests, `SledStore::inject_sync_failure` (hidden from
-//! these docs) makes a coming sync fail as a failing `fdatasync` would.
+//! [`saga_core::store::StoreError`]s. With the `fault-injection` feature (for tests only),
+//! `SledStore::inject_sync_failure` (hidden from these docs) makes a coming sync fail as a
+//! failing `fdatasync` would.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -286,6 +287,8 @@ mod codec;
 mod contain;
 mod disk;
 mod environment;
+#[cfg(feature = "fault-injection")]
+mod faults;
 mod flusher;
 mod keys;
 mod leases;
@@ -295,8 +298,10 @@ mod records;
 mod redo;
 mod resources;
 mod store;
+mod sync_io;
 mod wal;
 
 #[doc(hidden)]
-pub use crate::disk::SyncHold;
+#[cfg(feature = "fault-injection")]
+pub use crate::faults::SyncHold;
 pub use crate::store::{Durability, SledStore};

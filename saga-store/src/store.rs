@@ -17,7 +17,9 @@ use saga_core::{OperationId, Resource};
 use crate::acks::{Acks, Hidden, StoredCancel};
 use crate::cancels::Requested;
 use crate::codec::decode_cancel;
-use crate::disk::{DiskSync, SyncHold};
+use crate::disk::DiskSync;
+#[cfg(feature = "fault-injection")]
+use crate::faults::SyncHold;
 use crate::flusher::{Flusher, Tuning};
 use crate::open::{open, Trees};
 use crate::records::Appended;
@@ -170,6 +172,7 @@ impl SledStore {
     /// [`StoreError::Unavailable`] if the store was opened without fsync ([`Durability::NoSync`]):
     /// it never syncs, so there is nothing to make fail.
     #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
     pub fn inject_sync_failure(&self, after: u64, error: std::io::Error) -> Result<(), StoreError> {
         let Some(flusher) = self.flusher.as_ref() else {
             return Err(StoreError::Unavailable(
@@ -191,6 +194,7 @@ impl SledStore {
     ///
     /// [`StoreError::Unavailable`] if the store was opened without fsync: it never syncs.
     #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
     pub fn hold_syncs(&self) -> Result<SyncHold, StoreError> {
         let Some(flusher) = self.flusher.as_ref() else {
             return Err(StoreError::Unavailable(

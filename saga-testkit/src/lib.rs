@@ -93,8 +93,8 @@
 #![forbid(unsafe_code)]
 
 mod builder;
-pub mod ci;
 mod checks;
+pub mod ci;
 pub mod conformance;
 mod crash_store;
 mod error;
