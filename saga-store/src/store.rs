@@ -39,8 +39,8 @@ pub enum Durability {
     NoSync,
 }
 
-/// A [`Store`] in a sled database directory. See the [crate docs](crate) for the layout and how
-/// durability works.
+/// A [`Store`] in a sled database directory. The repository's `ARCHITECTURE.md` ("The sled
+/// store as built") gives its layout and how durability works.
 ///
 /// One process at a time opens a store: a second one gets [`StoreError::Locked`]. Dropping the
 /// store stops its flusher thread (after a last sync) and closes the database, so the same path
