@@ -11,6 +11,7 @@ use saga_benches::fixtures::{self, PERIOD_END_MS, PERIOD_START_MS, REPORTED_ENVI
 use saga_benches::runtime;
 use saga_core::report::activity_report;
 use saga_core::store::Store;
+use saga_core::Timestamp;
 use saga_store::SledStore;
 
 fn report(c: &mut Criterion) {
@@ -24,8 +25,8 @@ fn report(c: &mut Criterion) {
         .block_on(activity_report(
             store.as_ref(),
             REPORTED_ENVIRONMENT,
-            PERIOD_START_MS,
-            PERIOD_END_MS,
+            Timestamp::from_unix_ms(PERIOD_START_MS),
+            Timestamp::from_unix_ms(PERIOD_END_MS),
         ))
         .expect("the activity report");
     assert_eq!(rows.len(), 10_000, "the fixture puts 10,000 operations in the period");
@@ -39,7 +40,9 @@ fn report(c: &mut Criterion) {
         .throughput(Throughput::Elements(10_000));
     group.bench_function("100k_ops_10k_rows", |b| {
         b.to_async(&rt).iter(|| async {
-            activity_report(store.as_ref(), REPORTED_ENVIRONMENT, PERIOD_START_MS, PERIOD_END_MS)
+            let (since, until) =
+                (Timestamp::from_unix_ms(PERIOD_START_MS), Timestamp::from_unix_ms(PERIOD_END_MS));
+            activity_report(store.as_ref(), REPORTED_ENVIRONMENT, since, until)
                 .await
                 .expect("the activity report")
         })

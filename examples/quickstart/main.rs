@@ -88,7 +88,7 @@ use saga_core::executor::RecoveryReport;
 use saga_core::log::{render_log, FollowEvent, OperationLogLayer};
 use saga_core::report::{activity_report, write_activity_csv};
 use saga_core::store::{Problem, Store};
-use saga_core::{CancelAnswer, Executor, OperationId, Outcome, Resource, Start};
+use saga_core::{CancelAnswer, Executor, OperationId, Outcome, Resource, Start, Timestamp};
 use saga_store::SledStore;
 use saga_store_postgres::{PostgresOptions, PostgresStore};
 use tracing_subscriber::prelude::*;
@@ -298,8 +298,10 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
         }
         Command::Report { store, since_ms, until_ms } => {
             let (executor, _world) = open(&store).await?;
+            let (since, until) =
+                (Timestamp::from_unix_ms(since_ms), Timestamp::from_unix_ms(until_ms));
             let rows =
-                activity_report(executor.store().as_ref(), ENVIRONMENT, since_ms, until_ms).await?;
+                activity_report(executor.store().as_ref(), ENVIRONMENT, since, until).await?;
             // Into memory first, so that a failed write of stdout is told like any other.
             let mut csv = Vec::new();
             write_activity_csv(&rows, &mut csv)?;

@@ -490,3 +490,8 @@ pub struct EndEvent {
     /// Why the stream ends without an outcome, if it does.
     pub problem: Option<String>,
 }
+
+/// Unix milliseconds as the API spells times: RFC 3339 in UTC with milliseconds.
+pub(crate) fn rfc3339(ms: u64) -> String {
+    saga_core::Timestamp::from_unix_ms(ms).to_string()
+}

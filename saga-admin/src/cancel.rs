@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 
 use crate::admin::{operation_id, Admin};
-use saga_core::log::format_rfc3339_ms;
+use crate::api::rfc3339;
 use saga_core::CancelAnswer;
 
 use crate::api::{CancelAccepted, CancelBody, CancelInfo};
@@ -78,7 +78,7 @@ pub(crate) async fn cancel(
             Some(CancelInfo {
                 actor: pending.actor,
                 reason: pending.reason,
-                at: Some(format_rfc3339_ms(pending.at_ms)),
+                at: Some(rfc3339(pending.at_ms)),
             }),
         ),
         other => (other.to_string(), None),

@@ -1,10 +1,10 @@
 //! `GET /api/v1/me`, the listing of an environment's Operations, and one Operation.
 
+use crate::api::rfc3339;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use saga_core::log::format_rfc3339_ms;
 use saga_core::report::ActivityRow;
 use saga_core::state::OperationState;
 use saga_core::store::StoreError;
@@ -127,8 +127,8 @@ fn summary(environment: &str, row: &ActivityRow) -> OperationSummary {
         resource_type: row.resource_type.clone(),
         resource: row.resource.clone(),
         actor: row.actor.clone(),
-        created_at: if named { format_rfc3339_ms(row.created_ms) } else { String::new() },
-        finished_at: row.finished_ms.map(format_rfc3339_ms),
+        created_at: if named { row.created.to_string() } else { String::new() },
+        finished_at: row.finished.map(|t| t.to_string()),
         duration_seconds: row.duration_secs(),
         failed_step: row.failed_step.clone(),
         failure: row.failure.clone(),
@@ -164,7 +164,7 @@ pub(crate) async fn detail(
             detail.cancel_pending = now.pending_cancel().map(|r| CancelInfo {
                 actor: r.actor.clone(),
                 reason: r.reason.clone(),
-                at: Some(format_rfc3339_ms(r.at_ms)),
+                at: Some(rfc3339(r.at_ms)),
             });
         }
         Err(e @ (Error::Halted { .. } | Error::Unrecoverable { .. })) => {

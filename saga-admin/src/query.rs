@@ -4,8 +4,6 @@
 use std::collections::HashSet;
 
 use saga_core::OperationId;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use crate::api::Status;
 use crate::error::ApiError;
@@ -106,9 +104,11 @@ pub(crate) fn parse_time(parameter: &'static str, value: &str) -> Result<u64, Ap
             format!("{value:?} is not an RFC 3339 time (like 2025-01-31T00:00:00Z): {why}"),
         )
     };
-    let time = OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| bad(e.to_string()))?;
-    let ms = time.unix_timestamp_nanos() / 1_000_000;
-    u64::try_from(ms).map_err(|_| bad("it is before 1970".to_owned()))
+    match text.parse::<saga_core::Timestamp>() {
+        Ok(time) => Ok(time.unix_ms()),
+        Err(saga_core::Error::InvalidTimestamp { why, .. }) => Err(bad(why)),
+        Err(other) => Err(bad(other.to_string())),
+    }
 }
 
 /// A period's ends must be in order.

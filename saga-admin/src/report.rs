@@ -4,11 +4,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use saga_core::log::format_rfc3339_ms;
-use saga_core::report::{
-    activity_report, iso_week_containing, weekly_activity_report, write_activity_csv,
-};
-use saga_core::store::now_ms;
+use saga_core::report::{activity_report, write_activity_csv};
+use saga_core::{Timestamp, Week};
 
 use crate::admin::{query_pairs, Admin};
 use crate::error::ApiError;
@@ -25,22 +22,20 @@ pub(crate) async fn csv(
     let period = report_period(&query_pairs(query)?)?;
     check_environment(&grant, &environment)?;
     let store = admin.executor.store().as_ref();
-    let (rows, (since, until)) = match period {
+    let Week { since, until } = match period {
         Some((since, until)) => {
-            (activity_report(store, &environment, since, until).await?, (since, until))
+            Week { since: Timestamp::from_unix_ms(since), until: Timestamp::from_unix_ms(until) }
         }
-        None => {
-            let now = now_ms();
-            (weekly_activity_report(store, &environment, now).await?, iso_week_containing(now))
-        }
+        None => Timestamp::now().iso_week(),
     };
+    let rows = activity_report(store, &environment, since, until).await?;
     let mut body = Vec::new();
     write_activity_csv(&rows, &mut body)?;
     let filename = format!(
         "activity-{}-{}-{}.csv",
         file_safe(&environment),
-        file_safe(&format_rfc3339_ms(since)),
-        file_safe(&format_rfc3339_ms(until))
+        file_safe(&since.to_string()),
+        file_safe(&until.to_string())
     );
     let mut response = body.into_response();
     let headers = response.headers_mut();

@@ -3,13 +3,14 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use crate::api::rfc3339;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{FutureExt as _, Stream};
-use saga_core::log::{format_rfc3339_ms, render_log, FollowEvent, LogLine, LogSource};
+use saga_core::log::{render_log, FollowEvent, LogLine, LogSource};
 use saga_core::state::Phase;
 use saga_core::{Executor, OperationId};
 use tokio::sync::mpsc;
@@ -154,7 +155,7 @@ async fn follow(
 fn line_event(line: &LogLine) -> Event {
     let data = LogEvent {
         seq: line.seq,
-        at: format_rfc3339_ms(line.at_ms),
+        at: rfc3339(line.at_ms),
         level: line.level.to_string(),
         source: match line.source {
             LogSource::Engine => "engine".to_owned(),

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use saga_core::log::{format_rfc3339_ms, Record, RecordKind};
+use crate::api::rfc3339;
+use saga_core::log::{Record, RecordKind};
 use saga_core::report::ActivityStatus;
 use saga_core::state::{Compensation, Execution, OperationState};
 use saga_core::Outcome;
@@ -21,7 +22,7 @@ pub(crate) fn detail(records: &[Record], state: &OperationState) -> OperationDet
         _ => Vec::new(),
     };
     let cancel_at = records.iter().find_map(|r| match r.kind {
-        RecordKind::CancelRequested { .. } => Some(format_rfc3339_ms(r.at_ms)),
+        RecordKind::CancelRequested { .. } => Some(rfc3339(r.at_ms)),
         _ => None,
     });
     let (attempts, compensations) = attempts(records);
@@ -47,7 +48,7 @@ pub(crate) fn detail(records: &[Record], state: &OperationState) -> OperationDet
             StepTimeline {
                 name: step.name.clone(),
                 status,
-                started_at: format_rfc3339_ms(step.first_started_ms),
+                started_at: rfc3339(step.first_started_ms),
                 ended_at: attempts.last().and_then(|a| a.ended_at.clone()),
                 attempts,
                 compensation: CompensationTimeline {
@@ -73,8 +74,8 @@ pub(crate) fn detail(records: &[Record], state: &OperationState) -> OperationDet
         resource_type: state.resource().kind.clone(),
         resource: state.resource().name.clone(),
         actor: state.actor().to_owned(),
-        created_at: format_rfc3339_ms(state.created_ms()),
-        finished_at: state.finished_ms().map(format_rfc3339_ms),
+        created_at: rfc3339(state.created_ms()),
+        finished_at: state.finished_ms().map(rfc3339),
         cancel: state.cancel().map(|(actor, reason)| CancelInfo {
             actor: actor.to_owned(),
             reason: reason.to_owned(),
@@ -87,9 +88,9 @@ pub(crate) fn detail(records: &[Record], state: &OperationState) -> OperationDet
             .map(|r| CancelRefusal {
                 actor: r.actor.clone(),
                 reason: r.reason.clone(),
-                requested_at: format_rfc3339_ms(r.requested_ms),
+                requested_at: rfc3339(r.requested_ms),
                 refusal: r.refusal.clone(),
-                at: format_rfc3339_ms(r.at_ms),
+                at: rfc3339(r.at_ms),
             })
             .collect(),
         failure: pair(state.failure()),
@@ -156,7 +157,7 @@ fn start(list: &mut Vec<(u64, Attempt)>, attempt: u32, at_ms: u64) {
     }
     let attempt = Attempt {
         attempt,
-        started_at: format_rfc3339_ms(at_ms),
+        started_at: rfc3339(at_ms),
         ended_at: None,
         duration_ms: None,
         result: AttemptResult::Running,
@@ -176,7 +177,7 @@ fn end(
     else {
         return;
     };
-    open.ended_at = Some(format_rfc3339_ms(at_ms));
+    open.ended_at = Some(rfc3339(at_ms));
     open.duration_ms = Some(at_ms.saturating_sub(*started));
     open.result = result;
     open.error = error.cloned();

@@ -57,6 +57,14 @@ pub enum Error {
     /// The text is not an Operation id.
     #[error("{0:?} is not an operation id")]
     InvalidOperationId(String),
+    /// The text is not an RFC 3339 time at or after the Unix epoch.
+    #[error("{text:?} is not a time (RFC 3339, at or after 1970-01-01T00:00:00Z): {why}")]
+    InvalidTimestamp {
+        /// The text.
+        text: String,
+        /// Why it is not one.
+        why: String,
+    },
     /// The text is not a fencing token (`<operation>/<epoch>`).
     #[error("{0:?} is not a fencing token (<operation>/<epoch>)")]
     InvalidFencingToken(String),

@@ -6,16 +6,17 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use ulid::Ulid;
 
 use crate::error::Error;
 
-const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
 /// The id of one Operation.
 ///
-/// The top 48 bits are the creation time in Unix milliseconds and the low 80 bits are random, as
-/// in a ULID, so ids sort by creation time. Ids made by one process are strictly increasing even
-/// within one millisecond. Displayed as 26 characters of Crockford base 32.
+/// A [ULID](https://github.com/ulid/spec) (made and spelt by the `ulid` crate): the top 48 bits
+/// are the creation time in Unix milliseconds and the low 80 bits are random, so ids sort by
+/// creation time. Ids made by one process are strictly increasing even within one millisecond
+/// (the next id of a millisecond is the last one plus one). Displayed as 26 characters of
+/// Crockford base 32; parsing ignores case.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OperationId(u128);
 
@@ -24,9 +25,9 @@ static LAST: Mutex<u128> = Mutex::new(0);
 impl OperationId {
     /// A new id for an Operation created now.
     pub fn new() -> Self {
-        let candidate = (u128::from(now_ms()) << 80) | (fastrand::u128(..) >> 48);
+        let candidate = Ulid::from_parts(now_ms(), fastrand::u128(..)).0;
         let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let id = if candidate > *last { candidate } else { *last + 1 };
+        let id = if candidate > *last { candidate } else { last.saturating_add(1) };
         *last = id;
         OperationId(id)
     }
@@ -55,16 +56,7 @@ impl Default for OperationId {
 
 impl fmt::Display for OperationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut out = [0u8; 26];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let shift = 5 * (25 - i);
-            *slot = ALPHABET[((self.0 >> shift) & 0x1f) as usize];
-        }
-        // The alphabet is ASCII, so this cannot fail; fall back to hex rather than panic.
-        match std::str::from_utf8(&out) {
-            Ok(text) => f.write_str(text),
-            Err(_) => write!(f, "{:032x}", self.0),
-        }
+        fmt::Display::fmt(&Ulid(self.0), f)
     }
 }
 
@@ -77,21 +69,14 @@ impl fmt::Debug for OperationId {
 impl FromStr for OperationId {
     type Err = Error;
 
+    /// 26 characters of Crockford base 32, any case; the first at most `7` (128 bits).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = || Error::InvalidOperationId(text.to_owned());
-        if text.len() != 26 {
+        // The ULID decoder drops the bits past 128 that a first character above 7 would give.
+        if !text.as_bytes().first().is_some_and(|c| (b'0'..=b'7').contains(c)) {
             return Err(invalid());
         }
-        let mut value: u128 = 0;
-        for (i, c) in text.bytes().enumerate() {
-            let c = c.to_ascii_uppercase();
-            let digit = ALPHABET.iter().position(|&a| a == c).ok_or_else(invalid)? as u128;
-            if i == 0 && digit > 7 {
-                return Err(invalid());
-            }
-            value = (value << 5) | digit;
-        }
-        Ok(OperationId(value))
+        Ulid::from_string(text).map(|ulid| OperationId(ulid.0)).map_err(|_| invalid())
     }
 }
 
@@ -115,5 +100,9 @@ mod tests {
         assert_eq!(parsed, a);
         assert!("not-an-id".parse::<OperationId>().is_err());
         assert!("ZZZZZZZZZZZZZZZZZZZZZZZZZZ".parse::<OperationId>().is_err());
+        assert!("".parse::<OperationId>().is_err());
+        assert!("0000000000000000000000000U".parse::<OperationId>().is_err());
+        let lower: OperationId = a.to_string().to_lowercase().parse().expect("any case");
+        assert_eq!(lower, a);
     }
 }

@@ -75,6 +75,7 @@ mod retry;
 pub mod saga;
 pub mod step;
 pub mod store;
+mod timestamp;
 mod wrapper;
 
 pub use crate::error::{Error, ErrorKind, Result, StepError};
@@ -86,6 +87,7 @@ pub use crate::record::{NotUndone, NotUndoneReason, Outcome, Resource, RollbackC
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::Saga;
 pub use crate::step::{Executed, FencingToken, Step, StepContext, StepKind};
+pub use crate::timestamp::{Timestamp, Week};
 
 /// Re-exported so that steps and stores implement the traits with the same macro version.
 pub use async_trait::async_trait;
@@ -99,7 +101,7 @@ pub use tokio_util::sync::CancellationToken;
 pub mod log {
     pub use crate::capture::OperationLogLayer;
     pub use crate::executor::{FollowEvent, LogFollower, DEFAULT_LOG_RETENTION};
-    pub use crate::oplog::{format_rfc3339_ms, render_log, LogLevel, LogLine, LogSource};
+    pub use crate::oplog::{render_log, LogLevel, LogLine, LogSource};
     pub use crate::record::{Record, RecordKind};
 }
 

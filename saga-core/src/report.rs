@@ -18,9 +18,9 @@ use std::io;
 use crate::error::{Error, Result, StoreError};
 use crate::fold::{OperationState, Phase};
 use crate::id::OperationId;
-use crate::oplog::format_rfc3339_ms;
 use crate::record::{Outcome, Record};
 use crate::store::Store;
+use crate::timestamp::Timestamp;
 
 /// The CSV header, in column order: the Operation's identity and timing, then how it ended
 /// (`failed step` and `failure`: the step failure that started the rollback and its error;
@@ -68,12 +68,12 @@ pub struct ActivityRow {
     pub resource: String,
     /// Who started it (empty if unknown, as `operation_type`).
     pub actor: String,
-    /// When it was created (Unix ms). In a damaged row, from its `OperationCreated` record if
-    /// that read, else the time in its id; 0 (and an empty cell) in the row of an index entry
-    /// that names no Operation.
-    pub created_ms: u64,
-    /// When it finished (Unix ms), if it did.
-    pub finished_ms: Option<u64>,
+    /// When it was created. In a damaged row, from its `OperationCreated` record if that read,
+    /// else the time in its id; the epoch (and an empty cell) in the row of an index entry that
+    /// names no Operation.
+    pub created: Timestamp,
+    /// When it finished, if it did.
+    pub finished: Option<Timestamp>,
     /// The step whose failure started the rollback, or the step that needs (or needed)
     /// attention, if any.
     pub failed_step: Option<String>,
@@ -184,8 +184,8 @@ impl ActivityRow {
             resource_type: state.resource.kind.clone(),
             resource: state.resource.name.clone(),
             actor: state.actor.clone(),
-            created_ms: state.created_ms,
-            finished_ms: state.finished_ms,
+            created: Timestamp::from_unix_ms(state.created_ms),
+            finished: state.finished_ms.map(Timestamp::from_unix_ms),
             failed_step,
             not_undone,
             failure,
@@ -212,8 +212,8 @@ impl ActivityRow {
             resource_type: String::new(),
             resource: String::new(),
             actor: String::new(),
-            created_ms: operation.created_ms(),
-            finished_ms: None,
+            created: Timestamp::from_unix_ms(operation.created_ms()),
+            finished: None,
             failed_step: None,
             not_undone: Vec::new(),
             failure: None,
@@ -229,7 +229,7 @@ impl ActivityRow {
     /// The damaged row of an index entry that names no Operation (its key or value does not
     /// decode), saying why: its `operation` is [`ActivityRow::NO_OPERATION`].
     pub fn damaged_entry(problem: impl fmt::Display) -> Self {
-        ActivityRow { created_ms: 0, ..Self::damaged(Self::NO_OPERATION, problem) }
+        ActivityRow { created: Timestamp::UNIX_EPOCH, ..Self::damaged(Self::NO_OPERATION, problem) }
     }
 
     /// Whether the row is of an Operation: false only for the row of an index entry that names
@@ -240,7 +240,7 @@ impl ActivityRow {
 
     /// The duration in seconds, once finished.
     pub fn duration_secs(&self) -> Option<f64> {
-        self.finished_ms.map(|f| f.saturating_sub(self.created_ms) as f64 / 1000.0)
+        self.finished.map(|f| f.unix_ms().saturating_sub(self.created.unix_ms()) as f64 / 1000.0)
     }
 
     /// The cells, in [`ACTIVITY_COLUMNS`] order, before neutralisation. An absent value is an
@@ -254,8 +254,8 @@ impl ActivityRow {
             self.resource_type.clone(),
             self.resource.clone(),
             self.actor.clone(),
-            if named { format_rfc3339_ms(self.created_ms) } else { String::new() },
-            self.finished_ms.map(format_rfc3339_ms).unwrap_or_default(),
+            if named { self.created.to_string() } else { String::new() },
+            self.finished.map(|t| t.to_string()).unwrap_or_default(),
             self.duration_secs().map(|d| format!("{d:.3}")).unwrap_or_default(),
             self.failed_step.clone().unwrap_or_default(),
             self.not_undone.join("; "),
@@ -270,7 +270,7 @@ impl ActivityRow {
     }
 }
 
-/// The rows of every Operation of `environment` created in `[since_ms, until_ms)`, in creation
+/// The rows of every Operation of `environment` created in `[since, until)`, in creation
 /// order, including Operations on resources deleted since. Served from the store's environment
 /// index: only those Operations' records are read.
 ///
@@ -291,10 +291,10 @@ impl ActivityRow {
 pub async fn activity_report(
     store: &dyn Store,
     environment: &str,
-    since_ms: u64,
-    until_ms: u64,
+    since: Timestamp,
+    until: Timestamp,
 ) -> Result<Vec<ActivityRow>> {
-    let listing = store.list_environment(environment, since_ms, until_ms).await?;
+    let listing = store.list_environment(environment, since.unix_ms(), until.unix_ms()).await?;
     let mut rows = Vec::with_capacity(listing.ids.len() + listing.damaged.len());
     for id in listing.ids {
         let records = match store.read(id).await {
@@ -343,7 +343,7 @@ fn illegal_log_row(
         row.resource_type = created.resource.kind;
         row.resource = created.resource.name;
         row.actor = created.actor;
-        row.created_ms = created.created_ms;
+        row.created = Timestamp::from_unix_ms(created.created_ms);
     }
     Some(row)
 }
@@ -442,27 +442,14 @@ pub fn write_activity_csv(rows: &[ActivityRow], out: impl io::Write) -> Result<(
     Ok(())
 }
 
-/// The ISO week (Monday 00:00 UTC to the next Monday) that contains `ms`, as `[since, until)`;
-/// the week of 1970-01-01 to 1970-01-04 starts at 0, since no time is earlier.
-pub fn iso_week_containing(ms: u64) -> (u64, u64) {
-    const DAY: u64 = 86_400_000;
-    let days = ms / DAY;
-    // 1970-01-01 was a Thursday: Monday-based weekday is (days + 3) % 7. The week of the first
-    // days of 1970 began before the epoch: it starts at 0 (no time is earlier).
-    let monday = days.checked_sub((days + 3) % 7);
-    let start = monday.map_or(0, |m| m.saturating_mul(DAY));
-    let end = monday.map_or(4, |m| m.saturating_add(7)).saturating_mul(DAY);
-    (start, end)
-}
-
-/// The activity report of the ISO week that contains `ms`.
+/// The activity report of the ISO week that contains `at` ([`Timestamp::iso_week`]).
 pub async fn weekly_activity_report(
     store: &dyn Store,
     environment: &str,
-    ms: u64,
+    at: Timestamp,
 ) -> Result<Vec<ActivityRow>> {
-    let (since, until) = iso_week_containing(ms);
-    activity_report(store, environment, since, until).await
+    let week = at.iso_week();
+    activity_report(store, environment, week.since, week.until).await
 }
 
 #[cfg(test)]
@@ -574,7 +561,7 @@ mod tests {
         let row = ActivityRow::damaged(id, "gone");
         assert!(row.names_operation());
         assert_eq!(row.cells()[0], id.to_string());
-        assert_eq!(row.created_ms, id.created_ms());
+        assert_eq!(row.created.unix_ms(), id.created_ms());
     }
 
     #[test]
@@ -603,33 +590,5 @@ mod tests {
             "damaged",
         ];
         assert_eq!(words, expected);
-    }
-
-    #[test]
-    fn iso_weeks_start_on_monday() {
-        // 2024-03-06 (a Wednesday) 12:00 UTC is in the week of Monday 2024-03-04.
-        let (since, until) = iso_week_containing(1_709_726_400_000);
-        assert_eq!(format_rfc3339_ms(since), "2024-03-04T00:00:00.000Z");
-        assert_eq!(format_rfc3339_ms(until), "2024-03-11T00:00:00.000Z");
-        // A Monday at midnight is the start of its own week.
-        assert_eq!(iso_week_containing(since).0, since);
-        // A Sunday late is in the week before.
-        assert_eq!(iso_week_containing(since - 1).1, since);
-    }
-
-    #[test]
-    fn the_week_of_the_first_days_of_1970_starts_at_the_epoch_without_a_panic() {
-        // Thursday 1970-01-01 to Sunday 1970-01-04: the week of Monday 1969-12-29, from 0.
-        let monday = "1970-01-05T00:00:00.000Z";
-        for ms in [0, 1, 86_400_000 * 3, 86_400_000 * 4 - 1] {
-            let (since, until) = iso_week_containing(ms);
-            assert_eq!((since, format_rfc3339_ms(until).as_str()), (0, monday), "{ms}");
-        }
-        let (since, until) = iso_week_containing(86_400_000 * 4);
-        assert_eq!(format_rfc3339_ms(since), monday);
-        assert_eq!(format_rfc3339_ms(until), "1970-01-12T00:00:00.000Z");
-        // The far end neither wraps nor panics.
-        let (since, until) = iso_week_containing(u64::MAX);
-        assert!(since < until && since > u64::MAX - 8 * 86_400_000, "{since} {until}");
     }
 }

@@ -336,7 +336,7 @@ async fn report_is_the_activity_csv() {
     let rows = saga_core::report::weekly_activity_report(
         s.executor.store().as_ref(),
         "staging",
-        saga_core::store::now_ms(),
+        saga_core::Timestamp::now(),
     )
     .await
     .unwrap();

@@ -9,6 +9,7 @@ use saga_core::log::RecordKind;
 use saga_core::report::{activity_report, ActivityStatus};
 use saga_core::state::Phase;
 use saga_core::store::Store;
+use saga_core::Timestamp;
 use saga_core::{
     async_trait, Error, Executed, Executor, MemoryStore, OperationId, Outcome, Resource,
     RetryPolicy, Saga, Start, Step, StepContext, StepError, StepKind,
@@ -140,7 +141,14 @@ async fn a_step_failing_past_the_point_of_no_return_stops_for_attention_after_it
     );
 
     // The report shows it, naming the step and its last error.
-    let rows = activity_report(store.as_ref(), "test", 0, u64::MAX).await.expect("report");
+    let rows = activity_report(
+        store.as_ref(),
+        "test",
+        Timestamp::from_unix_ms(0),
+        Timestamp::from_unix_ms(u64::MAX),
+    )
+    .await
+    .expect("report");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, ActivityStatus::NeedsAttention);
     assert_eq!(rows[0].status.to_string(), "needs attention");
@@ -220,7 +228,14 @@ async fn an_abandoned_operation_says_who_abandoned_it_in_its_verdict_and_report(
     assert_eq!(other.status(id).await.expect("status").outcome(), Some(&expected));
     assert_eq!(fixture.after.load(Ordering::SeqCst), 0, "the steps after it never ran");
 
-    let rows = activity_report(store.as_ref(), "test", 0, u64::MAX).await.expect("report");
+    let rows = activity_report(
+        store.as_ref(),
+        "test",
+        Timestamp::from_unix_ms(0),
+        Timestamp::from_unix_ms(u64::MAX),
+    )
+    .await
+    .expect("report");
     assert_eq!(rows[0].status, ActivityStatus::Abandoned);
     assert_eq!(rows[0].abandoned_by.as_deref(), Some("alice"));
     assert_eq!(rows[0].abandon_reason.as_deref(), Some("migrating by hand"));

@@ -9,6 +9,7 @@ use saga_core::report::{
     ACTIVITY_COLUMNS,
 };
 use saga_core::store::now_ms;
+use saga_core::Timestamp;
 use saga_core::{
     async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start, Step,
     StepContext, StepError, StepKind,
@@ -169,14 +170,41 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
         run_in(&executor, "deploy", "staging", Resource::new("app", "web"), "carol").await;
     let after = now_ms() + 1;
 
-    let rows = activity_report(store.as_ref(), "prod", before, after).await.unwrap();
+    let rows = activity_report(
+        store.as_ref(),
+        "prod",
+        Timestamp::from_unix_ms(before),
+        Timestamp::from_unix_ms(after),
+    )
+    .await
+    .unwrap();
     assert_eq!(rows.iter().map(|r| r.operation).collect::<Vec<_>>(), prod);
-    assert!(activity_report(store.as_ref(), "prod", after, after + 10_000)
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(activity_report(store.as_ref(), "prod", 0, before).await.unwrap().is_empty());
-    let staged = activity_report(store.as_ref(), "staging", before, after).await.unwrap();
+    assert!(activity_report(
+        store.as_ref(),
+        "prod",
+        Timestamp::from_unix_ms(after),
+        Timestamp::from_unix_ms(after + 10_000)
+    )
+    .await
+    .unwrap()
+    .is_empty());
+    assert!(activity_report(
+        store.as_ref(),
+        "prod",
+        Timestamp::from_unix_ms(0),
+        Timestamp::from_unix_ms(before)
+    )
+    .await
+    .unwrap()
+    .is_empty());
+    let staged = activity_report(
+        store.as_ref(),
+        "staging",
+        Timestamp::from_unix_ms(before),
+        Timestamp::from_unix_ms(after),
+    )
+    .await
+    .unwrap();
     assert_eq!(staged.iter().map(|r| r.operation).collect::<Vec<_>>(), [staging]);
 
     let resize = &rows[2];
@@ -209,8 +237,37 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     let purged = executor.purge_logs_older_than(Duration::ZERO).await.unwrap();
     assert!(purged > 0);
     assert!(executor.log(prod[0]).await.unwrap().is_empty());
-    assert_eq!(activity_report(store.as_ref(), "prod", before, after).await.unwrap(), rows);
+    assert_eq!(
+        activity_report(
+            store.as_ref(),
+            "prod",
+            Timestamp::from_unix_ms(before),
+            Timestamp::from_unix_ms(after)
+        )
+        .await
+        .unwrap(),
+        rows
+    );
     assert_eq!(executor.delete_environment("prod").await.unwrap(), 3);
-    assert!(activity_report(store.as_ref(), "prod", before, after).await.unwrap().is_empty());
-    assert_eq!(activity_report(store.as_ref(), "staging", before, after).await.unwrap().len(), 1);
+    assert!(activity_report(
+        store.as_ref(),
+        "prod",
+        Timestamp::from_unix_ms(before),
+        Timestamp::from_unix_ms(after)
+    )
+    .await
+    .unwrap()
+    .is_empty());
+    assert_eq!(
+        activity_report(
+            store.as_ref(),
+            "staging",
+            Timestamp::from_unix_ms(before),
+            Timestamp::from_unix_ms(after)
+        )
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
 }

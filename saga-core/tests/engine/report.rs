@@ -10,6 +10,7 @@ use saga_core::report::{
     ACTIVITY_COLUMNS,
 };
 use saga_core::store::{now_ms, Listing, Store, StoreError};
+use saga_core::Timestamp;
 use saga_core::{async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start};
 
 use crate::support::{poll_status, TestStep, World};
@@ -136,7 +137,14 @@ async fn write_log(store: &dyn Store, environment: &str, kinds: Vec<RecordKind>)
 async fn a_corrupt_operation_gets_a_damaged_row_in_its_place_and_the_others_still_list() {
     let (store, _executor, ids, before) = three_operations().await;
     store.corrupt(ids[1]);
-    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    let rows = activity_report(
+        store.as_ref(),
+        "prod",
+        Timestamp::from_unix_ms(before),
+        Timestamp::from_unix_ms(now_ms() + 1),
+    )
+    .await
+    .unwrap();
     assert_eq!(rows.len(), 3, "{rows:#?}");
     assert_normal(&rows[0], ids[0], "one");
     assert_normal(&rows[2], ids[2], "three");
@@ -173,7 +181,14 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
     )
     .await;
 
-    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    let rows = activity_report(
+        store.as_ref(),
+        "prod",
+        Timestamp::from_unix_ms(before),
+        Timestamp::from_unix_ms(now_ms() + 1),
+    )
+    .await
+    .unwrap();
     let got: Vec<(OperationId, ActivityStatus)> =
         rows.iter().map(|r| (r.operation, r.status)).collect();
     assert_eq!(
@@ -210,7 +225,14 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
     // The staging report has its own illegal Operation and nothing of prod's.
     store.damaged_entries.lock().unwrap().clear();
     store.dangling.lock().unwrap().clear();
-    let staged = activity_report(store.as_ref(), "staging", before, now_ms() + 1).await.unwrap();
+    let staged = activity_report(
+        store.as_ref(),
+        "staging",
+        Timestamp::from_unix_ms(before),
+        Timestamp::from_unix_ms(now_ms() + 1),
+    )
+    .await
+    .unwrap();
     assert_eq!(staged.len(), 1, "{staged:#?}");
     assert_eq!(staged[0].status, ActivityStatus::Damaged);
     assert!(!ids.contains(&staged[0].operation) && staged[0].operation != illegal);
@@ -228,7 +250,14 @@ async fn an_operation_whose_first_record_names_another_environment_stays_out() {
     .await;
     // The prod index names it by mistake: its log is illegal, yet its records say staging.
     store.dangling.lock().unwrap().push((0, elsewhere));
-    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    let rows = activity_report(
+        store.as_ref(),
+        "prod",
+        Timestamp::from_unix_ms(before),
+        Timestamp::from_unix_ms(now_ms() + 1),
+    )
+    .await
+    .unwrap();
     assert!(rows.is_empty(), "{rows:#?}");
 }
 
@@ -261,7 +290,14 @@ async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
     let failed = run_one(&executor, "resize", "db", "carol").await;
     let fine = run_one(&executor, "deploy", "web", "dave").await;
 
-    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    let rows = activity_report(
+        store.as_ref(),
+        "prod",
+        Timestamp::from_unix_ms(before),
+        Timestamp::from_unix_ms(now_ms() + 1),
+    )
+    .await
+    .unwrap();
     assert_eq!(rows.iter().map(|r| r.operation).collect::<Vec<_>>(), [cancelled, failed, fine]);
     let column = |name: &str| ACTIVITY_COLUMNS.iter().position(|c| *c == name).unwrap();
 
@@ -340,7 +376,14 @@ async fn the_csv_parses_back_with_damaged_rows_and_every_hostile_cell_neutralise
     store.corrupt(ids[2]);
     store.damaged_entries.lock().unwrap().push("=cmd|' /C calc'!A0".into());
 
-    let rows = activity_report(store.as_ref(), "prod", before, now_ms() + 1).await.unwrap();
+    let rows = activity_report(
+        store.as_ref(),
+        "prod",
+        Timestamp::from_unix_ms(before),
+        Timestamp::from_unix_ms(now_ms() + 1),
+    )
+    .await
+    .unwrap();
     assert_eq!(rows.len(), hostile.len() + 1);
     let mut bytes = Vec::new();
     write_activity_csv(&rows, &mut bytes).unwrap();
