@@ -404,7 +404,7 @@ async fn async_main(args: Args) -> Result<bool, BoxError> {
     let (resumed, unrecoverable) = runner.resume().await?;
     let mut all_succeeded = !unrecoverable;
     for (id, outcome) in &resumed {
-        all_succeeded &= outcome.status() == "succeeded";
+        all_succeeded &= outcome.status() == saga_core::Status::Succeeded;
         report(&runner, *id).await?;
     }
     if !resumed.is_empty() || unrecoverable {
@@ -421,7 +421,7 @@ async fn async_main(args: Args) -> Result<bool, BoxError> {
     let (id, outcome) = runner.run(SAGA, &p, resource, args.cancel_after).await?;
     report(&runner, id).await?;
     runner.shutdown().await;
-    Ok(outcome.status() == "succeeded")
+    Ok(outcome.status() == saga_core::Status::Succeeded)
 }
 
 /// Prints the downtime window and what happened inside it.

@@ -502,7 +502,8 @@ async fn async_main(args: Args) -> Result<bool, BoxError> {
     let (resumed, unrecoverable) = runner.resume().await?;
     if !resumed.is_empty() || unrecoverable {
         runner.shutdown().await;
-        return Ok(!unrecoverable && resumed.iter().all(|(_, o)| o.status() == "succeeded"));
+        return Ok(!unrecoverable
+            && resumed.iter().all(|(_, o)| o.status() == saga_core::Status::Succeeded));
     }
     let setup = set_up(&clients, &args).await?;
     let deploy = plan(&clients, &setup, &args, drain_ms).await?;
@@ -521,5 +522,5 @@ async fn async_main(args: Args) -> Result<bool, BoxError> {
     let resource = Resource::new("app", &args.app);
     let (_, outcome) = runner.run(SAGA, &deploy, resource, args.cancel_after).await?;
     runner.shutdown().await;
-    Ok(outcome.status() == "succeeded")
+    Ok(outcome.status() == saga_core::Status::Succeeded)
 }

@@ -1,125 +1,13 @@
 //! The JSON bodies of the HTTP API, as the router writes them and a client (the `saga` CLI)
 //! reads them. Times are RFC 3339 UTC strings with milliseconds; absent values are `null`.
 
-use std::fmt;
-use std::str::FromStr;
-
-use saga_core::report::ActivityStatus;
 use saga_core::{NotUndone, NotUndoneReason, Outcome};
 use serde::{Deserialize, Serialize};
 
-/// Where an Operation stands, as the API spells it (`snake_case` in JSON and in the `status`
-/// filter, which also takes the words with spaces or hyphens). `Display` gives the words of the
-/// activity report (`rolled back`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Status {
-    /// Going forward, or waiting for its turn on its resource.
-    Running,
-    /// Rolling back after a failure or a cancel.
-    RollingBack,
-    /// Past its point of no return, a step ran out of retries: an operator must act.
-    NeedsAttention,
-    /// Every step succeeded.
-    Succeeded,
-    /// Everything was undone.
-    RolledBack,
-    /// Some changes stay (see `not_undone`).
-    RollbackIncomplete,
-    /// An operator abandoned it while it needed attention.
-    Abandoned,
-    /// Its records could not be read or folded (see `problem`).
-    Damaged,
-    /// A status this release of saga-admin does not know.
-    Unknown,
-}
-
-impl Status {
-    /// Every status the `status` filter takes.
-    pub const ALL: [Status; 8] = [
-        Status::Running,
-        Status::RollingBack,
-        Status::NeedsAttention,
-        Status::Succeeded,
-        Status::RolledBack,
-        Status::RollbackIncomplete,
-        Status::Abandoned,
-        Status::Damaged,
-    ];
-
-    /// The status of an activity report's row.
-    pub fn of_activity(status: ActivityStatus) -> Self {
-        match status {
-            ActivityStatus::Running => Status::Running,
-            ActivityStatus::RollingBack => Status::RollingBack,
-            ActivityStatus::NeedsAttention => Status::NeedsAttention,
-            ActivityStatus::Succeeded => Status::Succeeded,
-            ActivityStatus::RolledBack => Status::RolledBack,
-            ActivityStatus::RollbackIncomplete => Status::RollbackIncomplete,
-            ActivityStatus::Abandoned => Status::Abandoned,
-            ActivityStatus::Damaged => Status::Damaged,
-            _ => Status::Unknown,
-        }
-    }
-
-    /// The status an outcome gives.
-    pub fn of_outcome(outcome: &Outcome) -> Self {
-        match outcome {
-            Outcome::Succeeded => Status::Succeeded,
-            Outcome::RolledBack { .. } => Status::RolledBack,
-            Outcome::RollbackIncomplete { .. } => Status::RollbackIncomplete,
-            Outcome::Abandoned { .. } => Status::Abandoned,
-        }
-    }
-
-    /// Whether the Operation reached its outcome.
-    pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            Status::Succeeded | Status::RolledBack | Status::RollbackIncomplete | Status::Abandoned
-        )
-    }
-
-    /// The `snake_case` name, as in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Running => "running",
-            Status::RollingBack => "rolling_back",
-            Status::NeedsAttention => "needs_attention",
-            Status::Succeeded => "succeeded",
-            Status::RolledBack => "rolled_back",
-            Status::RollbackIncomplete => "rollback_incomplete",
-            Status::Abandoned => "abandoned",
-            Status::Damaged => "damaged",
-            Status::Unknown => "unknown",
-        }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.as_str().replace('_', " "))
-    }
-}
-
-/// The text is not a status; the message lists the ones there are.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown status {0:?}: expected one of running, rolling_back, needs_attention, succeeded, rolled_back, rollback_incomplete, abandoned, damaged")]
-pub struct UnknownStatus(pub String);
-
-impl FromStr for Status {
-    type Err = UnknownStatus;
-
-    /// `rolled_back`, `rolled back` and `rolled-back` (any case) are the same status.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let wanted = text.trim().to_ascii_lowercase().replace([' ', '-'], "_");
-        Status::ALL
-            .into_iter()
-            .find(|s| s.as_str() == wanted)
-            .ok_or_else(|| UnknownStatus(text.to_owned()))
-    }
-}
+/// Where an Operation stands, as the API spells it: saga-core's one [`Status`] (`snake_case`
+/// in JSON and in the `status` filter, which also takes the words with spaces or hyphens;
+/// `Display` gives the words of the activity report, `rolled back`).
+pub use saga_core::{Status, UnknownStatus};
 
 /// The body of every error answer: a machine-readable `error` code, a `message` for people,
 /// and, for a bad request, the `parameter` at fault (`id`, `since`, `status`, `reason`...).

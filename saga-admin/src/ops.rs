@@ -93,7 +93,7 @@ pub(crate) async fn page(
             }
             Err(e) => ActivityRow::damaged(id, e),
         };
-        let status = Status::of_activity(row.status);
+        let status = row.status;
         if !query.accepts(status, &row.resource_type, &row.resource) {
             continue;
         }
@@ -123,7 +123,7 @@ fn summary(environment: &str, row: &ActivityRow) -> OperationSummary {
         id: if named { row.operation.to_string() } else { String::new() },
         environment: environment.to_owned(),
         saga: row.operation_type.clone(),
-        status: Status::of_activity(row.status),
+        status: row.status,
         resource_type: row.resource_type.clone(),
         resource: row.resource.clone(),
         actor: row.actor.clone(),

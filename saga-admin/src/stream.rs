@@ -135,8 +135,7 @@ async fn follow(
                     }
                 }
             }
-            let status =
-                crate::api::Status::of_activity(saga_core::report::ActivityStatus::of(&state));
+            let status = saga_core::Status::of(&state);
             let problem = state
                 .attention()
                 .map(|(step, error)| format!("step {step} needs attention: {error}"));

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use crate::api::rfc3339;
 use saga_core::log::{Record, RecordKind};
-use saga_core::report::ActivityStatus;
 use saga_core::state::{Compensation, Execution, OperationState};
 use saga_core::Outcome;
 
@@ -70,7 +69,7 @@ pub(crate) fn detail(records: &[Record], state: &OperationState) -> OperationDet
         environment: state.environment().to_owned(),
         saga: state.saga().to_owned(),
         version: state.version(),
-        status: Status::of_activity(ActivityStatus::of(state)),
+        status: Status::of(state),
         resource_type: state.resource().kind.clone(),
         resource: state.resource().name.clone(),
         actor: state.actor().to_owned(),

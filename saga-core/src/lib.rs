@@ -52,7 +52,7 @@
 //! let trip = Resource::new("trip", "t1");
 //! let id = executor.start(Start::new("book", trip).environment("dev").actor("bob")).await?;
 //! let outcome = executor.wait(id).await?;
-//! assert_eq!(outcome.status(), "rolled back");
+//! assert_eq!(outcome.status(), saga_core::Status::RolledBack);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -73,6 +73,7 @@ mod record;
 pub mod report;
 mod retry;
 pub mod saga;
+mod status;
 pub mod step;
 pub mod store;
 mod timestamp;
@@ -86,6 +87,7 @@ pub use crate::memory::MemoryStore;
 pub use crate::record::{NotUndone, NotUndoneReason, Outcome, Resource, RollbackCause};
 pub use crate::retry::RetryPolicy;
 pub use crate::saga::Saga;
+pub use crate::status::{Status, UnknownStatus};
 pub use crate::step::{Executed, FencingToken, Step, StepContext, StepKind};
 pub use crate::timestamp::{Timestamp, Week};
 

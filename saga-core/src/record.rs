@@ -344,14 +344,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// `succeeded`, `rolled back`, `rollback incomplete` or `abandoned`.
-    pub fn status(&self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::RolledBack { .. } => "rolled back",
-            Outcome::RollbackIncomplete { .. } => "rollback incomplete",
-            Outcome::Abandoned { .. } => "abandoned",
-        }
+    /// [`Status::Succeeded`](crate::Status::Succeeded), `RolledBack`, `RollbackIncomplete` or
+    /// `Abandoned`.
+    pub fn status(&self) -> crate::Status {
+        crate::Status::of_outcome(self)
     }
 }
 

@@ -4,7 +4,7 @@
 //! names into an [`ActivityRow`]. A report tells the whole story even when part of the store is
 //! damaged: an Operation whose records do not read (a corrupt record, a gap, an index entry
 //! naming an Operation the store does not have) or do not fold (an illegal log) gets a row of
-//! status [`ActivityStatus::Damaged`] in its place, saying why in its `problem`, and an index entry
+//! status [`Status::Damaged`] in its place, saying why in its `problem`, and an index entry
 //! that names no Operation at all gets such a row at the end. Only a store that cannot list, or
 //! that is unavailable while the report reads, fails the report as a whole.
 //!
@@ -16,9 +16,10 @@ use std::fmt;
 use std::io;
 
 use crate::error::{Error, Result, StoreError};
-use crate::fold::{OperationState, Phase};
+use crate::fold::OperationState;
 use crate::id::OperationId;
 use crate::record::{Outcome, Record};
+use crate::status::Status;
 use crate::store::Store;
 use crate::timestamp::Timestamp;
 
@@ -28,7 +29,7 @@ use crate::timestamp::Timestamp;
 /// `abandon reason`: the operator who abandoned an Operation that needed attention, whose step
 /// and last error are then `failed step` and `failure`; `cancels refused`: each cancel request
 /// refused because it came after the point of no return, with who asked, why, and why it was
-/// refused), and last `problem`, why a [`damaged`](ActivityStatus::Damaged) row's Operation
+/// refused), and last `problem`, why a [`damaged`](Status::Damaged) row's Operation
 /// could not be read.
 pub const ACTIVITY_COLUMNS: [&str; 18] = [
     "operation id",
@@ -59,9 +60,9 @@ pub struct ActivityRow {
     pub operation: OperationId,
     /// Its saga's name (empty in a damaged row whose `OperationCreated` record did not read).
     pub operation_type: String,
-    /// Where it stands; [`ActivityStatus::Damaged`] when its records could not be read or
+    /// Where it stands; [`Status::Damaged`] when its records could not be read or
     /// folded.
-    pub status: ActivityStatus,
+    pub status: Status,
     /// The resource's type (empty if unknown, as `operation_type`).
     pub resource_type: String,
     /// The resource's name (empty if unknown, as `operation_type`).
@@ -97,60 +98,9 @@ pub struct ActivityRow {
     pub problem: Option<String>,
 }
 
-/// Where an Operation of an activity report stands. `Display` gives the words of the report's
-/// `status` column.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ActivityStatus {
-    /// Every step succeeded (`succeeded`).
-    Succeeded,
-    /// Everything was undone (`rolled back`).
-    RolledBack,
-    /// Some changes stay, each named in `not undone` (`rollback incomplete`).
-    RollbackIncomplete,
-    /// Not finished, going forward or waiting for its turn (`running`).
-    Running,
-    /// Not finished, rolling back (`rolling back`).
-    RollingBack,
-    /// Not finished: past the point of no return a step ran out of its retry policy, and an
-    /// operator must retry or abandon it (`needs attention`).
-    NeedsAttention,
-    /// An operator abandoned it while it needed attention (`abandoned`).
-    Abandoned,
-    /// Its records could not be read or folded, or an index entry names no Operation
-    /// (`damaged`); the row's `problem` says why.
-    Damaged,
-}
-
-impl ActivityStatus {
-    /// The status of an Operation in this state.
-    pub fn of(state: &OperationState) -> Self {
-        match (&state.outcome, state.phase()) {
-            (Some(Outcome::Succeeded), _) => ActivityStatus::Succeeded,
-            (Some(Outcome::RolledBack { .. }), _) => ActivityStatus::RolledBack,
-            (Some(Outcome::RollbackIncomplete { .. }), _) => ActivityStatus::RollbackIncomplete,
-            (Some(Outcome::Abandoned { .. }), _) => ActivityStatus::Abandoned,
-            (None, Phase::RollingBack) => ActivityStatus::RollingBack,
-            (None, Phase::NeedsAttention) => ActivityStatus::NeedsAttention,
-            (None, _) => ActivityStatus::Running,
-        }
-    }
-}
-
-impl fmt::Display for ActivityStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ActivityStatus::Succeeded => "succeeded",
-            ActivityStatus::RolledBack => "rolled back",
-            ActivityStatus::RollbackIncomplete => "rollback incomplete",
-            ActivityStatus::Running => "running",
-            ActivityStatus::RollingBack => "rolling back",
-            ActivityStatus::NeedsAttention => "needs attention",
-            ActivityStatus::Abandoned => "abandoned",
-            ActivityStatus::Damaged => "damaged",
-        })
-    }
-}
+/// The status of an activity report's row: [`Status`], the one status of the engine.
+#[deprecated(since = "0.2.0", note = "use saga_core::Status")]
+pub type ActivityStatus = Status;
 
 impl ActivityRow {
     /// The `operation` of the row of an index entry that names no Operation: the nil id, which
@@ -180,7 +130,7 @@ impl ActivityRow {
         ActivityRow {
             operation: state.id,
             operation_type: state.saga.clone(),
-            status: ActivityStatus::of(state),
+            status: Status::of(state),
             resource_type: state.resource.kind.clone(),
             resource: state.resource.name.clone(),
             actor: state.actor.clone(),
@@ -208,7 +158,7 @@ impl ActivityRow {
         ActivityRow {
             operation,
             operation_type: String::new(),
-            status: ActivityStatus::Damaged,
+            status: Status::Damaged,
             resource_type: String::new(),
             resource: String::new(),
             actor: String::new(),
@@ -567,14 +517,14 @@ mod tests {
     #[test]
     fn statuses_display_the_report_words() {
         let words: Vec<String> = [
-            ActivityStatus::Succeeded,
-            ActivityStatus::RolledBack,
-            ActivityStatus::RollbackIncomplete,
-            ActivityStatus::Running,
-            ActivityStatus::RollingBack,
-            ActivityStatus::NeedsAttention,
-            ActivityStatus::Abandoned,
-            ActivityStatus::Damaged,
+            Status::Succeeded,
+            Status::RolledBack,
+            Status::RollbackIncomplete,
+            Status::Running,
+            Status::RollingBack,
+            Status::NeedsAttention,
+            Status::Abandoned,
+            Status::Damaged,
         ]
         .iter()
         .map(ToString::to_string)

@@ -170,7 +170,7 @@ async fn steps_run_twice_give_the_same_result() -> TestResult {
         .step("fail", Fail)
         .build()?;
     let outcome = run(saga, &params).await?;
-    assert_eq!(outcome.status(), "rolled back", "{outcome:?}");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack, "{outcome:?}");
     assert_eq!(e.volume_state(&params.volume).await?.0, attached(&params.from, "/dev/sdf"));
 
     let saga = Saga::builder("move-volume", 1)
@@ -220,7 +220,7 @@ async fn attach_succeeds_if_already_there_and_refuses_a_volume_attached_elsewher
         .step("detach", DetachVolume::new(e.ec2.clone(), input))
         .build()?;
     let outcome = run(saga, &()).await?;
-    assert_eq!(outcome.status(), "rolled back", "{outcome:?}");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack, "{outcome:?}");
     assert_eq!(e.volume_state(&params.volume).await?.0, attached(&params.from, "/dev/sdf"));
     Ok(())
 }
@@ -286,7 +286,7 @@ async fn register_and_deregister_undo_each_other() -> TestResult {
     let deregister = DeregisterTargets::new(e.elb.clone(), set(&ids[1])).wait_policy(quick());
     let saga =
         Saga::builder("deregister", 1).step("deregister", deregister).step("fail", Fail).build()?;
-    assert_eq!(run(saga, &()).await?.status(), "rolled back");
+    assert_eq!(run(saga, &()).await?.status(), saga_core::Status::RolledBack);
     let mut healthy = e.healthy(&group).await?;
     healthy.sort();
     assert_eq!(healthy, both);
@@ -295,7 +295,7 @@ async fn register_and_deregister_undo_each_other() -> TestResult {
     let register = RegisterTargets::new(e.elb.clone(), set(&ids[1])).wait_policy(quick());
     let saga =
         Saga::builder("register", 1).step("register", register).step("fail", Fail).build()?;
-    assert_eq!(run(saga, &()).await?.status(), "rolled back");
+    assert_eq!(run(saga, &()).await?.status(), saga_core::Status::RolledBack);
     assert_eq!(e.healthy(&group).await?, vec![ids[0].clone()]);
 
     // An unknown target group is a permanent error naming the AWS error code.
@@ -420,7 +420,11 @@ async fn target_swap_keeps_a_healthy_target_after_every_step() -> TestResult {
                 assert_eq!(healthy, vec![swap.new[0].id.clone()]);
             }
             Some(fault) => {
-                assert_eq!(outcome.status(), "rolled back", "{fault:?}: {outcome:?}");
+                assert_eq!(
+                    outcome.status(),
+                    saga_core::Status::RolledBack,
+                    "{fault:?}: {outcome:?}"
+                );
                 assert_eq!(healthy, vec![swap.old[0].id.clone()], "{fault:?}: {targets:?}");
                 assert_eq!(targets.len(), 1, "{fault:?}: {targets:?}");
             }

@@ -164,7 +164,7 @@ async fn prepull_fails_over_from_a_registry_answering_5xx() {
         .build()
         .expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(state.step("pull").map(|s| s.attempts), Some(2), "transient: retried");
     let error = support::failure(&state, "pull");
     assert!(error.contains(&broken.address) && error.contains(&down), "{error}");
@@ -188,7 +188,7 @@ async fn an_image_missing_from_every_registry_is_permanent() {
         .build()
         .expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(state.step("pull").map(|s| s.attempts), Some(1), "permanent: not retried");
     let error = support::failure(&state, "pull");
     assert!(error.contains(&env.registry_a) && error.contains(&env.registry_b), "{error}");
@@ -206,14 +206,14 @@ async fn a_pull_is_undone_only_if_the_step_pulled() {
     let saga =
         Saga::builder("pull", 1).step("pull", pull()).step("fail", Fail).build().expect("saga");
     let (outcome, _) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert!(!support::image_present(&env.docker, &reference).await);
     assert_eq!(cleanup.leftovers(&env.docker).await, Vec::<String>::new());
 
     // The step fails after pulling (Executed::Failed): its marker proves it pulled; it leaves.
     let saga = Saga::builder("pull", 1).step("pull", FailAfter(pull())).build().expect("saga");
     let (outcome, _) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(cleanup.leftovers(&env.docker).await, Vec::<String>::new());
 
     // Already on the host: the rollback keeps it.
@@ -221,7 +221,7 @@ async fn a_pull_is_undone_only_if_the_step_pulled() {
     let saga =
         Saga::builder("pull", 1).step("pull", pull()).step("fail", Fail).build().expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     let output: PulledImage = support::output(&state, "pull");
     assert!(!output.pulled);
     assert!(support::image_present(&env.docker, &reference).await);
@@ -243,7 +243,7 @@ async fn start_and_stop_round_trips_with_their_compensations() {
     let saga =
         Saga::builder("s", 1).step("start", start()).step("fail", Fail).build().expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     let started: StartedContainer = support::output(&state, "start");
     assert!(!started.already_running);
     assert_eq!(support::running(docker, &name).await, Some(false));
@@ -255,21 +255,21 @@ async fn start_and_stop_round_trips_with_their_compensations() {
     let saga =
         Saga::builder("s", 1).step("start", start()).step("fail", Fail).build().expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert!(support::output::<StartedContainer>(&state, "start").already_running);
     assert_eq!(support::running(docker, &name).await, Some(true));
 
     // Stop, then a failure: the compensation starts it again.
     let saga = Saga::builder("s", 1).step("stop", stop()).step("fail", Fail).build().expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert!(support::output::<StoppedContainer>(&state, "stop").was_running);
     assert_eq!(support::running(docker, &name).await, Some(true));
 
     // A stop that fails after taking effect is undone too.
     let saga = Saga::builder("s", 1).step("stop", FailAfter(stop())).build().expect("saga");
     let (outcome, _) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(support::running(docker, &name).await, Some(true));
 
     // Stop for good, then stop again: already stopped, and the rollback leaves it stopped.
@@ -278,7 +278,7 @@ async fn start_and_stop_round_trips_with_their_compensations() {
     assert_eq!(support::running(docker, &name).await, Some(false));
     let saga = Saga::builder("s", 1).step("stop", stop()).step("fail", Fail).build().expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert!(!support::output::<StoppedContainer>(&state, "stop").was_running);
     assert_eq!(support::running(docker, &name).await, Some(false));
 
@@ -289,7 +289,7 @@ async fn start_and_stop_round_trips_with_their_compensations() {
         .build()
         .expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(state.step("start").map(|s| s.attempts), Some(1));
     assert!(support::failure(&state, "start").contains("no such container"));
 }
@@ -332,7 +332,7 @@ async fn create_is_idempotent_by_name_and_refuses_a_foreign_container() {
         .build()
         .expect("saga");
     let (outcome, state2) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(state2.step("create").map(|s| s.attempts), Some(1));
     let error = support::failure(&state2, "create");
     assert!(error.contains("already exists") && error.contains("is already in use"), "{error}");
@@ -349,7 +349,7 @@ async fn create_is_idempotent_by_name_and_refuses_a_foreign_container() {
         .build()
         .expect("saga");
     let (outcome, _) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(support::running(docker, &other).await, None);
 
     // An image that is not on the host: permanent, with Docker's message.
@@ -364,7 +364,7 @@ async fn create_is_idempotent_by_name_and_refuses_a_foreign_container() {
         .build()
         .expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(state.step("create").map(|s| s.attempts), Some(1));
     assert!(support::failure(&state, "create").contains("No such image"), "{state:?}");
 
@@ -426,7 +426,7 @@ async fn health_waits_succeed_time_out_and_end_on_cancel() {
     let began = Instant::now();
     let (outcome, state) = support::run(&cleanup, saga).await;
     let took = began.elapsed();
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert!(took >= timeout && took < timeout + Duration::from_secs(10), "took {took:?}");
     assert_eq!(state.step("docker").map(|s| s.attempts), Some(1));
     let error = support::failure(&state, "docker");
@@ -442,7 +442,7 @@ async fn health_waits_succeed_time_out_and_end_on_cancel() {
         .build()
         .expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert!(support::failure(&state, "http").contains("HTTP 404"), "{state:?}");
 
     // A cancel ends a long wait promptly.
@@ -477,7 +477,7 @@ async fn health_waits_succeed_time_out_and_end_on_cancel() {
         .build()
         .expect("saga");
     let (outcome, state) = support::run(&cleanup, saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert!(support::failure(&state, "docker").contains("no such container"));
 }
 
@@ -567,7 +567,11 @@ async fn a_saga_failing_at_each_step_leaves_nothing_it_created() {
             }
             assert_eq!(support::running(docker, &old).await, None, "the old container was removed");
         } else {
-            assert_eq!(outcome.status(), "rolled back", "fail at {failed_step}: {outcome:?}");
+            assert_eq!(
+                outcome.status(),
+                saga_core::Status::RolledBack,
+                "fail at {failed_step}: {outcome:?}"
+            );
             assert_eq!(
                 support::running(docker, &old).await,
                 Some(true),

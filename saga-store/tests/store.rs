@@ -572,7 +572,7 @@ mod executor {
         let bad = exec.start(in_prod("failing", "db", "bob")).await;
         let bad = bad.expect("starts");
         let outcome = exec.wait(bad).await.expect("waits");
-        assert_eq!(outcome.status(), "rolled back", "{outcome:?}");
+        assert_eq!(outcome.status(), saga_core::Status::RolledBack, "{outcome:?}");
         assert!(store.list_unfinished().await.expect("lists").ids.is_empty());
         assert!(!exec.log(bad).await.expect("log").is_empty());
         assert!(exec.shutdown(SHUTDOWN_DEADLINE).await.left.is_empty());

@@ -518,7 +518,7 @@ fn an_abandoned_operation_keeps_what_it_did() {
     // A crash anywhere in it recovers to the same outcome.
     for r in 1..run.records.len() as u64 {
         let crashed = rt.block_on(check.run(&plan.clone().crash_after(r))).unwrap();
-        assert_eq!(crashed.outcome.status(), "abandoned", "crash after {r}");
+        assert_eq!(crashed.outcome.status(), saga_core::Status::Abandoned, "crash after {r}");
         assert_eq!(crashed.after, run.after, "crash after {r}");
     }
 }

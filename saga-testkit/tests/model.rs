@@ -232,7 +232,7 @@ fn a_crash_during_the_last_allowed_attempt_runs_that_attempt_again() {
     let exhausted = runtime
         .block_on(check.run(&FaultPlan::new().transient("a", SagaShape::MAX_ATTEMPTS)))
         .unwrap();
-    assert_eq!(exhausted.outcome.status(), "rolled back");
+    assert_eq!(exhausted.outcome.status(), saga_core::Status::RolledBack);
     // Records: created, then (started, failed) x 2, then started attempt 3: crash right there.
     let crashed = runtime.block_on(check.run(&plan.clone().crash_after(6))).unwrap();
     assert!(crashed.recovered);
@@ -304,14 +304,23 @@ fn attention_and_failures_without_effect_match_the_model() {
     );
     let runs_out = FaultPlan::new().fail_times("c", 3).transient("d", 3);
     let cases = [
-        (runs_out.clone().on_attention(Attention::Retry), "succeeded"),
-        (runs_out.on_attention(Attention::Abandon), "abandoned"),
-        (FaultPlan::new().fail("c", When::After).on_attention(Attention::Abandon), "abandoned"),
-        (FaultPlan::new().fail_without_effect("e").on_attention(Attention::Abandon), "abandoned"),
-        (FaultPlan::new().fail_times("e", 2).on_attention(Attention::Retry), "succeeded"),
-        (FaultPlan::new().fail_without_effect("b"), "rolled back"),
-        (FaultPlan::new().fail_without_effect("a"), "rolled back"),
-        (FaultPlan::new().fail("b", When::Before), "rollback incomplete"),
+        (runs_out.clone().on_attention(Attention::Retry), saga_core::Status::Succeeded),
+        (runs_out.on_attention(Attention::Abandon), saga_core::Status::Abandoned),
+        (
+            FaultPlan::new().fail("c", When::After).on_attention(Attention::Abandon),
+            saga_core::Status::Abandoned,
+        ),
+        (
+            FaultPlan::new().fail_without_effect("e").on_attention(Attention::Abandon),
+            saga_core::Status::Abandoned,
+        ),
+        (
+            FaultPlan::new().fail_times("e", 2).on_attention(Attention::Retry),
+            saga_core::Status::Succeeded,
+        ),
+        (FaultPlan::new().fail_without_effect("b"), saga_core::Status::RolledBack),
+        (FaultPlan::new().fail_without_effect("a"), saga_core::Status::RolledBack),
+        (FaultPlan::new().fail("b", When::Before), saga_core::Status::RollbackIncomplete),
     ];
     for (plan, status) in cases {
         let case = Case { shape: shape.clone(), plan };

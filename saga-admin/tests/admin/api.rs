@@ -277,7 +277,7 @@ async fn cancel_answers_once_durable_and_refuses_a_finished_operation() {
     let state = s.executor.status(id).await.unwrap();
     assert_eq!(state.cancel(), Some(("stager", "bad config")));
     let outcome = s.executor.wait(id).await.unwrap();
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
 
     // Cancelling it again: it finished.
     let (status, body) = json(

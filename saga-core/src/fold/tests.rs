@@ -376,7 +376,7 @@ fn rejects_a_rollback_while_a_compensation_retries() {
         },
     ] {
         assert_finish_rejected(
-            outcome.status(),
+            &outcome.status().to_string(),
             vec![
                 st("a", 1),
                 fail("a", "x", false),

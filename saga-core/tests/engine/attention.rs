@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::log::RecordKind;
-use saga_core::report::{activity_report, ActivityStatus};
+use saga_core::report::activity_report;
 use saga_core::state::Phase;
 use saga_core::store::Store;
+use saga_core::Status;
 use saga_core::Timestamp;
 use saga_core::{
     async_trait, Error, Executed, Executor, MemoryStore, OperationId, Outcome, Resource,
@@ -150,7 +151,7 @@ async fn a_step_failing_past_the_point_of_no_return_stops_for_attention_after_it
     .await
     .expect("report");
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, ActivityStatus::NeedsAttention);
+    assert_eq!(rows[0].status, Status::NeedsAttention);
     assert_eq!(rows[0].status.to_string(), "needs attention");
     assert_eq!(rows[0].failed_step.as_deref(), Some("switch"));
     assert_eq!(rows[0].failure.as_deref(), Some("dns is down (attempt 3)"));
@@ -220,7 +221,7 @@ async fn an_abandoned_operation_says_who_abandoned_it_in_its_verdict_and_report(
         reason: "migrating by hand".into(),
     };
     assert_eq!(outcome, expected);
-    assert_eq!(outcome.status(), "abandoned");
+    assert_eq!(outcome.status(), saga_core::Status::Abandoned);
     assert!(outcome.to_string().contains("abandoned by alice (migrating by hand) at step switch"));
     // Durable, and the same from the log on any executor.
     assert_eq!(executor.wait(id).await.expect("outcome"), expected);
@@ -236,7 +237,7 @@ async fn an_abandoned_operation_says_who_abandoned_it_in_its_verdict_and_report(
     )
     .await
     .expect("report");
-    assert_eq!(rows[0].status, ActivityStatus::Abandoned);
+    assert_eq!(rows[0].status, Status::Abandoned);
     assert_eq!(rows[0].abandoned_by.as_deref(), Some("alice"));
     assert_eq!(rows[0].abandon_reason.as_deref(), Some("migrating by hand"));
     assert_eq!(rows[0].failed_step.as_deref(), Some("switch"));

@@ -104,7 +104,7 @@ async fn a_cancel_does_not_interrupt_a_compensation() {
     executor.cancel(id, "ops", "hurry").await.expect("cancel while rolling back is accepted");
     // The cancel came while the compensation of a ran (it takes 300 ms).
     assert_eq!(world.compensated(), ["b"], "a's compensation ended before the cancel");
-    assert_eq!(executor.wait(id).await.unwrap().status(), "rolled back");
+    assert_eq!(executor.wait(id).await.unwrap().status(), saga_core::Status::RolledBack);
     assert_eq!(world.compensated(), ["b", "a"]);
     assert!(world.effects().is_empty());
     // The running compensation of a was not interrupted and run again: exactly one attempt ran
@@ -141,7 +141,7 @@ async fn a_cancel_during_a_retry_wait_rolls_back_without_another_attempt() {
     executor.cancel(id, "ops", "stop").await.unwrap();
     let outcome =
         tokio::time::timeout(Duration::from_secs(2), executor.wait(id)).await.unwrap().unwrap();
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(world.journal().iter().filter(|e| e.starts_with("execute flaky")).count(), 1);
     assert_eq!(world.compensated(), ["flaky", "a"]);
 }
@@ -168,7 +168,7 @@ async fn a_queued_operation_can_be_cancelled_at_once_and_never_starts() {
         .unwrap();
     assert!(asked.elapsed() < Duration::from_millis(200));
     let outcome = executor.wait(queued).await.unwrap();
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert!(executor.status(queued).await.unwrap().steps().is_empty(), "nothing of it ran");
     assert_eq!(executor.wait(running).await.unwrap(), Outcome::Succeeded);
 }
@@ -213,7 +213,7 @@ async fn a_cancelled_step_sees_its_token_and_has_its_grace_period_to_return() {
         executor.cancel(id, "ops", "stop").await.unwrap();
         let outcome =
             tokio::time::timeout(Duration::from_secs(5), executor.wait(id)).await.unwrap().unwrap();
-        assert_eq!(outcome.status(), "rolled back");
+        assert_eq!(outcome.status(), saga_core::Status::RolledBack);
         let took = asked.elapsed();
         let records = executor.store().read(id).await.unwrap();
         let error = records

@@ -38,7 +38,7 @@ async fn transient_errors_past_the_attempt_bound_roll_back() {
         .build()
         .unwrap();
     let (outcome, executor, id) = crate::run(saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     assert_eq!(executor.status(id).await.unwrap().step("b").unwrap().attempts, 3);
     assert!(world.effects().is_empty());
 }
@@ -155,7 +155,7 @@ async fn past_the_point_of_no_return_failures_retry_forward() {
         .build()
         .unwrap();
     let (outcome, executor, id) = crate::run(saga).await;
-    assert_eq!(outcome.status(), "rolled back", "{outcome:?}");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack, "{outcome:?}");
     assert_eq!(executor.status(id).await.unwrap().step("b").unwrap().attempts, 1);
 
     let world = World::default();

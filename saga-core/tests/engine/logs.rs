@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use saga_core::log::{render_log, FollowEvent, LogSource, OperationLogLayer};
 use saga_core::report::{
-    activity_report, neutralise_cell, write_activity_csv, ActivityRow, ActivityStatus,
-    ACTIVITY_COLUMNS,
+    activity_report, neutralise_cell, write_activity_csv, ActivityRow, ACTIVITY_COLUMNS,
 };
 use saga_core::store::now_ms;
+use saga_core::Status;
 use saga_core::Timestamp;
 use saga_core::{
     async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start, Step,
@@ -208,7 +208,7 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     assert_eq!(staged.iter().map(|r| r.operation).collect::<Vec<_>>(), [staging]);
 
     let resize = &rows[2];
-    assert_eq!(resize.status, ActivityStatus::RollbackIncomplete);
+    assert_eq!(resize.status, Status::RollbackIncomplete);
     assert_eq!(resize.failed_step.as_deref(), Some("restart"));
     assert_eq!(resize.not_undone, ["grow (irreversible)"]);
 

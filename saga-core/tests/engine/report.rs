@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use saga_core::log::{Record, RecordKind};
 use saga_core::report::{
-    activity_report, neutralise_cell, write_activity_csv, ActivityRow, ActivityStatus,
-    ACTIVITY_COLUMNS,
+    activity_report, neutralise_cell, write_activity_csv, ActivityRow, ACTIVITY_COLUMNS,
 };
 use saga_core::store::{now_ms, Listing, Store, StoreError};
+use saga_core::Status;
 use saga_core::Timestamp;
 use saga_core::{async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start};
 
@@ -101,7 +101,7 @@ async fn three_operations() -> (Arc<DamagedStore>, Executor, Vec<OperationId>, u
 
 fn assert_normal(row: &ActivityRow, id: OperationId, resource: &str) {
     assert_eq!(row.operation, id);
-    assert_eq!(row.status, ActivityStatus::Succeeded);
+    assert_eq!(row.status, Status::Succeeded);
     assert_eq!(row.resource, resource);
     assert_eq!(row.problem, None);
 }
@@ -150,7 +150,7 @@ async fn a_corrupt_operation_gets_a_damaged_row_in_its_place_and_the_others_stil
     assert_normal(&rows[2], ids[2], "three");
     let damaged = &rows[1];
     assert_eq!(damaged.operation, ids[1]);
-    assert_eq!(damaged.status, ActivityStatus::Damaged);
+    assert_eq!(damaged.status, Status::Damaged);
     let problem = damaged.problem.as_deref().unwrap();
     assert!(problem.contains("record at position 2 is corrupt: bad checksum"), "{problem}");
     assert!(problem.contains(&ids[1].to_string()), "{problem}");
@@ -189,17 +189,16 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
     )
     .await
     .unwrap();
-    let got: Vec<(OperationId, ActivityStatus)> =
-        rows.iter().map(|r| (r.operation, r.status)).collect();
+    let got: Vec<(OperationId, Status)> = rows.iter().map(|r| (r.operation, r.status)).collect();
     assert_eq!(
         got,
         [
-            (ids[0], ActivityStatus::Succeeded),
-            (missing, ActivityStatus::Damaged),
-            (ids[1], ActivityStatus::Succeeded),
-            (ids[2], ActivityStatus::Succeeded),
-            (illegal, ActivityStatus::Damaged),
-            (ActivityRow::NO_OPERATION, ActivityStatus::Damaged),
+            (ids[0], Status::Succeeded),
+            (missing, Status::Damaged),
+            (ids[1], Status::Succeeded),
+            (ids[2], Status::Succeeded),
+            (illegal, Status::Damaged),
+            (ActivityRow::NO_OPERATION, Status::Damaged),
         ],
         "{rows:#?}"
     );
@@ -234,7 +233,7 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
     .await
     .unwrap();
     assert_eq!(staged.len(), 1, "{staged:#?}");
-    assert_eq!(staged[0].status, ActivityStatus::Damaged);
+    assert_eq!(staged[0].status, Status::Damaged);
     assert!(!ids.contains(&staged[0].operation) && staged[0].operation != illegal);
 }
 
@@ -286,7 +285,7 @@ async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     let failed = run_one(&executor, "resize", "db", "carol").await;
     let fine = run_one(&executor, "deploy", "web", "dave").await;
 

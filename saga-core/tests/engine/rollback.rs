@@ -122,7 +122,7 @@ async fn a_failed_branch_cancels_its_running_sibling_then_compensates_both() {
         .unwrap();
     let started = tokio::time::Instant::now();
     let (outcome, executor, id) = crate::run(saga).await;
-    assert_eq!(outcome.status(), "rolled back");
+    assert_eq!(outcome.status(), saga_core::Status::RolledBack);
     // The rollback did not wait for the 3 s sibling: it was cancelled (no grace: it does not
     // watch its token) and recorded as such.
     assert!(started.elapsed() < Duration::from_secs(1), "waited {:?}", started.elapsed());
