@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use eventsource_stream::Eventsource as _;
 use futures::StreamExt as _;
 use serde_json::{json, Value};
 
@@ -176,21 +177,24 @@ async fn log_downloads_and_streams_live_to_the_outcome() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-    let mut body = response.bytes_stream();
-    let mut text = String::new();
+    let mut stream = response.bytes_stream().eventsource();
+    let mut events: Vec<(String, Value)> = Vec::new();
     let mut cancelled = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !text.contains("event: end") {
-        let chunk = tokio::time::timeout_at(deadline, body.next()).await.expect("stream in time");
-        let Some(chunk) = chunk else { break };
-        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        if !cancelled && text.contains("waiting until cancelled") {
+    while events.last().is_none_or(|(kind, _)| kind != "end") {
+        let event = tokio::time::timeout_at(deadline, stream.next()).await.expect("stream in time");
+        let Some(event) = event else { break };
+        let event = event.expect("an SSE event");
+        let data: Value = serde_json::from_str(&event.data).expect("JSON data");
+        if !cancelled
+            && data["text"].as_str().is_some_and(|t| t.contains("waiting until cancelled"))
+        {
             // History is in; everything after this is live.
             cancelled = true;
             s.executor.cancel(id, "bob", "live test").await.unwrap();
         }
+        events.push((event.event, data));
     }
-    let events = parse_sse(&text);
     let lines: Vec<&Value> = events.iter().filter(|(e, _)| e == "line").map(|(_, d)| d).collect();
     let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no repeats: {seqs:?}");
@@ -211,9 +215,7 @@ async fn log_downloads_and_streams_live_to_the_outcome() {
         .send()
         .await
         .unwrap();
-    let text =
-        tokio::time::timeout(Duration::from_secs(10), response.text()).await.unwrap().unwrap();
-    let events = parse_sse(&text);
+    let events = sse_events(response).await;
     assert_eq!(events.last().unwrap().1["outcome"]["status"], "succeeded");
     // Resuming after a line: only the lines after it.
     let response = http()
@@ -223,30 +225,18 @@ async fn log_downloads_and_streams_live_to_the_outcome() {
         .send()
         .await
         .unwrap();
-    let text =
-        tokio::time::timeout(Duration::from_secs(10), response.text()).await.unwrap().unwrap();
-    let first = parse_sse(&text).into_iter().find(|(e, _)| e == "line").unwrap();
+    let first = sse_events(response).await.into_iter().find(|(e, _)| e == "line").unwrap();
     assert_eq!(first.1["seq"], 2);
 }
 
-/// `(event, data)` of each event of a stream's text.
-pub(crate) fn parse_sse(text: &str) -> Vec<(String, Value)> {
-    let mut events = Vec::new();
-    for block in text.split("\n\n") {
-        let mut event = String::new();
-        let mut data = String::new();
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("event:") {
-                event = v.trim().to_owned();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.strip_prefix(' ').unwrap_or(v));
-            }
-        }
-        if !event.is_empty() {
-            events.push((event, serde_json::from_str(&data).unwrap_or(Value::Null)));
-        }
-    }
-    events
+/// `(event, data)` of each event of a stream, read to its end (which must come within 10 s).
+async fn sse_events(response: reqwest::Response) -> Vec<(String, Value)> {
+    let events = response.bytes_stream().eventsource().map(|event| {
+        let event = event.expect("an SSE event");
+        let data = serde_json::from_str(&event.data).expect("JSON data");
+        (event.event, data)
+    });
+    tokio::time::timeout(Duration::from_secs(10), events.collect()).await.expect("the stream ends")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

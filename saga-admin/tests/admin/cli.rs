@@ -1,8 +1,9 @@
 //! The `saga` binary as a user runs it, in a second process, against a real server.
 
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
 
 use crate::support::{server, Params, ADMIN, STAGING};
@@ -71,17 +72,48 @@ async fn cli_ops_and_show() {
 async fn cli_logs_follow_ends_at_the_outcome() {
     let s = server().await;
     let id = s.blocked("staging", "web").await;
-    let follower = {
-        let url = s.url.clone();
-        let id = id.to_string();
-        tokio::spawn(async move { saga(&url, ADMIN, &["logs", &id, "--follow"]).await })
-    };
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!follower.is_finished(), "--follow waits while the operation runs");
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_saga"))
+        .args(["logs", &id.to_string(), "--follow"])
+        .env("SAGA_URL", &s.url)
+        .env("SAGA_TOKEN", ADMIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("saga runs");
+    let mut lines = BufReader::new(follower.stdout.take().expect("stdout")).lines();
+    let mut text = String::new();
+    // The history comes first, up to the line of the step that waits for the cancel...
+    let waiting = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("saga's output") {
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("waiting until cancelled") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .expect("the history in time");
+    assert!(waiting, "the history ends with the waiting step: {text}");
+    // ...and --follow waits: the end it stops at comes only after the cancel below, and the
+    // lines checked after it are written by the rollback the cancel starts.
+    assert!(follower.try_wait().expect("saga's status").is_none(), "--follow exited: {text}");
     s.executor.cancel(id, "bob", "follow test").await.unwrap();
-    let out = follower.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("saga's output") {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    })
+    .await
+    .expect("saga ends in time");
+    let out = tokio::time::timeout(Duration::from_secs(10), follower.wait_with_output())
+        .await
+        .expect("saga exits in time")
+        .expect("saga's status");
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
     assert!(text.contains("waiting until cancelled"), "{text}");
     assert!(text.contains("rolling the rollout back"), "{text}");
     assert_eq!(

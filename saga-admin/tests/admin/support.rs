@@ -234,8 +234,3 @@ pub(crate) async fn json(response: reqwest::Response) -> (u16, serde_json::Value
     let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     (status, value)
 }
-
-/// Whether this run must not skip a test for a missing service.
-pub(crate) fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}

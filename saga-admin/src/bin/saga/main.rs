@@ -17,7 +17,7 @@
 //! line on standard error saying what and where.
 
 mod client;
-mod sse;
+mod follow;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -188,7 +188,7 @@ async fn run(cli: Cli) -> Result<bool, CliError> {
         }
         Command::Logs { id, follow } => {
             if follow {
-                let end = sse::follow(&client, &id).await?;
+                let end = follow::follow(&client, &id).await?;
                 out(format!("operation {id}: {}\n", verdict(&end)))?;
             } else {
                 let url = client.url(&["api", "v1", "operations", &id, "log"], &[]);
@@ -224,7 +224,7 @@ async fn run(cli: Cli) -> Result<bool, CliError> {
             if no_follow {
                 return Ok(true);
             }
-            let end = sse::follow(&client, &id).await?;
+            let end = follow::follow(&client, &id).await?;
             out(format!("operation {id}: {}\n", verdict(&end)))?;
             let rolled_back = end.outcome.as_ref().is_some_and(|o| o.status == Status::RolledBack);
             if !rolled_back {
