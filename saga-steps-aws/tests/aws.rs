@@ -3,7 +3,8 @@
 //! `scripts/services/moto.sh start` installs and starts the emulator and writes
 //! `SAGA_TEST_AWS_ENDPOINT` to `target/services/moto.env`; `scripts/test.sh` does both. Tests
 //! share the emulator and reset it, so they run one at a time. Without the emulator a test prints
-//! why it skips; under `CI=true` it fails instead.
+//! why it skips; under CI (`saga_testkit::ci::under_ci`: `CI` set to anything but empty, `0` or
+//! `false`) it fails instead.
 
 mod support;
 

@@ -1,7 +1,7 @@
 //! The Docker steps against the real Docker Engine of this machine and two local registries
 //! (started by `scripts/services/registry.sh`), run through `saga_core::Executor` on a
-//! `MemoryStore`. Under `CI=true` a missing engine or registry fails; elsewhere a test skips and
-//! says why.
+//! `MemoryStore`. Under CI (`saga_testkit::ci::under_ci`: `CI` set to anything but empty, `0` or
+//! `false`) a missing engine or registry fails; elsewhere a test skips and says why.
 
 mod support;
 

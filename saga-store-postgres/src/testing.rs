@@ -17,8 +17,8 @@ pub fn ci() -> bool {
 }
 
 /// The database URL for test `test`, or `None` (with the reason printed on stderr, past the
-/// harness's capture) when it is not set or nothing listens there, outside CI. Under `CI=true`
-/// either panics, failing the test.
+/// harness's capture) when it is not set or nothing listens there, outside CI. Under CI
+/// ([`ci`]) either panics, failing the test.
 pub fn database_url(test: &str) -> Option<String> {
     let url = match std::env::var("SAGA_TEST_POSTGRES_URL") {
         Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),

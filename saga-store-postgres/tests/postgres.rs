@@ -5,7 +5,8 @@
 //!
 //! `scripts/services/postgres.sh start` starts a server and writes `SAGA_TEST_POSTGRES_URL` to
 //! `target/services/postgres.env`; `scripts/test.sh` does both. Without it a test prints why it
-//! skips; under `CI=true` it fails instead.
+//! skips; under CI (`saga_testkit::ci::under_ci`: `CI` set to anything but empty, `0` or
+//! `false`) it fails instead.
 
 mod cancels;
 mod executors;

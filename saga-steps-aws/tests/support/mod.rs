@@ -36,7 +36,7 @@ pub struct Emulator {
 }
 
 /// The emulator for test `test`, or `None` (with the reason printed) when it is not there outside
-/// CI. Under `CI=true` a missing emulator fails the test.
+/// CI. Under CI (see [`saga_testkit::ci::under_ci`]) a missing emulator fails the test.
 pub async fn emulator(test: &str) -> Option<Emulator> {
     let serial = SERIAL.lock().await;
     let endpoint = match std::env::var("SAGA_TEST_AWS_ENDPOINT") {
@@ -60,17 +60,16 @@ pub async fn emulator(test: &str) -> Option<Emulator> {
     })
 }
 
+/// A missing emulator: fails the test under CI, else says why it skips (the workspace's one
+/// rule, [`saga_testkit::ci`]).
 fn unavailable(test: &str, why: &str) -> Option<Emulator> {
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("{test}: {why}; under CI=true the AWS emulator is required (scripts/services/moto.sh start)");
-    }
-    // Straight to stderr, past the test harness's capture, so that the skip is always seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why}; run `bash scripts/services/moto.sh start` and export the variables \
-         of target/services/moto.env"
-    );
-    None
+    saga_testkit::ci::unavailable(
+        test,
+        &format!(
+            "{why}; run `bash scripts/services/moto.sh start` and export the variables of \
+             target/services/moto.env"
+        ),
+    )
 }
 
 /// `POST /moto-api/reset`: forgets every resource.

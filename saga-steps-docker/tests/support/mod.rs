@@ -3,7 +3,6 @@
 #![allow(unreachable_pub)]
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,22 +46,16 @@ impl Env {
 /// The tests share the test image on one engine, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// Whether a missing service fails the test (CI) or skips it with a message.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn unavailable(test: &str, why: &str) {
-    if in_ci() {
-        panic!("{test}: {why} (CI=true: a missing Docker Engine or registry fails the tests)");
-    }
-    // Straight to the stderr handle, not through `eprintln!`: the test harness captures the
-    // macros' output of a passing test, and a skip must never be silent.
-    let line = format!(
-        "SKIPPED {test}: {why}. Start the services with `scripts/services/registry.sh start` \
-         (or run scripts/test.sh); under CI=true this is a failure.\n"
-    );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+/// A missing Docker Engine or registry: fails the test under CI, else says why it skips (the
+/// workspace's one rule, [`saga_testkit::ci`]).
+fn unavailable(test: &str, why: &str) -> Option<(Env, MutexGuard<'static, ()>)> {
+    saga_testkit::ci::unavailable(
+        test,
+        &format!(
+            "{why}; start the services with `scripts/services/registry.sh start` (or run \
+             scripts/test.sh)"
+        ),
+    )
 }
 
 /// The variables of registry.env: from the environment, else from the file the script wrote.
@@ -118,22 +111,15 @@ pub async fn env(test: &str) -> Option<(Env, MutexGuard<'static, ()>)> {
     let serial = SERIAL.lock().await;
     let (registry_a, registry_b, image) = match settings() {
         Ok(s) => s,
-        Err(why) => {
-            unavailable(test, &why);
-            return None;
-        }
+        Err(why) => return unavailable(test, &why),
     };
     let docker = match connect().await {
         Ok(d) => d,
-        Err(why) => {
-            unavailable(test, &why);
-            return None;
-        }
+        Err(why) => return unavailable(test, &why),
     };
     for registry in [&registry_a, &registry_b] {
         if !reachable(registry).await {
-            unavailable(test, &format!("the registry at {registry} does not answer"));
-            return None;
+            return unavailable(test, &format!("the registry at {registry} does not answer"));
         }
     }
     Some((Env { docker, registry_a, registry_b, image }, serial))
