@@ -16,10 +16,11 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use saga_core::state::{Execution, OperationState};
 use saga_core::{
-    async_trait, Executed, Executor, MemoryStore, OperationId, Outcome, Resource, RetryPolicy,
-    Saga, Start, Step, StepContext, StepError, StepKind,
+    async_trait, Executed, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start,
+    Step, StepContext, StepError,
 };
 use saga_steps_docker::{ContainerSpec, PULL_MARKER_REPOSITORY};
+use saga_testkit::{FaultPlan, Faults, Faulty, When};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, MutexGuard};
@@ -395,34 +396,18 @@ impl Step for Fail {
     }
 }
 
-/// Runs the inner step, then fails permanently anyway: a failure after the effect, which the
-/// compensation (told `Executed::Failed`) must clean up.
-pub struct FailAfter<S>(pub S);
-
-#[async_trait]
-impl<S: Step> Step for FailAfter<S> {
-    type Output = S::Output;
-    async fn execute(&self, ctx: &StepContext) -> Result<S::Output, StepError> {
-        self.0.execute(ctx).await?;
-        Err(StepError::permanent(format!("injected failure after {}", ctx.step_name())))
-    }
-    async fn compensate(
-        &self,
-        ctx: &StepContext,
-        executed: Executed<S::Output>,
-    ) -> Result<(), StepError> {
-        self.0.compensate(ctx, executed).await
-    }
-    fn kind(&self) -> StepKind {
-        self.0.kind()
-    }
-    fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy::none()
-    }
+/// `step`, which the saga names `name`, failing permanently after its effect: a failure after
+/// the effect, which the compensation (told `Executed::Failed`) must clean up. saga-testkit's
+/// [`Faulty`], so that every setting of the step (kind, retry policies, timeouts, cancel grace)
+/// is the step's own.
+pub fn fail_after<S: Step>(name: &str, step: S) -> Faulty<S> {
+    Faulty::new(name, step, &Faults::new(FaultPlan::new().fail(name, When::After)))
 }
 
 /// Runs the inner step, and on the first attempt reports a transient error anyway: the second
-/// attempt must find the first one's effect and succeed.
+/// attempt must find the first one's effect and succeed. (saga-testkit's `Faulty` injects
+/// transient errors before the step runs, not after its effect.) Every setting is the inner
+/// step's: its retry policy must allow a second attempt, as the defaults do.
 pub struct RetryAfterEffect<S>(pub S);
 
 #[async_trait]
@@ -442,12 +427,7 @@ impl<S: Step> Step for RetryAfterEffect<S> {
     ) -> Result<(), StepError> {
         self.0.compensate(ctx, executed).await
     }
-    fn kind(&self) -> StepKind {
-        self.0.kind()
-    }
-    fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy::exponential(3, Duration::from_millis(10))
-    }
+    saga_core::forward_step_settings!(0);
 }
 
 /// A port on 127.0.0.1 that nothing listens on ("registry down").
