@@ -71,3 +71,9 @@ pub fn server_addr(url: &str) -> Result<SocketAddr, String> {
         _ => Err("the URL names no TCP host".into()),
     }
 }
+
+/// How many appends wait in `store`'s group-commit queue, not yet taken by its writer task (0
+/// without group commit): a test that holds the writer's transaction sees its appends gather.
+pub fn appends_queued(store: &crate::PostgresStore) -> usize {
+    store.inner.writer.as_ref().map_or(0, |queue| queue.max_capacity() - queue.capacity())
+}
