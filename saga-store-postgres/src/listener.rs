@@ -21,8 +21,6 @@
 //! Every (re)connection of the listening connection sends [`WakeUp::Missed`]: notifications
 //! sent while it was not listening are lost.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use saga_core::store::{WakeUp, WAKE_UP_CAPACITY};
 use saga_core::OperationId;
@@ -31,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Config, NoTls};
 
 use crate::cancels::CHANNEL;
-use crate::retry::backoff;
+use crate::retry::Backoff;
 
 /// The channel of wake-ups other than cancel requests: an Operation that became claimable at
 /// once, or that settled (see the module docs for the payloads).
@@ -99,7 +97,7 @@ async fn listen(
     cancels: broadcast::Sender<OperationId>,
     wake: broadcast::Sender<WakeUp>,
 ) {
-    let mut failures = 0;
+    let mut backoff = Backoff::reconnects();
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
@@ -126,7 +124,7 @@ async fn listen(
                     .await
                 {
                     Ok(()) => {
-                        failures = 0;
+                        backoff.reset();
                         // What was notified while not listening is unknown: look now.
                         let _ = wake.send(WakeUp::Missed);
                         while let Some(message) = forwarded.next().await {
@@ -152,8 +150,7 @@ async fn listen(
             }
             Err(e) => tracing::debug!(error = %e, "cannot connect to listen for notifications"),
         }
-        tokio::time::sleep(backoff(failures).max(Duration::from_millis(100))).await;
-        failures = (failures + 1).min(6);
+        backoff.pause().await;
     }
 }
 

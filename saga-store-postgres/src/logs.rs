@@ -9,7 +9,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::connect::PostgresStore;
 use crate::error::{corrupt, pg, pool_error};
-use crate::retry::backoff;
+use crate::retry::Backoff;
 use crate::sql::{id_bytes, to_i64};
 
 /// A log line's bytes: the format version byte, then postcard.
@@ -96,11 +96,11 @@ impl PostgresStore {
             ats: rows.values().map(|(at, _)| *at).collect(),
             bytes: rows.into_values().map(|(_, b)| b).collect(),
         };
-        let mut attempt = 0;
+        let mut backoff = Backoff::calls(self.inner.options.retries);
         loop {
             let error = match self.append_log_once(lease, &lines).await {
                 Ok(()) => return Ok(()),
-                Err(e @ StoreError::Fenced { .. }) if attempt > 0 => {
+                Err(e @ StoreError::Fenced { .. }) if backoff.retries() > 0 => {
                     return match self.lines_stored(id, &lines).await {
                         Ok(true) => Ok(()),
                         Ok(false) | Err(_) => Err(e),
@@ -108,12 +108,10 @@ impl PostgresStore {
                 }
                 Err(e) => e,
             };
-            if !error.is_transient() || attempt >= self.inner.options.retries {
+            if !error.is_transient() || !backoff.retry().await {
                 return Err(error);
             }
-            tracing::debug!(error = %error, attempt, "retrying appending log lines");
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
+            tracing::debug!(error = %error, retry = backoff.retries(), "retried appending log lines");
         }
     }
 

@@ -87,7 +87,8 @@ impl PostgresOptions {
     }
 
     /// How many times a call is retried inside the store after a transient error, where that is
-    /// safe (default 4, with backoff from 20 ms): then the transient error is returned.
+    /// safe (default 4, pausing 10–20 ms, then twice as long each time, at most 1 s): then the
+    /// transient error is returned.
     #[must_use]
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;

@@ -12,7 +12,7 @@ use crate::cancels::cancel_row;
 use crate::connect::PostgresStore;
 use crate::error::{pg, pool_error};
 use crate::listener::{claimable, settled, WAKE_CHANNEL};
-use crate::retry::{backoff, retrying};
+use crate::retry::{retrying, Backoff};
 use crate::sql::{id_bytes, to_i64, to_u64, ttl_ms, NOW_MS};
 use crate::writer::{self, Append, Failure, Job};
 
@@ -66,7 +66,7 @@ impl PostgresStore {
             ttl: ttl_ms(ttl),
             bytes,
         };
-        let mut attempt = 0;
+        let mut backoff = Backoff::calls(self.inner.options.retries);
         loop {
             let error = match self.create_once(&row).await {
                 Ok(Some(expires)) => return self.first_lease(id, owner, expires),
@@ -80,11 +80,9 @@ impl PostgresStore {
                     Err(_) => return Err(e),
                 },
             };
-            if !error.is_transient() || attempt >= self.inner.options.retries {
+            if !error.is_transient() || !backoff.retry().await {
                 return Err(error);
             }
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
         }
     }
 
@@ -206,7 +204,7 @@ impl PostgresStore {
         let barrier = guarded_barrier(records);
         let answers = records.iter().any(|r| r.kind.answers_cancel_request());
         let settles = records.iter().any(|r| r.kind.settles()).then(|| settled(&id.to_string()));
-        let mut attempt = 0;
+        let mut backoff = Backoff::calls(self.inner.options.retries);
         loop {
             let append = Append {
                 operation: id,
@@ -237,11 +235,9 @@ impl PostgresStore {
                     }
                 }
             };
-            if !error.is_transient() || attempt >= self.inner.options.retries {
+            if !error.is_transient() || !backoff.retry().await {
                 return Err(error);
             }
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
         }
     }
 

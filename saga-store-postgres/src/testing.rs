@@ -17,8 +17,8 @@ pub fn ci() -> bool {
 }
 
 /// The database URL for test `test`, or `None` (with the reason printed on stderr, past the
-/// harness's capture) when it is not set or nothing listens there, outside CI. Under `CI=true`
-/// either panics, failing the test.
+/// harness's capture) when it is not set or nothing listens there, outside CI. Under CI
+/// ([`ci`]) either panics, failing the test.
 pub fn database_url(test: &str) -> Option<String> {
     let url = match std::env::var("SAGA_TEST_POSTGRES_URL") {
         Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
@@ -70,4 +70,10 @@ pub fn server_addr(url: &str) -> Result<SocketAddr, String> {
             .ok_or_else(|| format!("{host} resolves to nothing")),
         _ => Err("the URL names no TCP host".into()),
     }
+}
+
+/// How many appends wait in `store`'s group-commit queue, not yet taken by its writer task (0
+/// without group commit): a test that holds the writer's transaction sees its appends gather.
+pub fn appends_queued(store: &crate::PostgresStore) -> usize {
+    store.inner.writer.as_ref().map_or(0, |queue| queue.max_capacity() - queue.capacity())
 }

@@ -5,7 +5,8 @@
 //!
 //! `scripts/services/postgres.sh start` starts a server and writes `SAGA_TEST_POSTGRES_URL` to
 //! `target/services/postgres.env`; `scripts/test.sh` does both. Without it a test prints why it
-//! skips; under `CI=true` it fails instead.
+//! skips; under CI (`saga_testkit::ci::under_ci`: `CI` set to anything but empty, `0` or
+//! `false`) it fails instead.
 
 mod cancels;
 mod executors;
@@ -92,7 +93,8 @@ async fn stale_executor_is_fenced_on_the_database_clock() {
         )
         .await
         .expect("moving the expiry");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The event, not a guess: the lease `a` holds has expired by the database's clock.
+    support::db_clock_past(&admin, lease.expires_ms).await;
     match store.claim(id, "b", LONG).await {
         Err(StoreError::Owned { holder, .. }) if holder == "a" => {}
         other => panic!("claiming a lease the database says runs: {other:?}"),
@@ -216,7 +218,10 @@ async fn group_commit_fails_a_fenced_append_alone() {
         let (store, lease) = (store.clone(), leases[0].clone());
         tokio::spawn(async move { store.append(&lease, &[started(lease.operation, 1)]).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The events, not guesses of how long they take: the writer's first group waits on the
+    // row lock; then the other 24 appends wait in its queue.
+    let watcher = support::admin(&url).await;
+    support::blocked_backend(&watcher, &schema.name, false).await;
     let mut rest = Vec::new();
     for lease in leases[1..].iter().cloned() {
         let store = store.clone();
@@ -227,7 +232,11 @@ async fn group_commit_fails_a_fenced_append_alone() {
             (lease, r)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + support::EVENT;
+    while saga_store_postgres::testing::appends_queued(&store) < 24 {
+        assert!(Instant::now() < deadline, "the 24 appends did not reach the writer's queue");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tx.commit().await.expect("releases the row");
 
     first.await.expect("joins").expect("the first append");
@@ -443,7 +452,8 @@ async fn terminated_connections_are_transient_and_appends_go_on() {
         let (plain, lease) = (plain.clone(), lease.clone());
         tokio::spawn(async move { plain.append(&lease, &[started(lease.operation, 1)]).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The event, not a guess: the append waits on the row lock.
+    support::blocked_backend(&admin, &schema.name, false).await;
     assert!(terminate(&admin, &schema.name).await >= 1);
     let e = append.await.expect("joins").expect_err("the append's connection was terminated");
     assert!(e.is_transient(), "{e:?}");
@@ -506,9 +516,10 @@ async fn cancel_requests_are_notified() {
     let mut notices = owner.cancel_notifications();
     let id = OperationId::new();
     owner.create(&created(id, "prod", 1), "me", LONG).await.expect("creates");
-    // The listener connects in the background: request until a notice comes (each request
-    // after the first records nothing, but a notice comes only with the first).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The listener connects in the background: wait until it listens (the event, not a guess of
+    // how long it takes), since a notice comes only with the first request.
+    let admin = admin(&url).await;
+    support::listening(&admin, &schema.name, 1).await;
     let request =
         CancelRequest { operation: id, actor: "amy".into(), reason: "stop".into(), at_ms: 1 };
     let start = Instant::now();

@@ -129,8 +129,11 @@ async fn waiting_for_an_operation_of_an_unknown_saga_is_a_typed_error() {
 /// `submit` records the Operation without running it in the call: an executor whose takeover
 /// scan is off leaves it for the workers; a worker that watches the store (it recovered at
 /// start) runs it at once, woken by the store, not at its next scan a minute away, and runs its
-/// own submits at once too.
-#[tokio::test]
+/// own submits at once too. On tokio's paused clock (the in-memory store needs no real time):
+/// the test's sleep returns only once every task is idle, so "the api executor did not run it"
+/// holds whatever the machine's load, and "at once" is exact: the 60 s scan never comes within
+/// the 5 s waits.
+#[tokio::test(start_paused = true)]
 async fn a_submitted_operation_runs_on_the_scan_of_an_executor_that_adopts_and_waits_otherwise() {
     let params = Params { image: "web:3".into(), replicas: 1 };
     let request = || Start::new("deploy", Resource::new("app", "web")).params(&params);

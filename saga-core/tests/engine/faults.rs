@@ -532,7 +532,10 @@ async fn an_executor_that_cannot_renew_its_lease_stops_before_the_lease_expires(
 
     // Once it expired, another executor takes over and finishes it from the log.
     store.unreachable.store(false, Ordering::SeqCst);
-    tokio::time::sleep(ttl).await;
+    // The event, on the store's clock (the system's): the last lease granted has expired.
+    while saga_core::store::now_ms() <= store.granted_until.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Its last lines never reach the store (this double would take them): the Operation's log
     // may belong to another executor by now. They go to `tracing` instead.
     let lines = messages(&store.inner.read_log(id).await.unwrap());

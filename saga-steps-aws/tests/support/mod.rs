@@ -16,9 +16,10 @@ use aws_sdk_ec2::types::InstanceType;
 use aws_sdk_elasticloadbalancingv2::types::{ProtocolEnum, TargetDescription};
 use saga_core::{
     async_trait, Executed, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start,
-    Step, StepContext, StepError, StepKind,
+    Step, StepContext, StepError,
 };
 use saga_steps_aws::WaitPolicy;
+use saga_testkit::{FaultPlan, Faults, Faulty, When};
 use serde::Serialize;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -36,7 +37,7 @@ pub struct Emulator {
 }
 
 /// The emulator for test `test`, or `None` (with the reason printed) when it is not there outside
-/// CI. Under `CI=true` a missing emulator fails the test.
+/// CI. Under CI (see [`saga_testkit::ci::under_ci`]) a missing emulator fails the test.
 pub async fn emulator(test: &str) -> Option<Emulator> {
     let serial = SERIAL.lock().await;
     let endpoint = match std::env::var("SAGA_TEST_AWS_ENDPOINT") {
@@ -60,17 +61,16 @@ pub async fn emulator(test: &str) -> Option<Emulator> {
     })
 }
 
+/// A missing emulator: fails the test under CI, else says why it skips (the workspace's one
+/// rule, [`saga_testkit::ci`]).
 fn unavailable(test: &str, why: &str) -> Option<Emulator> {
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("{test}: {why}; under CI=true the AWS emulator is required (scripts/services/moto.sh start)");
-    }
-    // Straight to stderr, past the test harness's capture, so that the skip is always seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {why}; run `bash scripts/services/moto.sh start` and export the variables \
-         of target/services/moto.env"
-    );
-    None
+    saga_testkit::ci::unavailable(
+        test,
+        &format!(
+            "{why}; run `bash scripts/services/moto.sh start` and export the variables of \
+             target/services/moto.env"
+        ),
+    )
 }
 
 /// `POST /moto-api/reset`: forgets every resource.
@@ -275,49 +275,26 @@ impl Step for Fail {
     }
 }
 
-/// How [`Inject`] changes the step it wraps.
+/// How [`inject`] changes the step it wraps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Runs `execute`, then reports a permanent failure: an effect that happened but whose
     /// outcome is an error (compensate gets `Executed::Failed`).
     FailAfter,
-    /// Runs `execute` twice with the same context (at least once: a retry after a lost outcome).
+    /// Runs `execute` twice with the same context, returning the second result (a retry after
+    /// a lost outcome).
     Twice,
 }
 
-/// Wraps a real step to inject a fault.
-#[derive(Debug)]
-pub struct Inject<S> {
-    pub inner: S,
-    pub fault: Fault,
-}
-
-#[async_trait]
-impl<S: Step> Step for Inject<S> {
-    type Output = S::Output;
-
-    async fn execute(&self, ctx: &StepContext) -> Result<S::Output, StepError> {
-        self.inner.execute(ctx).await?;
-        match self.fault {
-            Fault::FailAfter => Err(StepError::permanent(format!(
-                "injected failure after {} took effect",
-                ctx.step_name()
-            ))),
-            Fault::Twice => self.inner.execute(ctx).await,
-        }
-    }
-
-    async fn compensate(
-        &self,
-        ctx: &StepContext,
-        executed: Executed<S::Output>,
-    ) -> Result<(), StepError> {
-        self.inner.compensate(ctx, executed).await
-    }
-
-    fn kind(&self) -> StepKind {
-        self.inner.kind()
-    }
+/// `step`, which the saga names `name`, with `fault` injected: saga-testkit's [`Faulty`], so
+/// that every setting of the step (kind, retry policies, timeouts, cancel grace) is the step's
+/// own.
+pub fn inject<S: Step>(name: &str, step: S, fault: Fault) -> Faulty<S> {
+    let plan = match fault {
+        Fault::FailAfter => FaultPlan::new().fail(name, When::After),
+        Fault::Twice => FaultPlan::new().execute_twice(name),
+    };
+    Faulty::new(name, step, &Faults::new(plan))
 }
 
 type CheckFn =
@@ -329,6 +306,8 @@ pub struct Invariant {
     check: CheckFn,
     pub violations: Arc<StdMutex<Vec<String>>>,
     pub checks: Arc<StdMutex<Vec<String>>>,
+    /// The checks spawned when a step's future was dropped, still to be awaited.
+    spawned: Arc<StdMutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Invariant {
@@ -347,6 +326,22 @@ impl Invariant {
             check: Arc::new(move || Box::pin(check())),
             violations: Arc::new(StdMutex::new(Vec::new())),
             checks: Arc::new(StdMutex::new(Vec::new())),
+            spawned: Arc::new(StdMutex::new(Vec::new())),
+        }
+    }
+
+    /// Waits for every check spawned so far (after a cancelled step) to finish, so that its
+    /// violation, if any, is in [`violations`](Self::violations).
+    pub async fn settled(&self) {
+        loop {
+            let spawned =
+                std::mem::take(&mut *self.spawned.lock().unwrap_or_else(|p| p.into_inner()));
+            if spawned.is_empty() {
+                return;
+            }
+            for check in spawned {
+                check.await.expect("a spawned check panicked");
+            }
         }
     }
 
@@ -392,7 +387,8 @@ impl Drop for CheckOnDrop {
     fn drop(&mut self) {
         if let Some(when) = self.when.take() {
             let invariant = self.invariant.clone();
-            tokio::spawn(async move { invariant.verify(when).await });
+            let check = tokio::spawn(async move { invariant.verify(when).await });
+            self.invariant.spawned.lock().unwrap_or_else(|p| p.into_inner()).push(check);
         }
     }
 }
@@ -423,7 +419,5 @@ impl<S: Step> Step for Checked<S> {
         result
     }
 
-    fn kind(&self) -> StepKind {
-        self.inner.kind()
-    }
+    saga_core::forward_step_settings!(inner);
 }

@@ -3,7 +3,6 @@
 #![allow(unreachable_pub)]
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +16,11 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use saga_core::state::{Execution, OperationState};
 use saga_core::{
-    async_trait, Executed, Executor, MemoryStore, OperationId, Outcome, Resource, RetryPolicy,
-    Saga, Start, Step, StepContext, StepError, StepKind,
+    async_trait, Executed, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start,
+    Step, StepContext, StepError,
 };
 use saga_steps_docker::{ContainerSpec, PULL_MARKER_REPOSITORY};
+use saga_testkit::{FaultPlan, Faults, Faulty, When};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, MutexGuard};
@@ -47,22 +47,16 @@ impl Env {
 /// The tests share the test image on one engine, so they run one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// Whether a missing service fails the test (CI) or skips it with a message.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn unavailable(test: &str, why: &str) {
-    if in_ci() {
-        panic!("{test}: {why} (CI=true: a missing Docker Engine or registry fails the tests)");
-    }
-    // Straight to the stderr handle, not through `eprintln!`: the test harness captures the
-    // macros' output of a passing test, and a skip must never be silent.
-    let line = format!(
-        "SKIPPED {test}: {why}. Start the services with `scripts/services/registry.sh start` \
-         (or run scripts/test.sh); under CI=true this is a failure.\n"
-    );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+/// A missing Docker Engine or registry: fails the test under CI, else says why it skips (the
+/// workspace's one rule, [`saga_testkit::ci`]).
+fn unavailable(test: &str, why: &str) -> Option<(Env, MutexGuard<'static, ()>)> {
+    saga_testkit::ci::unavailable(
+        test,
+        &format!(
+            "{why}; start the services with `scripts/services/registry.sh start` (or run \
+             scripts/test.sh)"
+        ),
+    )
 }
 
 /// The variables of registry.env: from the environment, else from the file the script wrote.
@@ -118,22 +112,15 @@ pub async fn env(test: &str) -> Option<(Env, MutexGuard<'static, ()>)> {
     let serial = SERIAL.lock().await;
     let (registry_a, registry_b, image) = match settings() {
         Ok(s) => s,
-        Err(why) => {
-            unavailable(test, &why);
-            return None;
-        }
+        Err(why) => return unavailable(test, &why),
     };
     let docker = match connect().await {
         Ok(d) => d,
-        Err(why) => {
-            unavailable(test, &why);
-            return None;
-        }
+        Err(why) => return unavailable(test, &why),
     };
     for registry in [&registry_a, &registry_b] {
         if !reachable(registry).await {
-            unavailable(test, &format!("the registry at {registry} does not answer"));
-            return None;
+            return unavailable(test, &format!("the registry at {registry} does not answer"));
         }
     }
     Some((Env { docker, registry_a, registry_b, image }, serial))
@@ -409,34 +396,18 @@ impl Step for Fail {
     }
 }
 
-/// Runs the inner step, then fails permanently anyway: a failure after the effect, which the
-/// compensation (told `Executed::Failed`) must clean up.
-pub struct FailAfter<S>(pub S);
-
-#[async_trait]
-impl<S: Step> Step for FailAfter<S> {
-    type Output = S::Output;
-    async fn execute(&self, ctx: &StepContext) -> Result<S::Output, StepError> {
-        self.0.execute(ctx).await?;
-        Err(StepError::permanent(format!("injected failure after {}", ctx.step_name())))
-    }
-    async fn compensate(
-        &self,
-        ctx: &StepContext,
-        executed: Executed<S::Output>,
-    ) -> Result<(), StepError> {
-        self.0.compensate(ctx, executed).await
-    }
-    fn kind(&self) -> StepKind {
-        self.0.kind()
-    }
-    fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy::none()
-    }
+/// `step`, which the saga names `name`, failing permanently after its effect: a failure after
+/// the effect, which the compensation (told `Executed::Failed`) must clean up. saga-testkit's
+/// [`Faulty`], so that every setting of the step (kind, retry policies, timeouts, cancel grace)
+/// is the step's own.
+pub fn fail_after<S: Step>(name: &str, step: S) -> Faulty<S> {
+    Faulty::new(name, step, &Faults::new(FaultPlan::new().fail(name, When::After)))
 }
 
 /// Runs the inner step, and on the first attempt reports a transient error anyway: the second
-/// attempt must find the first one's effect and succeed.
+/// attempt must find the first one's effect and succeed. (saga-testkit's `Faulty` injects
+/// transient errors before the step runs, not after its effect.) Every setting is the inner
+/// step's: its retry policy must allow a second attempt, as the defaults do.
 pub struct RetryAfterEffect<S>(pub S);
 
 #[async_trait]
@@ -456,12 +427,7 @@ impl<S: Step> Step for RetryAfterEffect<S> {
     ) -> Result<(), StepError> {
         self.0.compensate(ctx, executed).await
     }
-    fn kind(&self) -> StepKind {
-        self.0.kind()
-    }
-    fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy::exponential(3, Duration::from_millis(10))
-    }
+    saga_core::forward_step_settings!(0);
 }
 
 /// A port on 127.0.0.1 that nothing listens on ("registry down").

@@ -51,16 +51,20 @@ async fn api_and_worker(schema: &Schema, wait: bool) -> (Executor, Executor) {
         .takeover_interval(None)
         .build()
         .expect("builds");
-    let worker = Executor::builder(schema.store().await)
+    // Its own application name, to see its listener connect.
+    let worker_name = format!("{}-worker", schema.name);
+    let worker_store = schema.store_with(schema.options().application_name(&worker_name)).await;
+    let worker = Executor::builder(worker_store)
         .saga(saga(wait))
         .owner("worker")
         .takeover_interval(Some(Duration::from_secs(60)))
         .cancel_poll_interval(Duration::from_secs(10))
         .build()
         .expect("builds");
-    // Starts the worker's watcher (and its LISTEN connection), then lets it connect.
+    // Starts the worker's watcher (and its LISTEN connection), then waits until it listens: the
+    // event, not a guess of how long it takes.
     worker.recover().await.expect("recovers");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    crate::support::listening(&crate::support::admin(&schema.url).await, &worker_name, 1).await;
     (api, worker)
 }
 
@@ -91,8 +95,9 @@ async fn a_submitted_operation_is_claimed_by_a_worker_at_once() {
     let took = submitted.elapsed();
     assert_eq!(outcome, Outcome::Succeeded);
     assert!(!api.is_running(id), "the submitter never runs it");
-    // The worker's own scan is a minute away: only the notification explains this.
-    assert!(took < Duration::from_secs(2), "the worker took {took:?}");
+    // The worker's own scan is a minute away: only the notification explains this, within
+    // any time well short of that (a loaded machine takes seconds at most).
+    assert!(took < Duration::from_secs(5), "the worker took {took:?}");
     println!("submitted to finished by the worker: {took:?}");
     drop(worker);
 }
@@ -121,8 +126,9 @@ async fn a_cancel_from_another_executor_reaches_the_owner_at_once() {
     let outcome = outcome_within(api.store().as_ref(), id, Duration::from_secs(5)).await;
     let took = cancelled.elapsed();
     assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
-    // The worker's own poll is 10 s away: only the notification explains this.
-    assert!(took < Duration::from_secs(1), "the rollback took {took:?}");
+    // The worker's own poll is 10 s away: only the notification explains this, within any time
+    // well short of that (a loaded machine takes seconds at most).
+    assert!(took < Duration::from_secs(5), "the rollback took {took:?}");
     println!("cancel requested to rolled back: {took:?}");
     drop(Arc::new(worker));
 }

@@ -217,6 +217,39 @@ pub async fn blocked_backend(admin: &Client, name: &str, advisory: bool) -> i32 
     }
 }
 
+/// Waits until `n` backends of application `name` have run `LISTEN` (a store's notification
+/// listener has connected): notifications sent from then on reach it.
+pub async fn listening(admin: &Client, name: &str, n: i64) {
+    let deadline = tokio::time::Instant::now() + EVENT;
+    loop {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+                 AND query LIKE 'LISTEN %'",
+                &[&name],
+            )
+            .await
+            .expect("reading pg_stat_activity");
+        if row.get::<_, i64>(0) >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} backends of {name} did not LISTEN within {EVENT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the database's clock is past `ms`.
+pub async fn db_clock_past(admin: &Client, ms: u64) {
+    let deadline = tokio::time::Instant::now() + EVENT;
+    while db_now_ms(admin).await <= ms {
+        assert!(tokio::time::Instant::now() < deadline, "the database's clock stands still");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Terminates one backend.
 pub async fn terminate_pid(admin: &Client, pid: i32) {
     let row = admin
