@@ -98,3 +98,61 @@ impl fmt::Display for Finding {
         Ok(())
     }
 }
+
+/// What an Operation's records say its marks in a store's indexes must be: the shared rule of
+/// every store's [`check`](crate::store::Store::check), which then compares them with its own
+/// index entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpectedMarks<'a> {
+    /// Whether its log ends with `OperationFinished` (else it must be marked unfinished).
+    pub finished: bool,
+    /// The environment its index entry must name.
+    pub environment: &'a str,
+    /// The creation time its index entry must carry (Unix ms, its first record's).
+    pub created_ms: u64,
+    /// The resource whose queue lists it while unfinished.
+    pub resource: &'a crate::record::Resource,
+}
+
+impl<'a> ExpectedMarks<'a> {
+    /// The marks of Operation `operation`, from its records.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::CorruptRecord`] (position 0) when the first record is missing or not
+    /// `OperationCreated`: a check reports it as [`Problem::DamagedRecords`] and repairs nothing.
+    pub fn of(
+        operation: OperationId,
+        records: &'a [crate::record::Record],
+    ) -> Result<Self, StoreError> {
+        use crate::record::RecordKind;
+        let Some(first) = records.first() else {
+            return Err(StoreError::CorruptRecord {
+                operation,
+                position: 0,
+                problem: "the operation has no records".into(),
+            });
+        };
+        let RecordKind::OperationCreated { environment, resource, .. } = &first.kind else {
+            return Err(StoreError::CorruptRecord {
+                operation,
+                position: 0,
+                problem: "the first record is not OperationCreated".into(),
+            });
+        };
+        let finished =
+            records.last().is_some_and(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
+        Ok(ExpectedMarks { finished, environment, created_ms: first.at_ms, resource })
+    }
+
+    /// What is wrong with the unfinished mark, given whether the store has it: a finished
+    /// Operation still marked ([`Problem::StaleUnfinishedMark`]: remove the mark), or an
+    /// unfinished one not marked ([`Problem::MissingUnfinishedMark`]: add it).
+    pub fn unfinished_mark_problem(&self, marked_unfinished: bool) -> Option<Problem> {
+        match (self.finished, marked_unfinished) {
+            (true, true) => Some(Problem::StaleUnfinishedMark),
+            (false, false) => Some(Problem::MissingUnfinishedMark),
+            _ => None,
+        }
+    }
+}

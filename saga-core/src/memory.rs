@@ -12,7 +12,8 @@ use crate::id::{now_ms, OperationId};
 use crate::oplog::LogLine;
 use crate::record::{Record, RecordKind, Resource};
 use crate::store::{
-    check_sequence, CancelRecorded, CancelRequest, Lease, Listing, Store, WakeUp, WakeUps,
+    check_create, check_sequence, CancelRecorded, CancelRequest, Creation, ExpectedMarks, Lease,
+    Listing, Store, WakeUp, WakeUps,
 };
 
 /// A [`Store`] in memory. Nothing is durable beyond the process; records appended are visible to
@@ -86,14 +87,7 @@ impl Store for MemoryStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let RecordKind::OperationCreated { environment, resource, .. } = &record.kind else {
-            return Err(StoreError::OutOfSequence {
-                operation: record.operation,
-                expected: 0,
-                got: record.seq,
-            });
-        };
-        check_sequence(record.operation, 0, std::slice::from_ref(record))?;
+        let Creation { environment, resource } = check_create(record)?;
         let mut inner = self.lock();
         if inner.operations.contains_key(&record.operation) {
             return Err(StoreError::AlreadyExists(record.operation));
@@ -103,13 +97,13 @@ impl Store for MemoryStore {
             record.operation,
             Entry {
                 records: vec![record.clone()],
-                environment: environment.clone(),
+                environment: environment.to_owned(),
                 resource: resource.clone(),
             },
         );
         inner.queues.entry(resource.clone()).or_default().push(record.operation);
         inner.unfinished.insert(record.operation);
-        inner.by_environment.insert((environment.clone(), record.at_ms, record.operation), ());
+        inner.by_environment.insert((environment.to_owned(), record.at_ms, record.operation), ());
         inner.leases.insert(record.operation, lease.clone());
         drop(inner);
         if ttl.is_zero() {
@@ -274,27 +268,39 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let inner = &mut *inner;
         let mut report = CheckReport::default();
+        let mut damaged = Vec::new();
         let mut found = |operation, problem| {
             report.findings.push(Finding { operation: Some(operation), problem, repaired: repair })
         };
         for (id, entry) in &inner.operations {
-            let finished = entry
-                .records
-                .last()
-                .is_some_and(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
-            if finished && inner.unfinished.contains(id) {
-                found(*id, Problem::StaleUnfinishedMark);
-                if repair {
-                    inner.unfinished.remove(id);
+            let expected = match ExpectedMarks::of(*id, &entry.records) {
+                Ok(expected) => expected,
+                Err(cause) => {
+                    // Nothing to repair from.
+                    damaged.push(Finding {
+                        operation: Some(*id),
+                        problem: Problem::DamagedRecords(cause),
+                        repaired: false,
+                    });
+                    continue;
                 }
-            } else if !finished && !inner.unfinished.contains(id) {
-                found(*id, Problem::MissingUnfinishedMark);
-                if repair {
-                    inner.unfinished.insert(*id);
+            };
+            match expected.unfinished_mark_problem(inner.unfinished.contains(id)) {
+                Some(problem @ Problem::StaleUnfinishedMark) => {
+                    found(*id, problem);
+                    if repair {
+                        inner.unfinished.remove(id);
+                    }
                 }
+                Some(problem) => {
+                    found(*id, problem);
+                    if repair {
+                        inner.unfinished.insert(*id);
+                    }
+                }
+                None => {}
             }
-            let created_ms = entry.records.first().map_or(0, |r| r.at_ms);
-            let key = (entry.environment.clone(), created_ms, *id);
+            let key = (expected.environment.to_owned(), expected.created_ms, *id);
             if let std::collections::btree_map::Entry::Vacant(slot) =
                 inner.by_environment.entry(key)
             {
@@ -334,6 +340,7 @@ impl Store for MemoryStore {
                 inner.leases.remove(&id);
             }
         }
+        report.findings.extend(damaged);
         report.operations = operations.len() as u64;
         Ok(report)
     }

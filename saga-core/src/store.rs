@@ -7,15 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use crate::check::{CheckReport, Finding, Problem};
+pub use crate::check::{CheckReport, ExpectedMarks, Finding, Problem};
 pub use crate::error::StoreError;
 pub use crate::id::now_ms;
 use crate::id::OperationId;
 use crate::oplog::LogLine;
-#[cfg(doc)]
-use crate::record::RecordKind;
 pub use crate::record::{decode, encode, FORMAT_VERSION};
-use crate::record::{Record, Resource};
+use crate::record::{Record, RecordKind, Resource};
 use crate::step::FencingToken;
 pub use crate::wrapper::StoreWrapper;
 
@@ -431,6 +429,35 @@ impl Lease {
             }),
         }
     }
+}
+
+/// What a store indexes of an Operation it creates, read from its first record by
+/// [`check_create`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Creation<'a> {
+    /// The environment it belongs to.
+    pub environment: &'a str,
+    /// The resource it changes (its queue).
+    pub resource: &'a Resource,
+}
+
+/// Checks that `record` can open an Operation's log (an `OperationCreated` with sequence number
+/// 0) and gives what the store indexes of it: the shared rule of every store's
+/// [`Store::create`].
+///
+/// # Errors
+///
+/// [`StoreError::OutOfSequence`] (expected 0) for any other record.
+pub fn check_create(record: &Record) -> Result<Creation<'_>, StoreError> {
+    let RecordKind::OperationCreated { environment, resource, .. } = &record.kind else {
+        return Err(StoreError::OutOfSequence {
+            operation: record.operation,
+            expected: 0,
+            got: record.seq,
+        });
+    };
+    check_sequence(record.operation, 0, std::slice::from_ref(record))?;
+    Ok(Creation { environment, resource })
 }
 
 /// Checks that `records` all belong to `operation` and continue its log at `next_seq` without a

@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 
-use saga_core::log::{Record, RecordKind};
-use saga_core::store::{CheckReport, Finding, Problem, StoreError};
+use saga_core::log::Record;
+use saga_core::store::{CheckReport, ExpectedMarks, Finding, Problem, StoreError};
 use saga_core::OperationId;
 use tokio_postgres::{GenericClient, IsolationLevel, Row};
 
@@ -268,35 +268,25 @@ fn judge(row: &Row, records: &[&Row]) -> Result<Verdict, StoreError> {
             }
         }
     }
-    let Some(Record {
-        at_ms,
-        kind: RecordKind::OperationCreated { environment, resource, .. },
-        ..
-    }) = decoded.first()
-    else {
-        let cause = StoreError::CorruptRecord {
-            operation: id,
-            position: 0,
-            problem: "the first record is not OperationCreated".into(),
-        };
-        problems.push((Problem::DamagedRecords(cause), None));
-        return Ok(Verdict { counted: true, problems });
+    let expected = match ExpectedMarks::of(id, &decoded) {
+        Ok(expected) => expected,
+        Err(cause) => {
+            problems.push((Problem::DamagedRecords(cause), None));
+            return Ok(Verdict { counted: true, problems });
+        }
     };
-    let finished =
-        decoded.last().is_some_and(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
-
+    let ExpectedMarks { finished, environment, created_ms: at_ms, resource } = expected;
     let marked_finished: bool = row.try_get(5).map_err(get)?;
-    if finished && !marked_finished {
-        problems.push((Problem::StaleUnfinishedMark, Some(Fix::Finished(true))));
-    } else if !finished && marked_finished {
-        problems.push((Problem::MissingUnfinishedMark, Some(Fix::Finished(false))));
+    let fix = Fix::Finished(!marked_finished);
+    if let Some(problem) = expected.unfinished_mark_problem(!marked_finished) {
+        problems.push((problem, Some(fix)));
     }
     let env: Vec<u8> = row.try_get(1).map_err(get)?;
     let created_ms: i64 = row.try_get(2).map_err(get)?;
-    if env != environment.as_bytes() || created_ms != to_i64(*at_ms) {
+    if env != environment.as_bytes() || created_ms != to_i64(at_ms) {
         let fix = Fix::Environment {
             environment: environment.as_bytes().to_vec(),
-            created_ms: to_i64(*at_ms),
+            created_ms: to_i64(at_ms),
         };
         problems.push((Problem::MissingIndexEntry, Some(fix)));
     }

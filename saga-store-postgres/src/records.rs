@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use saga_core::log::{Record, RecordKind};
-use saga_core::store::{check_sequence, decode, encode, Lease, StoreError};
+use saga_core::store::{check_create, check_sequence, decode, encode, Creation, Lease, StoreError};
 use saga_core::OperationId;
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
@@ -45,14 +45,7 @@ impl PostgresStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let RecordKind::OperationCreated { environment, resource, .. } = &record.kind else {
-            return Err(StoreError::OutOfSequence {
-                operation: record.operation,
-                expected: 0,
-                got: record.seq,
-            });
-        };
-        check_sequence(record.operation, 0, std::slice::from_ref(record))?;
+        let Creation { environment, resource } = check_create(record)?;
         let bytes = encode(record)?;
         let id = record.operation;
         let row = CreateRow {

@@ -5,7 +5,7 @@
 //! Operation, so appends of the others go on. Records are only read, never changed.
 
 use saga_core::log::{Record, RecordKind};
-use saga_core::store::{decode, CheckReport, Finding, Problem, StoreError};
+use saga_core::store::{decode, CheckReport, ExpectedMarks, Finding, Problem, StoreError};
 use saga_core::OperationId;
 
 use crate::codec::{decode_lease, decode_line, sled_error};
@@ -112,32 +112,30 @@ impl Check<'_> {
             }
         };
         self.report.operations += 1;
-        let Some(Record { at_ms, kind: RecordKind::OperationCreated { environment, .. }, .. }) =
-            records.first()
-        else {
-            let cause = StoreError::CorruptRecord {
-                operation: id,
-                position: 0,
-                problem: "the first record is not OperationCreated".into(),
-            };
-            self.found(Some(id), Problem::DamagedRecords(cause), false);
-            return Ok(());
+        let expected = match ExpectedMarks::of(id, &records) {
+            Ok(expected) => expected,
+            Err(cause) => {
+                self.found(Some(id), Problem::DamagedRecords(cause), false);
+                return Ok(());
+            }
         };
-        let finished =
-            records.last().is_some_and(|r| matches!(r.kind, RecordKind::OperationFinished { .. }));
         let op_key = keys::operation_key(id);
         let marked = trees
             .unfinished
             .contains_key(op_key)
             .map_err(|e| sled_error("checking the unfinished index", e))?;
-        if finished && marked {
-            let repaired = self.remove(&trees.unfinished, &op_key)?;
-            self.found(Some(id), Problem::StaleUnfinishedMark, repaired);
-        } else if !finished && !marked {
-            let repaired = self.insert(&trees.unfinished, &op_key)?;
-            self.found(Some(id), Problem::MissingUnfinishedMark, repaired);
+        match expected.unfinished_mark_problem(marked) {
+            Some(problem @ Problem::StaleUnfinishedMark) => {
+                let repaired = self.remove(&trees.unfinished, &op_key)?;
+                self.found(Some(id), problem, repaired);
+            }
+            Some(problem) => {
+                let repaired = self.insert(&trees.unfinished, &op_key)?;
+                self.found(Some(id), problem, repaired);
+            }
+            None => {}
         }
-        let index_key = keys::environment_key(environment, *at_ms, id);
+        let index_key = keys::environment_key(expected.environment, expected.created_ms, id);
         let indexed = trees
             .by_environment
             .contains_key(&index_key)

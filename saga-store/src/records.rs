@@ -1,7 +1,9 @@
 //! Records: create, append, read, and the unfinished list.
 
 use saga_core::log::{Record, RecordKind};
-use saga_core::store::{check_sequence, decode, encode, now_ms, Lease, Listing, StoreError};
+use saga_core::store::{
+    check_create, check_sequence, decode, encode, now_ms, Creation, Lease, Listing, StoreError,
+};
 use saga_core::OperationId;
 
 use crate::acks::Acks;
@@ -44,10 +46,7 @@ impl Trees {
         acks: Option<&Acks>,
     ) -> Result<(Lease, Option<u64>), StoreError> {
         let id = record.operation;
-        let RecordKind::OperationCreated { environment, resource, .. } = &record.kind else {
-            return Err(StoreError::OutOfSequence { operation: id, expected: 0, got: record.seq });
-        };
-        check_sequence(id, 0, std::slice::from_ref(record))?;
+        let Creation { environment, resource } = check_create(record)?;
         let bytes = encode(record)?;
         let index_key = keys::environment_key(environment, record.at_ms, id);
         let queue_key = keys::resource_key(resource, id);
