@@ -192,7 +192,7 @@ impl OutcomeInfo {
             Outcome::RollbackIncomplete { cause, not_undone } => {
                 (Some(cause.to_string()), not_undone.iter().map(NotUndoneInfo::of).collect())
             }
-            Outcome::Abandoned { .. } => (None, Vec::new()),
+            _ => (None, Vec::new()),
         };
         let text = match outcome {
             Outcome::RolledBack { cause } => format!("rolled back ({cause})"),

@@ -136,9 +136,8 @@ async fn follow(
                 }
             }
             let status = saga_core::Status::of(&state);
-            let problem = state
-                .attention()
-                .map(|(step, error)| format!("step {step} needs attention: {error}"));
+            let problem =
+                state.attention().map(|f| format!("step {} needs attention: {}", f.step, f.error));
             let _ = tx.send(end(status, state.outcome().map(OutcomeInfo::of), problem)).await;
             return;
         }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::api::rfc3339;
 use saga_core::log::{Record, RecordKind};
-use saga_core::state::{Compensation, Execution, OperationState};
+use saga_core::state::{Compensation, Execution, FailedStep, OperationState};
 use saga_core::Outcome;
 
 use crate::api::{
@@ -61,8 +61,8 @@ pub(crate) fn detail(records: &[Record], state: &OperationState) -> OperationDet
             }
         })
         .collect();
-    let pair = |p: Option<(&str, &str)>| {
-        p.map(|(step, error)| StepError { step: step.to_owned(), error: error.to_owned() })
+    let pair = |p: Option<FailedStep<'_>>| {
+        p.map(|f| StepError { step: f.step.to_owned(), error: f.error.to_owned() })
     };
     OperationDetail {
         id: state.id().to_string(),
@@ -75,9 +75,9 @@ pub(crate) fn detail(records: &[Record], state: &OperationState) -> OperationDet
         actor: state.actor().to_owned(),
         created_at: rfc3339(state.created_ms()),
         finished_at: state.finished_ms().map(rfc3339),
-        cancel: state.cancel().map(|(actor, reason)| CancelInfo {
-            actor: actor.to_owned(),
-            reason: reason.to_owned(),
+        cancel: state.cancel().map(|c| CancelInfo {
+            actor: c.actor.to_owned(),
+            reason: c.reason.to_owned(),
             at: cancel_at,
         }),
         cancel_pending: None,

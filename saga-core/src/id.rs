@@ -3,12 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 use crate::error::Error;
+use crate::timestamp::Timestamp;
 
 /// The id of one Operation.
 ///
@@ -80,10 +80,9 @@ impl FromStr for OperationId {
     }
 }
 
-/// Milliseconds since the Unix epoch, now: the clock of record timestamps and lease expiries,
-/// which stores use too (0 if the system clock is before 1970).
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+/// Milliseconds since the Unix epoch, now ([`Timestamp::now`]).
+pub(crate) fn now_ms() -> u64 {
+    Timestamp::now().unix_ms()
 }
 
 #[cfg(test)]

@@ -110,6 +110,7 @@ pub mod log {
 /// An Operation's state, folded from its records: what [`Executor::status`] returns.
 pub mod state {
     pub use crate::fold::{
-        CancelRefusal, Compensation, Execution, OperationState, Phase, StepState,
+        CancelRefusal, CancelledBy, Compensation, Execution, FailedStep, OperationState, Phase,
+        PolicyStart, StepState,
     };
 }

@@ -53,6 +53,7 @@ pub struct Record {
 
 /// What a record says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum RecordKind {
     /// The Operation was created. Always record 0.
     OperationCreated {
@@ -313,6 +314,7 @@ impl fmt::Display for NotUndone {
 
 /// The terminal outcome of an Operation: exactly one per Operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Every step succeeded.
     Succeeded,

@@ -9,7 +9,6 @@ use async_trait::async_trait;
 
 pub use crate::check::{CheckReport, ExpectedMarks, Finding, Problem};
 pub use crate::error::StoreError;
-pub use crate::id::now_ms;
 use crate::id::OperationId;
 use crate::oplog::LogLine;
 pub use crate::record::{decode, encode, FORMAT_VERSION};
@@ -429,6 +428,12 @@ impl Lease {
             }),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch, now: the clock of record times and lease expiries.
+#[deprecated(since = "0.2.0", note = "use `saga_core::Timestamp::now().unix_ms()`")]
+pub fn now_ms() -> u64 {
+    crate::Timestamp::now().unix_ms()
 }
 
 /// What a store indexes of an Operation it creates, read from its first record by

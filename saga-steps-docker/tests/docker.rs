@@ -849,5 +849,5 @@ async fn a_stale_executors_late_create_and_compensation_are_refused() {
         assert!(message.contains("not-a-token"), "{message}");
     }
     assert!(support::running(docker, &garbled).await.is_some());
-    b.shutdown(Duration::from_secs(5)).await;
+    let _ = b.shutdown(Duration::from_secs(5)).await;
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use saga_core::store::{now_ms, Lease, StoreError};
+use saga_core::store::{Lease, StoreError};
 use saga_core::OperationId;
 
 use crate::codec::{decode_lease, encode_lease, sled_error};
@@ -41,7 +41,13 @@ impl Trees {
         if self.next_seq(id)?.is_none() {
             return Err(StoreError::NotFound(id));
         }
-        let lease = Lease::claim_after(self.lease(id)?.as_ref(), id, owner, ttl, now_ms())?;
+        let lease = Lease::claim_after(
+            self.lease(id)?.as_ref(),
+            id,
+            owner,
+            ttl,
+            saga_core::Timestamp::now().unix_ms(),
+        )?;
         self.put_lease(&lease)?;
         Ok(lease)
     }
@@ -50,8 +56,12 @@ impl Trees {
     pub(crate) fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
         let _writing = self.lock();
         lease.check_current(self.lease(lease.operation)?.as_ref())?;
-        let renewed =
-            Lease { expires_ms: now_ms().saturating_add(ttl.as_millis() as u64), ..lease.clone() };
+        let renewed = Lease {
+            expires_ms: saga_core::Timestamp::now()
+                .unix_ms()
+                .saturating_add(ttl.as_millis() as u64),
+            ..lease.clone()
+        };
         self.put_lease(&renewed)?;
         Ok(renewed)
     }

@@ -2,7 +2,7 @@
 
 use saga_core::log::{Record, RecordKind};
 use saga_core::store::{
-    check_create, check_sequence, decode, encode, now_ms, Creation, Lease, Listing, StoreError,
+    check_create, check_sequence, decode, encode, Creation, Lease, Listing, StoreError,
 };
 use saga_core::OperationId;
 
@@ -54,7 +54,8 @@ impl Trees {
         if self.next_seq(id)?.is_some() {
             return Err(StoreError::AlreadyExists(id));
         }
-        let lease = Lease::claim_after(None, id, owner, ttl, now_ms())?;
+        let lease =
+            Lease::claim_after(None, id, owner, ttl, saga_core::Timestamp::now().unix_ms())?;
         let lease_bytes = crate::codec::encode_lease(&lease)?;
         let op_key = keys::operation_key(id);
         if let Some(acks) = acks {

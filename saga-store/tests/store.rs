@@ -621,7 +621,7 @@ mod executor {
             .cancel_poll_interval(Duration::from_secs(60))
             .build()
             .expect("builds");
-        worker.recover().await.expect("recovers");
+        let _ = worker.recover().await.expect("recovers");
         let id = api.submit(in_prod("three", "web", "alice")).await.expect("submits");
         let outcome = api.wait_timeout(id, Duration::from_secs(10)).await.expect("waits");
         assert_eq!(outcome, Outcome::Succeeded);

@@ -59,7 +59,7 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Succeeded => "succeeded".into(),
         Outcome::RolledBack { cause } => format!("rolled back ({cause})"),
         Outcome::RollbackIncomplete { cause, .. } => format!("{outcome} ({cause})"),
-        Outcome::Abandoned { .. } => outcome.to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -330,7 +330,9 @@ fn check_rollback<S: std::fmt::Debug + PartialEq>(
             );
             return;
         }
-        Outcome::Abandoned { .. } => {
+        Outcome::RolledBack { cause } => (cause, &[][..]),
+        Outcome::RollbackIncomplete { cause, not_undone } => (cause, &not_undone[..]),
+        _ => {
             let outcome = describe(&run.outcome);
             tally.fail(
                 scenario,
@@ -338,8 +340,6 @@ fn check_rollback<S: std::fmt::Debug + PartialEq>(
             );
             return;
         }
-        Outcome::RolledBack { cause } => (cause, &[][..]),
-        Outcome::RollbackIncomplete { cause, not_undone } => (cause, &not_undone[..]),
     };
     if !matches!(cause, RollbackCause::StepFailed { step, .. } if step == failed) {
         tally.fail(

@@ -265,7 +265,10 @@ async fn cancel_answers_once_durable_and_refuses_a_finished_operation() {
     );
     // Durable when answered: the store's records say so.
     let state = s.executor.status(id).await.unwrap();
-    assert_eq!(state.cancel(), Some(("stager", "bad config")));
+    assert_eq!(
+        state.cancel(),
+        Some(saga_core::state::CancelledBy { actor: "stager", reason: "bad config" })
+    );
     let outcome = s.executor.wait(id).await.unwrap();
     assert_eq!(outcome.status(), saga_core::Status::RolledBack);
 

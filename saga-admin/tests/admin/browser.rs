@@ -197,7 +197,13 @@ async fn drive(
     .await;
     assert_eq!(browser.find_all(Locator::Css("#cancel-button")).await?.len(), 0);
     let state = s.executor.status(running).await.expect("status");
-    assert_eq!(state.cancel(), Some(("stager", "wrong build, from the browser")));
+    assert_eq!(
+        state.cancel(),
+        Some(saga_core::state::CancelledBy {
+            actor: "stager",
+            reason: "wrong build, from the browser"
+        })
+    );
     assert_eq!(state.outcome().map(|o| o.status()), Some(saga_core::Status::RolledBack));
     shoot(browser, "06-operation-rolled-back.png").await;
     browser.set_window_size(390, 844).await?;

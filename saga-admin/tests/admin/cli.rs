@@ -146,7 +146,10 @@ async fn cli_cancel_exits_zero_once_rolled_back_and_non_zero_when_finished() {
         text.lines().last(),
         Some(format!("operation {id}: rolled back (cancelled by dana: bad build)").as_str())
     );
-    assert_eq!(s.executor.status(id).await.unwrap().cancel(), Some(("dana", "bad build")));
+    assert_eq!(
+        s.executor.status(id).await.unwrap().cancel(),
+        Some(saga_core::state::CancelledBy { actor: "dana", reason: "bad build" })
+    );
 
     // Already finished: refused, non-zero, and says why.
     let done = s.finished("deploy", "staging", "api", Params::default()).await;

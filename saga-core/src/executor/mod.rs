@@ -168,6 +168,7 @@ impl fmt::Debug for Executor {
 
 /// What [`Executor::shutdown`] left behind.
 #[derive(Debug, Default)]
+#[must_use = "the report says which Operations were left unfinished and why"]
 pub struct ShutdownReport {
     /// Operations that stopped here without an outcome, in the order they stopped: stopped at
     /// a step boundary or interrupted by the deadline, halted on a store failure, or waiting for

@@ -17,6 +17,7 @@ use crate::store::CancelRequest;
 
 /// What [`Executor::recover`] did.
 #[derive(Debug, Default)]
+#[must_use = "the report says which Operations could not be recovered and why"]
 pub struct RecoveryReport {
     /// Operations resumed by this executor.
     pub resumed: Vec<OperationId>,

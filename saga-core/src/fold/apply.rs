@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{CancelRefusal, Compensation, Execution, OperationState, Phase, StepState};
+use super::{
+    CancelRefusal, Compensation, Execution, OperationState, Phase, PolicyStart, StepState,
+};
 use crate::error::Error;
 use crate::id::OperationId;
 use crate::record::{Record, RecordKind};
@@ -120,7 +122,7 @@ impl OperationState {
                             compensation_first_started_ms: 0,
                             compensation: Compensation::NotStarted,
                             attempts_without_effect: 0,
-                            policy_start: (0, record.at_ms),
+                            policy_start: PolicyStart { attempts_before: 0, at_ms: record.at_ms },
                         });
                     }
                     Some(&i) => {
@@ -184,7 +186,8 @@ impl OperationState {
                 };
                 if let Some(&i) = self.index.get(&step) {
                     let s = &mut self.steps[i];
-                    s.policy_start = (s.attempts, record.at_ms);
+                    s.policy_start =
+                        PolicyStart { attempts_before: s.attempts, at_ms: record.at_ms };
                 }
             }
             RecordKind::CancelRequested { .. } if self.attention.is_some() => {

@@ -37,4 +37,7 @@ mod state;
 mod tests;
 
 pub(crate) use self::outcome::rollback_rank;
-pub use self::state::{CancelRefusal, Compensation, Execution, OperationState, Phase, StepState};
+pub use self::state::{
+    CancelRefusal, CancelledBy, Compensation, Execution, FailedStep, OperationState, Phase,
+    PolicyStart, StepState,
+};

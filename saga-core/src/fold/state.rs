@@ -80,9 +80,37 @@ pub struct StepState {
     pub compensation: Compensation,
     /// How many `execute` attempts failed with an error that says they had no effect.
     pub attempts_without_effect: u32,
-    /// Where the step's retry policy counts from: (attempts before, Unix ms). The first attempt
-    /// at first; an operator's retry of a step that needed attention starts the policy over.
-    pub policy_start: (u32, u64),
+    /// Where the step's retry policy counts from: the first attempt at first; an operator's
+    /// retry of a step that needed attention starts the policy over.
+    pub policy_start: PolicyStart,
+}
+
+/// Where a step's retry policy counts from ([`StepState::policy_start`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyStart {
+    /// The attempts made before it, which the policy does not count.
+    pub attempts_before: u32,
+    /// When it started (Unix ms): the policy's time limit counts from here.
+    pub at_ms: u64,
+}
+
+/// Who cancelled an Operation and why ([`OperationState::cancel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CancelledBy<'a> {
+    /// Who asked.
+    pub actor: &'a str,
+    /// Why.
+    pub reason: &'a str,
+}
+
+/// A step and its error: the failure that started a rollback ([`OperationState::failure`]), or
+/// the step that needs attention ([`OperationState::attention`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailedStep<'a> {
+    /// The step.
+    pub step: &'a str,
+    /// Its (last) error.
+    pub error: &'a str,
 }
 
 impl StepState {
@@ -111,6 +139,7 @@ pub struct CancelRefusal {
 
 /// The phase of an Operation, derived from its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
     /// Executing steps forward.
     Running,
@@ -302,20 +331,20 @@ impl OperationState {
         &self.steps
     }
 
-    /// The cancel, if one is recorded: (who, why).
-    pub fn cancel(&self) -> Option<(&str, &str)> {
-        self.cancel.as_ref().map(|(a, r)| (a.as_str(), r.as_str()))
+    /// The cancel, if one is recorded.
+    pub fn cancel(&self) -> Option<CancelledBy<'_>> {
+        self.cancel.as_ref().map(|(actor, reason)| CancelledBy { actor, reason })
     }
 
-    /// The step failure that started the rollback, if any: (step, error).
-    pub fn failure(&self) -> Option<(&str, &str)> {
-        self.failure.as_ref().map(|(s, e)| (s.as_str(), e.as_str()))
+    /// The step failure that started the rollback, if any.
+    pub fn failure(&self) -> Option<FailedStep<'_>> {
+        self.failure.as_ref().map(|(step, error)| FailedStep { step, error })
     }
 
     /// The step that needs attention and its last error, while the Operation waits for an
     /// operator ([`Phase::NeedsAttention`]).
-    pub fn attention(&self) -> Option<(&str, &str)> {
-        self.attention.as_ref().map(|(s, e)| (s.as_str(), e.as_str()))
+    pub fn attention(&self) -> Option<FailedStep<'_>> {
+        self.attention.as_ref().map(|(step, error)| FailedStep { step, error })
     }
 
     /// The outcome, once finished.

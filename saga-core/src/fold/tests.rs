@@ -56,7 +56,7 @@ fn attention_stops_everything_until_an_operator_decides() {
     let log = needing_attention();
     let state = OperationState::fold(id, &log).expect("legal");
     assert_eq!(state.phase(), Phase::NeedsAttention);
-    assert_eq!(state.attention(), Some(("b", "x")));
+    assert_eq!(state.attention(), Some(FailedStep { step: "b", error: "x" }));
     let illegal_next = [
         started(6, "b", 2),
         rec(6, RecordKind::CancelRequested { actor: "x".into(), reason: "y".into() }),
@@ -80,7 +80,10 @@ fn attention_stops_everything_until_an_operator_decides() {
         .apply(&rec(6, RecordKind::AttentionRetried { actor: "ops".into(), reason: "r".into() }))
         .expect("retried");
     assert_eq!(retried.phase(), Phase::Running);
-    assert_eq!(retried.step("b").map(|s| s.policy_start), Some((1, 6)));
+    assert_eq!(
+        retried.step("b").map(|s| s.policy_start),
+        Some(PolicyStart { attempts_before: 1, at_ms: 6 })
+    );
     retried.apply(&started(7, "b", 2)).expect("the step runs again");
 }
 

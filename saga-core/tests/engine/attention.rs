@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use saga_core::log::RecordKind;
 use saga_core::report::activity_report;
+use saga_core::state::FailedStep;
 use saga_core::state::Phase;
 use saga_core::store::Store;
 use saga_core::Status;
@@ -126,7 +127,10 @@ async fn a_step_failing_past_the_point_of_no_return_stops_for_attention_after_it
 
     let state = executor.status(id).await.expect("status");
     assert_eq!(state.phase(), Phase::NeedsAttention);
-    assert_eq!(state.attention(), Some(("switch", "dns is down (attempt 3)")));
+    assert_eq!(
+        state.attention(),
+        Some(FailedStep { step: "switch", error: "dns is down (attempt 3)" })
+    );
     assert!(state.outcome().is_none());
     // Nothing rolls back, and a cancel is refused: the Operation is past its point of no return.
     let records = store.read(id).await.expect("records");

@@ -468,7 +468,7 @@ impl Step for UntilCancelled {
 
     async fn execute(&self, ctx: &StepContext) -> Result<(), StepError> {
         ctx.cancellation().cancelled().await;
-        self.0.store(saga_core::store::now_ms(), Ordering::SeqCst);
+        self.0.store(saga_core::Timestamp::now().unix_ms(), Ordering::SeqCst);
         Err(StepError::transient("cancelled"))
     }
 
@@ -533,7 +533,7 @@ async fn an_executor_that_cannot_renew_its_lease_stops_before_the_lease_expires(
     // Once it expired, another executor takes over and finishes it from the log.
     store.unreachable.store(false, Ordering::SeqCst);
     // The event, on the store's clock (the system's): the last lease granted has expired.
-    while saga_core::store::now_ms() <= store.granted_until.load(Ordering::SeqCst) {
+    while saga_core::Timestamp::now().unix_ms() <= store.granted_until.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Its last lines never reach the store (this double would take them): the Operation's log

@@ -398,7 +398,7 @@ fn a_paused_executor_never_runs_a_step_beside_the_one_that_took_it_over() {
             .saga(saga(&journal))
             .build()
             .unwrap();
-        taker.recover().await.unwrap();
+        let _ = taker.recover().await.unwrap();
         taker.wait_timeout(id, Duration::from_secs(20)).await
     });
     assert_eq!(outcome.unwrap(), Outcome::Succeeded);
@@ -501,7 +501,7 @@ async fn wait_follows_an_operation_that_another_executor_runs() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!waiting.is_finished(), "it runs nowhere yet");
     let worker = Executor::builder(store.clone()).owner("worker").saga(saga()).build().unwrap();
-    worker.recover().await.unwrap();
+    let _ = worker.recover().await.unwrap();
     assert_eq!(waiting.await.unwrap().unwrap(), Outcome::Succeeded);
 }
 
@@ -542,14 +542,14 @@ async fn steps_see_a_fencing_token_that_grows_with_every_claim() {
     let id = first.start(start("t")).await.unwrap();
     poll_status(&first, id, "step s starts", |s| s.step("s").is_some()).await;
     // The first executor shuts down: its step is dropped, its lease released.
-    first.shutdown(Duration::from_millis(10)).await;
+    let _ = first.shutdown(Duration::from_millis(10)).await;
     let second = Executor::builder(store.clone())
         .owner("second")
         .lease_ttl(ttl)
         .saga(saga())
         .build()
         .unwrap();
-    second.recover().await.unwrap();
+    let _ = second.recover().await.unwrap();
     assert_eq!(second.wait(id).await.unwrap(), Outcome::Succeeded);
     let tokens = tokens.lock().unwrap().clone();
     assert_eq!(tokens.len(), 2, "{tokens:?}");

@@ -7,7 +7,6 @@ use saga_core::log::{render_log, FollowEvent, LogSource, OperationLogLayer};
 use saga_core::report::{
     activity_report, neutralise_cell, write_activity_csv, ActivityRow, ACTIVITY_COLUMNS,
 };
-use saga_core::store::now_ms;
 use saga_core::Status;
 use saga_core::Timestamp;
 use saga_core::{
@@ -160,7 +159,7 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
         .unwrap();
     let store = Arc::new(MemoryStore::new());
     let executor = crate::executor(store.clone(), vec![saga, failing]);
-    let before = now_ms();
+    let before = saga_core::Timestamp::now().unix_ms();
     let mut prod = Vec::new();
     for name in ["web", "=HYPERLINK(\"http://x\",\"y\")"] {
         prod.push(run_in(&executor, "deploy", "prod", Resource::new("app", name), "alice").await);
@@ -168,7 +167,7 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     prod.push(run_in(&executor, "resize", "prod", Resource::new("database", "db"), "@bob").await);
     let staging =
         run_in(&executor, "deploy", "staging", Resource::new("app", "web"), "carol").await;
-    let after = now_ms() + 1;
+    let after = saga_core::Timestamp::now().unix_ms() + 1;
 
     let rows = activity_report(
         store.as_ref(),

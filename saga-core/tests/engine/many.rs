@@ -158,7 +158,7 @@ async fn a_cancel_of_an_operation_nobody_runs_is_seen_at_claim() {
     let executes_before = world.journal().len();
     // The dead executor's lease runs out; the heir's takeover scan claims the Operation then.
     let heir = node(memory.clone(), "heir", slow_saga(200, &overlap, &world));
-    heir.recover().await.unwrap();
+    let _ = heir.recover().await.unwrap();
     let store = memory.clone();
     eventually(Duration::from_secs(5), "taken over and finished", move || {
         futures_finished(&store, id)
@@ -206,8 +206,8 @@ async fn when_one_executor_dies_the_others_finish_its_operations_one_driver_at_a
     // Two survivors, started (and scanning) before the third dies.
     let b = node(memory.clone(), "b", saga());
     let c = node(memory.clone(), "c", saga());
-    b.recover().await.unwrap();
-    c.recover().await.unwrap();
+    let _ = b.recover().await.unwrap();
+    let _ = c.recover().await.unwrap();
     // The third runs four Operations and dies after a few records: its writes stop, its leases
     // are left to expire.
     let crashing = Arc::new(CrashingStore::new(memory.clone(), 10));

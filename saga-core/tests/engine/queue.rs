@@ -150,9 +150,9 @@ async fn the_queue_survives_a_restart() {
     let second = crate::start_on(&first_node, "timed", "web").await;
     // The process stops before either finished; the next one resumes both, still in order. (The
     // deadline is far past the running step's end: it finishes on its own.)
-    first_node.shutdown(Duration::from_secs(60)).await;
+    let _ = first_node.shutdown(Duration::from_secs(60)).await;
     let next = node(store.clone(), "n", timed(50, &spans));
-    next.recover().await.unwrap();
+    let _ = next.recover().await.unwrap();
     assert_eq!(outcome(&[&next], second).await, Outcome::Succeeded);
     assert_eq!(outcome(&[&next], first).await, Outcome::Succeeded);
     let spans = spans.lock().unwrap().clone();

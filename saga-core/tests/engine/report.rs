@@ -8,7 +8,7 @@ use saga_core::log::{Record, RecordKind};
 use saga_core::report::{
     activity_report, neutralise_cell, write_activity_csv, ActivityRow, ACTIVITY_COLUMNS,
 };
-use saga_core::store::{now_ms, Listing, Store, StoreError};
+use saga_core::store::{Listing, Store, StoreError};
 use saga_core::Status;
 use saga_core::Timestamp;
 use saga_core::{async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start};
@@ -91,7 +91,7 @@ async fn three_operations() -> (Arc<DamagedStore>, Executor, Vec<OperationId>, u
     let world = World::default();
     let store = Arc::new(DamagedStore::default());
     let executor = crate::executor(store.clone(), vec![deploy(&world)]);
-    let before = now_ms();
+    let before = saga_core::Timestamp::now().unix_ms();
     let mut ids = Vec::new();
     for name in ["one", "two", "three"] {
         ids.push(run_one(&executor, "deploy", name, "alice").await);
@@ -109,7 +109,7 @@ fn assert_normal(row: &ActivityRow, id: OperationId, resource: &str) {
 /// Creates an Operation of `prod` in `store` directly, with these records after its creation.
 async fn write_log(store: &dyn Store, environment: &str, kinds: Vec<RecordKind>) -> OperationId {
     let id = OperationId::new();
-    let at_ms = now_ms();
+    let at_ms = saga_core::Timestamp::now().unix_ms();
     let created = Record {
         operation: id,
         seq: 0,
@@ -141,7 +141,7 @@ async fn a_corrupt_operation_gets_a_damaged_row_in_its_place_and_the_others_stil
         store.as_ref(),
         "prod",
         Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(now_ms() + 1),
+        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
     )
     .await
     .unwrap();
@@ -185,7 +185,7 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
         store.as_ref(),
         "prod",
         Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(now_ms() + 1),
+        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
     )
     .await
     .unwrap();
@@ -228,7 +228,7 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
         store.as_ref(),
         "staging",
         Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(now_ms() + 1),
+        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
     )
     .await
     .unwrap();
@@ -240,7 +240,7 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
 #[tokio::test]
 async fn an_operation_whose_first_record_names_another_environment_stays_out() {
     let store = Arc::new(DamagedStore::default());
-    let before = now_ms();
+    let before = saga_core::Timestamp::now().unix_ms();
     let elsewhere = write_log(
         store.as_ref(),
         "staging",
@@ -253,7 +253,7 @@ async fn an_operation_whose_first_record_names_another_environment_stays_out() {
         store.as_ref(),
         "prod",
         Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(now_ms() + 1),
+        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
     )
     .await
     .unwrap();
@@ -277,7 +277,7 @@ async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
         .unwrap();
     let store = Arc::new(MemoryStore::new());
     let executor = crate::executor(store.clone(), vec![slow, failing, deploy(&world)]);
-    let before = now_ms();
+    let before = saga_core::Timestamp::now().unix_ms();
     let cancelled = executor.start(in_prod("slow", "web", "alice")).await.unwrap();
     poll_status(&executor, cancelled, "step long starts", |s| s.step("long").is_some()).await;
     executor.cancel(cancelled, "ops-bob", "wrong version").await.unwrap();
@@ -293,7 +293,7 @@ async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
         store.as_ref(),
         "prod",
         Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(now_ms() + 1),
+        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
     )
     .await
     .unwrap();
@@ -348,7 +348,7 @@ async fn the_csv_parses_back_with_damaged_rows_and_every_hostile_cell_neutralise
         .unwrap();
     let store = Arc::new(DamagedStore::default());
     let executor = crate::executor(store.clone(), vec![saga]);
-    let before = now_ms();
+    let before = saga_core::Timestamp::now().unix_ms();
     let hostile = [
         "\u{FEFF}=HYPERLINK(\"http://x\",\"y\")",
         " =1+1",
@@ -379,7 +379,7 @@ async fn the_csv_parses_back_with_damaged_rows_and_every_hostile_cell_neutralise
         store.as_ref(),
         "prod",
         Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(now_ms() + 1),
+        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
     )
     .await
     .unwrap();

@@ -63,7 +63,7 @@ async fn api_and_worker(schema: &Schema, wait: bool) -> (Executor, Executor) {
         .expect("builds");
     // Starts the worker's watcher (and its LISTEN connection), then waits until it listens: the
     // event, not a guess of how long it takes.
-    worker.recover().await.expect("recovers");
+    let _ = worker.recover().await.expect("recovers");
     crate::support::listening(&crate::support::admin(&schema.url).await, &worker_name, 1).await;
     (api, worker)
 }
@@ -185,7 +185,7 @@ async fn a_wait_elsewhere_answers_within_moments_of_the_end() {
     };
     let schema = Schema::new(&url);
     let (_, worker) = api_and_worker(&schema, false).await;
-    worker.recover().await.expect("recovers");
+    let _ = worker.recover().await.expect("recovers");
     let api = Executor::builder(schema.store().await)
         .saga(saga(false))
         .owner("api")
@@ -198,7 +198,7 @@ async fn a_wait_elsewhere_answers_within_moments_of_the_end() {
         let request = Start::new("work", Resource::new("app", format!("web-{i}")));
         let id = api.submit(request).await.expect("submits");
         let outcome = api.wait_timeout(id, Duration::from_secs(30)).await;
-        let answered_ms = saga_core::store::now_ms();
+        let answered_ms = saga_core::Timestamp::now().unix_ms();
         assert_eq!(outcome.expect("answered"), Outcome::Succeeded, "operation {id}");
         let records = api.store().read(id).await.expect("reads");
         let finished_ms = records

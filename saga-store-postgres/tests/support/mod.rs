@@ -181,7 +181,7 @@ pub fn request(id: OperationId, actor: &str) -> saga_core::store::CancelRequest 
         operation: id,
         actor: actor.into(),
         reason: format!("{actor} says stop"),
-        at_ms: saga_core::store::now_ms(),
+        at_ms: saga_core::Timestamp::now().unix_ms(),
     }
 }
 

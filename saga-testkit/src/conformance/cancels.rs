@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use saga_core::log::{Record, RecordKind};
-use saga_core::store::{now_ms, CancelRecorded, CancelRequest, Store, StoreError};
+use saga_core::store::{CancelRecorded, CancelRequest, Store, StoreError};
 use saga_core::{OperationId, Outcome, RollbackCause};
 
 use super::{brief, finished, record, started, Ctx};
@@ -14,7 +14,7 @@ fn request(id: OperationId, actor: &str) -> CancelRequest {
         operation: id,
         actor: actor.into(),
         reason: format!("{actor} says stop"),
-        at_ms: now_ms(),
+        at_ms: saga_core::Timestamp::now().unix_ms(),
     }
 }
 
@@ -58,9 +58,9 @@ pub async fn cancel_requests<S: Store + ?Sized>(store: Arc<S>) {
             if !none.is_empty() {
                 cx.fail(format!("an empty store lists cancel requests: {none:?}"));
             }
-            let (a, la, _) = cx.create("prod", now_ms(), "x").await;
-            let (b, lb, _) = cx.create("prod", now_ms(), "x").await;
-            let (gone, _, _) = cx.create("gone", now_ms(), "x").await;
+            let (a, la, _) = cx.create("prod", saga_core::Timestamp::now().unix_ms(), "x").await;
+            let (b, lb, _) = cx.create("prod", saga_core::Timestamp::now().unix_ms(), "x").await;
+            let (gone, _, _) = cx.create("gone", saga_core::Timestamp::now().unix_ms(), "x").await;
             let pending = cx.ok("reading a's pending request", cx.store.pending_cancel(a).await);
             cx.equal(pending, None, "a's pending request before any");
             let amy = request(a, "amy");
@@ -134,7 +134,8 @@ pub async fn cancel_requests<S: Store + ?Sized>(store: Arc<S>) {
 pub async fn cancel_barriers<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("cancel_barriers", store)
         .run(|cx| async move {
-            let (a, la, first) = cx.create("prod", now_ms(), "x").await;
+            let (a, la, first) =
+                cx.create("prod", saga_core::Timestamp::now().unix_ms(), "x").await;
             let amy = request(a, "amy");
             cx.ok("requesting a cancel", cx.store.request_cancel(&amy).await);
             let pending_for =
@@ -187,7 +188,7 @@ pub async fn cancel_barriers<S: Store + ?Sized>(store: Arc<S>) {
             cx.assert_unfinished(&[], "after the finish").await;
 
             // A rollback's finish goes in with a request pending, and answers it.
-            let (b, lb, _) = cx.create("prod", now_ms(), "x").await;
+            let (b, lb, _) = cx.create("prod", saga_core::Timestamp::now().unix_ms(), "x").await;
             cx.ok("cancelling b", cx.store.append(&lb, &[cancelled(b, 1, "bob")]).await);
             cx.ok("requesting b again", cx.store.request_cancel(&request(b, "bea")).await);
             cx.ok("finishing b rolled back", cx.store.append(&lb, &[rolled_back(b, 2)]).await);

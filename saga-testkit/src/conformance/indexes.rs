@@ -2,7 +2,7 @@
 //! deleting an environment.
 
 use saga_core::log::{LogLine, Record, RecordKind};
-use saga_core::store::{now_ms, Lease, StoreError};
+use saga_core::store::{Lease, StoreError};
 use saga_core::{OperationId, Resource};
 
 use super::LONG;
@@ -19,7 +19,7 @@ pub async fn resource_queues<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("resource_queues", store)
         .run(|cx| async move {
             let on = |id: OperationId, kind: &str, name: &str, env: &str| {
-                let mut record = created(id, env, now_ms());
+                let mut record = created(id, env, saga_core::Timestamp::now().unix_ms());
                 if let RecordKind::OperationCreated { resource, .. } = &mut record.kind {
                     *resource = Resource::new(kind, name);
                 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use saga_core::store::{now_ms, Lease, StoreError};
+use saga_core::store::{Lease, StoreError};
 use saga_core::OperationId;
 
 use super::{LONG, SHORT};
@@ -18,7 +18,7 @@ use super::support::*;
 pub async fn lease_on_create<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("lease_on_create", store)
         .run(|cx| async move {
-            let before = now_ms();
+            let before = saga_core::Timestamp::now().unix_ms();
             let (id, lease, _) = cx.create("prod", before, "creator").await;
             let expected = Lease {
                 operation: id,
@@ -32,7 +32,7 @@ pub async fn lease_on_create<S: Store + ?Sized>(store: Arc<S>) {
             // Allow for a store whose clock is not this process's (a database's), by minutes.
             let ttl = LONG.as_millis() as u64;
             if lease.expires_ms < before + ttl - 120_000
-                || lease.expires_ms > now_ms() + ttl + 120_000
+                || lease.expires_ms > saga_core::Timestamp::now().unix_ms() + ttl + 120_000
             {
                 cx.fail(format!(
                     "create with a ttl of {ttl} ms at {before} granted a lease expiring at {}",
@@ -66,7 +66,8 @@ const RACERS: usize = 16;
 pub async fn claim_race<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("claim_race", store)
         .run(|cx| async move {
-            let (id, lease, _) = cx.create("prod", now_ms(), "creator").await;
+            let (id, lease, _) =
+                cx.create("prod", saga_core::Timestamp::now().unix_ms(), "creator").await;
             cx.ok("releasing the creator's lease", cx.store.release(&lease).await);
             let first = race(cx, id, "round1", "after a release").await;
             if first.epoch <= lease.epoch {
@@ -155,7 +156,7 @@ async fn race<S: Store + ?Sized>(cx: &Ctx<S>, id: OperationId, round: &str, when
 pub async fn epochs_grow<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("epochs_grow", store)
         .run(|cx| async move {
-            let (id, l1, _) = cx.create("prod", now_ms(), "a").await;
+            let (id, l1, _) = cx.create("prod", saga_core::Timestamp::now().unix_ms(), "a").await;
             let mut leases = vec![l1.clone()];
             let l2 = cx.ok("claiming by the holder itself", cx.store.claim(id, "a", LONG).await);
             leases.push(l2.clone());
@@ -219,7 +220,8 @@ pub async fn epochs_grow<S: Store + ?Sized>(store: Arc<S>) {
 pub async fn leases_fencing<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("leases_fencing", store)
         .run(|cx| async move {
-            let (id, l1, first) = cx.create("prod", now_ms(), "first").await;
+            let (id, l1, first) =
+                cx.create("prod", saga_core::Timestamp::now().unix_ms(), "first").await;
             let l2 = cx.ok("claiming by the holder", cx.store.claim(id, "first", LONG).await);
             let forged = Lease { owner: "intruder".into(), ..l2.clone() };
             let future = Lease { epoch: l2.epoch + 1, ..l2.clone() };
@@ -276,14 +278,15 @@ pub async fn lease_expiry<S: Store + ?Sized>(store: Arc<S>) {
         .run(|cx| async move {
             // Created with a short lease.
             let start = Instant::now();
-            let record = created(OperationId::new(), "prod", now_ms());
+            let record = created(OperationId::new(), "prod", saga_core::Timestamp::now().unix_ms());
             let id = record.operation;
             let short =
                 cx.ok("creating with a 50 ms lease", cx.store.create(&record, "a", SHORT).await);
             expire_and_take(cx, id, &short, start, "b", "a 50 ms lease from create").await;
 
             // Renewed to a short lease.
-            let (id, lease, _) = cx.create("prod", now_ms(), "a").await;
+            let (id, lease, _) =
+                cx.create("prod", saga_core::Timestamp::now().unix_ms(), "a").await;
             let start = Instant::now();
             let short = cx.ok("renewing for 50 ms", cx.store.renew(&lease, SHORT).await);
             expire_and_take(cx, id, &short, start, "b", "a lease renewed for 50 ms").await;
@@ -331,7 +334,7 @@ async fn expire_and_take<S: Store + ?Sized>(
 pub async fn release<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("release", store)
         .run(|cx| async move {
-            let (id, l1, _) = cx.create("prod", now_ms(), "a").await;
+            let (id, l1, _) = cx.create("prod", saga_core::Timestamp::now().unix_ms(), "a").await;
             cx.ok("releasing", cx.store.release(&l1).await);
             cx.ok("releasing twice", cx.store.release(&l1).await);
             let l2 =

@@ -1,7 +1,7 @@
 //! Records: appended in sequence only, and read back exactly as acknowledged.
 
 use saga_core::log::{Record, RecordKind};
-use saga_core::store::{now_ms, StoreError};
+use saga_core::store::StoreError;
 use saga_core::{NotUndone, NotUndoneReason, OperationId, Outcome, RollbackCause};
 
 use super::LONG;
@@ -117,7 +117,7 @@ pub async fn ordering_and_gaps<S: Store + ?Sized>(store: Arc<S>) {
 pub async fn acknowledged_writes<S: Store + ?Sized>(store: Arc<S>) {
     Ctx::new("acknowledged_writes", store)
         .run(|cx| async move {
-            let now = now_ms();
+            let now = saga_core::Timestamp::now().unix_ms();
             let (id, lease, first) = cx.create("prod", now, "me").await;
             cx.assert_unfinished(&[id], "right after create").await;
             cx.assert_env("prod", now, now + 1, &[id], "right after create").await;

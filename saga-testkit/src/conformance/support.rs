@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::log::{LogLevel, LogLine, LogSource, Record, RecordKind};
-use saga_core::store::{now_ms, CheckReport, Lease, Store, StoreError};
+use saga_core::store::{CheckReport, Lease, Store, StoreError};
 use saga_core::{OperationId, Outcome, Resource};
 
 use super::{HANG, LONG};
@@ -219,7 +219,7 @@ impl<S: Store + ?Sized> Ctx<S> {
 /// Waits until the clock is past `ms`, and `margin` more (at most 2 s: a store whose clock is
 /// far ahead fails the check rather than hang it).
 pub(super) async fn sleep_past(ms: u64, margin: Duration) {
-    let now = now_ms();
+    let now = saga_core::Timestamp::now().unix_ms();
     let wait = Duration::from_millis(ms.saturating_sub(now).saturating_add(1)) + margin;
     tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use saga_core::log::RecordKind;
-use saga_core::store::{now_ms, CancelRequest, Store, WakeUp};
+use saga_core::store::{CancelRequest, Store, WakeUp};
 use saga_core::OperationId;
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -28,7 +28,7 @@ pub async fn wake_ups<S: Store + ?Sized>(store: Arc<S>) {
             let started_at = Instant::now();
             loop {
                 let id = OperationId::new();
-                let record = created(id, "prod", now_ms());
+                let record = created(id, "prod", saga_core::Timestamp::now().unix_ms());
                 cx.ok("submitting", cx.store.create(&record, "x", Duration::ZERO).await);
                 if told(&mut rx, WakeUp::Claimable(id), Duration::from_millis(300)).await {
                     break;
@@ -37,7 +37,7 @@ pub async fn wake_ups<S: Store + ?Sized>(store: Arc<S>) {
                     cx.fail("no Claimable wake-up for a submitted Operation within 20 s");
                 }
             }
-            let (a, la, _) = cx.create("prod", now_ms(), "x").await;
+            let (a, la, _) = cx.create("prod", saga_core::Timestamp::now().unix_ms(), "x").await;
             let request =
                 CancelRequest { operation: a, actor: "amy".into(), reason: "r".into(), at_ms: 1 };
             cx.ok("requesting a cancel", cx.store.request_cancel(&request).await);
@@ -56,14 +56,14 @@ pub async fn wake_ups<S: Store + ?Sized>(store: Arc<S>) {
             if !told(&mut rx, WakeUp::Settled(a), ARRIVAL).await {
                 cx.fail("no Settled wake-up for an Operation that needs attention");
             }
-            let (b, lb, _) = cx.create("prod", now_ms(), "x").await;
+            let (b, lb, _) = cx.create("prod", saga_core::Timestamp::now().unix_ms(), "x").await;
             cx.ok("finishing b", cx.store.append(&lb, &[finished(b, 1)]).await);
             if !told(&mut rx, WakeUp::Settled(b), ARRIVAL).await {
                 cx.fail("no Settled wake-up for a finished Operation");
             }
             cx.ok("releasing finished b", cx.store.release(&lb).await);
             // Told of something later, to be sure that nothing of b came in between.
-            let (c, _, _) = cx.create("prod", now_ms(), "x").await;
+            let (c, _, _) = cx.create("prod", saga_core::Timestamp::now().unix_ms(), "x").await;
             let request =
                 CancelRequest { operation: c, actor: "cal".into(), reason: "r".into(), at_ms: 1 };
             cx.ok("requesting a cancel of c", cx.store.request_cancel(&request).await);

@@ -48,7 +48,9 @@ use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 use saga_core::log::{Record, RecordKind};
-use saga_core::state::{Compensation, Execution, OperationState, StepState};
+use saga_core::state::{
+    CancelledBy, Compensation, Execution, FailedStep, OperationState, StepState,
+};
 use saga_core::{Error, NotUndone, NotUndoneReason, OperationId, Outcome, RollbackCause};
 
 fn renumber(mut records: Vec<Record>) -> Vec<Record> {
@@ -218,6 +220,7 @@ fn legal_outcome(state: &OperationState, original: &Outcome, candidate: &Outcome
                 if s == step && e == error);
         }
         Outcome::Succeeded => return candidate == original,
+        other => panic!("an outcome this test does not know: {other:?}"),
     };
     let named: BTreeSet<&str> = match candidate {
         Outcome::RollbackIncomplete { not_undone, .. } => not_undone
@@ -225,9 +228,7 @@ fn legal_outcome(state: &OperationState, original: &Outcome, candidate: &Outcome
             .filter(|n| n.reason == NotUndoneReason::Irreversible)
             .map(|n| n.step.as_str())
             .collect(),
-        Outcome::Succeeded | Outcome::RolledBack { .. } | Outcome::Abandoned { .. } => {
-            BTreeSet::new()
-        }
+        _ => BTreeSet::new(),
     };
     let never_compensated =
         |step: &str| state.step(step).is_some_and(|s| s.compensation == Compensation::NotStarted);
@@ -251,11 +252,11 @@ fn rewrites(state: &OperationState, outcome: &Outcome) -> Vec<(String, Outcome)>
         RollbackCause::StepFailed { step: first.into(), error: "invented".into() },
         RollbackCause::StepFailed { step: "no-such-step".into(), error: "invented".into() },
     ];
-    if let Some((actor, reason)) = state.cancel() {
+    if let Some(CancelledBy { actor, reason }) = state.cancel() {
         causes.push(RollbackCause::Cancelled { actor: format!("{actor}!"), reason: reason.into() });
         causes.push(RollbackCause::Cancelled { actor: actor.into(), reason: format!("{reason}!") });
     }
-    if let Some((step, error)) = state.failure() {
+    if let Some(FailedStep { step, error }) = state.failure() {
         causes.push(RollbackCause::StepFailed { step: step.into(), error: error.into() });
         causes.push(RollbackCause::StepFailed { step: step.into(), error: format!("{error}!") });
         for other in steps.iter().filter(|s| **s != step) {
@@ -307,6 +308,7 @@ fn rewrites(state: &OperationState, outcome: &Outcome) -> Vec<(String, Outcome)>
         }
         Outcome::RolledBack { cause } => (cause, Vec::new()),
         Outcome::RollbackIncomplete { cause, not_undone } => (cause, not_undone.clone()),
+        other => panic!("an outcome this test does not know: {other:?}"),
     };
     let rebuild = |cause: &RollbackCause, list: Vec<NotUndone>| {
         if matches!(outcome, Outcome::RolledBack { .. }) && list.is_empty() {
@@ -318,7 +320,7 @@ fn rewrites(state: &OperationState, outcome: &Outcome) -> Vec<(String, Outcome)>
     // Other kinds.
     out.push(("-> succeeded".into(), Outcome::Succeeded));
     out.push(("-> abandoned".into(), invented_abandon));
-    if let Some((step, error)) = state.failure() {
+    if let Some(FailedStep { step, error }) = state.failure() {
         out.push((
             "-> abandoned at the failed step".into(),
             Outcome::Abandoned {

@@ -49,6 +49,7 @@ pub fn problems(
             (Some(cause), not_undone.clone(), None)
         }
         Outcome::Abandoned { step, .. } => (None, Vec::new(), Some(step)),
+        other => panic!("an outcome this test does not know: {other:?}"),
     };
     let cause = cause.map(|c| match c {
         RollbackCause::StepFailed { step, .. } => Cause::Step(step.clone()),

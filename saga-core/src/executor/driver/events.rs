@@ -212,7 +212,7 @@ impl Driver {
         let (attempts, first) = if compensation {
             (s.compensation_attempts, s.compensation_first_started_ms)
         } else {
-            (s.attempts.saturating_sub(s.policy_start.0), s.policy_start.1)
+            (s.attempts.saturating_sub(s.policy_start.attempts_before), s.policy_start.at_ms)
         };
         let elapsed = Duration::from_millis(now_ms().saturating_sub(first));
         (error.is_transient() || compensation || forward_only)

@@ -125,8 +125,11 @@ impl Driver {
             _ => "an earlier attempt failed".to_owned(),
         };
         // An execute's policy counts from its start (an operator's retry starts it over).
-        let counted =
-            if compensation { attempts } else { attempts.saturating_sub(s.policy_start.0) };
+        let counted = if compensation {
+            attempts
+        } else {
+            attempts.saturating_sub(s.policy_start.attempts_before)
+        };
         let policy = self.policy(step, compensation);
         let delay = policy.delay(counted);
         self.flight.waiting.insert(step.to_owned());
