@@ -267,8 +267,8 @@ struct OtherFlags {
 /// What the command line asks for.
 #[derive(Debug)]
 pub(crate) enum Parsed {
-    /// A command to run.
-    Run(Command),
+    /// A command to run (boxed: it is much larger than the help).
+    Run(Box<Command>),
     /// `--help` (or `-h`): this text, for standard output.
     Help(String),
 }
@@ -281,7 +281,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, 
         Err(e) if !e.use_stderr() => return Ok(Parsed::Help(e.to_string())),
         Err(e) => return Err(clap_error(&e)),
     };
-    cli.into_command().map(Parsed::Run)
+    cli.into_command().map(|command| Parsed::Run(Box::new(command)))
 }
 
 /// A clap error without its `error: ` prefix (the quickstart prefixes its own name).

@@ -198,7 +198,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let command = match cli::parse(std::env::args_os().skip(1))? {
-        cli::Parsed::Run(command) => command,
+        cli::Parsed::Run(command) => *command,
         cli::Parsed::Help(text) => {
             say!("{}", text.trim_end());
             return Ok(true);
