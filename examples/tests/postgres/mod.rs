@@ -400,8 +400,12 @@ fn a_stalled_owner_is_fenced_and_nothing_it_writes_after_the_takeover_reaches_th
         db.leases()[&id].0 == "taker"
     });
     let took = stopped_at.elapsed();
+    // Finished: its outcome, then (once the outcome is durable) the log line that says it, the
+    // taker's last write for it. The snapshot below is taken after both, so that a line of the
+    // taker's is never mistaken for one of the fenced owner's.
     wait_until(Duration::from_secs(30), "the taker finishes it", shown, || {
         !outcomes(&db.records(id)).is_empty()
+            && db.log(id).iter().any(|l| l.message == "operation succeeded")
     });
     let records_before = db.records(id);
     let log_before = db.log(id);
@@ -479,7 +483,7 @@ fn two_hundred_operations_each_end_once_across_a_restart_of_postgresql() {
     if !ours {
         let why = "the server was not started by scripts/services/postgres.sh, which restarts it";
         // Under CI this fails the test; elsewhere it says why it skips.
-        let _skipped: Option<()> = saga_testkit::ci::unavailable(test, why);
+        let _skipped: Option<()> = super::common::ci::unavailable(test, why);
         return;
     }
     let _serial = serial();
@@ -691,8 +695,11 @@ fn a_worker_cut_off_from_the_database_stops_before_its_lease_expires_and_another
         ids.iter().all(|id| leases[id].0 == "direct")
     });
     println!("{test}: all three taken over within {} ms of the cut", now_ms() - cut_ms);
+    // Finished: the outcomes, then the log lines that say them, the direct worker's last writes
+    // for them, so that the snapshot below holds every line of the direct worker's.
     wait_until(Duration::from_secs(60), "the direct worker finishes them", shown, || {
         db.unfinished().is_empty()
+            && ids.iter().all(|id| db.log(*id).iter().any(|l| l.message == "operation succeeded"))
     });
     let before: Vec<(Vec<Record>, Vec<LogLine>)> =
         ids.iter().map(|id| (db.records(*id), db.log(*id))).collect();
