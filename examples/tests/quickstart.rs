@@ -444,7 +444,7 @@ fn check_finds_and_repairs_a_finished_operation_that_lost_its_outcome() {
     }
 }
 
-/// Whether `strace` can run here. Under CI (the workspace's rule, `saga_testkit::ci`) its
+/// Whether `strace` can run here. Under CI (the workspace's rule, `saga_testkit::ci`, in `common::ci`) its
 /// absence fails the test; elsewhere the test says it skipped.
 fn strace_available(test: &str) -> bool {
     let works = Command::new("strace")
@@ -453,7 +453,7 @@ fn strace_available(test: &str) -> bool {
         .is_ok_and(|o| o.status.success());
     if !works {
         // Under CI this fails the test; elsewhere it says why it skips.
-        let _skipped: Option<()> = saga_testkit::ci::unavailable(
+        let _skipped: Option<()> = common::ci::unavailable(
             test,
             "strace is not installed (or cannot trace); scripts/test.sh installs it",
         );

@@ -15,6 +15,15 @@ use saga_core::Outcome;
 #[cfg(feature = "postgres")]
 pub(crate) use self::db::Db;
 
+/// The workspace's one rule for CI (`saga_testkit::ci`: whether a test runs under CI, and what a
+/// test does when a service it needs is missing), compiled from saga-testkit's own source file:
+/// saga-testkit as a dev-dependency would be built with the quickstart example too (cargo builds
+/// dev-dependencies with every example), and its proptest made the README's first command a
+/// fifth slower.
+#[path = "../../../saga-testkit/src/ci.rs"]
+#[allow(unreachable_pub)]
+pub(crate) mod ci;
+
 /// One test that uses the server at a time: they run several processes each, on what may be
 /// two cores, and one restarts the server.
 pub(crate) fn serial() -> MutexGuard<'static, ()> {
