@@ -15,5 +15,6 @@ if bash scripts/services/postgres.sh start; then
 else
   echo "bench: PostgreSQL did not start; its rows will say not run" >&2
 fi
-cargo bench -p saga-benches "$@"
+# `peers`: steno and duroxide on the same workloads, for the comparison rows.
+cargo bench -p saga-benches --features peers "$@"
 cargo run --quiet --release -p saga-benches --bin bench-summary

@@ -35,6 +35,6 @@ fi
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features saga-examples/postgres,saga-examples/admin -- -D warnings
 echo "==> cargo test"
-cargo test --workspace "$@"
+cargo test --workspace --features saga-examples/postgres,saga-examples/admin "$@"

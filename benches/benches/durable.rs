@@ -9,7 +9,7 @@
 //!   group commit lets concurrent appends share one sync; steno too (duroxide, about a minute
 //!   per run here, is run once by the `scale` bench).
 //!
-//! Throughput is in steps (elements) per second.
+//! Throughput is in steps (elements) per second. The peers run with `--features peers`.
 //!
 //! With `SAGA_TEST_POSTGRES_URL` set (`bench run.sh` starts the server of
 //! `scripts/services/postgres.sh` and sets it), both groups also run `saga_postgres`: the same
@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput};
-use saga_benches::{duroxide_peer, engine, raw, runtime, steno_peer, timed};
+#[cfg(feature = "peers")]
+use saga_benches::{duroxide_peer, steno_peer};
+use saga_benches::{engine, raw, runtime, timed};
 use saga_store::SledStore;
 
 /// A `PostgresStore` in a fresh schema of the database of `SAGA_TEST_POSTGRES_URL`, if set.
@@ -57,32 +59,37 @@ fn sequential(c: &mut Criterion) {
     group.bench_function("saga_sled", |b| {
         b.iter_custom(|iters| timed(&rt, iters, || engine::run_one(&executor)))
     });
-    rt.block_on(executor.shutdown(Duration::from_secs(60)));
+    let _ = rt.block_on(executor.shutdown(Duration::from_secs(60)));
 
     if let Some(store) = postgres(&rt) {
         let executor = engine::executor(store, STEPS, 10_000);
         group.bench_function("saga_postgres", |b| {
             b.iter_custom(|iters| timed(&rt, iters, || engine::run_one(&executor)))
         });
-        rt.block_on(executor.shutdown(Duration::from_secs(60)));
+        let _ = rt.block_on(executor.shutdown(Duration::from_secs(60)));
     }
 
-    let steno = steno_peer::Workload::new(STEPS);
-    let sec = rt.block_on(async {
-        steno_peer::sec(Arc::new(steno_peer::SledSecStore::open(&dir.path().join("steno"))))
-    });
-    group.bench_function("steno_sled", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, || steno.run_one(&sec)))
-    });
-    rt.block_on(sec.shutdown());
+    // The peers, with `--features peers`.
+    #[cfg(feature = "peers")]
+    {
+        let steno = steno_peer::Workload::new(STEPS);
+        let sec = rt.block_on(async {
+            steno_peer::sec(Arc::new(steno_peer::SledSecStore::open(&dir.path().join("steno"))))
+        });
+        group.bench_function("steno_sled", |b| {
+            b.iter_custom(|iters| timed(&rt, iters, || steno.run_one(&sec)))
+        });
+        rt.block_on(sec.shutdown());
 
-    let duroxide = rt.block_on(async {
-        duroxide_peer::Duroxide::start(duroxide_peer::sqlite_file(dir.path()).await, STEPS).await
-    });
-    group.bench_function("duroxide_sqlite", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, || duroxide.run_one()))
-    });
-    rt.block_on(duroxide.shutdown());
+        let duroxide = rt.block_on(async {
+            duroxide_peer::Duroxide::start(duroxide_peer::sqlite_file(dir.path()).await, STEPS)
+                .await
+        });
+        group.bench_function("duroxide_sqlite", |b| {
+            b.iter_custom(|iters| timed(&rt, iters, || duroxide.run_one()))
+        });
+        rt.block_on(duroxide.shutdown());
+    }
     group.finish();
 }
 
@@ -104,24 +111,28 @@ fn concurrent(c: &mut Criterion) {
     group.bench_function("saga_sled", |b| {
         b.iter_custom(|iters| timed(&rt, iters, || engine::run_many(&executor, OPERATIONS)))
     });
-    rt.block_on(executor.shutdown(Duration::from_secs(60)));
+    let _ = rt.block_on(executor.shutdown(Duration::from_secs(60)));
 
     if let Some(store) = postgres(&rt) {
         let executor = engine::executor(store, STEPS, 10_000);
         group.bench_function("saga_postgres", |b| {
             b.iter_custom(|iters| timed(&rt, iters, || engine::run_many(&executor, OPERATIONS)))
         });
-        rt.block_on(executor.shutdown(Duration::from_secs(60)));
+        let _ = rt.block_on(executor.shutdown(Duration::from_secs(60)));
     }
 
-    let steno = steno_peer::Workload::new(STEPS);
-    let sec = rt.block_on(async {
-        steno_peer::sec(Arc::new(steno_peer::SledSecStore::open(&dir.path().join("steno"))))
-    });
-    group.bench_function("steno_sled", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, || steno.run_many(&sec, OPERATIONS)))
-    });
-    rt.block_on(sec.shutdown());
+    // steno, with `--features peers`.
+    #[cfg(feature = "peers")]
+    {
+        let steno = steno_peer::Workload::new(STEPS);
+        let sec = rt.block_on(async {
+            steno_peer::sec(Arc::new(steno_peer::SledSecStore::open(&dir.path().join("steno"))))
+        });
+        group.bench_function("steno_sled", |b| {
+            b.iter_custom(|iters| timed(&rt, iters, || steno.run_many(&sec, OPERATIONS)))
+        });
+        rt.block_on(sec.shutdown());
+    }
 
     // duroxide takes about a minute for one run of this workload here, too long for criterion's
     // ten samples: the `scale` bench runs it once and reports it.

@@ -6,13 +6,18 @@
 //! - `memory_concurrent_1000x10`: 1,000 Operations of 10 steps at once, same stores (duroxide
 //!   in the `scale` bench, once: a run takes tens of seconds).
 //!
-//! Throughput is in steps (elements) per second; time per step is the inverse.
+//! Throughput is in steps (elements) per second; time per step is the inverse. The peers run
+//! with `--features peers`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "peers")]
+use criterion::{measurement::WallTime, BenchmarkGroup};
 use criterion::{Criterion, SamplingMode, Throughput};
-use saga_benches::{duroxide_peer, engine, runtime, steno_peer, timed};
+#[cfg(feature = "peers")]
+use saga_benches::{duroxide_peer, steno_peer};
+use saga_benches::{engine, runtime, timed};
 use saga_core::MemoryStore;
 
 fn workload(c: &mut Criterion, name: &str, operations: usize, steps: usize) {
@@ -38,13 +43,26 @@ fn workload(c: &mut Criterion, name: &str, operations: usize, steps: usize) {
     group.bench_function("saga_memory", |b| {
         b.iter_custom(|iters| timed(&rt, iters, || run_saga(executor.clone())))
     });
-    rt.block_on(executor.shutdown(Duration::from_secs(60)));
+    let _ = rt.block_on(executor.shutdown(Duration::from_secs(60)));
 
+    #[cfg(feature = "peers")]
+    peers(&rt, &mut group, operations, steps);
+    group.finish();
+}
+
+/// steno and duroxide on the same workload (with `--features peers`).
+#[cfg(feature = "peers")]
+fn peers(
+    rt: &tokio::runtime::Runtime,
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    operations: usize,
+    steps: usize,
+) {
     let steno = steno_peer::Workload::new(steps);
     let sec = rt.block_on(async { steno_peer::sec(Arc::new(steno::InMemorySecStore::new())) });
     group.bench_function("steno_memory", |b| {
         b.iter_custom(|iters| {
-            timed(&rt, iters, || async {
+            timed(rt, iters, || async {
                 if operations == 1 {
                     steno.run_one(&sec).await
                 } else {
@@ -58,7 +76,6 @@ fn workload(c: &mut Criterion, name: &str, operations: usize, steps: usize) {
     if operations > 1 {
         // duroxide takes tens of seconds per run of the concurrent workload: the `scale` bench
         // runs it once.
-        group.finish();
         return;
     }
     // duroxide's `SqliteProvider::new_in_memory` (shared-cache SQLite) fails under concurrency
@@ -71,10 +88,9 @@ fn workload(c: &mut Criterion, name: &str, operations: usize, steps: usize) {
         duroxide_peer::Duroxide::start(duroxide_peer::sqlite_file(shm.path()).await, steps).await
     });
     group.bench_function("duroxide_tmpfs", |b| {
-        b.iter_custom(|iters| timed(&rt, iters, || async { duroxide.run_one().await }))
+        b.iter_custom(|iters| timed(rt, iters, || async { duroxide.run_one().await }))
     });
     rt.block_on(duroxide.shutdown());
-    group.finish();
 }
 
 fn sequential(c: &mut Criterion) {

@@ -17,6 +17,8 @@
 //!   executor (lease 1 s, takeover scan every 100 ms) has finished all of them, median of 3.
 //! - duroxide on the concurrent workloads (1,000 x 10 steps, SQLite on a file and on tmpfs),
 //!   once each: a run takes tens of seconds here, too long for criterion's samples.
+//!
+//! steno's and duroxide's figures need `--features peers`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use saga_benches::figures::{disk_usage, read_scale, rss_bytes, write_scale};
-use saga_benches::{duroxide_peer, engine, fixtures, runtime, steno_peer};
+#[cfg(feature = "peers")]
+use saga_benches::{duroxide_peer, steno_peer};
+use saga_benches::{engine, fixtures, runtime};
 use saga_core::store::Store;
 use saga_core::{
     async_trait, Executor, MemoryStore, Resource, Saga, Start, Step, StepContext, StepError,
@@ -51,6 +55,7 @@ impl Step for Gate {
 }
 
 /// Prints how many duroxide orchestrations failed, and the first failure.
+#[cfg(feature = "peers")]
 fn report_failures(failures: &[String]) {
     if let Some(first) = failures.first() {
         println!("duroxide: {} orchestrations failed, the first with: {first}", failures.len());
@@ -116,7 +121,7 @@ async fn memory_per_operation(store: Arc<dyn Store>, n: usize, keeps_records: bo
             waited.expect("waiting for an operation");
         }
     }
-    executor.shutdown(Duration::from_secs(60)).await;
+    let _ = executor.shutdown(Duration::from_secs(60)).await;
     (after.saturating_sub(before)) as f64 / n as f64
 }
 
@@ -134,7 +139,7 @@ async fn recover(n: usize) -> f64 {
     let report = executor.recover().await.expect("recovering");
     let recovered = started.elapsed().as_secs_f64();
     assert_eq!(report.resumed.len(), n, "every unfinished operation resumes");
-    executor.shutdown(Duration::from_secs(60)).await;
+    let _ = executor.shutdown(Duration::from_secs(60)).await;
     recovered
 }
 
@@ -194,7 +199,7 @@ fn takeover_after_crash(url: &str, n: usize) -> f64 {
             .saga(gated(open, Arc::new(AtomicUsize::new(0))))
             .build()
             .expect("building the executor");
-        executor.recover().await.expect("a first scan");
+        let _ = executor.recover().await.expect("a first scan");
         loop {
             let left = store.list_unfinished().await.expect("listing").ids.len();
             if left == 0 {
@@ -309,7 +314,7 @@ fn main() {
                 "syncs_per_step_1000_in_flight",
                 (store.sync_count() - before) as f64 / ((OPERATIONS - 1) * STEPS) as f64,
             );
-            rt.block_on(executor.shutdown(Duration::from_secs(60)));
+            let _ = rt.block_on(executor.shutdown(Duration::from_secs(60)));
         }
         let records = OPERATIONS * (2 + 2 * STEPS);
         let (allocated, apparent) = disk_usage(&path);
@@ -325,19 +330,25 @@ fn main() {
             allocated.saturating_sub(log_allocated) as f64 / (OPERATIONS * STEPS) as f64,
         );
 
-        let steno_dir = dir.path().join("steno");
+        // steno, with `--features peers`.
+        #[cfg(feature = "peers")]
         {
-            let store = Arc::new(steno_peer::SledSecStore::open(&steno_dir));
-            let workload = steno_peer::Workload::new(STEPS);
-            rt.block_on(async {
-                let sec = steno_peer::sec(store.clone());
-                workload.run_many(&sec, OPERATIONS).await;
-                sec.shutdown().await;
-            });
+            let steno_dir = dir.path().join("steno");
+            {
+                let store = Arc::new(steno_peer::SledSecStore::open(&steno_dir));
+                let workload = steno_peer::Workload::new(STEPS);
+                rt.block_on(async {
+                    let sec = steno_peer::sec(store.clone());
+                    workload.run_many(&sec, OPERATIONS).await;
+                    sec.shutdown().await;
+                });
+            }
+            let (allocated, _) = disk_usage(&steno_dir);
+            put("steno_sled_disk_bytes_per_step", allocated as f64 / (OPERATIONS * STEPS) as f64);
         }
-        let (allocated, _) = disk_usage(&steno_dir);
-        put("steno_sled_disk_bytes_per_step", allocated as f64 / (OPERATIONS * STEPS) as f64);
     }
+    // duroxide, with `--features peers`.
+    #[cfg(feature = "peers")]
     if runs("duroxide") {
         let duroxide_dir = dir.path().join("duroxide");
         std::fs::create_dir_all(&duroxide_dir).expect("creating a directory");

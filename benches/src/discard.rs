@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use saga_core::log::{LogLine, Record};
 use saga_core::store::{
-    now_ms, CancelRecorded, CancelRequest, CheckReport, Lease, Listing, Store, StoreError,
+    CancelRecorded, CancelRequest, CheckReport, Lease, Listing, Store, StoreError,
 };
 use saga_core::{OperationId, Resource};
 
@@ -25,7 +25,7 @@ fn lease(operation: OperationId, owner: &str, ttl: Duration) -> Lease {
         operation,
         owner: owner.to_owned(),
         epoch: 1,
-        expires_ms: now_ms().saturating_add(ttl.as_millis() as u64),
+        expires_ms: saga_core::Timestamp::now().unix_ms().saturating_add(ttl.as_millis() as u64),
     }
 }
 

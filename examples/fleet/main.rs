@@ -37,11 +37,14 @@
 
 mod saga;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory as _, Parser, Subcommand};
 use saga_core::store::{Lease, Store, StoreError};
 use saga_core::{async_trait, Error, Executor, OperationId, Resource, Start};
 use saga_store::SledStore;
@@ -83,80 +86,119 @@ struct Args {
     command: Command,
 }
 
-fn usage() -> &'static str {
-    "usage: fleet --store (postgres://... [--schema NAME] | DIR) [--owner NAME] [--lease-ttl MS] \
-     COMMAND\n  \
-     worker --journal FILE [--takeover-ms MS]\n  \
-     submit [--count N] [--step-ms MS] [--jitter-ms MS]\n  \
-     cancel ID [--actor NAME] [--reason TEXT]"
+/// The command line, as clap parses it. Every flag is global: it may come before or after the
+/// command word (the tests put a worker's flags before `worker`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet",
+    about = "Several executors in several processes over one store, running a saga that sleeps",
+    after_help = "Exit status: 0 done (a worker: stopped by SIGTERM or SIGINT); 1 a cancel \
+                  refused (the Operation finished, or passed its point of no return); 2 a bad \
+                  flag, or the store failed."
+)]
+struct Cli {
+    /// postgres://user:password@host:port/db, or DIR: the sled store in DIR (one process at a
+    /// time).
+    #[arg(long, value_name = "STORE", global = true)]
+    store: Option<String>,
+    /// With a postgres:// store: the schema of the tables, created when missing.
+    #[arg(long, value_name = "NAME", global = true)]
+    schema: Option<String>,
+    /// The executor's name in leases and in the journal [default: fleet-PID]. Two processes
+    /// must never share one.
+    #[arg(long, value_name = "NAME", value_parser = owner_name, global = true)]
+    owner: Option<String>,
+    /// How long a lease lasts unless renewed, in ms (at least 100: less counts as 100).
+    #[arg(long = "lease-ttl", value_name = "MS", default_value_t = 30_000, global = true)]
+    lease_ttl_ms: u64,
+    /// worker: the step journal its steps append to.
+    #[arg(long, value_name = "FILE", global = true)]
+    journal: Option<PathBuf>,
+    /// worker: how often it looks for Operations nobody holds, in ms (at least 10).
+    #[arg(long = "takeover-ms", value_name = "MS", default_value_t = 1000, global = true)]
+    takeover_ms: u64,
+    /// submit: how many Operations.
+    #[arg(long, value_name = "N", default_value_t = 1, global = true)]
+    count: u64,
+    /// submit: how long each step (and compensation) sleeps, in ms.
+    #[arg(long = "step-ms", value_name = "MS", default_value_t = 100, global = true)]
+    step_ms: u64,
+    /// submit: a random extra sleep of up to this, in ms, drawn at every attempt.
+    #[arg(long = "jitter-ms", value_name = "MS", default_value_t = 0, global = true)]
+    jitter_ms: u64,
+    /// cancel: who asks [default: the owner].
+    #[arg(long, value_name = "NAME", global = true)]
+    actor: Option<String>,
+    /// cancel: why.
+    #[arg(long, value_name = "TEXT", default_value = "fleet cancel", global = true)]
+    reason: String,
+    #[command(subcommand)]
+    command: Word,
 }
 
-fn number(flag: &str, text: Option<String>) -> Result<u64, String> {
-    let text = text.ok_or_else(|| format!("{flag} needs a value"))?;
-    text.parse().map_err(|_| format!("{flag} takes a whole number, not {text:?}"))
+/// The commands.
+#[derive(Debug, Subcommand)]
+enum Word {
+    /// Adopt unfinished Operations nobody holds, until SIGTERM or SIGINT (needs --journal).
+    Worker,
+    /// Record --count Operations for the workers, without running any.
+    Submit,
+    /// Cancel an Operation wherever it runs.
+    Cancel {
+        /// The Operation's id.
+        id: OperationId,
+    },
 }
 
-/// Parses the arguments; `None` when help was asked for.
-fn parse(args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let (mut store, mut schema, mut owner, mut journal) = (None, None, None, None);
-    let (mut lease_ttl_ms, mut takeover_ms, mut count) = (30_000, 1000, 1);
-    let mut params = Params { step_ms: 100, jitter_ms: 0 };
-    let (mut actor, mut reason) = (None, None);
-    let mut words = Vec::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let mut text = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--store" => store = Some(text("--store")?),
-            "--schema" => schema = Some(text("--schema")?),
-            "--owner" => owner = Some(text("--owner")?),
-            "--journal" => journal = Some(PathBuf::from(text("--journal")?)),
-            "--actor" => actor = Some(text("--actor")?),
-            "--reason" => reason = Some(text("--reason")?),
-            "--lease-ttl" => lease_ttl_ms = number(&arg, args.next())?.max(100),
-            "--takeover-ms" => takeover_ms = number(&arg, args.next())?.max(10),
-            "--count" => count = number(&arg, args.next())?,
-            "--step-ms" => params.step_ms = number(&arg, args.next())?,
-            "--jitter-ms" => params.jitter_ms = number(&arg, args.next())?,
-            flag if flag.starts_with('-') => return Err(format!("unknown flag {flag}")),
-            _ => words.push(arg),
-        }
-    }
-    let store = store.ok_or("--store is required: a postgres:// URL or a directory")?;
-    if schema.is_some() && !store.starts_with("postgres") {
-        return Err("--schema needs --store postgres://...".into());
-    }
-    let owner = owner.unwrap_or_else(|| format!("fleet-{}", std::process::id()));
+fn owner_name(owner: &str) -> Result<String, String> {
     if owner.is_empty() || owner.contains(char::is_whitespace) {
-        return Err(format!("--owner {owner:?} is not a name (empty, or has spaces)"));
+        Err(format!("--owner {owner:?} is not a name (empty, or has spaces)"))
+    } else {
+        Ok(owner.to_owned())
     }
-    let command = match words.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["worker"] => Command::Worker {
-            journal: journal.ok_or("worker needs --journal FILE")?,
-            takeover: Duration::from_millis(takeover_ms),
+}
+
+/// Parses the arguments: the flags, or `Err(clap's error)`, which also carries `--help`.
+fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, clap::Error> {
+    let program = std::iter::once(OsString::from("fleet"));
+    let cli = Cli::try_parse_from(program.chain(args))?;
+    let invalid = |message: &str| Cli::command().error(ErrorKind::ValueValidation, message);
+    let store = cli
+        .store
+        .ok_or_else(|| invalid("--store is required: a postgres:// URL or a directory"))?;
+    if cli.schema.is_some() && !store.starts_with("postgres") {
+        return Err(invalid("--schema needs --store postgres://..."));
+    }
+    let owner = cli.owner.unwrap_or_else(|| format!("fleet-{}", std::process::id()));
+    let command = match cli.command {
+        Word::Worker => Command::Worker {
+            journal: cli.journal.ok_or_else(|| invalid("worker needs --journal FILE"))?,
+            takeover: Duration::from_millis(cli.takeover_ms.max(10)),
         },
-        ["submit"] => Command::Submit { count, params },
-        ["cancel", id] => Command::Cancel {
-            id: id.parse().map_err(|e| format!("cancel: {e}"))?,
-            actor: actor.unwrap_or_else(|| owner.clone()),
-            reason: reason.unwrap_or_else(|| "fleet cancel".into()),
+        Word::Submit => Command::Submit {
+            count: cli.count,
+            params: Params { step_ms: cli.step_ms, jitter_ms: cli.jitter_ms },
         },
-        _ => return Err(format!("unexpected arguments {words:?}")),
+        Word::Cancel { id } => Command::Cancel {
+            id,
+            actor: cli.actor.unwrap_or_else(|| owner.clone()),
+            reason: cli.reason,
+        },
     };
-    let lease_ttl = Duration::from_millis(lease_ttl_ms);
-    Ok(Some(Args { store, schema, owner, lease_ttl, command }))
+    let lease_ttl = Duration::from_millis(cli.lease_ttl_ms.max(100));
+    Ok(Args { store, schema: cli.schema, owner, lease_ttl, command })
 }
 
 fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            say!("{}", usage());
+    let args = match parse(std::env::args_os().skip(1)) {
+        Ok(args) => args,
+        // --help: clap's text on stdout.
+        Err(e) if !e.use_stderr() => {
+            say!("{}", e.to_string().trim_end());
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("fleet: {e}\n{}", usage());
+            eprint!("fleet: {}", e.to_string().trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
@@ -208,19 +250,19 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Submit { count, params } => {
             let executor = quiet_executor(store, &args)?;
             // Resources of their own, so that no Operation waits behind another.
-            let batch = format!("{}-{}", std::process::id(), saga_core::store::now_ms());
+            let batch = format!("{}-{}", std::process::id(), saga_core::Timestamp::now().unix_ms());
             for n in 0..*count {
                 let resource = Resource::new("fleet-item", format!("{batch}-{n}"));
                 let id = executor.submit(Start::new(saga::SAGA, resource).params(params)).await?;
                 say!("submitted {id}");
             }
-            executor.shutdown(SHUTDOWN_DEADLINE).await;
+            let _ = executor.shutdown(SHUTDOWN_DEADLINE).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { id, actor, reason } => {
             let executor = quiet_executor(store, &args)?;
             let answer = executor.cancel(*id, actor, reason).await;
-            executor.shutdown(SHUTDOWN_DEADLINE).await;
+            let _ = executor.shutdown(SHUTDOWN_DEADLINE).await;
             match answer {
                 Ok(answer) => {
                     say!("operation {id}: {answer}");

@@ -13,7 +13,16 @@
 //! ```
 //!
 //! Every form also takes `--store postgres://user:password@host:port/db` (with `--schema NAME`
-//! to keep the tables in a schema of their own, created when missing) and `--lease-ttl MS`.
+//! to keep the tables in a schema of their own, created when missing), `--lease-ttl MS` and
+//! `--admin ADDR`; `--help` tells every flag.
+//!
+//! The default build needs saga-core and saga-store alone. PostgreSQL (`--store`, and so
+//! `submit` and `worker` across processes) needs `--features postgres`, and the operator surface
+//! (`--admin`) `--features admin`:
+//!
+//! ```text
+//! cargo run -p saga-examples --features postgres,admin --example quickstart -- --store ... worker
+//! ```
 //!
 //! Steps: create the site directory, write its config, run a "migration" (irreversible: appends a
 //! line to `world/migrations.log`), warm a cache (slow and cancellable), publish (a symlink in
@@ -83,14 +92,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use saga_admin::{Admin, BearerTokens, Grant};
 use saga_core::executor::RecoveryReport;
 use saga_core::log::{render_log, FollowEvent, OperationLogLayer};
 use saga_core::report::{activity_report, write_activity_csv};
 use saga_core::store::{Problem, Store};
 use saga_core::{CancelAnswer, Executor, OperationId, Outcome, Resource, Start, Timestamp};
 use saga_store::SledStore;
-use saga_store_postgres::{PostgresOptions, PostgresStore};
 use tracing_subscriber::prelude::*;
 
 use crate::cli::{Command, RunArgs, StoreArgs, StoreKind};
@@ -115,6 +122,7 @@ mod worker;
 
 /// How many connections one quickstart keeps to PostgreSQL at most (besides one that listens for
 /// wake-ups): several run at once on one server.
+#[cfg(feature = "postgres")]
 const POSTGRES_POOL: usize = 8;
 
 /// Standard output, whose failure is remembered rather than fatal: after the first failed write
@@ -189,10 +197,10 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
-    let command = match cli::parse(std::env::args().skip(1))? {
-        Some(command) => command,
-        None => {
-            say!("{}", cli::usage());
+    let command = match cli::parse(std::env::args_os().skip(1))? {
+        cli::Parsed::Run(command) => *command,
+        cli::Parsed::Help(text) => {
+            say!("{}", text.trim_end());
             return Ok(true);
         }
     };
@@ -205,7 +213,9 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
 async fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
     Ok(match &args.kind {
         StoreKind::Sled => Arc::new(SledStore::open(args.data.join("store"))?),
+        #[cfg(feature = "postgres")]
         StoreKind::Postgres { url, schema } => {
+            use saga_store_postgres::{PostgresOptions, PostgresStore};
             let mut options = PostgresOptions::default()
                 .pool_size(POSTGRES_POOL)
                 .application_name(format!("quickstart {}", args.owner));
@@ -213,6 +223,11 @@ async fn open_store(args: &StoreArgs) -> Result<Arc<dyn Store>, Box<dyn std::err
                 options = options.schema(schema);
             }
             Arc::new(PostgresStore::connect(url, options).await?)
+        }
+        // The parser refuses `--store` without the feature; this is the same answer.
+        #[cfg(not(feature = "postgres"))]
+        StoreKind::Postgres { .. } => {
+            return Err(cli::missing_feature("--store postgres://...", "postgres").into())
         }
     })
 }
@@ -240,6 +255,15 @@ async fn open(args: &StoreArgs) -> Result<(Executor, World), Box<dyn std::error:
     executor(args, open_store(args).await?, None)
 }
 
+/// Shuts `executor` down, saying which Operations it left unfinished (the next `worker` or run
+/// over the same store resumes them).
+async fn close(executor: &Executor) {
+    let report = executor.shutdown(SHUTDOWN_DEADLINE).await;
+    for id in &report.left {
+        say!("operation {id}: left unfinished at shutdown; the next worker resumes it");
+    }
+}
+
 async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>> {
     match command {
         Command::Run(run) => {
@@ -247,13 +271,13 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
             serve_admin(&executor, &run.store).await?;
             let result = run_all(&executor, &run).await;
             linger_for_followers(&run.store).await;
-            executor.shutdown(SHUTDOWN_DEADLINE).await;
+            close(&executor).await;
             result
         }
         Command::Submit(run) => {
             let (executor, _world) = open(&run.store).await?;
             let result = submit(&executor, &run).await;
-            executor.shutdown(SHUTDOWN_DEADLINE).await;
+            close(&executor).await;
             result
         }
         Command::Worker { store, until_idle } => {
@@ -268,7 +292,7 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
             serve_admin(&executor, &store).await?;
             let result = resume(&executor).await;
             linger_for_followers(&store).await;
-            executor.shutdown(SHUTDOWN_DEADLINE).await;
+            close(&executor).await;
             result
         }
         Command::Cancel { store, id, actor, reason } => {
@@ -287,7 +311,7 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
                 ),
                 answer => say!("operation {id}: {answer}"),
             }
-            executor.shutdown(SHUTDOWN_DEADLINE).await;
+            close(&executor).await;
             Ok(true)
         }
         Command::Log { store, id } => {
@@ -311,7 +335,7 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
         Command::Check { store, dry_run } => {
             let (executor, _world) = open(&store).await?;
             let result = check(&executor, dry_run).await;
-            executor.shutdown(SHUTDOWN_DEADLINE).await;
+            close(&executor).await;
             result
         }
     }
@@ -320,10 +344,12 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
 /// With `--admin ADDR`, serves saga-admin's router over `executor` at ADDR, in the background
 /// for as long as the process runs, to the bearer token in `$SAGA_TOKEN` (every environment,
 /// cancel included): the dashboard at `/`, the API under `/api/v1`, what the `saga` CLI uses.
+#[cfg(feature = "admin")]
 async fn serve_admin(
     executor: &Executor,
     store: &StoreArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    use saga_admin::{Admin, BearerTokens, Grant};
     let Some(addr) = store.admin else { return Ok(()) };
     let token = std::env::var("SAGA_TOKEN")
         .ok()
@@ -342,6 +368,19 @@ async fn serve_admin(
         }
     });
     Ok(())
+}
+
+/// Without the `admin` feature there is no operator surface to serve: `--admin` is an error
+/// (the parser refuses it already) that names the feature.
+#[cfg(not(feature = "admin"))]
+async fn serve_admin(
+    _executor: &Executor,
+    store: &StoreArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match store.admin {
+        Some(_) => Err(cli::missing_feature("--admin", "admin").into()),
+        None => Ok(()),
+    }
 }
 
 /// With `--admin`, serves a moment longer once the Operations ended, so that a follower (`saga

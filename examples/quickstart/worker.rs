@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::log::{FollowEvent, LogLevel};
-use saga_core::store::{now_ms, Lease, Store, StoreError};
+use saga_core::store::{Lease, Store, StoreError};
 use saga_core::{async_trait, Error, Executor, OperationId, Outcome};
 use tokio::sync::mpsc;
 
@@ -120,7 +120,7 @@ pub(crate) async fn run(
 /// and errors of its log written since (a cancel, a retry, a lease that could not be renewed)
 /// as they come, then its end. True unless it ended here without succeeding.
 async fn watch_one(executor: &Executor, id: OperationId) -> bool {
-    let since_ms = now_ms();
+    let since_ms = saga_core::Timestamp::now().unix_ms();
     // A claim comes before the Operation runs here (it is read and folded first), and a claim
     // may also end in nothing to run (it finished meanwhile).
     let claimed_at = tokio::time::Instant::now();

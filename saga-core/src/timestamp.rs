@@ -6,7 +6,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
 use time::OffsetDateTime;
 
 use crate::error::Error;
@@ -96,11 +95,18 @@ impl From<Timestamp> for SystemTime {
 impl fmt::Display for Timestamp {
     /// RFC 3339 in UTC with milliseconds; past the year 9999, `+<ms>ms` after the epoch.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let format = format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        );
-        match self.to_offset_date_time().and_then(|t| t.format(&format).ok()) {
-            Some(text) => f.write_str(&text),
+        match self.to_offset_date_time() {
+            Some(t) => write!(
+                f,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            ),
             None => write!(f, "+{}ms", self.0),
         }
     }

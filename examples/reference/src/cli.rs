@@ -1,7 +1,11 @@
-//! The command line the examples share, parsed by hand to need no dependency.
+//! The command line the examples share, parsed with clap: the common flags are derived
+//! ([`CommonFlags`]); each example adds flags of its own and its steps at run time ([`Cli`]).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
+
+use clap::{Arg, ArgMatches, FromArgMatches as _};
 
 /// An example's command line: its name, what it does, its steps and its own flags.
 #[derive(Debug, Clone)]
@@ -39,104 +43,158 @@ pub struct Args {
     pub extra: BTreeMap<String, String>,
 }
 
+/// The flags every example takes, as clap derives them; [`Cli`] completes them with the
+/// example's name, steps and own flags, and the environment's defaults.
+#[derive(Debug, clap::Args)]
+struct CommonFlags {
+    /// Store and recorded setup [default: ./<example>-data].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The AWS API emulator [default: $SAGA_AWS_ENDPOINT].
+    #[arg(long = "aws-endpoint", value_name = "URL")]
+    aws_endpoint: Option<String>,
+    /// An image registry, repeatable, in order of preference [default: $SAGA_REGISTRIES
+    /// (comma-separated), else $SAGA_TEST_REGISTRY_A and _B].
+    #[arg(long = "registry", value_name = "HOST:PORT")]
+    registries: Vec<String>,
+    /// The image in the registries [default: $SAGA_IMAGE, else $SAGA_TEST_IMAGE, else
+    /// saga-test/httpd:1].
+    #[arg(long, value_name = "PATH:TAG")]
+    image: Option<String>,
+    /// Names the containers and emulator resources: 1 to 20 letters, digits and dashes
+    /// [default: the example's name].
+    #[arg(long, value_name = "NAME")]
+    app: Option<String>,
+    /// The step fails permanently before its effect.
+    #[arg(long = "fail-at", value_name = "STEP")]
+    fail_at: Option<String>,
+    /// Abort the process after the step's effect (first attempt); run again to resume.
+    #[arg(long = "crash-at", value_name = "STEP")]
+    crash_at: Option<String>,
+    /// Cancel the Operation MS milliseconds after it starts.
+    #[arg(long = "cancel-after", value_name = "MS")]
+    cancel_after: Option<u64>,
+    /// Remove the example's containers and stop (also as the word `cleanup`).
+    #[arg(long)]
+    cleanup: bool,
+    /// `cleanup`: the same as --cleanup.
+    #[arg(value_name = "cleanup", value_parser = ["cleanup"], hide = true)]
+    word: Option<String>,
+}
+
 impl Cli {
     /// The command line of example `name`, which does `about`, with these steps in order.
     pub fn new(name: &'static str, about: &'static str, steps: &[&str]) -> Self {
         Cli { name, about, steps: steps.iter().map(|s| s.to_string()).collect(), extra: Vec::new() }
     }
 
-    /// Adds a flag of the example's own, taking a value (named `value` in the help), described
-    /// by `help`.
+    /// Adds a flag of the example's own (`flag` is `--name`), taking a value (named `value` in
+    /// the help), described by `help`.
     pub fn flag(mut self, flag: &'static str, value: &'static str, help: &'static str) -> Self {
         self.extra.push((flag, value, help));
         self
     }
 
-    /// The help text, listing the steps.
-    pub fn usage(&self) -> String {
-        let mut text = format!(
-            "{name}: {about}\n\nusage: cargo run -p saga-reference --example {name} -- [FLAGS]\n\n\
-             flags:\n  \
-             --data DIR          store and recorded setup (default ./{name}-data)\n  \
-             --aws-endpoint URL  the AWS API emulator (default: $SAGA_AWS_ENDPOINT)\n  \
-             --registry H:P      an image registry, repeatable, in order of preference\n                      \
-             (default: $SAGA_REGISTRIES, else $SAGA_TEST_REGISTRY_A and _B)\n  \
-             --image PATH:TAG    the image in the registries (default: $SAGA_IMAGE, else\n                      \
-             $SAGA_TEST_IMAGE, else saga-test/httpd:1)\n  \
-             --app NAME          names the containers and emulator resources (default {name})\n  \
-             --fail-at STEP      the step fails permanently before its effect\n  \
-             --crash-at STEP     abort the process after the step's effect (first attempt);\n                      \
-             run again to resume\n  \
-             --cancel-after MS   cancel the Operation MS milliseconds after it starts\n  \
-             --cleanup           remove the example's containers and stop\n",
-            name = self.name,
-            about = self.about,
-        );
+    /// The clap command: the common flags, the steps' names checked, the example's own flags.
+    fn command(&self) -> clap::Command {
+        let steps = self.steps.clone();
+        let step = move |name: &str| -> Result<String, String> {
+            if steps.iter().any(|s| s == name) {
+                Ok(name.to_owned())
+            } else {
+                Err(format!("unknown step {name:?}; the steps are {}", steps.join(", ")))
+            }
+        };
+        let mut command = <CommonFlags as clap::Args>::augment_args(clap::Command::new(self.name))
+            .about(self.about)
+            .override_usage(format!(
+                "cargo run -p saga-reference --example {} -- [FLAGS]",
+                self.name
+            ))
+            .after_help(format!("steps, in order: {}", self.steps.join(", ")))
+            .mut_arg("fail_at", |arg| arg.value_parser(step.clone()))
+            .mut_arg("crash_at", |arg| arg.value_parser(step));
         for (flag, value, help) in &self.extra {
-            text.push_str(&format!("  {:<19} {help}\n", format!("{flag} {value}")));
+            let long = flag.trim_start_matches('-');
+            command = command.arg(Arg::new(*flag).long(long).value_name(*value).help(*help));
         }
-        text.push_str(&format!("\nsteps, in order: {}", self.steps.join(", ")));
-        text
+        command
+    }
+
+    /// The help text, listing the flags and the steps.
+    pub fn usage(&self) -> String {
+        self.command().render_help().to_string()
     }
 
     /// Parses the arguments (without the program name) and the environment. `Ok(None)` means
     /// `--help`, whose text this prints.
-    pub fn parse(&self, args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
-        let mut parsed = Args {
-            data: PathBuf::from(format!("{}-data", self.name)),
-            aws_endpoint: env("SAGA_AWS_ENDPOINT").unwrap_or_default(),
-            registries: Vec::new(),
-            image: env("SAGA_IMAGE")
-                .or_else(|| env("SAGA_TEST_IMAGE"))
-                .unwrap_or_else(|| "saga-test/httpd:1".into()),
-            app: self.name.replace('_', "-"),
-            fail_at: None,
-            crash_at: None,
-            cancel_after: None,
-            cleanup: false,
-            extra: BTreeMap::new(),
-        };
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
-            match arg.as_str() {
-                "-h" | "--help" => {
-                    crate::say(&self.usage());
-                    return Ok(None);
-                }
-                "--data" => parsed.data = PathBuf::from(value("--data")?),
-                "--aws-endpoint" => parsed.aws_endpoint = value("--aws-endpoint")?,
-                "--registry" => parsed.registries.push(value("--registry")?),
-                "--image" => parsed.image = value("--image")?,
-                "--app" => parsed.app = value("--app")?,
-                "--fail-at" => parsed.fail_at = Some(self.step(value("--fail-at")?)?),
-                "--crash-at" => parsed.crash_at = Some(self.step(value("--crash-at")?)?),
-                "--cancel-after" => {
-                    let text = value("--cancel-after")?;
-                    let ms = text
-                        .parse()
-                        .map_err(|_| format!("--cancel-after takes milliseconds, not {text:?}"))?;
-                    parsed.cancel_after = Some(ms);
-                }
-                "--cleanup" | "cleanup" => parsed.cleanup = true,
-                flag if self.extra.iter().any(|(f, _, _)| *f == flag) => {
-                    let v = value(flag)?;
-                    parsed.extra.insert(flag.to_owned(), v);
-                }
-                other => return Err(format!("unknown argument {other:?}\n\n{}", self.usage())),
+    pub fn parse<I>(&self, args: I) -> Result<Option<Args>, String>
+    where
+        I: IntoIterator,
+        I::Item: Into<OsString>,
+    {
+        let program = std::iter::once(OsString::from(self.name));
+        let matches = match self
+            .command()
+            .try_get_matches_from(program.chain(args.into_iter().map(Into::into)))
+        {
+            Ok(matches) => matches,
+            Err(e) if !e.use_stderr() => {
+                crate::say(e.to_string().trim_end());
+                return Ok(None);
             }
-        }
-        if parsed.registries.is_empty() {
-            parsed.registries = match env("SAGA_REGISTRIES") {
+            Err(e) => {
+                let text = e.to_string();
+                return Err(text.strip_prefix("error: ").unwrap_or(&text).trim_end().to_owned());
+            }
+        };
+        let flags = CommonFlags::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+        self.args(flags, &matches).map(Some)
+    }
+
+    /// The flags with the environment's defaults, checked.
+    fn args(&self, flags: CommonFlags, matches: &ArgMatches) -> Result<Args, String> {
+        let registries = if flags.registries.is_empty() {
+            let mut from_env: Vec<String> = match env("SAGA_REGISTRIES") {
                 Some(list) => list.split(',').map(|r| r.trim().to_owned()).collect(),
                 None => ["SAGA_TEST_REGISTRY_A", "SAGA_TEST_REGISTRY_B"]
                     .iter()
                     .filter_map(|n| env(n))
                     .collect(),
             };
-            parsed.registries.retain(|r| !r.is_empty());
-        }
-        let app = &parsed.app;
+            from_env.retain(|r| !r.is_empty());
+            from_env
+        } else {
+            flags.registries
+        };
+        let extra = self
+            .extra
+            .iter()
+            .filter_map(|(flag, _, _)| {
+                let value = matches.get_one::<String>(flag)?;
+                Some(((*flag).to_owned(), value.clone()))
+            })
+            .collect();
+        let args = Args {
+            data: flags.data.unwrap_or_else(|| PathBuf::from(format!("{}-data", self.name))),
+            aws_endpoint: flags
+                .aws_endpoint
+                .or_else(|| env("SAGA_AWS_ENDPOINT"))
+                .unwrap_or_default(),
+            registries,
+            image: flags
+                .image
+                .or_else(|| env("SAGA_IMAGE"))
+                .or_else(|| env("SAGA_TEST_IMAGE"))
+                .unwrap_or_else(|| "saga-test/httpd:1".into()),
+            app: flags.app.unwrap_or_else(|| self.name.replace('_', "-")),
+            fail_at: flags.fail_at,
+            crash_at: flags.crash_at,
+            cancel_after: flags.cancel_after,
+            cleanup: flags.cleanup || flags.word.is_some(),
+            extra,
+        };
+        let app = &args.app;
         if app.is_empty()
             || app.len() > 20
             || !app.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -144,27 +202,19 @@ impl Cli {
         {
             return Err(format!("--app {app:?}: use 1 to 20 letters, digits and dashes"));
         }
-        if !parsed.cleanup {
-            if parsed.aws_endpoint.is_empty() {
+        if !args.cleanup {
+            if args.aws_endpoint.is_empty() {
                 return Err("no AWS endpoint: pass --aws-endpoint URL or set SAGA_AWS_ENDPOINT \
                             (bash scripts/services/moto.sh start prints one)"
                     .into());
             }
-            if parsed.registries.is_empty() {
+            if args.registries.is_empty() {
                 return Err("no registry: pass --registry HOST:PORT or set SAGA_REGISTRIES \
                             (bash scripts/services/registry.sh start starts two)"
                     .into());
             }
         }
-        Ok(Some(parsed))
-    }
-
-    fn step(&self, name: String) -> Result<String, String> {
-        if self.steps.contains(&name) {
-            Ok(name)
-        } else {
-            Err(format!("unknown step {name:?}; the steps are {}", self.steps.join(", ")))
-        }
+        Ok(args)
     }
 }
 
@@ -212,5 +262,24 @@ mod tests {
         assert_eq!(parsed.number("--drain-ms", 1), Ok(5));
         let error = cli.parse(args(&["--fail-at", "zz"])).err().unwrap_or_default();
         assert!(error.contains("unknown step \"zz\""), "{error}");
+    }
+
+    #[test]
+    fn cleanup_is_a_flag_and_a_word_and_help_lists_the_steps() {
+        let cli = Cli::new("demo", "demo", &["a", "b"]).flag("--drain-ms", "MS", "drain");
+        for list in [&["--cleanup"][..], &["cleanup"][..]] {
+            let parsed = cli.parse(args(list)).expect("parses").expect("not --help");
+            assert!(parsed.cleanup, "{list:?}");
+        }
+        let usage = cli.usage();
+        assert!(usage.contains("steps, in order: a, b"), "{usage}");
+        assert!(usage.contains("--drain-ms <MS>"), "{usage}");
+        let error = cli.parse(args(&["--cleanup", "--nope"])).err().unwrap_or_default();
+        assert!(error.contains("--nope"), "{error}");
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::new("demo", "demo", &["a"]).flag("--grow-by", "GIB", "grow").command().debug_assert();
     }
 }

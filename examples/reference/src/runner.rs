@@ -106,7 +106,7 @@ impl Runner {
         }
         for id in &report.needs_attention {
             let state = self.executor.status(*id).await?;
-            let (step, error) = state.attention().unwrap_or(("?", "?"));
+            let (step, error) = state.attention().map_or(("?", "?"), |f| (f.step, f.error));
             say(&format!(
                 "operation {id}: needs attention: step {step} keeps failing past the point of no \
                  return ({error}); retry or abandon it"

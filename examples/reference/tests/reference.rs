@@ -16,7 +16,8 @@
 //! `127.0.0.1:<port>`, and the test fails on any failed request.
 //!
 //! Tests share the services and run one at a time. Without a service, a test prints
-//! `SKIPPED <test>: <why>` to stderr and returns; under `CI=true` it fails.
+//! `SKIPPED <test>: <why>` to stderr and returns; under CI (`saga_testkit::ci`: `CI` set to
+//! anything but empty, `0` or `false`) it fails.
 #![allow(clippy::unwrap_used)]
 
 #[allow(dead_code)]

@@ -3,120 +3,31 @@
 //! waiting for an event with a time limit. Each target uses part of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use saga_core::log::{LogLine, Record, RecordKind};
-use saga_core::store::{now_ms, Store};
-use saga_core::{OperationId, Outcome};
-use saga_store_postgres::testing::redact;
-use saga_store_postgres::{PostgresOptions, PostgresStore};
-use tokio_postgres::NoTls;
+use saga_core::log::{Record, RecordKind};
+use saga_core::Outcome;
+
+#[cfg(feature = "postgres")]
+pub(crate) use self::db::Db;
+
+/// The workspace's one rule for CI (`saga_testkit::ci`: whether a test runs under CI, and what a
+/// test does when a service it needs is missing), compiled from saga-testkit's own source file:
+/// saga-testkit as a dev-dependency would be built with the quickstart example too (cargo builds
+/// dev-dependencies with every example), and its proptest made the README's first command a
+/// fifth slower.
+#[path = "../../../saga-testkit/src/ci.rs"]
+#[allow(unreachable_pub)]
+pub(crate) mod ci;
 
 /// One test that uses the server at a time: they run several processes each, on what may be
 /// two cores, and one restarts the server.
 pub(crate) fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-static SCHEMAS: AtomicU64 = AtomicU64::new(0);
-
-/// A schema of the test's own (the processes' `--schema`), with a store and a plain connection
-/// in it to read what the processes wrote, and a runtime to run them on; dropped, with
-/// everything in it, at the end.
-pub(crate) struct Db {
-    pub(crate) url: String,
-    pub(crate) schema: String,
-    pub(crate) runtime: tokio::runtime::Runtime,
-    pub(crate) store: Arc<PostgresStore>,
-    /// A plain connection, made again when it was lost (a restart of the server).
-    admin: Mutex<Option<tokio_postgres::Client>>,
-}
-
-impl Db {
-    /// A new schema named `<prefix>_<pid>_<n>_<random>`, its store with `pool` connections.
-    pub(crate) fn new(url: &str, prefix: &str, pool: usize) -> Db {
-        let n = SCHEMAS.fetch_add(1, Ordering::Relaxed);
-        let schema = format!("{prefix}_{}_{n}_{:08x}", std::process::id(), fastrand::u32(..));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let options = PostgresOptions::default().schema(&schema).pool_size(pool);
-        let store = match runtime.block_on(PostgresStore::connect(url, options)) {
-            Ok(store) => Arc::new(store),
-            Err(e) => panic!("connecting to {} in schema {schema}: {e:?}", redact(url)),
-        };
-        Db { url: url.to_owned(), schema, runtime, store, admin: Mutex::new(None) }
-    }
-
-    /// Runs `query` on the plain connection (connecting first if needed).
-    pub(crate) fn query(&self, query: &str) -> Vec<tokio_postgres::Row> {
-        let mut admin = self.admin.lock().unwrap();
-        if admin.as_ref().is_none_or(|c| c.is_closed()) {
-            *admin = Some(
-                self.runtime
-                    .block_on(async {
-                        let (client, connection) =
-                            tokio_postgres::connect(&self.url, NoTls).await?;
-                        tokio::spawn(async move {
-                            let _ = connection.await;
-                        });
-                        Ok::<_, tokio_postgres::Error>(client)
-                    })
-                    .unwrap_or_else(|e| panic!("connecting to {}: {e}", redact(&self.url))),
-            );
-        }
-        let client = admin.as_ref().unwrap();
-        self.runtime.block_on(client.query(query, &[])).unwrap()
-    }
-
-    /// The unfinished Operations (none of the index damaged).
-    pub(crate) fn unfinished(&self) -> Vec<OperationId> {
-        let listing = self.runtime.block_on(self.store.list_unfinished()).unwrap();
-        assert!(listing.damaged.is_empty(), "{:?}", listing.damaged);
-        listing.ids
-    }
-
-    /// Every Operation of `environment` (none of the index damaged).
-    pub(crate) fn ids(&self, environment: &str) -> Vec<OperationId> {
-        let listing =
-            self.runtime.block_on(self.store.list_environment(environment, 0, u64::MAX)).unwrap();
-        assert!(listing.damaged.is_empty(), "{:?}", listing.damaged);
-        listing.ids
-    }
-
-    pub(crate) fn records(&self, id: OperationId) -> Vec<Record> {
-        self.runtime.block_on(self.store.read(id)).unwrap()
-    }
-
-    pub(crate) fn log(&self, id: OperationId) -> Vec<LogLine> {
-        self.runtime.block_on(self.store.read_log(id)).unwrap()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
-        let dropped = self.runtime.block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), async {
-                let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                client.batch_execute(&drop).await
-            })
-            .await
-        });
-        if !matches!(dropped, Ok(Ok(()))) {
-            let _ = writeln!(std::io::stderr(), "could not drop test schema {}", self.schema);
-        }
-    }
 }
 
 /// The outcomes recorded in an Operation's log.
@@ -157,7 +68,11 @@ impl Proc {
         let into = lines.clone();
         let stdout_reader = std::thread::spawn(move || {
             for line in out.lines().map_while(Result::ok) {
-                into.lock().unwrap().push((Instant::now(), now_ms(), line));
+                into.lock().unwrap().push((
+                    Instant::now(),
+                    saga_core::Timestamp::now().unix_ms(),
+                    line,
+                ));
             }
         });
         let mut err = child.stderr.take().unwrap();
@@ -343,6 +258,120 @@ pub(crate) fn kill_tree(pid: u32) {
     for child in children {
         if let Ok(child) = child.parse() {
             kill_tree(child);
+        }
+    }
+}
+
+/// A test's own PostgreSQL schema (the `postgres` feature's tests).
+#[cfg(feature = "postgres")]
+mod db {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use saga_core::log::{LogLine, Record};
+    use saga_core::store::Store;
+    use saga_core::OperationId;
+    use saga_store_postgres::testing::redact;
+    use saga_store_postgres::{PostgresOptions, PostgresStore};
+    use tokio_postgres::NoTls;
+
+    static SCHEMAS: AtomicU64 = AtomicU64::new(0);
+
+    /// A schema of the test's own (the processes' `--schema`), with a store and a plain connection
+    /// in it to read what the processes wrote, and a runtime to run them on; dropped, with
+    /// everything in it, at the end.
+    pub(crate) struct Db {
+        pub(crate) url: String,
+        pub(crate) schema: String,
+        pub(crate) runtime: tokio::runtime::Runtime,
+        pub(crate) store: Arc<PostgresStore>,
+        /// A plain connection, made again when it was lost (a restart of the server).
+        admin: Mutex<Option<tokio_postgres::Client>>,
+    }
+
+    impl Db {
+        /// A new schema named `<prefix>_<pid>_<n>_<random>`, its store with `pool` connections.
+        pub(crate) fn new(url: &str, prefix: &str, pool: usize) -> Db {
+            let n = SCHEMAS.fetch_add(1, Ordering::Relaxed);
+            let schema = format!("{prefix}_{}_{n}_{:08x}", std::process::id(), fastrand::u32(..));
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let options = PostgresOptions::default().schema(&schema).pool_size(pool);
+            let store = match runtime.block_on(PostgresStore::connect(url, options)) {
+                Ok(store) => Arc::new(store),
+                Err(e) => panic!("connecting to {} in schema {schema}: {e:?}", redact(url)),
+            };
+            Db { url: url.to_owned(), schema, runtime, store, admin: Mutex::new(None) }
+        }
+
+        /// Runs `query` on the plain connection (connecting first if needed).
+        pub(crate) fn query(&self, query: &str) -> Vec<tokio_postgres::Row> {
+            let mut admin = self.admin.lock().unwrap();
+            if admin.as_ref().is_none_or(|c| c.is_closed()) {
+                *admin = Some(
+                    self.runtime
+                        .block_on(async {
+                            let (client, connection) =
+                                tokio_postgres::connect(&self.url, NoTls).await?;
+                            tokio::spawn(async move {
+                                let _ = connection.await;
+                            });
+                            Ok::<_, tokio_postgres::Error>(client)
+                        })
+                        .unwrap_or_else(|e| panic!("connecting to {}: {e}", redact(&self.url))),
+                );
+            }
+            let client = admin.as_ref().unwrap();
+            self.runtime.block_on(client.query(query, &[])).unwrap()
+        }
+
+        /// The unfinished Operations (none of the index damaged).
+        pub(crate) fn unfinished(&self) -> Vec<OperationId> {
+            let listing = self.runtime.block_on(self.store.list_unfinished()).unwrap();
+            assert!(listing.damaged.is_empty(), "{:?}", listing.damaged);
+            listing.ids
+        }
+
+        /// Every Operation of `environment` (none of the index damaged).
+        pub(crate) fn ids(&self, environment: &str) -> Vec<OperationId> {
+            let listing = self
+                .runtime
+                .block_on(self.store.list_environment(environment, 0, u64::MAX))
+                .unwrap();
+            assert!(listing.damaged.is_empty(), "{:?}", listing.damaged);
+            listing.ids
+        }
+
+        pub(crate) fn records(&self, id: OperationId) -> Vec<Record> {
+            self.runtime.block_on(self.store.read(id)).unwrap()
+        }
+
+        pub(crate) fn log(&self, id: OperationId) -> Vec<LogLine> {
+            self.runtime.block_on(self.store.read_log(id)).unwrap()
+        }
+    }
+
+    impl Drop for Db {
+        fn drop(&mut self) {
+            let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+            let dropped = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), async {
+                    let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await?;
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    client.batch_execute(&drop).await
+                })
+                .await
+            });
+            if !matches!(dropped, Ok(Ok(()))) {
+                let _ = writeln!(std::io::stderr(), "could not drop test schema {}", self.schema);
+            }
         }
     }
 }

@@ -368,7 +368,7 @@ fn a_thousand_cancels_racing_the_point_of_no_return_on_postgresql() {
     let rounds = db.runtime.block_on(race(&canceller, &journal, "pg"));
     let took = started.elapsed();
     let records = db.runtime.block_on(records_of(db.store.as_ref(), &rounds));
-    db.runtime.block_on(canceller.shutdown(Duration::from_secs(10)));
+    let _ = db.runtime.block_on(canceller.shutdown(Duration::from_secs(10)));
     for worker in &mut workers {
         let status = worker.stop(Duration::from_secs(30));
         assert_eq!(status.code(), Some(0), "{}", worker.shown());
@@ -401,11 +401,11 @@ fn a_thousand_cancels_racing_the_point_of_no_return_on_sled() {
             .saga(saga::saga(&Journal::open(&journal, "worker").unwrap()).unwrap())
             .build()
             .unwrap();
-        worker.recover().await.unwrap();
+        let _ = worker.recover().await.unwrap();
         let canceller = canceller(store.clone());
         let rounds = race(&canceller, &journal, "sled").await;
         let records = records_of(store.as_ref(), &rounds).await;
-        canceller.shutdown(Duration::from_secs(10)).await;
+        let _ = canceller.shutdown(Duration::from_secs(10)).await;
         let report = worker.shutdown(Duration::from_secs(10)).await;
         assert!(report.left.is_empty(), "{report:?}");
         (rounds, records)

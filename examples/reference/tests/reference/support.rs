@@ -2,7 +2,6 @@
 //! crash subset and the worlds the checks reset and snapshot.
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +33,7 @@ fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The services and the serial lock, or `None` after saying why (a failure under `CI=true`).
+/// The services and the serial lock, or `None` after saying why (a failure under CI).
 pub(crate) fn services(test: &str) -> Option<(Services, MutexGuard<'static, ()>)> {
     let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let found = (|| {
@@ -58,17 +57,14 @@ pub(crate) fn services(test: &str) -> Option<(Services, MutexGuard<'static, ()>)
     })();
     match found {
         Ok(services) => Some((services, serial)),
-        Err(why) => {
-            if var("CI").as_deref() == Some("true") {
-                panic!("{test}: {why} (under CI=true the services are required)");
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: {why}; start scripts/services/registry.sh and moto.sh and \
-                 export the variables of target/services/*.env"
-            );
-            None
-        }
+        // Under CI (the workspace's one rule) a missing service fails the test.
+        Err(why) => saga_testkit::ci::unavailable(
+            test,
+            &format!(
+                "{why}; start scripts/services/registry.sh and moto.sh and export the variables \
+                 of target/services/*.env"
+            ),
+        ),
     }
 }
 
