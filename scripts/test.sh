@@ -36,5 +36,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --features saga-examples/postgres,saga-examples/admin -- -D warnings
+# The quickstart's default build (sled alone), whose branches the line above does not compile.
+cargo clippy -p saga-examples --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --features saga-examples/postgres,saga-examples/admin "$@"
