@@ -38,5 +38,10 @@ echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --features saga-examples/postgres,saga-examples/admin -- -D warnings
 # The quickstart's default build (sled alone), whose branches the line above does not compile.
 cargo clippy -p saga-examples --all-targets -- -D warnings
+echo "==> cargo publish --dry-run (every library crate packages, in dependency order)"
+# Manifests, file lists and lockfiles; `bash scripts/test.sh` does not verify-build the packages
+# (five minutes here): run the same command without `--no-verify` before a release.
+cargo publish --workspace --dry-run --no-verify --allow-dirty \
+  --exclude saga-examples --exclude saga-reference --exclude saga-benches
 echo "==> cargo test"
 cargo test --workspace --features saga-examples/postgres,saga-examples/admin "$@"
