@@ -40,9 +40,9 @@ impl Executor {
     /// Records a new Operation durably **without running it here**: returns once its
     /// `OperationCreated` record is durable, with its lease already expired, so that any
     /// executor over the same store claims it at its next takeover scan, and at once when the
-    /// store wakes its executors ([`Store::wake_ups`]; the PostgreSQL store does, through
+    /// store wakes its executors ([`Store::wake_ups`](crate::store::Store::wake_ups); the PostgreSQL store does, through
     /// `NOTIFY`). For an API server that starts Operations and leaves running them to workers:
-    /// build its executor with [`ExecutorBuilder::takeover_interval`]`(None)` so that it never
+    /// build its executor with [`ExecutorBuilder::takeover_interval`](crate::executor::ExecutorBuilder::takeover_interval)`(None)` so that it never
     /// claims one itself.
     ///
     /// On a store that one process opens (the sled store), the workers are the executors of that

@@ -37,7 +37,7 @@ impl OperationState {
     }
 
     /// The state after the first record, which must be `OperationCreated` with sequence number 0.
-    pub fn created(record: &Record) -> Result<Self, Error> {
+    pub(crate) fn created(record: &Record) -> Result<Self, Error> {
         let illegal = |problem: &str| Error::IllegalRecord {
             operation: record.operation,
             seq: record.seq,
@@ -84,7 +84,7 @@ impl OperationState {
     }
 
     /// Applies one record, or says why it cannot follow the records before it.
-    pub fn apply(&mut self, record: &Record) -> Result<(), Error> {
+    pub(crate) fn apply(&mut self, record: &Record) -> Result<(), Error> {
         let illegal =
             |problem: String| Error::IllegalRecord { operation: self.id, seq: record.seq, problem };
         if record.operation != self.id {

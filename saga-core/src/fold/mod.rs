@@ -1,6 +1,7 @@
 //! The pure fold from an Operation's records to its state.
 //!
-//! [`OperationState::apply`] is an explicit state machine: every record is checked against the
+//! `OperationState::apply` (crate-private: a state comes only from [`OperationState::fold`]) is
+//! an explicit state machine: every record is checked against the
 //! state before it and an illegal one is an [`Error::IllegalRecord`] naming the Operation and the
 //! record's sequence number. The executor derives all its decisions from this state.
 //!
