@@ -248,6 +248,14 @@ pub enum StoreError {
     /// The store is closed or unavailable (for example after a simulated crash).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A write through the read-only view of an executor's store
+    /// ([`Executor::store`](crate::Executor::store)): every write goes through the executor,
+    /// which holds the lease and keeps the log's rules.
+    #[error("{method} refused: an executor's store is read-only to its callers; write through the executor")]
+    ReadOnly {
+        /// The store method refused.
+        method: &'static str,
+    },
     /// Stored bytes do not decode.
     #[error("corrupt data in {place}: {problem}")]
     Corrupt {

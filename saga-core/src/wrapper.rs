@@ -237,3 +237,62 @@ impl<W: StoreWrapper> Store for W {
         StoreWrapper::wake_ups(self)
     }
 }
+
+/// The view of an executor's store that its callers get ([`Executor::store`](crate::Executor::store)):
+/// every read passes through; every write is refused with [`StoreError::ReadOnly`], so that no
+/// caller appends, claims, cancels or repairs past the executor.
+pub(crate) struct ReadOnly(pub(crate) std::sync::Arc<dyn Store>);
+
+fn refused<T>(method: &'static str) -> Result<T, StoreError> {
+    Err(StoreError::ReadOnly { method })
+}
+
+#[async_trait]
+impl StoreWrapper for ReadOnly {
+    fn inner(&self) -> &dyn Store {
+        self.0.as_ref()
+    }
+
+    async fn create(&self, _: &Record, _: &str, _: Duration) -> Result<Lease, StoreError> {
+        refused("create")
+    }
+
+    async fn append(&self, _: &Lease, _: &[Record]) -> Result<(), StoreError> {
+        refused("append")
+    }
+
+    async fn claim(&self, _: OperationId, _: &str, _: Duration) -> Result<Lease, StoreError> {
+        refused("claim")
+    }
+
+    async fn renew(&self, _: &Lease, _: Duration) -> Result<Lease, StoreError> {
+        refused("renew")
+    }
+
+    async fn release(&self, _: &Lease) -> Result<(), StoreError> {
+        refused("release")
+    }
+
+    async fn append_log(&self, _: &Lease, _: &[LogLine]) -> Result<(), StoreError> {
+        refused("append_log")
+    }
+
+    async fn purge_logs(&self, _: u64) -> Result<u64, StoreError> {
+        refused("purge_logs")
+    }
+
+    async fn delete_environment(&self, _: &str) -> Result<u64, StoreError> {
+        refused("delete_environment")
+    }
+
+    async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
+        if repair {
+            return refused("check with repair");
+        }
+        self.0.check(false).await
+    }
+
+    async fn request_cancel(&self, _: &CancelRequest) -> Result<CancelRecorded, StoreError> {
+        refused("request_cancel")
+    }
+}

@@ -113,6 +113,7 @@ impl ExecutorBuilder {
         let wakes = self.store.wake_ups().is_some();
         Ok(Executor {
             shared: Arc::new(Shared {
+                read_only: Arc::new(crate::wrapper::ReadOnly(self.store.clone())),
                 store: self.store,
                 sagas,
                 latest,

@@ -85,6 +85,8 @@ pub struct Executor {
 
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
+    /// What [`Executor::store`] gives callers: `store`, read-only.
+    read_only: Arc<dyn Store>,
     sagas: HashMap<(String, u32), Arc<Saga>>,
     latest: HashMap<String, u32>,
     owner: String,
@@ -195,9 +197,14 @@ impl Executor {
         }
     }
 
-    /// The store.
+    /// The executor's store, read-only: every read passes through (records, logs, listings,
+    /// leases, pending cancels, for reports and dashboards), and every write is refused with
+    /// [`StoreError::ReadOnly`](crate::store::StoreError::ReadOnly). Writes go through the
+    /// executor (`start`, `cancel`, `retry`, `abandon`, `purge_logs`, `delete_environment`,
+    /// `check`), which holds the lease and keeps the log's rules.
+    #[allow(clippy::misnamed_getters)] // The view is the point: callers never get the store itself.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.shared.store
+        &self.shared.read_only
     }
 
     /// The registered saga of this name and version.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::log::{Record, RecordKind};
-use saga_core::store::Store;
+use saga_core::store::{Store, StoreError};
 use saga_core::{
     async_trait, Error, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start, Step,
     StepContext, StepError,
@@ -67,6 +67,42 @@ async fn a_start_request_names_each_part_and_the_state_reads_them_back_typed() {
         state.output::<BTreeMap<String, u32>>("deploy"),
         Err(Error::Deserialize { ref what, .. }) if what == "the output of step deploy"
     ));
+}
+
+#[tokio::test]
+async fn the_executors_store_reads_for_its_callers_and_refuses_their_writes() {
+    let store = Arc::new(MemoryStore::new());
+    let executor = Executor::builder(store.clone()).saga(saga()).build().expect("executor");
+    let params = Params { image: "web:2".into(), replicas: 1 };
+    let id = executor
+        .start(Start::new("deploy", Resource::new("app", "web")).params(&params))
+        .await
+        .expect("started");
+    assert_eq!(executor.wait(id).await.expect("outcome"), Outcome::Succeeded);
+
+    let view = executor.store();
+    let records = view.read(id).await.expect("reads pass through");
+    assert_eq!(records, store.read(id).await.expect("the store's records"));
+    assert!(view.check(false).await.expect("a check without repair reads").is_healthy());
+
+    let refused = |e: StoreError| matches!(e, StoreError::ReadOnly { .. });
+    let other = OperationId::new();
+    let created = Record {
+        operation: other,
+        seq: 0,
+        at_ms: other.created_ms(),
+        kind: records[0].kind.clone(),
+    };
+    let written = view.create(&created, "intruder", Duration::from_secs(30)).await;
+    assert!(written.is_err_and(refused), "a create past the executor");
+    let claimed = view.claim(id, "intruder", Duration::from_secs(30)).await;
+    assert!(claimed.is_err_and(refused), "a claim past the executor");
+    assert!(view.delete_environment("default").await.is_err_and(refused));
+    assert!(view.purge_logs(u64::MAX).await.is_err_and(refused));
+    assert!(view.check(true).await.is_err_and(refused));
+    // Nothing was written.
+    assert!(matches!(store.read(other).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.read(id).await.expect("records"), records);
 }
 
 #[tokio::test]
