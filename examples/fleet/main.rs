@@ -35,6 +35,8 @@
 //!
 //! Exit status 2: a bad flag, or the store failed.
 
+#[path = "../shared/claims.rs"]
+mod claims;
 mod saga;
 
 use std::ffi::OsString;
@@ -45,12 +47,13 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory as _, Parser, Subcommand};
-use saga_core::store::{Lease, Store, StoreError};
-use saga_core::{async_trait, Error, Executor, OperationId, Resource, Start};
+use saga_core::store::Store;
+use saga_core::{Error, Executor, OperationId, Resource, Start};
 use saga_store::SledStore;
 use saga_store_postgres::{PostgresOptions, PostgresStore};
 use tokio::sync::mpsc;
 
+use crate::claims::Claims;
 use crate::saga::{Journal, Params};
 
 /// Prints a line on standard output; a reader that went away is no reason to stop the worker.
@@ -336,38 +339,5 @@ async fn report_end(executor: &Executor, id: OperationId) {
         // Stopped by the shutdown, or ended before it was asked: nothing to say.
         Err(Error::ShuttingDown | Error::NotRunning(_)) => {}
         Err(e) => say!("operation {id}: stopped here: {e}"),
-    }
-}
-
-/// A store that passes every call to `inner` and tells the worker of every Operation it
-/// claimed.
-struct Claims {
-    inner: Arc<dyn Store>,
-    claimed: mpsc::UnboundedSender<OperationId>,
-}
-
-impl Claims {
-    fn new(inner: Arc<dyn Store>) -> (Claims, mpsc::UnboundedReceiver<OperationId>) {
-        let (claimed, receiver) = mpsc::unbounded_channel();
-        (Claims { inner, claimed }, receiver)
-    }
-}
-
-#[async_trait]
-impl saga_core::store::StoreWrapper for Claims {
-    fn inner(&self) -> &dyn Store {
-        self.inner.as_ref()
-    }
-
-    async fn claim(
-        &self,
-        operation: OperationId,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        let lease = self.inner.claim(operation, owner, ttl).await?;
-        // Nobody listening any more is fine: the worker is stopping.
-        let _ = self.claimed.send(operation);
-        Ok(lease)
     }
 }

@@ -85,6 +85,8 @@
 //! reader that went away (`quickstart | head`, a broken pipe) is no error: nothing is said, and
 //! the status is the Operations' own.
 
+#[path = "../shared/claims.rs"]
+mod claims;
 mod cli;
 mod steps;
 
@@ -281,7 +283,7 @@ async fn async_main(command: Command) -> Result<bool, Box<dyn std::error::Error>
             result
         }
         Command::Worker { store, until_idle } => {
-            let (claims, claimed) = worker::Claims::new(open_store(&store).await?);
+            let (claims, claimed) = claims::Claims::new(open_store(&store).await?);
             let (executor, _world) =
                 executor(&store, Arc::new(claims), Some(worker::TAKEOVER_INTERVAL))?;
             serve_admin(&executor, &store).await?;

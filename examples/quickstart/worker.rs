@@ -2,15 +2,14 @@
 //! every takeover scan, and at once when the store wakes it) and prints each one's end, until
 //! interrupted or, with `--until-idle`, until nothing is left unfinished.
 //!
-//! The executor claims Operations on its own; the worker learns which through [`Claims`], a
-//! store that passes every call through and tells of each lease granted to this executor.
+//! The executor claims Operations on its own; the worker learns which through
+//! [`Claims`](crate::claims::Claims), a store that passes every call through and tells of each
+//! lease granted to this executor.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::log::{FollowEvent, LogLevel};
-use saga_core::store::{Lease, Store, StoreError};
-use saga_core::{async_trait, Error, Executor, OperationId, Outcome};
+use saga_core::{Error, Executor, OperationId, Outcome};
 use tokio::sync::mpsc;
 
 use crate::{complain, resume_report, SHUTDOWN_DEADLINE};
@@ -18,40 +17,6 @@ use crate::{complain, resume_report, SHUTDOWN_DEADLINE};
 /// How often the worker looks for claimable Operations on its own (the store's wake-ups come on
 /// top), and, with `--until-idle`, whether anything is left unfinished.
 pub(crate) const TAKEOVER_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A store that passes every call to `inner` and sends the id of every Operation claimed
-/// through it.
-pub(crate) struct Claims {
-    inner: Arc<dyn Store>,
-    claimed: mpsc::UnboundedSender<OperationId>,
-}
-
-impl Claims {
-    /// Wraps `inner`; the receiver hears of every claim that succeeds.
-    pub(crate) fn new(inner: Arc<dyn Store>) -> (Claims, mpsc::UnboundedReceiver<OperationId>) {
-        let (claimed, receiver) = mpsc::unbounded_channel();
-        (Claims { inner, claimed }, receiver)
-    }
-}
-
-#[async_trait]
-impl saga_core::store::StoreWrapper for Claims {
-    fn inner(&self) -> &dyn Store {
-        self.inner.as_ref()
-    }
-
-    async fn claim(
-        &self,
-        operation: OperationId,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        let lease = self.inner.claim(operation, owner, ttl).await?;
-        // Nobody listening any more is fine: the worker is stopping.
-        let _ = self.claimed.send(operation);
-        Ok(lease)
-    }
-}
 
 /// Runs the worker until a signal (or, with `until_idle`, until the store has nothing
 /// unfinished). True if every Operation that ended here succeeded.
