@@ -1,15 +1,13 @@
 //! An operator's decisions on an Operation that needs attention: retry its step, or abandon it.
 
-use std::sync::Arc;
-
 use super::guard::Driving;
+use super::recovery::Claimed;
 use super::{lock, Executor};
 use crate::error::{Error, Result, StoreError};
 use crate::fold::{OperationState, Phase};
 use crate::id::{now_ms, OperationId};
-use crate::oplog::{LogLevel, LogSink};
+use crate::oplog::LogLevel;
 use crate::record::{Outcome, Record, RecordKind};
-use crate::saga::Saga;
 
 impl Executor {
     /// Retries the step of an Operation that needs attention (see [`Phase::NeedsAttention`]):
@@ -142,17 +140,6 @@ impl Executor {
         *state = after;
         Ok(())
     }
-}
-
-/// An Operation claimed for an operator's decision.
-struct Claimed {
-    saga: Arc<Saga>,
-    state: OperationState,
-    lease: crate::store::Lease,
-    /// When the claim was sent.
-    sent: tokio::time::Instant,
-    log: Arc<LogSink>,
-    driving: Driving,
 }
 
 /// How many cancel requests `abandon` refuses before it gives up (each refusal answers one; a

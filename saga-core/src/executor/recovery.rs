@@ -122,7 +122,7 @@ impl Executor {
                 }
             }
         }
-        for Ready { saga, state, lease, sent, log, driving } in resume {
+        for Claimed { saga, state, lease, sent, log, driving } in resume {
             log.line(
                 LogLevel::Info,
                 None,
@@ -166,7 +166,7 @@ impl Executor {
                 Recovered::NeedsAttention(id)
             }
             Ok(Some((saga, state, log))) => {
-                Recovered::Ready(Box::new(Ready { saga, state, lease, sent, log, driving }))
+                Recovered::Ready(Box::new(Claimed { saga, state, lease, sent, log, driving }))
             }
             Ok(None) => {
                 // Finished, though still listed as unfinished: `check` unlists it.
@@ -246,18 +246,19 @@ enum Recovered {
     /// It waits for an operator's decision.
     NeedsAttention(OperationId),
     /// Claimed and folded, ready to resume.
-    Ready(Box<Ready>),
+    Ready(Box<Claimed>),
 }
 
-/// An Operation claimed and folded by recovery.
-struct Ready {
-    saga: Arc<Saga>,
-    state: OperationState,
-    lease: crate::store::Lease,
+/// An Operation claimed and folded here, by recovery (to resume it) or for an operator's
+/// decision (`retry`, `abandon`).
+pub(super) struct Claimed {
+    pub(super) saga: Arc<Saga>,
+    pub(super) state: OperationState,
+    pub(super) lease: crate::store::Lease,
     /// When the claim was sent.
-    sent: tokio::time::Instant,
-    log: Arc<LogSink>,
-    driving: Driving,
+    pub(super) sent: tokio::time::Instant,
+    pub(super) log: Arc<LogSink>,
+    pub(super) driving: Driving,
 }
 
 fn describe(state: &OperationState) -> String {
