@@ -6,18 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::log::RecordKind;
-use saga_core::report::activity_report;
 use saga_core::state::FailedStep;
 use saga_core::state::Phase;
 use saga_core::store::Store;
 use saga_core::Status;
-use saga_core::Timestamp;
 use saga_core::{
     async_trait, Error, Executed, Executor, MemoryStore, OperationId, Outcome, Resource,
     RetryPolicy, Saga, Start, Step, StepContext, StepError, StepKind,
 };
 
 use super::executor;
+use crate::support::report;
 
 /// Counts its attempts; fails (permanently) while `failing` is set.
 struct Switch {
@@ -146,14 +145,7 @@ async fn a_step_failing_past_the_point_of_no_return_stops_for_attention_after_it
     );
 
     // The report shows it, naming the step and its last error.
-    let rows = activity_report(
-        store.as_ref(),
-        "test",
-        Timestamp::from_unix_ms(0),
-        Timestamp::from_unix_ms(u64::MAX),
-    )
-    .await
-    .expect("report");
+    let rows = report(store.as_ref(), "test", 0, u64::MAX).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, Status::NeedsAttention);
     assert_eq!(rows[0].status.to_string(), "needs attention");
@@ -233,14 +225,7 @@ async fn an_abandoned_operation_says_who_abandoned_it_in_its_verdict_and_report(
     assert_eq!(other.status(id).await.expect("status").outcome(), Some(&expected));
     assert_eq!(fixture.after.load(Ordering::SeqCst), 0, "the steps after it never ran");
 
-    let rows = activity_report(
-        store.as_ref(),
-        "test",
-        Timestamp::from_unix_ms(0),
-        Timestamp::from_unix_ms(u64::MAX),
-    )
-    .await
-    .expect("report");
+    let rows = report(store.as_ref(), "test", 0, u64::MAX).await;
     assert_eq!(rows[0].status, Status::Abandoned);
     assert_eq!(rows[0].abandoned_by.as_deref(), Some("alice"));
     assert_eq!(rows[0].abandon_reason.as_deref(), Some("migrating by hand"));

@@ -9,16 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_core::log::{Record, RecordKind};
-use saga_core::report::activity_report;
 use saga_core::store::{Lease, Store, StoreError, StoreWrapper, WakeUp};
-use saga_core::Timestamp;
 use saga_core::{
     async_trait, CancelAnswer, Error, Executor, FencingToken, MemoryStore, OperationId, Outcome,
     Resource, RollbackCause, Saga, Start, Step, StepContext, StepError,
 };
 use tokio::sync::Notify;
 
-use crate::support::{poll_status, TestStep, World};
+use crate::support::{poll_status, report, TestStep, World};
 
 /// The store without its wake-ups: an executor over it learns of a cancel request only at its
 /// poll, or when the store refuses to let the Operation pass its point of no return.
@@ -218,14 +216,7 @@ async fn a_remote_cancel_after_the_crossing_is_refused_and_the_refusal_is_record
         lines.iter().any(|l| l.message.contains("cancel requested by ops (too late) refused")),
         "{lines:#?}"
     );
-    let rows = activity_report(
-        store.as_ref(),
-        "test",
-        Timestamp::from_unix_ms(0),
-        Timestamp::from_unix_ms(u64::MAX),
-    )
-    .await
-    .unwrap();
+    let rows = report(store.as_ref(), "test", 0, u64::MAX).await;
     assert_eq!(rows[0].cancels_refused.len(), 1, "{:?}", rows[0]);
     assert!(rows[0].cancels_refused[0].starts_with("ops: too late (refused: past the point"));
     // Asked locally past the point of no return: refused, and recorded too.

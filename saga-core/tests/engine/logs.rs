@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use saga_core::log::{render_log, FollowEvent, LogSource, OperationLogLayer};
-use saga_core::report::{
-    activity_report, neutralise_cell, write_activity_csv, ActivityRow, ACTIVITY_COLUMNS,
-};
+use saga_core::report::{neutralise_cell, write_activity_csv, ActivityRow, ACTIVITY_COLUMNS};
 use saga_core::Status;
 use saga_core::Timestamp;
 use saga_core::{
@@ -15,7 +13,7 @@ use saga_core::{
 };
 use tracing_subscriber::prelude::*;
 
-use crate::support::{TestStep, World};
+use crate::support::{report, TestStep, World};
 
 /// A step that says things through `tracing`.
 struct Chatty {
@@ -159,7 +157,7 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
         .unwrap();
     let store = Arc::new(MemoryStore::new());
     let executor = crate::executor(store.clone(), vec![saga, failing]);
-    let before = saga_core::Timestamp::now().unix_ms();
+    let before = Timestamp::now().unix_ms();
     let mut prod = Vec::new();
     for name in ["web", "=HYPERLINK(\"http://x\",\"y\")"] {
         prod.push(run_in(&executor, "deploy", "prod", Resource::new("app", name), "alice").await);
@@ -167,43 +165,13 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     prod.push(run_in(&executor, "resize", "prod", Resource::new("database", "db"), "@bob").await);
     let staging =
         run_in(&executor, "deploy", "staging", Resource::new("app", "web"), "carol").await;
-    let after = saga_core::Timestamp::now().unix_ms() + 1;
+    let after = Timestamp::now().unix_ms() + 1;
 
-    let rows = activity_report(
-        store.as_ref(),
-        "prod",
-        Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(after),
-    )
-    .await
-    .unwrap();
+    let rows = report(store.as_ref(), "prod", before, after).await;
     assert_eq!(rows.iter().map(|r| r.operation).collect::<Vec<_>>(), prod);
-    assert!(activity_report(
-        store.as_ref(),
-        "prod",
-        Timestamp::from_unix_ms(after),
-        Timestamp::from_unix_ms(after + 10_000)
-    )
-    .await
-    .unwrap()
-    .is_empty());
-    assert!(activity_report(
-        store.as_ref(),
-        "prod",
-        Timestamp::from_unix_ms(0),
-        Timestamp::from_unix_ms(before)
-    )
-    .await
-    .unwrap()
-    .is_empty());
-    let staged = activity_report(
-        store.as_ref(),
-        "staging",
-        Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(after),
-    )
-    .await
-    .unwrap();
+    assert!(report(store.as_ref(), "prod", after, after + 10_000).await.is_empty());
+    assert!(report(store.as_ref(), "prod", 0, before).await.is_empty());
+    let staged = report(store.as_ref(), "staging", before, after).await;
     assert_eq!(staged.iter().map(|r| r.operation).collect::<Vec<_>>(), [staging]);
 
     let resize = &rows[2];
@@ -236,37 +204,8 @@ async fn reports_keep_to_their_environment_and_period_and_survive_purges() {
     let purged = executor.purge_logs_older_than(Duration::ZERO).await.unwrap();
     assert!(purged > 0);
     assert!(executor.log(prod[0]).await.unwrap().is_empty());
-    assert_eq!(
-        activity_report(
-            store.as_ref(),
-            "prod",
-            Timestamp::from_unix_ms(before),
-            Timestamp::from_unix_ms(after)
-        )
-        .await
-        .unwrap(),
-        rows
-    );
+    assert_eq!(report(store.as_ref(), "prod", before, after).await, rows);
     assert_eq!(executor.delete_environment("prod").await.unwrap(), 3);
-    assert!(activity_report(
-        store.as_ref(),
-        "prod",
-        Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(after)
-    )
-    .await
-    .unwrap()
-    .is_empty());
-    assert_eq!(
-        activity_report(
-            store.as_ref(),
-            "staging",
-            Timestamp::from_unix_ms(before),
-            Timestamp::from_unix_ms(after)
-        )
-        .await
-        .unwrap()
-        .len(),
-        1
-    );
+    assert!(report(store.as_ref(), "prod", before, after).await.is_empty());
+    assert_eq!(report(store.as_ref(), "staging", before, after).await.len(), 1);
 }

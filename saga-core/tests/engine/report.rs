@@ -5,15 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_core::log::{Record, RecordKind};
-use saga_core::report::{
-    activity_report, neutralise_cell, write_activity_csv, ActivityRow, ACTIVITY_COLUMNS,
-};
+use saga_core::report::{neutralise_cell, write_activity_csv, ActivityRow, ACTIVITY_COLUMNS};
 use saga_core::store::{Listing, Store, StoreError};
 use saga_core::Status;
 use saga_core::Timestamp;
 use saga_core::{async_trait, Executor, MemoryStore, OperationId, Outcome, Resource, Saga, Start};
 
-use crate::support::{poll_status, TestStep, World};
+use crate::support::{poll_status, report, TestStep, World};
 
 /// A request to start an Operation of `saga` in `prod`.
 fn in_prod(saga: &str, resource: &str, actor: &str) -> Start {
@@ -91,7 +89,7 @@ async fn three_operations() -> (Arc<DamagedStore>, Executor, Vec<OperationId>, u
     let world = World::default();
     let store = Arc::new(DamagedStore::default());
     let executor = crate::executor(store.clone(), vec![deploy(&world)]);
-    let before = saga_core::Timestamp::now().unix_ms();
+    let before = Timestamp::now().unix_ms();
     let mut ids = Vec::new();
     for name in ["one", "two", "three"] {
         ids.push(run_one(&executor, "deploy", name, "alice").await);
@@ -109,7 +107,7 @@ fn assert_normal(row: &ActivityRow, id: OperationId, resource: &str) {
 /// Creates an Operation of `prod` in `store` directly, with these records after its creation.
 async fn write_log(store: &dyn Store, environment: &str, kinds: Vec<RecordKind>) -> OperationId {
     let id = OperationId::new();
-    let at_ms = saga_core::Timestamp::now().unix_ms();
+    let at_ms = Timestamp::now().unix_ms();
     let created = Record {
         operation: id,
         seq: 0,
@@ -137,14 +135,7 @@ async fn write_log(store: &dyn Store, environment: &str, kinds: Vec<RecordKind>)
 async fn a_corrupt_operation_gets_a_damaged_row_in_its_place_and_the_others_still_list() {
     let (store, _executor, ids, before) = three_operations().await;
     store.corrupt(ids[1]);
-    let rows = activity_report(
-        store.as_ref(),
-        "prod",
-        Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
-    )
-    .await
-    .unwrap();
+    let rows = report(store.as_ref(), "prod", before, Timestamp::now().unix_ms() + 1).await;
     assert_eq!(rows.len(), 3, "{rows:#?}");
     assert_normal(&rows[0], ids[0], "one");
     assert_normal(&rows[2], ids[2], "three");
@@ -181,14 +172,7 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
     )
     .await;
 
-    let rows = activity_report(
-        store.as_ref(),
-        "prod",
-        Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
-    )
-    .await
-    .unwrap();
+    let rows = report(store.as_ref(), "prod", before, Timestamp::now().unix_ms() + 1).await;
     let got: Vec<(OperationId, Status)> = rows.iter().map(|r| (r.operation, r.status)).collect();
     assert_eq!(
         got,
@@ -224,14 +208,7 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
     // The staging report has its own illegal Operation and nothing of prod's.
     store.damaged_entries.lock().unwrap().clear();
     store.dangling.lock().unwrap().clear();
-    let staged = activity_report(
-        store.as_ref(),
-        "staging",
-        Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
-    )
-    .await
-    .unwrap();
+    let staged = report(store.as_ref(), "staging", before, Timestamp::now().unix_ms() + 1).await;
     assert_eq!(staged.len(), 1, "{staged:#?}");
     assert_eq!(staged[0].status, Status::Damaged);
     assert!(!ids.contains(&staged[0].operation) && staged[0].operation != illegal);
@@ -240,7 +217,7 @@ async fn a_dangling_entry_an_illegal_log_and_a_damaged_entry_each_get_a_row() {
 #[tokio::test]
 async fn an_operation_whose_first_record_names_another_environment_stays_out() {
     let store = Arc::new(DamagedStore::default());
-    let before = saga_core::Timestamp::now().unix_ms();
+    let before = Timestamp::now().unix_ms();
     let elsewhere = write_log(
         store.as_ref(),
         "staging",
@@ -249,14 +226,7 @@ async fn an_operation_whose_first_record_names_another_environment_stays_out() {
     .await;
     // The prod index names it by mistake: its log is illegal, yet its records say staging.
     store.dangling.lock().unwrap().push((0, elsewhere));
-    let rows = activity_report(
-        store.as_ref(),
-        "prod",
-        Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
-    )
-    .await
-    .unwrap();
+    let rows = report(store.as_ref(), "prod", before, Timestamp::now().unix_ms() + 1).await;
     assert!(rows.is_empty(), "{rows:#?}");
 }
 
@@ -277,7 +247,7 @@ async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
         .unwrap();
     let store = Arc::new(MemoryStore::new());
     let executor = crate::executor(store.clone(), vec![slow, failing, deploy(&world)]);
-    let before = saga_core::Timestamp::now().unix_ms();
+    let before = Timestamp::now().unix_ms();
     let cancelled = executor.start(in_prod("slow", "web", "alice")).await.unwrap();
     poll_status(&executor, cancelled, "step long starts", |s| s.step("long").is_some()).await;
     executor.cancel(cancelled, "ops-bob", "wrong version").await.unwrap();
@@ -289,14 +259,7 @@ async fn a_cancelled_row_names_who_and_why_and_a_failed_row_the_error() {
     let failed = run_one(&executor, "resize", "db", "carol").await;
     let fine = run_one(&executor, "deploy", "web", "dave").await;
 
-    let rows = activity_report(
-        store.as_ref(),
-        "prod",
-        Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
-    )
-    .await
-    .unwrap();
+    let rows = report(store.as_ref(), "prod", before, Timestamp::now().unix_ms() + 1).await;
     assert_eq!(rows.iter().map(|r| r.operation).collect::<Vec<_>>(), [cancelled, failed, fine]);
     let column = |name: &str| ACTIVITY_COLUMNS.iter().position(|c| *c == name).unwrap();
 
@@ -348,7 +311,7 @@ async fn the_csv_parses_back_with_damaged_rows_and_every_hostile_cell_neutralise
         .unwrap();
     let store = Arc::new(DamagedStore::default());
     let executor = crate::executor(store.clone(), vec![saga]);
-    let before = saga_core::Timestamp::now().unix_ms();
+    let before = Timestamp::now().unix_ms();
     let hostile = [
         "\u{FEFF}=HYPERLINK(\"http://x\",\"y\")",
         " =1+1",
@@ -375,14 +338,7 @@ async fn the_csv_parses_back_with_damaged_rows_and_every_hostile_cell_neutralise
     store.corrupt(ids[2]);
     store.damaged_entries.lock().unwrap().push("=cmd|' /C calc'!A0".into());
 
-    let rows = activity_report(
-        store.as_ref(),
-        "prod",
-        Timestamp::from_unix_ms(before),
-        Timestamp::from_unix_ms(saga_core::Timestamp::now().unix_ms() + 1),
-    )
-    .await
-    .unwrap();
+    let rows = report(store.as_ref(), "prod", before, Timestamp::now().unix_ms() + 1).await;
     assert_eq!(rows.len(), hostile.len() + 1);
     let mut bytes = Vec::new();
     write_activity_csv(&rows, &mut bytes).unwrap();

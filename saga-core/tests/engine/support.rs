@@ -226,3 +226,20 @@ pub async fn poll_status(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The activity report of `environment` for Operations created in `[since_ms, until_ms)`,
+/// which must succeed.
+pub async fn report(
+    store: &dyn saga_core::store::Store,
+    environment: &str,
+    since_ms: u64,
+    until_ms: u64,
+) -> Vec<saga_core::report::ActivityRow> {
+    let (since, until) = (
+        saga_core::Timestamp::from_unix_ms(since_ms),
+        saga_core::Timestamp::from_unix_ms(until_ms),
+    );
+    saga_core::report::activity_report(store, environment, since, until)
+        .await
+        .expect("the activity report")
+}
