@@ -24,7 +24,7 @@ mod common;
 #[cfg(feature = "postgres")]
 mod postgres;
 
-use common::output_within;
+use common::{outcomes, output_within};
 
 /// The quickstart binary, which `cargo test` builds next to this test's directory.
 fn quickstart_exe() -> PathBuf {
@@ -227,16 +227,6 @@ fn stored(data: &Path) -> (Vec<(OperationId, Vec<Record>)>, Vec<OperationId>) {
     let operations =
         listing.ids.into_iter().map(|id| (id, runtime.block_on(store.read(id)).unwrap())).collect();
     (operations, unfinished.ids)
-}
-
-fn outcomes(records: &[Record]) -> Vec<Outcome> {
-    records
-        .iter()
-        .filter_map(|r| match &r.kind {
-            RecordKind::OperationFinished { outcome } => Some(outcome.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The id in the last `operation <id>: ...` line of `stdout`.
