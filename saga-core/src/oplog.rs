@@ -59,6 +59,13 @@ pub struct LogLine {
     pub message: String,
 }
 
+impl LogLine {
+    /// When it was written, typed: [`LogLine::at_ms`] is the stored form.
+    pub fn at(&self) -> crate::Timestamp {
+        crate::Timestamp::from_unix_ms(self.at_ms)
+    }
+}
+
 impl fmt::Display for LogLine {
     /// `<RFC 3339 time> <LEVEL> [step] message`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -51,6 +51,13 @@ pub struct Record {
     pub kind: RecordKind,
 }
 
+impl Record {
+    /// When it was written, typed: [`Record::at_ms`] is the stored form.
+    pub fn at(&self) -> crate::Timestamp {
+        crate::Timestamp::from_unix_ms(self.at_ms)
+    }
+}
+
 /// What a record says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -424,6 +431,12 @@ mod tests {
                 retryable: true,
             },
         }
+    }
+
+    #[test]
+    fn at_is_the_stored_milliseconds_typed() {
+        assert_eq!(sample().at().unix_ms(), 1_700_000_000_000);
+        assert_eq!(sample().at().to_string(), "2023-11-14T22:13:20.000Z");
     }
 
     #[test]

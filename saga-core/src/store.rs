@@ -34,6 +34,11 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// When it expires unless renewed, typed: [`Lease::expires_ms`] is the stored form.
+    pub fn expires(&self) -> crate::Timestamp {
+        crate::Timestamp::from_unix_ms(self.expires_ms)
+    }
+
     /// The fencing token of this lease: the Operation and the epoch, which grows with every
     /// claim. See [`FencingToken`].
     pub fn fencing_token(&self) -> FencingToken {
@@ -57,6 +62,13 @@ pub struct CancelRequest {
     pub reason: String,
     /// When (Unix ms).
     pub at_ms: u64,
+}
+
+impl CancelRequest {
+    /// When it was asked, typed: [`CancelRequest::at_ms`] is the stored form.
+    pub fn at(&self) -> crate::Timestamp {
+        crate::Timestamp::from_unix_ms(self.at_ms)
+    }
 }
 
 /// What [`Store::request_cancel`] did.

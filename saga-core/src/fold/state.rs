@@ -137,6 +137,18 @@ pub struct CancelRefusal {
     pub at_ms: u64,
 }
 
+impl CancelRefusal {
+    /// When they asked, typed.
+    pub fn requested(&self) -> crate::Timestamp {
+        crate::Timestamp::from_unix_ms(self.requested_ms)
+    }
+
+    /// When the refusal was recorded, typed.
+    pub fn at(&self) -> crate::Timestamp {
+        crate::Timestamp::from_unix_ms(self.at_ms)
+    }
+}
+
 /// The phase of an Operation, derived from its state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
