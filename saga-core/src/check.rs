@@ -63,6 +63,18 @@ pub enum Problem {
     /// The Operation's records do not read (a record that does not decode, a gap, a first record
     /// that is not `OperationCreated`). Not repairable from the records alone.
     DamagedRecords(StoreError),
+    /// Opening the store cut a torn write off the end of its write-ahead log: a group of writes
+    /// whose sync never returned, so nothing in it was acknowledged. Repaired by the cut; said so
+    /// that no cut is silent (a disk that damaged an acknowledged write at the very end of the log
+    /// would look the same, unless the damage is one flipped bit, which opening refuses).
+    TornTailCut {
+        /// The log file.
+        file: String,
+        /// Where the log now ends in it.
+        offset: u64,
+        /// How many bytes of the torn write were cut.
+        bytes: u64,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -82,6 +94,12 @@ impl fmt::Display for Problem {
                 write!(f, "a damaged entry in the {index} index: {cause}")
             }
             Problem::DamagedRecords(cause) => write!(f, "its records do not read: {cause}"),
+            Problem::TornTailCut { file, offset, bytes } => write!(
+                f,
+                "opening cut a torn write off the end of the write-ahead log: {bytes} bytes at \
+                 offset {offset} of {file} (a write whose sync never returned, so nothing \
+                 acknowledged)"
+            ),
         }
     }
 }

@@ -25,6 +25,8 @@ use crate::contain::Contained;
 #[derive(Debug)]
 pub(crate) struct DiskSync {
     db: Contained<sled::Db>,
+    /// The `meta` tree, where checkpoints leave their mark ([`DiskSync::mark`]).
+    meta: Contained<sled::Tree>,
     dir: PathBuf,
     db_file: File,
     synced_blobs: HashSet<OsString>,
@@ -68,8 +70,11 @@ impl DiskSync {
             sync_dir(&blobs)?;
         }
         sync_dir(dir)?;
+        let meta = db.open_tree(crate::keys::META).map_err(|e| sled_error("opening a tree", e))?;
+        let meta = Contained::new(meta, "the sled meta tree (checkpointer)");
         let db = Contained::new(db, "the sled database (checkpointer)");
-        let mut sync = DiskSync { db, dir: dir.to_owned(), db_file, synced_blobs: HashSet::new() };
+        let dir = dir.to_owned();
+        let mut sync = DiskSync { db, meta, dir, db_file, synced_blobs: HashSet::new() };
         sync.sync_blobs()?;
         Ok(sync)
     }
@@ -82,6 +87,40 @@ impl DiskSync {
         self.sync_blobs()?;
         let context = format!("fdatasync of {}", self.dir.join("db").display());
         self.db_file.sync_data().map_err(io_error(context))
+    }
+
+    /// Records in sled (in memory: the next [`DiskSync::sync`] makes it durable) that its files
+    /// hold every change up to the write-ahead log's `lsn`.
+    pub(crate) fn mark(&mut self, lsn: u64) -> Result<(), StoreError> {
+        let mut value = lsn.to_le_bytes().to_vec();
+        value.extend_from_slice(&crc32c::crc32c(&value).to_le_bytes());
+        self.meta
+            .insert(crate::keys::META_CHECKPOINT_LSN, value)
+            .map_err(|e| sled_error("marking a checkpoint in sled", e))?;
+        Ok(())
+    }
+
+    /// The LSN of the last checkpoint marked in sled's files, if any.
+    pub(crate) fn marked(&self) -> Result<Option<u64>, StoreError> {
+        let place =
+            || format!("the checkpoint mark in {}'s meta tree", self.dir.join("db").display());
+        let value = self
+            .meta
+            .get(crate::keys::META_CHECKPOINT_LSN)
+            .map_err(|e| sled_error("reading the checkpoint mark", e))?;
+        let Some(value) = value else { return Ok(None) };
+        let corrupt = |problem: String| StoreError::Corrupt { place: place(), problem };
+        if value.len() != 12 {
+            return Err(corrupt(format!("{} bytes where 12 belong", value.len())));
+        }
+        let mut lsn = [0u8; 8];
+        lsn.copy_from_slice(&value[..8]);
+        let mut crc = [0u8; 4];
+        crc.copy_from_slice(&value[8..]);
+        if crc32c::crc32c(&lsn) != u32::from_le_bytes(crc) {
+            return Err(corrupt("its checksum does not match".into()));
+        }
+        Ok(Some(u64::from_le_bytes(lsn)))
     }
 
     fn sync_blobs(&mut self) -> Result<(), StoreError> {

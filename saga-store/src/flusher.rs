@@ -84,6 +84,8 @@ pub(crate) struct Flusher {
     /// Syncs of the log made by opening it, left out of [`Flusher::syncs`].
     syncs_at_open: u64,
     checkpointer: Option<JoinHandle<()>>,
+    /// The torn tail opening cut off the log, if it did: reported by every `check`.
+    cut: Option<crate::wal::Cut>,
 }
 
 impl fmt::Debug for Flusher {
@@ -181,11 +183,18 @@ impl Flusher {
         let options = WalOptions { segment_bytes: tuning.segment_bytes, ..WalOptions::default() };
         let (wal, replayed) = Wal::open(dir, options, io.clone(), apply).map_err(wal_error)?;
         waiters.release_up_to(wal.durable_lsn());
-        if let Some((segment, offset)) = wal.cut_at_open() {
+        check_marked(&wal, &sync, dir)?;
+        let cut = wal.cut_at_open().cloned();
+        if let Some(cut) = &cut {
             tracing::warn!(
-                segment = %segment.display(),
-                offset,
-                "cut a torn write at the end of the write-ahead log (a crash artefact)"
+                segment = %cut.path.display(),
+                offset = cut.offset,
+                bytes = cut.bytes,
+                "cut a torn write off the end of the write-ahead log: {} bytes at offset {} of {} \
+                 (a group whose sync never returned, so nothing in it was acknowledged)",
+                cut.bytes,
+                cut.offset,
+                cut.path.display()
             );
         }
         let replayed_any = !replayed.is_empty();
@@ -213,7 +222,12 @@ impl Flusher {
                 source,
             })?;
         let syncs_at_open = io.syncs();
-        Ok(Flusher { inner, io, syncs_at_open, checkpointer: Some(checkpointer) })
+        Ok(Flusher { inner, io, syncs_at_open, cut, checkpointer: Some(checkpointer) })
+    }
+
+    /// The torn tail opening cut off the log, if it did.
+    pub(crate) fn cut_at_open(&self) -> Option<&crate::wal::Cut> {
+        self.cut.as_ref()
     }
 
     /// Fails if an earlier sync or checkpoint failed, so that no write is made that could never
@@ -377,8 +391,38 @@ fn checkpoints(inner: &Inner, mut sync: DiskSync) {
 /// may forget it.
 fn checkpoint(wal: &Wal<()>, sync: &mut DiskSync) -> Result<(), StoreError> {
     let durable = wal.durable_lsn();
+    sync.mark(durable)?;
     sync.sync()?;
     wal.checkpoint(durable).map_err(wal_error)
+}
+
+/// Refuses sled files that hold less than the log's checkpoint says they do: every checkpoint
+/// marks its LSN in sled before sled's flush and before the log forgets what it covers, so a
+/// mark below the checkpoint (or none, where the checkpoint file promises one) means sled's files
+/// lost acknowledged writes that no replay brings back (damage sled read past as a torn tail of
+/// its own log, or files replaced by older ones). Stores written before the mark (checkpoint
+/// file version 1) are not checked, and are marked at their next checkpoint.
+fn check_marked(wal: &Wal<()>, sync: &DiskSync, dir: &Path) -> Result<(), StoreError> {
+    let (checkpoint, promised) = wal.checkpointed();
+    if !promised {
+        return Ok(());
+    }
+    let marked = sync.marked()?;
+    if marked.is_some_and(|m| m >= checkpoint) {
+        return Ok(());
+    }
+    let holds = match marked {
+        Some(m) => format!("hold the store as of write-ahead log position {m}"),
+        None => "hold no checkpoint mark at all".to_owned(),
+    };
+    Err(StoreError::Corrupt {
+        place: format!("sled's files in {}", dir.display()),
+        problem: format!(
+            "they {holds}, but the write-ahead log was checkpointed at position {checkpoint}: \
+             writes acknowledged before that are missing from them (sled's files were damaged \
+             or replaced by older ones); restore the store from a copy"
+        ),
+    })
 }
 
 impl Drop for Flusher {

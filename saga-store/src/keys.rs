@@ -29,6 +29,9 @@ pub(crate) const META: &str = "meta";
 pub(crate) const META_LAYOUT: &[u8] = b"layout";
 /// The meta key holding the newest record format version written to the store.
 pub(crate) const META_RECORD_FORMAT: &[u8] = b"record_format";
+/// In [`META`]: the write-ahead log's LSN up to which sled's files hold every change, written
+/// by each checkpoint before sled's flush (8 bytes LE, then their CRC32C, 4 bytes LE).
+pub(crate) const META_CHECKPOINT_LSN: &[u8] = b"checkpoint_lsn";
 
 /// The key of one Operation: its id, 16 bytes big-endian.
 pub(crate) fn operation_key(id: OperationId) -> [u8; 16] {

@@ -15,8 +15,11 @@ use crate::redo::{Logged, Redo};
 /// the write-ahead log in `wal/` (see [`crate::flusher`]), which holds acknowledged writes not
 /// yet checkpointed into the trees. Raise it when either changes. A store of version 1 (written
 /// before the log) opens as is and is marked 2; a release that knows only 1 refuses a store
-/// marked 2 ([`StoreError::NewerFormat`]) rather than miss what its log holds.
-pub(crate) const LAYOUT_VERSION: u8 = 2;
+/// marked 2 ([`StoreError::NewerFormat`]) rather than miss what its log holds. Version 3: every
+/// checkpoint marks its LSN in sled's `meta` tree ([`keys::META_CHECKPOINT_LSN`]), and opening
+/// refuses sled files whose mark is below the log's checkpoint; a store of version 2 opens as
+/// is and is marked at its next checkpoint.
+pub(crate) const LAYOUT_VERSION: u8 = 3;
 
 /// The trees of one open store. Every change to them is recorded in `redo` (see
 /// [`crate::redo`]); `meta` is written at open only, and synced there.

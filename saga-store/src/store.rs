@@ -10,7 +10,8 @@ use async_trait::async_trait;
 
 use saga_core::log::{LogLine, Record, RecordKind};
 use saga_core::store::{
-    CancelRecorded, CancelRequest, CheckReport, Lease, Listing, Store, StoreError, WakeUp, WakeUps,
+    CancelRecorded, CancelRequest, CheckReport, Finding, Lease, Listing, Problem, Store,
+    StoreError, WakeUp, WakeUps,
 };
 use saga_core::{OperationId, Resource};
 
@@ -492,12 +493,23 @@ impl Store for SledStore {
     }
 
     async fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
-        if !repair {
-            return self.blocking(|t| t.check(false)).await;
-        }
-        let report = self.write(|t| t.check(true)).await?;
-        if report.findings.iter().any(|f| f.repaired) {
-            self.commit().await?;
+        let mut report = if repair {
+            let report = self.write(|t| t.check(true)).await?;
+            if report.findings.iter().any(|f| f.repaired) {
+                self.commit().await?;
+            }
+            report
+        } else {
+            self.blocking(|t| t.check(false)).await?
+        };
+        if let Some(cut) = self.flusher.as_ref().and_then(Flusher::cut_at_open) {
+            // Repaired at open (the cut is the repair), and said here so that it is never silent.
+            let problem = Problem::TornTailCut {
+                file: cut.path.display().to_string(),
+                offset: cut.offset,
+                bytes: cut.bytes,
+            };
+            report.findings.insert(0, Finding { operation: None, problem, repaired: true });
         }
         Ok(report)
     }

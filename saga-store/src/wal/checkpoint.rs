@@ -1,7 +1,7 @@
 //! The checkpoint file: where replay starts.
 //!
-//! `wal/checkpoint`, 48 bytes, little-endian: magic `SGWALCK1` (8), format version (u32, 1),
-//! zero (u32), checkpoint LSN (u64), index of the first segment to read (u64), LSN of that
+//! `wal/checkpoint`, 48 bytes, little-endian: magic `SGWALCK1` (8), format version (u32: 2; 1
+//! in stores written before the mark below), zero (u32), checkpoint LSN (u64), index of the first segment to read (u64), LSN of that
 //! segment's first frame (u64), CRC32C of bytes 0..40 (u32), zero (u32). It is written to
 //! `checkpoint.tmp`, `fdatasync`ed, renamed over `checkpoint`, and the directory is `fsync`ed.
 
@@ -16,7 +16,7 @@ pub(super) const NAME: &str = "checkpoint";
 pub(super) const TEMP_NAME: &str = "checkpoint.tmp";
 
 const MAGIC: &[u8; 8] = b"SGWALCK1";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const SIZE: usize = 48;
 
 /// What a checkpoint records.
@@ -28,6 +28,9 @@ pub(super) struct Checkpoint {
     pub(super) first_segment: u64,
     /// The LSN the first frame of that segment has (or will have, if it has none yet).
     pub(super) first_lsn: Lsn,
+    /// Written by a release that records the LSN outside the log before the checkpoint (file
+    /// version 2); false for a version 1 file, which promises nothing about it.
+    pub(super) marked: bool,
 }
 
 impl Checkpoint {
@@ -65,11 +68,22 @@ impl Checkpoint {
         if crc32c::crc32c(&buf[0..40]) != u32_at(40) {
             return Err(corrupt(40, "checkpoint CRC mismatch".into()));
         }
-        if u32_at(8) != VERSION {
-            return Err(corrupt(8, format!("checkpoint format version {}", u32_at(8))));
-        }
-        let checkpoint =
-            Checkpoint { lsn: u64_at(16), first_segment: u64_at(24), first_lsn: u64_at(32) };
+        let marked = match u32_at(8) {
+            1 => false,
+            VERSION => true,
+            other => {
+                return Err(corrupt(
+                    8,
+                    format!("checkpoint format version {other}, which this release does not know"),
+                ))
+            }
+        };
+        let checkpoint = Checkpoint {
+            lsn: u64_at(16),
+            first_segment: u64_at(24),
+            first_lsn: u64_at(32),
+            marked,
+        };
         if checkpoint.first_lsn == 0 || checkpoint.first_lsn > checkpoint.lsn.saturating_add(1) {
             return Err(corrupt(32, format!("impossible checkpoint {checkpoint:?}")));
         }
@@ -109,9 +123,16 @@ mod tests {
     #[test]
     fn round_trip_and_damage() {
         let path = Path::new("checkpoint");
-        let checkpoint = Checkpoint { lsn: 41, first_segment: 3, first_lsn: 30 };
+        let checkpoint = Checkpoint { lsn: 41, first_segment: 3, first_lsn: 30, marked: true };
         let buf = checkpoint.encode();
         assert_eq!(Checkpoint::decode(&buf, path).ok(), Some(checkpoint));
+        // A version 1 file (no mark) still reads.
+        let mut old = buf;
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&old[0..40]);
+        old[40..44].copy_from_slice(&crc.to_le_bytes());
+        let unmarked = Checkpoint { marked: false, ..checkpoint };
+        assert_eq!(Checkpoint::decode(&old, path).ok(), Some(unmarked));
         for i in 0..SIZE {
             let mut bad = buf;
             bad[i] ^= 0x10;

@@ -73,6 +73,7 @@ use tokio::sync::oneshot;
 
 use self::checkpoint::Checkpoint;
 use self::io::WalIo;
+pub(crate) use self::replay::Cut;
 use self::replay::{segment_name, SegmentInfo};
 use self::writer::{prepare_segment, Pending, Queue, Shared, Table, Writer};
 
@@ -195,7 +196,7 @@ pub(crate) struct Wal<T: Send + 'static> {
     /// Serializes checkpoints.
     checkpointing: Mutex<()>,
     /// Where open cut a torn tail, if it did.
-    cut: Option<(PathBuf, u64)>,
+    cut: Option<Cut>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -342,7 +343,8 @@ impl<T: Send + 'static> Wal<T> {
         self.shared.durable.load(Ordering::Acquire)
     }
 
-    /// Records that the caller made everything up to `lsn` durable elsewhere: writes the
+    /// Records that the caller made everything up to `lsn` durable elsewhere, and recorded `lsn`
+    /// there too (the checkpoint file says so: [`Wal::checkpointed`]): writes the
     /// checkpoint file durably, then drops (recycles or deletes) every segment whose frames are
     /// all <= `lsn` (never the active one). `lsn` must not exceed [`Wal::durable_lsn`]
     /// ([`WalError::CheckpointAhead`]); one at or below the current checkpoint does nothing. On
@@ -364,7 +366,12 @@ impl<T: Send + 'static> Wal<T> {
                 .position(|s| s.last_lsn > lsn)
                 .unwrap_or(table.active);
             let segment = &table.segments[first];
-            Checkpoint { lsn, first_segment: segment.index, first_lsn: segment.first_lsn }
+            Checkpoint {
+                lsn,
+                first_segment: segment.index,
+                first_lsn: segment.first_lsn,
+                marked: true,
+            }
         };
         checkpoint::write(self.io.as_ref(), &self.dir, &new)?;
         let result = self.drop_segments(&new);
@@ -411,8 +418,16 @@ impl<T: Send + 'static> Wal<T> {
         self.shared.queue().failed.clone()
     }
 
-    /// Where [`Wal::open`] cut a torn tail off (the segment and the offset), if it did.
-    pub(crate) fn cut_at_open(&self) -> Option<&(PathBuf, u64)> {
+    /// The checkpoint in force: its LSN, and whether the caller recorded that LSN outside the log
+    /// before it was written (see [`checkpoint`]'s version 2). A store that has never
+    /// checkpointed has `(0, false)`.
+    pub(crate) fn checkpointed(&self) -> (Lsn, bool) {
+        let table = self.shared.table();
+        (table.checkpoint.lsn, table.checkpoint.marked)
+    }
+
+    /// Where [`Wal::open`] cut a torn tail off, if it did.
+    pub(crate) fn cut_at_open(&self) -> Option<&Cut> {
         self.cut.as_ref()
     }
 }

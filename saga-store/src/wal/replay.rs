@@ -18,6 +18,11 @@
 //!   on in segment `k + 1` if that segment has frames, else it ends at `P` (and the later
 //!   segments are spares; they must not hold a valid frame with an LSN >= `E`, else `Corrupt`).
 //!
+//! Before a cut, the frame at `P` is tried for **one flipped bit** ([`flipped_bit`]): a frame
+//! with LSN `E` that one bit (of its header, payload, CRC or padding) would make whole reached the
+//! disk whole and was damaged after, so it is `Corrupt`, never cut. A cut is returned as a [`Cut`]
+//! (segment, offset, bytes) for the store to report.
+//!
 //! An LSN gap is a frame whose LSN is above the expected one: it is never accepted, and where a
 //! later group follows it, it is `Corrupt`.
 
@@ -76,7 +81,19 @@ pub(super) struct Recovery {
     /// The LSN the next append gets.
     pub(super) next_lsn: Lsn,
     /// Where a torn tail was cut, if one was.
-    pub(super) cut: Option<(PathBuf, u64)>,
+    pub(super) cut: Option<Cut>,
+}
+
+/// A torn tail that opening cut off the log: the end of a group whose write the process did not
+/// live to finish (its `fdatasync` never returned, so nothing in it was acknowledged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// The segment.
+    pub(crate) path: PathBuf,
+    /// Where the log now ends in it.
+    pub(crate) offset: u64,
+    /// How many bytes after that held pieces of the torn group (zeroed by the cut).
+    pub(crate) bytes: u64,
 }
 
 /// One pass over a segment from its start.
@@ -189,6 +206,7 @@ pub(super) fn recover(
             lsn: 0,
             first_segment: segments.keys().next().copied().unwrap_or(0),
             first_lsn: 1,
+            marked: false,
         },
     };
     let later = segments.split_off(&checkpoint.first_segment);
@@ -221,11 +239,14 @@ pub(super) fn recover(
     let mut frames = Vec::new();
     let mut infos: Vec<SegmentInfo> = Vec::new();
     let mut dirty: Vec<bool> = Vec::new();
+    let mut dirty_end: Vec<u64> = Vec::new();
     let mut expected = checkpoint.first_lsn;
     let mut k = 0;
+    // The bytes of the segment read last and of the one before: the active one is either.
+    let mut data = Vec::new();
     let active = loop {
         let segment = &list[k];
-        let data = read_segment(io, segment)?;
+        let previous = std::mem::replace(&mut data, read_segment(io, segment)?);
         let w = walk(&data, expected);
         let first_lsn = expected;
         for &(lsn, (start, end)) in &w.frames {
@@ -263,6 +284,7 @@ pub(super) fn recover(
         if w.frames.is_empty() && w.found.is_empty() && k > 0 {
             // Nothing in this segment: the log ended at the previous one's end.
             check_later(io, &list[k + 1..], expected, &list[k - 1].path, infos[k - 1].end)?;
+            data = previous;
             break k - 1;
         }
         infos.push(SegmentInfo {
@@ -272,6 +294,7 @@ pub(super) fn recover(
             end: w.stop as u64,
         });
         dirty.push(w.dirty_end > w.stop);
+        dirty_end.push(w.dirty_end as u64);
         if !w.found.is_empty() || k + 1 == list.len() {
             check_later(io, &list[k + 1..], expected, &segment.path, w.stop as u64)?;
             break k;
@@ -291,6 +314,16 @@ pub(super) fn recover(
             ),
         });
     }
+    if let Some(damage) = flipped_bit(&data, end.end as usize, expected) {
+        return Err(WalError::Corrupt {
+            path: active_path.clone(),
+            offset: end.end,
+            problem: format!(
+                "the frame of LSN {expected} here is whole but for one flipped bit ({damage}): \
+                 damage to a written frame, not a torn write, so it is not cut"
+            ),
+        });
+    }
     let mut cut = None;
     if dirty[active] {
         let file = io.open(active_path).map_err(io_error("opening a segment", active_path))?;
@@ -300,11 +333,97 @@ pub(super) fn recover(
                 .map_err(io_error("allocating a segment again", active_path))?;
         }
         file.sync_data().map_err(io_error("fdatasync after cutting a torn tail", active_path))?;
-        cut = Some((active_path.clone(), end.end));
+        let bytes = dirty_end[active].saturating_sub(end.end);
+        cut = Some(Cut { path: active_path.clone(), offset: end.end, bytes });
     }
     infos.truncate(active + 1);
     infos.extend(list[active + 1..].iter().map(|s| SegmentInfo::spare(s.index)));
     Ok(Recovery { frames, checkpoint, segments: infos, active, next_lsn: expected, cut })
+}
+
+/// The unit a disk writes whole: a write torn by a crash loses whole sectors, never a bit.
+const SECTOR: usize = 512;
+
+/// Whether the bytes at `pos` of `data` are the frame of LSN `expected`, whole but for one flipped
+/// bit: in its header (which then fails its CRC), in its payload or its payload's CRC, or in its
+/// padding. Such a frame reached the disk whole, so it is damage, never a torn write (whose lost
+/// pages leave whole sectors of old bytes, not one wrong bit); `Some` says where the bit is. A
+/// torn write passes for one only if one of its bit patterns matches a CRC32C by chance (a chance
+/// of about 2^-32 for each bit of the frame).
+fn flipped_bit(data: &[u8], pos: usize, expected: Lsn) -> Option<String> {
+    let header = data.get(pos..pos.checked_add(HEADER)?)?;
+    if header.iter().all(|&b| b == 0) {
+        return None;
+    }
+    let mut fixed = header.to_vec();
+    let mut header_bit = None;
+    if let Probe::Nothing = probe(data, pos) {
+        // Find the one bit of the header whose flip makes it valid with LSN `expected`.
+        header_bit = (0..HEADER * 8).find(|&bit| {
+            let mut h = header.to_vec();
+            h[bit / 8] ^= 1 << (bit % 8);
+            let crc = u32::from_le_bytes([h[20], h[21], h[22], h[23]]);
+            let lsn = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+            crc32c::crc32c(&h[..20]) == crc && lsn == expected
+        });
+        let bit = header_bit?;
+        fixed[bit / 8] ^= 1 << (bit % 8);
+    }
+    let word =
+        |at: usize| u32::from_le_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]]);
+    let lsn = u64::from_le_bytes(fixed[8..16].try_into().ok()?);
+    if lsn != expected {
+        return None;
+    }
+    let start = pos + HEADER;
+    let len = word(0) as usize;
+    let payload = data.get(start..start.checked_add(len)?)?;
+    let padding = data.get(start + len..pos.checked_add(super::frame::frame_size(len))?)?;
+    let stored = word(4);
+    let syndrome = crc32c::crc32c(payload) ^ stored;
+    let nonzero_padding: Vec<usize> =
+        padding.iter().enumerate().filter(|(_, &b)| b != 0).map(|(i, _)| i).collect();
+    let at = |offset: usize| format!("offset {offset}");
+    match (header_bit, syndrome, nonzero_padding.as_slice()) {
+        (Some(bit), 0, []) => Some(format!("header bit {bit}")),
+        (Some(_), _, _) => None,
+        (None, 0, [i]) if padding[*i].count_ones() == 1 => Some(at(start + len + i)),
+        (None, s, []) if s.count_ones() == 1 => Some(format!("the payload's CRC, {}", at(pos + 4))),
+        (None, s, []) => {
+            let byte = start + single_bit_error(payload, s)? / 8;
+            // The bit's sector must hold something of the frame now: a sector of zeros may be one
+            // the torn write never reached, whose only byte of the frame had one bit set.
+            let sector = byte / SECTOR * SECTOR;
+            let written =
+                data[sector.max(pos)..(sector + SECTOR).min(start + len)].iter().any(|&b| b != 0);
+            written.then(|| at(byte))
+        }
+        _ => None,
+    }
+}
+
+/// The bit of `payload` whose flip changes its CRC32C by `syndrome`, if one does. CRC32C is
+/// linear: flipping bit `b` of a byte `d` bytes before the end changes the CRC by the CRC
+/// register of that one bit followed by `d` zero bytes, whatever the other bytes are.
+fn single_bit_error(payload: &[u8], syndrome: u32) -> Option<usize> {
+    const POLY: u32 = 0x82F6_3B78; // CRC32C, reflected
+    let step = |mut crc: u32| {
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ POLY } else { crc >> 1 };
+        }
+        crc
+    };
+    // The register after one byte holding only bit `b`, then after each zero byte.
+    let mut regs: Vec<u32> = (0..8).map(|b| step(1u32 << b)).collect();
+    for from_end in 0..payload.len() {
+        if let Some(b) = regs.iter().position(|&r| r == syndrome) {
+            return Some((payload.len() - 1 - from_end) * 8 + b);
+        }
+        for r in &mut regs {
+            *r = step(*r);
+        }
+    }
+    None
 }
 
 /// Fails if any of `later` holds a valid frame with an LSN >= `expected`: frames after the end

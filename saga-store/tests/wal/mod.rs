@@ -411,3 +411,64 @@ async fn replaying_the_log_replays_a_removal_with_its_answer() {
     assert_eq!(store.cancel_requests().await.expect("lists"), vec![kept]);
     assert!(store.check(false).await.expect("checks").is_healthy());
 }
+
+#[tokio::test]
+async fn sled_files_older_than_the_logs_checkpoint_are_refused_not_read() {
+    // sled's files that lost writes the log no longer holds (sled reading damage as a torn tail
+    // of its own log, or files restored from an older copy) would make acknowledged Operations
+    // vanish, or read as running and run again. Here: sled's files from before a checkpoint,
+    // beside the log of after it.
+    let (dir, path) = temp_store_path();
+    let store = SledStore::open(&path).expect("opens");
+    let (first, _) = create(&store, "prod", 10).await;
+    drop(store);
+    let older = dir.path().join("older");
+    std::fs::create_dir_all(&older).expect("creates a directory");
+    for file in ["conf", "db"] {
+        std::fs::copy(path.join(file), older.join(file)).expect("copies sled's files");
+    }
+    let store = SledStore::open(&path).expect("opens again");
+    let (second, _) = create(&store, "prod", 20).await;
+    drop(store);
+    for file in ["conf", "db"] {
+        std::fs::copy(older.join(file), path.join(file)).expect("puts the older files back");
+    }
+    match SledStore::open(&path) {
+        Err(StoreError::Corrupt { place, problem }) => {
+            assert!(place.contains("sled's files in"), "{place}");
+            assert!(problem.contains("checkpointed at position"), "{problem}");
+            assert!(!problem.contains("Some("), "a sentence, not debug formatting: {problem}");
+        }
+        Ok(store) => panic!(
+            "opened sled's older files: {first} reads {:?}, {second} reads {:?}",
+            store.read(first).await.map(|r| r.len()),
+            store.read(second).await.map(|r| r.len())
+        ),
+        Err(other) => panic!("not the typed corruption: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cut_torn_tail_is_said_by_check_never_silent() {
+    let (_dir, path) = temp_store_path();
+    // Killed without closing: its last writes are in the log only.
+    let acked = run_child(&path, None, Some(1));
+    assert!(!acked.is_empty(), "the child wrote");
+    // Sectors of the last write lost, as in a crash during its write.
+    let segment = path.join("wal").join(format!("{:020}.seg", 0));
+    let mut bytes = std::fs::read(&segment).expect("reads the segment");
+    let last = bytes.iter().rposition(|&b| b != 0).expect("the segment has frames");
+    bytes[last.saturating_sub(40)..=last].fill(0);
+    std::fs::write(&segment, &bytes).expect("writes the segment back");
+    let store = SledStore::open(&path).expect("opens, cutting the torn tail");
+    let report = store.check(false).await.expect("checks");
+    let cut = report
+        .findings
+        .iter()
+        .find(|f| matches!(f.problem, saga_core::store::Problem::TornTailCut { .. }))
+        .unwrap_or_else(|| panic!("no finding says the cut: {:?}", report.findings));
+    let said = cut.to_string();
+    assert!(said.contains("torn write") && said.contains(".seg"), "{said}");
+    assert!(cut.repaired, "the cut repaired it at open");
+    assert!(report.is_healthy(), "nothing left to repair: {:?}", report.findings);
+}
