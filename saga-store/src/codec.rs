@@ -110,8 +110,16 @@ pub(crate) fn sled_error(context: &str, error: sled::Error) -> StoreError {
     match error {
         sled::Error::Io(source) => StoreError::Io { context: context.to_owned(), source },
         sled::Error::Corruption { at, .. } => StoreError::Corrupt {
-            place: format!("sled log at {at:?}"),
-            problem: format!("sled found corruption while {context}"),
+            place: match at {
+                Some(sled::DiskPtr::Inline(offset)) => {
+                    format!("sled's log (its `db` file) at offset {offset}")
+                }
+                Some(sled::DiskPtr::Blob(offset, blob)) => {
+                    format!("sled's blob file {blob} (named at offset {offset} of its `db` file)")
+                }
+                None => "sled's files (sled names no offset)".to_owned(),
+            },
+            problem: format!("sled found damaged data while {context}"),
         },
         other => StoreError::backend(context, other),
     }

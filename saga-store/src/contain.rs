@@ -99,7 +99,7 @@ pub(crate) fn drop_contained<T>(value: T, what: &str) -> bool {
     match result {
         Ok(()) => false,
         Err(_) => {
-            let message = CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or_default();
+            let message = readable(&CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or_default());
             tracing::error!(
                 what,
                 panic = %message,
@@ -111,8 +111,32 @@ pub(crate) fn drop_contained<T>(value: T, what: &str) -> bool {
     }
 }
 
+/// A panic message with the `Debug` form of an OS error (`Os { code: 28, kind: StorageFull,
+/// message: "No space left on device" }`, what `unwrap()` prints) given as a sentence instead.
+fn readable(message: &str) -> String {
+    let Some(at) = message.find("Os { code: ") else { return message.to_owned() };
+    let rest = &message[at + "Os { code: ".len()..];
+    let code: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let (Ok(code), Some(end)) = (code.parse::<i32>(), rest.find('}')) else {
+        return message.to_owned();
+    };
+    let error = std::io::Error::from_raw_os_error(code);
+    format!("{}{error}{}", &message[..at], &rest[end + 1..])
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn os_errors_in_panic_messages_read_as_sentences() {
+        let debug = "called `Result::unwrap()` on an `Err` value: Os { code: 28, kind: \
+                     StorageFull, message: \"No space left on device\" }";
+        assert_eq!(
+            super::readable(debug),
+            "called `Result::unwrap()` on an `Err` value: No space left on device (os error 28)"
+        );
+        assert_eq!(super::readable("plain"), "plain");
+    }
+
     use super::*;
 
     struct Bomb;

@@ -152,7 +152,13 @@ impl Inner {
         if let Some(e) = self.wal.failure() {
             return Some(e.to_string());
         }
-        lock(&self.checkpoint_failed).clone().map(|why| format!("a checkpoint failed: {why}"))
+        lock(&self.checkpoint_failed).clone().map(|why| {
+            format!(
+                "a checkpoint failed ({why}); every write acknowledged before it is in the \
+                 write-ahead log, which the next open replays, but the store takes no more \
+                 writes in this process"
+            )
+        })
     }
 }
 
@@ -451,7 +457,13 @@ impl Drop for Flusher {
 }
 
 fn unavailable(why: &str) -> StoreError {
-    StoreError::Unavailable(format!("an earlier sync failed, nothing is durable since: {why}"))
+    if why.starts_with("a checkpoint failed") {
+        return StoreError::Unavailable(why.to_owned());
+    }
+    StoreError::Unavailable(format!(
+        "an earlier write or sync of the write-ahead log failed, so no later write can be proven \
+         durable and the store takes none (what was acknowledged before it is durable): {why}"
+    ))
 }
 
 /// A log error as a store error that says what and where.

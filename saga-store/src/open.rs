@@ -44,18 +44,14 @@ pub(crate) struct Trees {
 /// Opens (creating it if needed) the store at `path`, checks its format and syncs what opening
 /// wrote; with `record`, every later change is recorded for the write-ahead log. Blocks.
 pub(crate) fn open(path: &Path, record: bool) -> Result<Trees, StoreError> {
-    let created = !path.exists();
+    let created = is_missing_or_empty(path)?;
+    if created {
+        create(path)?;
+    }
     // sled's own periodic flusher is off: the store's flusher does every flush (and the fdatasync
     // after it), and sled's thread would keep the file, and its lock, open for up to its period
     // after the store is dropped.
     let db = Contained::new(open_db(path)?, "the sled database");
-    if created {
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        sync_dir(parent)?;
-    }
     let tree = |name: &str| db.open_tree(name).map_err(|e| sled_error("opening a tree", e));
     let meta = Contained::new(tree(keys::META)?, "the sled meta tree");
     check_version(&meta, keys::META_LAYOUT, LAYOUT_VERSION, "key layout")?;
@@ -78,6 +74,123 @@ pub(crate) fn open(path: &Path, record: bool) -> Result<Trees, StoreError> {
     };
     trees.db.flush().map_err(|e| sled_error("flushing after open", e))?;
     Ok(trees)
+}
+
+/// Whether `path` is where a store must be created: nothing there, or an empty directory.
+fn is_missing_or_empty(path: &Path) -> Result<bool, StoreError> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(StoreError::Io {
+            context: format!("reading the directory {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// The directory holding `path`.
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The prefix of the name a store at `path` is created under before it is renamed into place,
+/// followed by the creating process's id.
+fn creating_prefix(path: &Path) -> Result<String, StoreError> {
+    let name = path.file_name().ok_or_else(|| StoreError::Io {
+        context: format!("creating a store at {}", path.display()),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path names no directory (it ends in `..` or is a root)",
+        ),
+    })?;
+    Ok(format!(".{}.creating.", name.to_string_lossy()))
+}
+
+/// Creates the store at `path` whole or not at all: sled's files are made (and synced) in a
+/// directory beside it, `.<name>.creating.<pid>.<n>`, which is renamed into place once complete, so a
+/// creation interrupted at any instant (a kill, EIO, ENOSPC) leaves no half-written `conf` (sled
+/// 0.34 writes it with two `write`s and fails every later open on a torn one). Leftovers of
+/// creations whose process is gone are removed first. If another process creates the same store
+/// meanwhile, its store wins and this one's is removed.
+fn create(path: &Path) -> Result<(), StoreError> {
+    let io = |context: String| move |source| StoreError::Io { context, source };
+    let parent = parent_of(path);
+    let prefix = creating_prefix(path)?;
+    std::fs::create_dir_all(parent)
+        .map_err(io(format!("creating the directory {}", parent.display())))?;
+    remove_abandoned_creations(parent, &prefix)?;
+    // The process's id, then a number of its own: threads of one process creating the same
+    // store each build their own (one wins the rename; the other opens it, or waits for it).
+    static CREATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CREATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = parent.join(format!("{prefix}{}.{n}", std::process::id()));
+    {
+        let db = Contained::new(open_db(&temp)?, "the sled database being created");
+        let meta = Contained::new(
+            db.open_tree(keys::META).map_err(|e| sled_error("opening a tree", e))?,
+            "the sled meta tree being created",
+        );
+        check_version(&meta, keys::META_LAYOUT, LAYOUT_VERSION, "key layout")?;
+        check_version(&meta, keys::META_RECORD_FORMAT, FORMAT_VERSION, "record format")?;
+        db.flush().map_err(|e| sled_error("flushing a new store", e))?;
+    }
+    for file in ["conf", "db"] {
+        let file = temp.join(file);
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(io(format!("syncing {}", file.display())))?;
+    }
+    let blobs = temp.join("blobs");
+    if blobs.exists() {
+        sync_dir(&blobs)?;
+    }
+    sync_dir(&temp)?;
+    match std::fs::rename(&temp, path) {
+        Ok(()) => sync_dir(parent),
+        Err(_) if !is_missing_or_empty(path)? => {
+            tracing::info!(store = %path.display(), "another process created the store first");
+            std::fs::remove_dir_all(&temp)
+                .map_err(io(format!("removing the creation {}", temp.display())))
+        }
+        Err(source) => Err(StoreError::Io {
+            context: format!("renaming the new store {} into place", temp.display()),
+            source,
+        }),
+    }
+}
+
+/// Removes `parent`'s directories named `prefix`, the id of a process that no longer runs, and a
+/// number: creations interrupted before their rename. (A leftover of an earlier process whose id
+/// this one reuses stays: it is harmless, and removed once this process is gone.)
+fn remove_abandoned_creations(parent: &Path, prefix: &str) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(parent).map_err(|source| StoreError::Io {
+        context: format!("listing {}", parent.display()),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        let pid = rest.split('.').next().unwrap_or_default();
+        let Some(pid) = pid.parse().ok().and_then(rustix::process::Pid::from_raw) else { continue };
+        let gone = matches!(
+            rustix::process::test_kill_process(pid),
+            Err(e) if e == rustix::io::Errno::SRCH
+        );
+        if gone {
+            tracing::warn!(
+                directory = %entry.path().display(),
+                "removing a store creation its process did not finish"
+            );
+            std::fs::remove_dir_all(entry.path()).map_err(|source| StoreError::Io {
+                context: format!("removing an abandoned creation {}", entry.path().display()),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a store whose `key` version is newer than `supported`; records `supported` otherwise

@@ -75,10 +75,20 @@ impl SledStore {
     /// Blocks while sled recovers its log; in async code, call it inside
     /// `tokio::task::spawn_blocking` if the store may be large.
     ///
+    /// A missing path (or an empty directory) is created whole or not at all: sled's files are
+    /// made and synced beside it, in `.<name>.creating.<pid>.<n>`, and renamed into place, so an
+    /// open interrupted at any instant never leaves a directory that later opens refuse.
+    ///
+    /// One process opens a store at a time (sled's `flock` on its `db` file). Another process
+    /// (or a second open in this one) waits up to one second for the lock, which covers sled's
+    /// threads of a store just dropped here, and then gets [`StoreError::Locked`].
+    ///
     /// # Errors
     ///
-    /// [`StoreError::Locked`] if another process has it open, [`StoreError::NewerFormat`] if a
-    /// newer release wrote it, [`StoreError::Io`] and others if it cannot be opened.
+    /// [`StoreError::Locked`] (after that second) if another process has it open,
+    /// [`StoreError::NewerFormat`] if a newer release wrote it, [`StoreError::Corrupt`] naming
+    /// the file and the offset if its files are damaged (or sled's files hold less than its
+    /// write-ahead log's checkpoint), [`StoreError::Io`] and others if it cannot be opened.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         Self::open_with(path, Durability::Fsync)
     }

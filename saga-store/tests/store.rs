@@ -6,6 +6,7 @@ mod cancels;
 mod check;
 mod conformance;
 mod faults;
+mod first_open;
 mod support;
 mod wal;
 
