@@ -7,6 +7,7 @@ mod check;
 mod conformance;
 mod faults;
 mod first_open;
+mod sled_damage;
 mod support;
 mod wal;
 
@@ -170,7 +171,7 @@ async fn lists_an_environment_within_bounds_and_alone() {
 
 // ---------------------------------------------------------------- log lines
 
-fn line(id: OperationId, seq: u64, at_ms: u64) -> LogLine {
+pub(crate) fn line(id: OperationId, seq: u64, at_ms: u64) -> LogLine {
     LogLine {
         operation: id,
         seq,
