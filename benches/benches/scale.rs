@@ -125,6 +125,29 @@ async fn memory_per_operation(store: Arc<dyn Store>, n: usize, keeps_records: bo
     (after.saturating_sub(before)) as f64 / n as f64
 }
 
+/// Seconds that `SledStore::open` takes (median of 5) on a closed store of `n` finished
+/// Operations of 10 steps.
+async fn open_finished(n: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("store");
+    {
+        let store = Arc::new(SledStore::open(&path).expect("opening the store"));
+        let executor = engine::executor(store, 10, 10_000);
+        engine::run_many(&executor, n).await;
+        let _ = executor.shutdown(Duration::from_secs(60)).await;
+    }
+    let times = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let store = SledStore::open(&path).expect("reopening the store");
+            let opened = started.elapsed().as_secs_f64();
+            drop(store);
+            opened
+        })
+        .collect();
+    median(times)
+}
+
 /// Seconds that `recover()` takes over `n` unfinished Operations.
 async fn recover(n: usize) -> f64 {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -285,6 +308,12 @@ fn main() {
             let times: Vec<f64> = (0..3).map(|_| takeover_after_crash(&url, 100)).collect();
             put("postgres_takeover_after_crash_seconds", median(times));
         }
+    }
+
+    // Opening a store of 1,000 finished Operations (10 steps each), closed cleanly: what every
+    // process start (and every CLI command) pays.
+    if runs("open") {
+        put("open_1k_finished_ms", rt.block_on(open_finished(1_000)) * 1e3);
     }
 
     // recover() over 10,000 unfinished Operations.

@@ -155,6 +155,13 @@ fn main() {
         "lease 1 s, scan every 100 ms; median of 3".into(),
         "reported",
     );
+    let open = get("open_1k_finished_ms");
+    row(
+        "SledStore::open of 1,000 finished Operations (10 steps each), closed cleanly",
+        show(open, "ms"),
+        "median of 5".into(),
+        &format!("<= 50 ms: {}", verdict(open.map(|o| o <= 50.0))),
+    );
     let recover = get("recover_10k_seconds");
     row(
         "recover() over 10,000 unfinished Operations",
