@@ -1,11 +1,12 @@
 //! Black-box tests of `SledStore`: the store contract, reopening, bad bytes, the lock, group
-//! commit, failing syncs (`faults`), the consistency check (`check`), and an executor running
-//! over it.
+//! commit, failing syncs (`faults`), the consistency check (`check`), stores written by
+//! earlier releases (`format`), and an executor running over it.
 
 mod cancels;
 mod check;
 mod conformance;
 mod faults;
+mod format;
 mod support;
 mod wal;
 
