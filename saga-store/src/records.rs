@@ -194,15 +194,21 @@ impl Trees {
             let (key, bytes) = entry.map_err(|e| sled_error("reading records", e))?;
             let (_, seq) = keys::parse_seq_key(keys::RECORDS, &key)?;
             let position = out.len() as u64;
-            let corrupt =
-                |problem: String| StoreError::CorruptRecord { operation: id, position, problem };
+            // The tree and the key, after what `decode` says.
+            let corrupt = |problem: String| StoreError::CorruptRecord {
+                operation: id,
+                position,
+                problem: format!("{problem} (tree {}, key {})", keys::RECORDS, keys::hex(&key)),
+            };
             if seq != position {
                 return Err(corrupt(format!("missing; the next stored record is {seq}")));
             }
-            let record = decode(&bytes, id, position)?;
-            if record.seq != position {
-                return Err(corrupt(format!("stored at {position} but numbered {}", record.seq)));
-            }
+            // `decode` checks that the bytes are record `position` of `id`: a damaged key
+            // never moves a record.
+            let record = decode(&bytes, id, position).map_err(|e| match e {
+                StoreError::CorruptRecord { problem, .. } => corrupt(problem),
+                other => other,
+            })?;
             out.push(record);
         }
         if out.is_empty() {
