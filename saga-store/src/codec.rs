@@ -1,10 +1,11 @@
-//! Encoding of what the store keeps besides records (leases, cancel requests, log lines), and
-//! sled's errors.
+//! Encoding of what the store keeps besides records (leases, cancel requests, log lines, index
+//! entries), and sled's errors.
 //!
 //! Records use [`saga_core::store::encode`]; leases, cancel requests and log lines use
 //! [`saga_core::store::encode_value`]: the format version byte, postcard, and (from format 3)
 //! a CRC32C trailer, bound to the key for a lease and a cancel request, whose value does not
-//! name its Operation. sled 0.34 keeps no checksums of its own: these are what find a byte it
+//! name its Operation. An index entry, whose key says everything, holds the CRC32C of its key
+//! ([`index_value`]). sled 0.34 keeps no checksums of its own: these are what find a byte it
 //! changed. Every error names the tree, the Operation and the key.
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +99,35 @@ pub(crate) fn decode_line(
     Ok(line)
 }
 
+/// The value of an index entry (trees `unfinished`, `by_environment`, `by_resource`,
+/// `logs_by_time`), whose key says everything: the CRC32C of the key, little-endian, so that a
+/// damaged key (or value) is found when the entry is read ([`check_index_value`]).
+pub(crate) fn index_value(key: &[u8]) -> [u8; 4] {
+    crc32c::crc32c(key).to_le_bytes()
+}
+
+/// Checks the value of an index entry of `tree` against its key: the key's CRC32C, or empty (an
+/// entry written by a release before format 3, which has no checksum). `what` says what the
+/// entry is (naming its Operation as the key reads), for the error.
+pub(crate) fn check_index_value(
+    tree: &str,
+    key: &[u8],
+    value: &[u8],
+    what: &str,
+) -> Result<(), StoreError> {
+    let computed = crc32c::crc32c(key);
+    let problem = match <[u8; 4]>::try_from(value) {
+        _ if value.is_empty() => return Ok(()),
+        Ok(stored) if u32::from_le_bytes(stored) == computed => return Ok(()),
+        Ok(stored) => format!(
+            "checksum mismatch (stored CRC32C {:#010x}, computed {computed:#010x} from the key)",
+            u32::from_le_bytes(stored)
+        ),
+        Err(_) => format!("a value of {} bytes where the key's 4-byte CRC32C belongs", value.len()),
+    };
+    Err(StoreError::Corrupt { place: keys::place(tree, key, what), problem })
+}
+
 /// A sled error as a store error; `context` says what was being done.
 pub(crate) fn sled_error(context: &str, error: sled::Error) -> StoreError {
     match error {
@@ -180,6 +210,10 @@ mod tests {
         let bytes = encode_cancel(&request).expect("encodes");
         every_byte_changed(&bytes, |b| decode_cancel(b, id));
         every_byte_changed(&encode_line(&line(id)).expect("encodes"), |b| decode_line(b, id, 2));
+        let key = keys::seq_key(id, 2);
+        let value = index_value(&key);
+        every_byte_changed(&value, |v| check_index_value(keys::UNFINISHED, &key, v, "an entry"));
+        every_byte_changed(&key, |k| check_index_value(keys::UNFINISHED, k, &value, "an entry"));
     }
 
     #[test]
@@ -212,5 +246,32 @@ mod tests {
         let request = StoredCancel { actor: "a".into(), reason: "r".into(), at_ms: 1 };
         assert_eq!(decode_cancel(&old(&request), id).expect("decodes").reason, "r");
         assert_eq!(decode_line(&old(&line(id)), id, 2).expect("decodes"), line(id));
+        // An index entry of format 2 is empty.
+        check_index_value(keys::UNFINISHED, &keys::operation_key(id), &[], "a mark")
+            .expect("an empty entry is a legacy one");
+    }
+
+    #[test]
+    fn a_damaged_index_entry_names_the_tree_the_operation_and_the_key() {
+        let id = OperationId::from_u128(5);
+        let key = keys::operation_key(id);
+        let mut value = index_value(&key);
+        value[1] ^= 0x04;
+        let what = format!("the unfinished mark of operation {id}");
+        match check_index_value(keys::UNFINISHED, &key, &value, &what) {
+            Err(StoreError::Corrupt { place, problem }) => {
+                assert_eq!(
+                    place,
+                    format!(
+                        "the unfinished mark of operation {id} (tree unfinished, key \
+                         0x00000000000000000000000000000005)"
+                    )
+                );
+                assert!(problem.starts_with("checksum mismatch (stored CRC32C 0x"), "{problem}");
+            }
+            other => panic!("expected a corrupt entry, got {other:?}"),
+        }
+        let e = check_index_value(keys::UNFINISHED, &key, &[1, 2], &what).expect_err("2 bytes");
+        assert!(e.to_string().contains("a value of 2 bytes"), "{e}");
     }
 }

@@ -9,9 +9,11 @@ use saga_core::OperationId;
 /// postcard ++ CRC32C of the bytes before it; the record names its Operation and number, which
 /// reading compares with the key).
 pub(crate) const RECORDS: &str = "records";
-/// Unfinished Operations: `id (16)` → empty.
+/// Unfinished Operations: `id (16)` → CRC32C of the key ([`crate::codec::index_value`]; empty
+/// in a store written before format 3).
 pub(crate) const UNFINISHED: &str = "unfinished";
-/// Environment index: `len(env) (8) ++ env ++ created ms (8) ++ id (16)` → empty.
+/// Environment index: `len(env) (8) ++ env ++ created ms (8) ++ id (16)` → CRC32C of the key
+/// (or empty, before format 3).
 pub(crate) const BY_ENVIRONMENT: &str = "by_environment";
 /// Leases: `id (16)` → version byte ++ postcard lease ++ CRC32C of the key and the bytes
 /// before it (the lease does not name its Operation: the key does).
@@ -19,10 +21,12 @@ pub(crate) const LEASES: &str = "leases";
 /// Log lines: `id (16) ++ seq (8)` → version byte ++ postcard line ++ CRC32C of the bytes
 /// before it (the line names its Operation and number, which reading compares with the key).
 pub(crate) const LOGS: &str = "logs";
-/// Log lines by time, for purging: `at ms (8) ++ id (16) ++ seq (8)` → empty.
+/// Log lines by time, for purging: `at ms (8) ++ id (16) ++ seq (8)` → CRC32C of the key (or
+/// empty, before format 3).
 pub(crate) const LOGS_BY_TIME: &str = "logs_by_time";
-/// Resource queues: `len(kind) (8) ++ kind ++ len(name) (8) ++ name ++ id (16)` → empty: the
-/// unfinished Operations of each resource, in id (creation) order.
+/// Resource queues: `len(kind) (8) ++ kind ++ len(name) (8) ++ name ++ id (16)` → CRC32C of
+/// the key (or empty, before format 3): the unfinished Operations of each resource, in id
+/// (creation) order.
 pub(crate) const BY_RESOURCE: &str = "by_resource";
 /// Pending cancel requests: `id (16)` → version byte ++ postcard request ++ CRC32C of the key
 /// and the bytes before it.

@@ -1,10 +1,12 @@
 //! Black-box tests of `SledStore`: the store contract, reopening, bad bytes, the lock, group
-//! commit, failing syncs (`faults`), the consistency check (`check`), stores written by
+//! commit, failing syncs (`faults`), the consistency check (`check`), bytes sled gives back
+//! changed (`damage`), stores written by
 //! earlier releases (`format`), and an executor running over it.
 
 mod cancels;
 mod check;
 mod conformance;
+mod damage;
 mod faults;
 mod format;
 mod support;
