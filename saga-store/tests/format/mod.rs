@@ -305,6 +305,21 @@ async fn a_store_of_format_2_reads_as_written_and_takes_new_writes() {
     };
     store.append_log(&lease, std::slice::from_ref(&line)).await.expect("logs");
     drop(store);
+    {
+        // Side by side in sled: the old values in format 2, the new ones in format 3.
+        let db = open_sled(&path);
+        let version = |tree: &str, key: &[u8]| {
+            let value = db.open_tree(tree).expect("a tree").get(key).expect("reads");
+            value.expect("the entry is there")[0]
+        };
+        let id = LEASED.as_u128().to_be_bytes();
+        let seq = |n: u64| [&id[..], &n.to_be_bytes()[..]].concat();
+        assert_eq!(version("records", &seq(1)), 2);
+        assert_eq!(version("records", &seq(2)), saga_core::store::FORMAT_VERSION);
+        assert_eq!(version("logs", &seq(1)), 2);
+        assert_eq!(version("logs", &seq(2)), saga_core::store::FORMAT_VERSION);
+        assert_eq!(version("leases", &id), saga_core::store::FORMAT_VERSION, "claimed again");
+    }
 
     for _ in 0..2 {
         let store = SledStore::open(&path).expect("reopens");
