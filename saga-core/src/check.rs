@@ -49,11 +49,13 @@ pub enum Problem {
     /// An index entry (`index` names which) names an Operation that has no records, or an entry
     /// disagreeing with its `OperationCreated` record. Repair: remove the entry.
     DanglingEntry {
-        /// The index (`unfinished`, `by_environment`, `leases`, `logs`).
+        /// The index (`unfinished`, `by_environment`, `leases`, `cancels`, `logs`).
         index: String,
     },
-    /// An index entry whose key or value does not decode. Repair: remove it (the records alone
-    /// say what it should have been, and the other repairs re-create it).
+    /// An index entry whose key or value does not decode, or whose checksum does not match.
+    /// Repair: remove it (the records alone say what it should have been, and the other repairs
+    /// re-create it); an entry whose value alone is damaged, its key confirmed by the records,
+    /// gets its value written again instead.
     DamagedEntry {
         /// The index.
         index: String,

@@ -11,7 +11,7 @@ pub use crate::check::{CheckReport, ExpectedMarks, Finding, Problem};
 pub use crate::error::StoreError;
 use crate::id::OperationId;
 use crate::oplog::LogLine;
-pub use crate::record::{decode, encode, FORMAT_VERSION};
+pub use crate::record::{decode, decode_value, encode, encode_value, FORMAT_VERSION};
 use crate::record::{Record, RecordKind, Resource};
 use crate::step::FencingToken;
 pub use crate::wrapper::StoreWrapper;
@@ -178,6 +178,11 @@ impl Listing {
 ///   flush (group commit).
 /// - **Order.** An Operation's records are appended in sequence order with no gap; a store refuses
 ///   any other sequence number with [`StoreError::OutOfSequence`] and returns records in order.
+/// - **Damaged bytes.** A store keeps a record as [`encode`] writes it and reads it with
+///   [`decode`] (its other values with [`encode_value`] and [`decode_value`]), which check the
+///   checksum, the Operation and the position: bytes its backend changed are a typed error
+///   naming the Operation and the position ([`StoreError::CorruptRecord`]), never another
+///   record.
 /// - **Acknowledged reads.** `read`, the listings and `read_log` show what was acknowledged: a
 ///   record whose `create` or `append` failed is never shown as if it were durable (it may
 ///   reappear after a restart, since an unacknowledged write may or may not have reached the

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use saga_core::log::LogLine;
-use saga_core::store::{Lease, StoreError, FORMAT_VERSION};
+use saga_core::store::{decode_value, encode_value, Lease, StoreError};
 use saga_core::OperationId;
 use tokio_postgres::types::ToSql;
 
@@ -12,28 +12,18 @@ use crate::error::{corrupt, pg, pool_error};
 use crate::retry::Backoff;
 use crate::sql::{id_bytes, to_i64};
 
-/// A log line's bytes: the format version byte, then postcard.
+/// A log line's bytes: the format version byte, postcard, then a CRC32C of the bytes before it
+/// ([`encode_value`]; the line names its Operation and number, which reading compares with the
+/// row).
 pub(crate) fn encode_line(line: &LogLine) -> Result<Vec<u8>, StoreError> {
-    postcard::to_extend(line, vec![FORMAT_VERSION])
-        .map_err(|e| StoreError::backend(format!("encoding log line {}", line.seq), e))
+    encode_value(line, &[], &format!("log line {} of operation {}", line.seq, line.operation))
 }
 
 /// The line in row `(id, n)` of `log_lines`; a typed error naming the row when it does not
 /// decode or is another line.
 pub(crate) fn decode_line(id: OperationId, n: i64, bytes: &[u8]) -> Result<LogLine, StoreError> {
     let place = || format!("table log_lines, row (operation {id}, n {n})");
-    let (&version, body) = bytes.split_first().ok_or_else(|| corrupt(place(), "empty value"))?;
-    if version > FORMAT_VERSION {
-        return Err(StoreError::NewerFormat { found: version, supported: FORMAT_VERSION });
-    }
-    if version == 0 {
-        return Err(corrupt(place(), "format version 0 does not exist"));
-    }
-    let (line, rest): (LogLine, &[u8]) =
-        postcard::take_from_bytes(body).map_err(|e| corrupt(place(), e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(corrupt(place(), format!("{} trailing bytes", rest.len())));
-    }
+    let line: LogLine = decode_value(bytes, &[], &place)?;
     if line.operation != id || to_i64(line.seq) != n {
         return Err(corrupt(
             place(),

@@ -370,12 +370,11 @@ pub(crate) fn decode_row(
     if seq != to_i64(position) {
         return Err(corrupt(format!("a gap: record {position} is missing")));
     }
-    match decode(bytes, id, position) {
-        Ok(record) if record.seq == position => Ok(record),
-        Ok(record) => Err(corrupt(format!("the bytes are record {}", record.seq))),
-        Err(StoreError::CorruptRecord { problem, .. }) => Err(corrupt(problem)),
-        Err(other) => Err(other),
-    }
+    // `decode` also checks that the bytes are record `position` of `id`.
+    decode(bytes, id, position).map_err(|e| match e {
+        StoreError::CorruptRecord { problem, .. } => corrupt(problem),
+        other => other,
+    })
 }
 
 /// Whether the append must be refused while a cancel request is pending: it holds a cancel

@@ -8,7 +8,9 @@ use saga_core::log::{Record, RecordKind};
 use saga_core::store::{decode, CheckReport, ExpectedMarks, Finding, Problem, StoreError};
 use saga_core::OperationId;
 
-use crate::codec::{decode_lease, decode_line, sled_error};
+use crate::codec::{
+    check_index_value, decode_cancel, decode_lease, decode_line, index_value, sled_error,
+};
 use crate::keys;
 use crate::open::Trees;
 
@@ -21,22 +23,21 @@ struct Check<'a> {
 
 impl Trees {
     /// Checks every Operation's records against the `unfinished` and `by_environment` indexes,
-    /// then every entry of `unfinished`, `by_environment`, `leases` and `logs` against the
-    /// records; with `repair`, fixes what the records alone say how to fix. Not synced.
+    /// then every entry of `unfinished`, `by_environment`, `leases`, `cancels` and `logs`
+    /// against the records, and the checksums of `by_resource` and `logs_by_time`; with
+    /// `repair`, fixes what the records alone say how to fix. Not synced.
     pub(crate) fn check(&self, repair: bool) -> Result<CheckReport, StoreError> {
         let mut check = Check { trees: self, repair, report: CheckReport::default() };
         check.records()?;
         check.unfinished()?;
         check.environment_index()?;
         check.leases()?;
+        check.cancels()?;
         check.logs()?;
+        check.resource_queues()?;
+        check.log_times()?;
         Ok(check.report)
     }
-}
-
-/// Whether `tree` still holds `key` (an entry found by a scan may have gone since).
-fn still(tree: &sled::Tree, key: &[u8]) -> Result<bool, StoreError> {
-    tree.contains_key(key).map_err(|e| sled_error("checking an index", e))
 }
 
 /// The first key after every key starting with `id`, or `None` after the last id.
@@ -65,12 +66,13 @@ impl Check<'_> {
         Ok(true)
     }
 
-    /// Inserts an empty value at `key` in `tree` when repairing; whether it did.
+    /// Inserts the index entry `key` (its value the key's checksum) in `tree` when repairing;
+    /// whether it did.
     fn insert(&self, tree: &crate::redo::Logged, key: &[u8]) -> Result<bool, StoreError> {
         if !self.repair {
             return Ok(false);
         }
-        tree.insert(key, &[][..]).map_err(|e| sled_error("repairing an index", e))?;
+        tree.insert(key, &index_value(key)[..]).map_err(|e| sled_error("repairing an index", e))?;
         Ok(true)
     }
 
@@ -160,6 +162,28 @@ impl Check<'_> {
         Ok(())
     }
 
+    /// An index entry of `index` whose value is not its key's checksum (`cause`): when
+    /// repairing, written again if the records confirm its key (`confirmed`: `Some(true)`),
+    /// removed if they refute it (`Some(false)`), left when they cannot tell (`None`: the
+    /// records do not read).
+    fn damaged_index_value(
+        &mut self,
+        id: Option<OperationId>,
+        index: &str,
+        cause: StoreError,
+        tree: &crate::redo::Logged,
+        key: &[u8],
+        confirmed: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let repaired = match confirmed {
+            Some(true) => self.insert(tree, key)?,
+            Some(false) => self.remove(tree, key)?,
+            None => false,
+        };
+        self.found(id, Problem::DamagedEntry { index: index.into(), cause }, repaired);
+        Ok(())
+    }
+
     /// A damaged entry of `index`, removed (`key` of `tree`) when repairing.
     fn damaged(
         &mut self,
@@ -174,7 +198,9 @@ impl Check<'_> {
         Ok(())
     }
 
-    /// Every unfinished mark names an Operation with records.
+    /// Every unfinished mark is its key's checksum and names an Operation with records. A mark
+    /// whose value is damaged is written again when its Operation has records (a finished one's
+    /// mark is the records pass's), and removed otherwise (its key is what is damaged).
     fn unfinished(&mut self) -> Result<(), StoreError> {
         let trees = self.trees;
         for key in trees.unfinished.iter().keys() {
@@ -188,7 +214,19 @@ impl Check<'_> {
                 }
             };
             let _writing = trees.lock();
-            if !trees.has_records(id)? && still(&trees.unfinished, &key)? {
+            // Read again under the lock: gone since the scan, perhaps.
+            let Some(value) =
+                trees.unfinished.get(&key).map_err(|e| sled_error("reading a mark", e))?
+            else {
+                continue;
+            };
+            let what = crate::records::unfinished_mark(id);
+            let has_records = trees.has_records(id)?;
+            if let Err(cause) = check_index_value(keys::UNFINISHED, &key, &value, &what) {
+                let tree = &trees.unfinished;
+                let confirmed = Some(has_records);
+                self.damaged_index_value(Some(id), keys::UNFINISHED, cause, tree, &key, confirmed)?;
+            } else if !has_records {
                 self.dangling(id, keys::UNFINISHED, &trees.unfinished, &key)?;
             }
         }
@@ -211,25 +249,46 @@ impl Check<'_> {
                 }
             };
             let _writing = trees.lock();
+            // Read again under the lock: gone since the scan, perhaps.
+            let Some(value) = trees
+                .by_environment
+                .get(&key)
+                .map_err(|e| sled_error("checking the environment index", e))?
+            else {
+                continue;
+            };
             let first = trees
                 .records
                 .get(keys::seq_key(id, 0))
                 .map_err(|e| sled_error("checking the environment index", e))?;
-            let matches = match first {
-                // Gone since the scan found it, or no records at all.
-                None if !still(&trees.by_environment, &key)? => true,
-                None => trees.has_records(id)?,
+            // Whether the records confirm the key; `None` when they do not read.
+            let confirmed = match first {
+                // Records without a first one: damaged, reported as such.
+                None if trees.has_records(id)? => None,
+                None => Some(false),
                 Some(bytes) => match decode(&bytes, id, 0) {
                     Ok(Record {
                         at_ms: created_ms,
                         kind: RecordKind::OperationCreated { environment: created_in, .. },
                         ..
-                    }) => created_in == environment && created_ms == at_ms,
+                    }) => Some(created_in == environment && created_ms == at_ms),
                     // Damaged records, reported as such: the entry may well be right.
-                    _ => true,
+                    _ => None,
                 },
             };
-            if !matches {
+            let what = crate::environment::index_entry(id);
+            if let Err(cause) = check_index_value(keys::BY_ENVIRONMENT, &key, &value, &what) {
+                let tree = &trees.by_environment;
+                self.damaged_index_value(
+                    Some(id),
+                    keys::BY_ENVIRONMENT,
+                    cause,
+                    tree,
+                    &key,
+                    confirmed,
+                )?;
+            } else if confirmed == Some(false) {
+                // No records at all, or another environment or creation time.
                 self.dangling(id, keys::BY_ENVIRONMENT, &trees.by_environment, &key)?;
             }
         }
@@ -260,6 +319,118 @@ impl Check<'_> {
                 self.damaged(Some(id), keys::LEASES, cause, &trees.leases, &key)?;
             } else if !trees.has_records(id)? {
                 self.dangling(id, keys::LEASES, &trees.leases, &key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pending cancel request decodes and names an Operation with records. A damaged one
+    /// is removed when repairing (the finding names it: it can be asked again), since the
+    /// records cannot say what it was, and while it stays every cancel barrier of its
+    /// Operation is refused with its error.
+    fn cancels(&mut self) -> Result<(), StoreError> {
+        let trees = self.trees;
+        for key in trees.cancels.iter().keys() {
+            let key = key.map_err(|e| sled_error("checking the cancel requests", e))?;
+            let id = match keys::parse_operation(keys::CANCELS, &key) {
+                Ok(id) => id,
+                Err(cause) => {
+                    let _writing = trees.lock();
+                    self.damaged(None, keys::CANCELS, cause, &trees.cancels, &key)?;
+                    continue;
+                }
+            };
+            let _writing = trees.lock();
+            // Read again under the lock: an append may have answered it since the scan.
+            let Some(value) =
+                trees.cancels.get(&key).map_err(|e| sled_error("reading a cancel request", e))?
+            else {
+                continue;
+            };
+            if let Err(cause) = decode_cancel(&value, id) {
+                self.damaged(Some(id), keys::CANCELS, cause, &trees.cancels, &key)?;
+            } else if !trees.has_records(id)? {
+                self.dangling(id, keys::CANCELS, &trees.cancels, &key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every resource queue entry's value is its key's checksum. A damaged one is written again
+    /// when the Operation's first record confirms the key, and removed otherwise.
+    fn resource_queues(&mut self) -> Result<(), StoreError> {
+        let trees = self.trees;
+        for key in trees.by_resource.iter().keys() {
+            let key = key.map_err(|e| sled_error("checking the resource queues", e))?;
+            let _writing = trees.lock();
+            let Some(value) =
+                trees.by_resource.get(&key).map_err(|e| sled_error("reading a queue entry", e))?
+            else {
+                continue;
+            };
+            // The id ends the key; the rest is the resource, which the records confirm.
+            let id = key
+                .len()
+                .checked_sub(16)
+                .and_then(|start| keys::parse_operation(keys::BY_RESOURCE, &key[start..]).ok());
+            let what = match id {
+                Some(id) => crate::resources::queue_entry(id),
+                None => "a resource queue entry".to_owned(),
+            };
+            if let Err(cause) = check_index_value(keys::BY_RESOURCE, &key, &value, &what) {
+                let confirmed = match id {
+                    Some(id) => trees.queue_key(id)?.as_deref() == Some(&key[..]),
+                    None => false,
+                };
+                let tree = &trees.by_resource;
+                self.damaged_index_value(
+                    id,
+                    keys::BY_RESOURCE,
+                    cause,
+                    tree,
+                    &key,
+                    Some(confirmed),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every log time index entry's value is its key's checksum. A damaged one is written again
+    /// when the line it names is stored at that time, and removed otherwise (a malformed key is
+    /// left to the next purge, which drops it).
+    fn log_times(&mut self) -> Result<(), StoreError> {
+        let trees = self.trees;
+        for key in trees.logs_by_time.iter().keys() {
+            let key = key.map_err(|e| sled_error("checking the log time index", e))?;
+            let Ok((id, seq)) = keys::parse_time_key(&key) else { continue };
+            let _writing = trees.lock();
+            let Some(value) = trees
+                .logs_by_time
+                .get(&key)
+                .map_err(|e| sled_error("reading a log time index entry", e))?
+            else {
+                continue;
+            };
+            let what = crate::logs::time_entry(id, seq);
+            if let Err(cause) = check_index_value(keys::LOGS_BY_TIME, &key, &value, &what) {
+                let line = trees
+                    .logs
+                    .get(keys::seq_key(id, seq))
+                    .map_err(|e| sled_error("reading a log line", e))?;
+                let confirmed = line.is_some_and(|bytes| {
+                    decode_line(&bytes, id, seq)
+                        .is_ok_and(|line| keys::time_key(line.at_ms, id, seq)[..] == key[..])
+                });
+                let tree = &trees.logs_by_time;
+                self.damaged_index_value(
+                    Some(id),
+                    keys::LOGS_BY_TIME,
+                    cause,
+                    tree,
+                    &key,
+                    Some(confirmed),
+                )?;
             }
         }
         Ok(())

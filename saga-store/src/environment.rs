@@ -1,15 +1,22 @@
 //! The environment index: listing and deleting an environment's Operations.
 
-use saga_core::store::{Listing, StoreError};
+use saga_core::log::{Record, RecordKind};
+use saga_core::store::{decode, Listing, StoreError};
 use saga_core::OperationId;
 
-use crate::codec::sled_error;
+use crate::codec::{check_index_value, sled_error};
 use crate::keys;
 use crate::open::Trees;
 
+/// What an entry of the `by_environment` tree is, for errors.
+pub(crate) fn index_entry(id: OperationId) -> String {
+    format!("the environment index entry of operation {id}")
+}
+
 impl Trees {
-    /// Ids of `environment` created in `[since_ms, until_ms)`, in creation order, and the keys
-    /// of that range that are no index key.
+    /// Ids of `environment` created in `[since_ms, until_ms)`, in creation order, and the
+    /// damaged entries of that range: keys that are no index key, values that are not the
+    /// key's checksum.
     pub(crate) fn list_environment(
         &self,
         environment: &str,
@@ -22,10 +29,13 @@ impl Trees {
         }
         let from = keys::environment_bound(environment, since_ms);
         let to = keys::environment_bound(environment, until_ms);
-        for key in self.by_environment.range(from..to).keys() {
-            let key = key.map_err(|e| sled_error("reading the environment index", e))?;
-            match keys::parse_environment_entry(&key) {
-                Ok((_, _, id)) => listing.ids.push(id),
+        for entry in self.by_environment.range(from..to) {
+            let (key, value) = entry.map_err(|e| sled_error("reading the environment index", e))?;
+            match keys::parse_environment_entry(&key).and_then(|(_, _, id)| {
+                check_index_value(keys::BY_ENVIRONMENT, &key, &value, &index_entry(id))?;
+                Ok(id)
+            }) {
+                Ok(id) => listing.ids.push(id),
                 Err(damaged) => listing.damaged.push(damaged),
             }
         }
@@ -37,14 +47,13 @@ impl Trees {
     /// is finished by the next). Returns how many Operations went.
     pub(crate) fn delete_environment(&self, environment: &str) -> Result<u64, StoreError> {
         let _writing = self.lock();
-        let entries: Vec<sled::IVec> = self
+        let entries: Vec<(sled::IVec, sled::IVec)> = self
             .by_environment
             .scan_prefix(keys::environment_prefix(environment))
-            .keys()
             .collect::<Result<_, _>>()
             .map_err(|e| sled_error("reading the environment index", e))?;
         let mut deleted = 0;
-        for index_key in entries {
+        for (index_key, value) in entries {
             let id = match keys::parse_environment_key(&index_key) {
                 Ok(id) => id,
                 Err(e) => {
@@ -53,6 +62,19 @@ impl Trees {
                     continue;
                 }
             };
+            let what = index_entry(id);
+            if let Err(e) = check_index_value(keys::BY_ENVIRONMENT, &index_key, &value, &what) {
+                // A damaged value under a key that the records confirm: the key is right.
+                let confirmed = match keys::parse_environment_entry(&index_key) {
+                    Ok((_, created_ms, _)) => self.created_as(id, environment, created_ms)?,
+                    Err(_) => false,
+                };
+                if !confirmed {
+                    tracing::warn!(error = %e, "skipping a damaged environment index entry");
+                    continue;
+                }
+                tracing::warn!(error = %e, "deleting an operation whose index entry is damaged");
+            }
             self.remove_operation(id)?;
             self.by_environment
                 .remove(&index_key)
@@ -60,6 +82,28 @@ impl Trees {
             deleted += 1;
         }
         Ok(deleted)
+    }
+
+    /// Whether Operation `id`'s first record says it was created in `environment` at
+    /// `created_ms` (what its index key says).
+    pub(crate) fn created_as(
+        &self,
+        id: OperationId,
+        environment: &str,
+        created_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let first = self
+            .records
+            .get(keys::seq_key(id, 0))
+            .map_err(|e| sled_error("reading a record", e))?;
+        Ok(match first.map(|bytes| decode(&bytes, id, 0)) {
+            Some(Ok(Record {
+                at_ms,
+                kind: RecordKind::OperationCreated { environment: created_in, .. },
+                ..
+            })) => created_in == environment && at_ms == created_ms,
+            _ => false,
+        })
     }
 
     fn remove_operation(&self, id: OperationId) -> Result<(), StoreError> {

@@ -5,24 +5,35 @@
 use saga_core::store::StoreError;
 use saga_core::OperationId;
 
-/// Records: `id (16) ++ seq (8)` → [`saga_core::store::encode`]d record.
+/// Records: `id (16) ++ seq (8)` → [`saga_core::store::encode`]d record (version byte ++
+/// postcard ++ CRC32C of the bytes before it; the record names its Operation and number, which
+/// reading compares with the key).
 pub(crate) const RECORDS: &str = "records";
-/// Unfinished Operations: `id (16)` → empty.
+/// Unfinished Operations: `id (16)` → CRC32C of the key ([`crate::codec::index_value`]; empty
+/// in a store written before format 3).
 pub(crate) const UNFINISHED: &str = "unfinished";
-/// Environment index: `len(env) (8) ++ env ++ created ms (8) ++ id (16)` → empty.
+/// Environment index: `len(env) (8) ++ env ++ created ms (8) ++ id (16)` → CRC32C of the key
+/// (or empty, before format 3).
 pub(crate) const BY_ENVIRONMENT: &str = "by_environment";
-/// Leases: `id (16)` → version byte ++ postcard lease.
+/// Leases: `id (16)` → version byte ++ postcard lease ++ CRC32C of the key and the bytes
+/// before it (the lease does not name its Operation: the key does).
 pub(crate) const LEASES: &str = "leases";
-/// Log lines: `id (16) ++ seq (8)` → version byte ++ postcard line.
+/// Log lines: `id (16) ++ seq (8)` → version byte ++ postcard line ++ CRC32C of the bytes
+/// before it (the line names its Operation and number, which reading compares with the key).
 pub(crate) const LOGS: &str = "logs";
-/// Log lines by time, for purging: `at ms (8) ++ id (16) ++ seq (8)` → empty.
+/// Log lines by time, for purging: `at ms (8) ++ id (16) ++ seq (8)` → CRC32C of the key (or
+/// empty, before format 3).
 pub(crate) const LOGS_BY_TIME: &str = "logs_by_time";
-/// Resource queues: `len(kind) (8) ++ kind ++ len(name) (8) ++ name ++ id (16)` → empty: the
-/// unfinished Operations of each resource, in id (creation) order.
+/// Resource queues: `len(kind) (8) ++ kind ++ len(name) (8) ++ name ++ id (16)` → CRC32C of
+/// the key (or empty, before format 3): the unfinished Operations of each resource, in id
+/// (creation) order.
 pub(crate) const BY_RESOURCE: &str = "by_resource";
-/// Pending cancel requests: `id (16)` → version byte ++ postcard request.
+/// Pending cancel requests: `id (16)` → version byte ++ postcard request ++ CRC32C of the key
+/// and the bytes before it.
 pub(crate) const CANCELS: &str = "cancels";
-/// Store metadata: [`META_LAYOUT`] and [`META_RECORD_FORMAT`] → one version byte each.
+/// Store metadata: [`META_LAYOUT`] and [`META_RECORD_FORMAT`] → one version byte each, without
+/// a checksum: an older release must read the byte to refuse the store by name, and a damaged
+/// byte either refuses the store or names an older version, which opening writes again.
 pub(crate) const META: &str = "meta";
 
 /// The meta key holding the key layout version.
@@ -97,10 +108,25 @@ pub(crate) fn time_key(at_ms: u64, id: OperationId, seq: u64) -> [u8; 32] {
     key
 }
 
+/// A key as text: `0x` and its bytes in hexadecimal.
+pub(crate) fn hex(key: &[u8]) -> String {
+    let mut text = String::with_capacity(2 + 2 * key.len());
+    text.push_str("0x");
+    for byte in key {
+        text.push_str(&format!("{byte:02x}"));
+    }
+    text
+}
+
+/// Where an entry is, for an error: what it is (naming its Operation), its tree and its key.
+pub(crate) fn place(tree: &str, key: &[u8], what: &str) -> String {
+    format!("{what} (tree {tree}, key {})", hex(key))
+}
+
 /// The error of a key of `tree` of the wrong length (`expected` says what it should be).
 pub(crate) fn corrupt_key(tree: &str, key: &[u8], expected: &str) -> StoreError {
     StoreError::Corrupt {
-        place: format!("tree {tree}, key {key:02x?}"),
+        place: format!("tree {tree}, key {}", hex(key)),
         problem: format!("key of {} bytes, expected {expected}", key.len()),
     }
 }
@@ -148,7 +174,7 @@ pub(crate) fn parse_environment_entry(
     };
     let (name, rest) = rest.split_at(name_len);
     let environment = std::str::from_utf8(name).map_err(|e| StoreError::Corrupt {
-        place: format!("tree {BY_ENVIRONMENT}, key {key:02x?}"),
+        place: format!("tree {BY_ENVIRONMENT}, key {}", hex(key)),
         problem: format!("the environment name is not UTF-8: {e}"),
     })?;
     let (ms, id) = rest.split_at(8);

@@ -4,12 +4,17 @@ use saga_core::log::LogLine;
 use saga_core::store::{Lease, StoreError};
 use saga_core::OperationId;
 
-use crate::codec::{decode_line, encode_line, sled_error};
+use crate::codec::{check_index_value, decode_line, encode_line, index_value, sled_error};
 use crate::keys;
 use crate::open::Trees;
 
 /// How many time-index entries a purge handles per sled batch.
 const PURGE_CHUNK: usize = 1024;
+
+/// What an entry of the `logs_by_time` tree is, for errors.
+pub(crate) fn time_entry(id: OperationId, seq: u64) -> String {
+    format!("the time index entry of log line {seq} of operation {id}")
+}
 
 impl Trees {
     /// Writes the log lines of the lease's Operation and their time-index entries (not synced:
@@ -49,7 +54,7 @@ impl Trees {
                 continue;
             }
             self.logs_by_time
-                .insert(&time_key[..], &[][..])
+                .insert(&time_key[..], &index_value(time_key)[..])
                 .map_err(|e| sled_error("appending log lines", e))?;
             self.logs
                 .insert(&key[..], bytes.as_slice())
@@ -76,10 +81,9 @@ impl Trees {
     pub(crate) fn purge_logs(&self, before_ms: u64) -> Result<u64, StoreError> {
         let mut purged = 0;
         loop {
-            let chunk: Vec<sled::IVec> = self
+            let chunk: Vec<(sled::IVec, sled::IVec)> = self
                 .logs_by_time
                 .range(..before_ms.to_be_bytes())
-                .keys()
                 .take(PURGE_CHUNK)
                 .collect::<Result<_, _>>()
                 .map_err(|e| sled_error("reading the log time index", e))?;
@@ -88,12 +92,20 @@ impl Trees {
             }
             let mut lines = crate::redo::Batch::default();
             let mut times = crate::redo::Batch::default();
-            for time_key in &chunk {
+            for (time_key, value) in &chunk {
                 times.remove(time_key);
                 let Ok((id, seq)) = keys::parse_time_key(time_key) else {
-                    tracing::warn!(key = ?time_key, "dropping a malformed log time index key");
+                    let key = keys::hex(time_key);
+                    tracing::warn!(%key, "dropping a malformed log time index key");
                     continue;
                 };
+                // The line it names is judged by its own time, below: a damaged entry is
+                // dropped like the others.
+                if let Err(e) =
+                    check_index_value(keys::LOGS_BY_TIME, time_key, value, &time_entry(id, seq))
+                {
+                    tracing::warn!(error = %e, "dropping a damaged log time index entry");
+                }
                 let key = keys::seq_key(id, seq);
                 let stored = self.logs.get(key).map_err(|e| sled_error("reading a log line", e))?;
                 if let Some(bytes) = stored {

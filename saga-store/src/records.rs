@@ -7,7 +7,7 @@ use saga_core::store::{
 use saga_core::OperationId;
 
 use crate::acks::Acks;
-use crate::codec::{decode_cancel, sled_error};
+use crate::codec::{check_index_value, decode_cancel, index_value, sled_error};
 use crate::keys;
 use crate::open::Trees;
 
@@ -31,6 +31,11 @@ fn refuse_barrier(id: OperationId, records: &[Record], stored: &[u8]) -> Result<
         return Err(StoreError::CancelPending { operation: id, request });
     }
     Ok(())
+}
+
+/// What an entry of the `unfinished` tree is, for errors.
+pub(crate) fn unfinished_mark(id: OperationId) -> String {
+    format!("the unfinished mark of operation {id}")
 }
 
 impl Trees {
@@ -72,10 +77,10 @@ impl Trees {
         let insert = |tree: &crate::redo::Logged, key: &[u8], value: &[u8]| {
             tree.insert(key, value).map(drop).map_err(|e| sled_error("creating an operation", e))
         };
-        insert(&self.unfinished, &op_key, &[])?;
-        insert(&self.by_environment, &index_key, &[])?;
+        insert(&self.unfinished, &op_key, &index_value(&op_key))?;
+        insert(&self.by_environment, &index_key, &index_value(&index_key))?;
         insert(&self.leases, &op_key, &lease_bytes)?;
-        insert(&self.by_resource, &queue_key, &[])?;
+        insert(&self.by_resource, &queue_key, &index_value(&queue_key))?;
         insert(&self.records, &keys::seq_key(id, 0), &bytes)?;
         let ticket = acks.map(|acks| acks.ticket(id, 0)).transpose()?;
         Ok((lease, ticket))
@@ -194,15 +199,21 @@ impl Trees {
             let (key, bytes) = entry.map_err(|e| sled_error("reading records", e))?;
             let (_, seq) = keys::parse_seq_key(keys::RECORDS, &key)?;
             let position = out.len() as u64;
-            let corrupt =
-                |problem: String| StoreError::CorruptRecord { operation: id, position, problem };
+            // The tree and the key, after what `decode` says.
+            let corrupt = |problem: String| StoreError::CorruptRecord {
+                operation: id,
+                position,
+                problem: format!("{problem} (tree {}, key {})", keys::RECORDS, keys::hex(&key)),
+            };
             if seq != position {
                 return Err(corrupt(format!("missing; the next stored record is {seq}")));
             }
-            let record = decode(&bytes, id, position)?;
-            if record.seq != position {
-                return Err(corrupt(format!("stored at {position} but numbered {}", record.seq)));
-            }
+            // `decode` checks that the bytes are record `position` of `id`: a damaged key
+            // never moves a record.
+            let record = decode(&bytes, id, position).map_err(|e| match e {
+                StoreError::CorruptRecord { problem, .. } => corrupt(problem),
+                other => other,
+            })?;
             out.push(record);
         }
         if out.is_empty() {
@@ -211,13 +222,17 @@ impl Trees {
         Ok(out)
     }
 
-    /// The ids of the unfinished tree, in id order, and its keys that are no id; finished
-    /// Operations are never read.
+    /// The ids of the unfinished tree, in id order, and its entries that are damaged: a key
+    /// that is no id, or a value that is not the key's checksum; finished Operations are never
+    /// read.
     pub(crate) fn list_unfinished(&self) -> Result<Listing, StoreError> {
         let mut listing = Listing::default();
-        for key in self.unfinished.iter().keys() {
-            let key = key.map_err(|e| sled_error("listing unfinished operations", e))?;
-            match keys::parse_operation(keys::UNFINISHED, &key) {
+        for entry in self.unfinished.iter() {
+            let (key, value) = entry.map_err(|e| sled_error("listing unfinished operations", e))?;
+            match keys::parse_operation(keys::UNFINISHED, &key).and_then(|id| {
+                check_index_value(keys::UNFINISHED, &key, &value, &unfinished_mark(id))?;
+                Ok(id)
+            }) {
                 Ok(id) => listing.ids.push(id),
                 Err(damaged) => listing.damaged.push(damaged),
             }

@@ -217,9 +217,8 @@ async fn undecodable_and_newer_leases_are_damaged_entries() {
     edit(&path, |db| {
         let leases = tree(db, "leases");
         leases.insert(op_key(a), &[FORMAT_VERSION, 0xff, 0xff, 0xff][..]).expect("damages");
-        let mut newer = leases.get(op_key(b)).expect("reads").expect("a lease").to_vec();
-        newer[0] = FORMAT_VERSION + 1;
-        leases.insert(op_key(b), newer).expect("replaces");
+        let lease = leases.get(op_key(b)).expect("reads").expect("a lease");
+        leases.insert(op_key(b), newer_version(&lease, &op_key(b))).expect("replaces");
     });
 
     let store = SledStore::open(&path).expect("reopens");

@@ -138,3 +138,14 @@ pub(crate) fn cancel_request(id: OperationId, actor: &str) -> saga_core::store::
         at_ms: 1_000,
     }
 }
+
+/// A value of format 3 or later (`bytes`, bound to `key`: empty for a record or a log line, the
+/// Operation's key for a lease or a cancel request) as the next format version would write it:
+/// the version byte raised, the CRC32C trailer computed again.
+pub(crate) fn newer_version(bytes: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut newer = bytes[..bytes.len() - 4].to_vec();
+    newer[0] = saga_core::store::FORMAT_VERSION + 1;
+    let checksum = crc32c::crc32c_append(crc32c::crc32c(key), &newer);
+    newer.extend_from_slice(&checksum.to_le_bytes());
+    newer
+}
