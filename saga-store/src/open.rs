@@ -212,7 +212,7 @@ fn check_version(
         Some(&[_]) => {}
         Some(other) => {
             return Err(StoreError::Corrupt {
-                place: format!("meta key {:?}", String::from_utf8_lossy(key)),
+                place: format!("meta key `{}`", String::from_utf8_lossy(key)),
                 problem: format!("{} bytes where one version byte belongs", other.len()),
             })
         }
