@@ -27,6 +27,8 @@ pub(crate) struct DiskSync {
     db: Contained<sled::Db>,
     /// The `meta` tree, where checkpoints leave their mark ([`DiskSync::mark`]).
     meta: Contained<sled::Tree>,
+    /// The changes made since the last checkpoint, which the next one moves into sled.
+    memtable: Option<crate::redo::Memtable>,
     dir: PathBuf,
     db_file: File,
     synced_blobs: HashSet<OsString>,
@@ -74,7 +76,8 @@ impl DiskSync {
         let meta = Contained::new(meta, "the sled meta tree (checkpointer)");
         let db = Contained::new(db, "the sled database (checkpointer)");
         let dir = dir.to_owned();
-        let mut sync = DiskSync { db, meta, dir, db_file, synced_blobs: HashSet::new() };
+        let synced_blobs = HashSet::new();
+        let mut sync = DiskSync { db, meta, memtable: None, dir, db_file, synced_blobs };
         sync.sync_blobs()?;
         Ok(sync)
     }
@@ -87,6 +90,25 @@ impl DiskSync {
         self.sync_blobs()?;
         let context = format!("fdatasync of {}", self.dir.join("db").display());
         self.db_file.sync_data().map_err(io_error(context))
+    }
+
+    /// Makes checkpoints move `memtable`'s changes into sled ([`DiskSync::apply_changes`]).
+    pub(crate) fn with_memtable(mut self, memtable: crate::redo::Memtable) -> Self {
+        self.memtable = Some(memtable);
+        self
+    }
+
+    /// Writes every change made so far into sled's memory (the next [`DiskSync::sync`] makes it
+    /// durable); returns how many keys it wrote.
+    pub(crate) fn apply_changes(&mut self) -> Result<usize, StoreError> {
+        self.memtable.as_ref().map_or(Ok(0), crate::redo::Memtable::apply)
+    }
+
+    /// Forgets the changes [`DiskSync::apply_changes`] wrote, once sled's files hold them.
+    pub(crate) fn forget_applied(&mut self) {
+        if let Some(memtable) = &self.memtable {
+            memtable.thaw();
+        }
     }
 
     /// Records in sled (in memory: the next [`DiskSync::sync`] makes it durable) that its files

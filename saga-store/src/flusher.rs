@@ -1,18 +1,21 @@
 //! Group commit through the store's write-ahead log, and checkpoints of sled.
 //!
-//! A writer makes its change in sled (memory), recorded in the [`Redo`] buffer, then takes a
+//! A writer makes its change in its tree's overlay (memory; see [`crate::redo::Logged`]),
+//! recorded in the [`Redo`] buffer, then takes a
 //! ticket ([`Flusher::ticket`]): the buffer is drained into one entry of the write-ahead log
 //! ([`crate::wal`]) and the ticket is that entry's LSN. [`Flusher::wait`] returns once the log's
 //! writer thread has written and `fdatasync`ed that entry: one write and one sync per group of
 //! entries, shared by every writer that took a ticket while the previous sync ran. sled itself is
 //! not flushed on this path.
 //!
-//! The checkpointer thread makes sled durable now and then (every [`CHECKPOINT_EVERY`], or
-//! sooner once [`CHECKPOINT_BYTES`] of log accumulated, and when the store closes): it notes the
-//! durable LSN, flushes sled and `fdatasync`s its files ([`DiskSync::sync`]), and then tells the
-//! log that everything up to that LSN is in sled, so that the log's older segments are recycled.
-//! Every change in a durable entry was made in sled before the entry was taken, so sled's flush
-//! holds it.
+//! The checkpointer thread makes sled current and durable now and then (every
+//! [`CHECKPOINT_EVERY`], or sooner once [`CHECKPOINT_BYTES`] of log accumulated, and when the
+//! store closes): it notes the durable LSN, moves every overlay into sled
+//! ([`DiskSync::apply_changes`]), marks the LSN in sled, flushes sled and `fdatasync`s its files
+//! ([`DiskSync::sync`]), and then tells the log that everything up to that LSN is in sled, so
+//! that the log's older segments are recycled, and forgets the overlays it applied. Every change
+//! in a durable entry was made in an overlay before the entry was taken, so the checkpoint holds
+//! it.
 //!
 //! A failed log write or sync poisons the store: after a failed `fdatasync` the kernel may have
 //! dropped the dirty pages, so no later sync can prove them written. Every waiting and later
@@ -396,10 +399,14 @@ fn checkpoints(inner: &Inner, mut sync: DiskSync) {
 /// their entries were taken, or replayed at open), so once sled is flushed and synced the log
 /// may forget it.
 fn checkpoint(wal: &Wal<()>, sync: &mut DiskSync) -> Result<(), StoreError> {
+    // Read before the changes are frozen: every entry up to it holds changes made before.
     let durable = wal.durable_lsn();
+    sync.apply_changes()?;
     sync.mark(durable)?;
     sync.sync()?;
-    wal.checkpoint(durable).map_err(wal_error)
+    wal.checkpoint(durable).map_err(wal_error)?;
+    sync.forget_applied();
+    Ok(())
 }
 
 /// Refuses sled files that hold less than the log's checkpoint says they do: every checkpoint

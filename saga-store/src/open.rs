@@ -288,6 +288,21 @@ fn open_error(path: &Path, error: sled::Error) -> StoreError {
 }
 
 impl Trees {
+    /// Every logged tree's overlay, for the checkpointer (see [`crate::redo::Logged`]).
+    pub(crate) fn memtable(&self) -> crate::redo::Memtable {
+        let trees = [
+            &self.records,
+            &self.unfinished,
+            &self.by_environment,
+            &self.leases,
+            &self.cancels,
+            &self.by_resource,
+            &self.logs,
+            &self.logs_by_time,
+        ];
+        crate::redo::Memtable::new(trees.into_iter().cloned().collect(), self.redo.clone())
+    }
+
     /// The tree of this number in the write-ahead log's entries.
     pub(crate) fn by_number(&self, number: u8) -> Option<&Logged> {
         [

@@ -181,7 +181,7 @@ impl Trees {
 
     /// The sequence number after the Operation's last record, or `None` if it has none.
     pub(crate) fn next_seq(&self, id: OperationId) -> Result<Option<u64>, StoreError> {
-        let last = self.records.scan_prefix(keys::operation_key(id)).next_back();
+        let last = self.records.last_with_prefix(keys::operation_key(id)).transpose();
         match last {
             None => Ok(None),
             Some(entry) => {
@@ -268,7 +268,7 @@ impl Trees {
         let mut settled = 0;
         for id in listing.ids {
             let op_key = keys::operation_key(id);
-            let last = self.records.scan_prefix(op_key).next_back();
+            let last = self.records.last_with_prefix(op_key).transpose();
             let error = |e| sled_error("settling an unacknowledged write at open", e);
             match last {
                 Some(entry) => {

@@ -2,7 +2,8 @@
 //! the write-ahead log ([`crate::wal`]) can hold it and a reopen can make it again.
 //!
 //! Each tree of [`crate::open::Trees`] is a [`Logged`] tree: its `insert`, `remove` and
-//! `apply_batch` change sled (in memory) and append the change to the store's [`Redo`] buffer,
+//! `apply_batch` change the tree's overlay (in memory; sled itself at checkpoints, see
+//! [`Logged`]) and append the change to the store's [`Redo`] buffer,
 //! in the order they are made. The store's [`Flusher`](crate::flusher::Flusher) drains the
 //! buffer into one log entry when a writer takes its ticket, so that the entry (and the sync
 //! that covers it) holds every change made before the ticket, the writer's own and any made
@@ -14,8 +15,11 @@
 //! after the last checkpoint in order leaves every key as the last acknowledged write left it.
 //! Encoded as a version byte, then postcard.
 
-use std::ops::Deref;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use sled::IVec;
 
 use serde::{Deserialize, Serialize};
 
@@ -85,27 +89,38 @@ pub(crate) fn decode(bytes: &[u8], where_: &str) -> Result<Vec<Op>, StoreError> 
     }
 }
 
-/// A sled tree whose changes are recorded in the store's [`Redo`] buffer. Reads go to the tree
-/// (through `Deref`).
+/// The changes of one tree not yet in sled, by key: `None` is a removal.
+type Changes = BTreeMap<Vec<u8>, Option<IVec>>;
+
+/// What a tree holds beyond sled's own copy: every change since the last checkpoint began
+/// (`active`), and the changes that checkpoint is applying to sled (`frozen`). Reads look in
+/// `active`, then `frozen`, then sled. See [`Logged`].
+#[derive(Debug, Default)]
+pub(crate) struct Overlay {
+    active: Changes,
+    frozen: Option<Arc<Changes>>,
+}
+
+/// A sled tree whose changes are recorded in the store's [`Redo`] buffer.
+///
+/// With the write-ahead log (`Redo` enabled), a change never touches sled on the writer's path:
+/// it goes to the tree's [`Overlay`] in memory, and reads merge the overlay over sled. The
+/// checkpointer moves the overlay into sled ([`Memtable`]): it freezes every tree's changes at
+/// once, applies each tree's as one sled batch (a key changed many times, or made and removed,
+/// between two checkpoints costs sled one write, or none), makes sled durable, and only then
+/// forgets them. Without the log, changes go to sled directly.
 #[derive(Clone, Debug)]
 pub(crate) struct Logged {
     tree: Contained<sled::Tree>,
     number: u8,
     redo: Arc<Redo>,
-}
-
-impl Deref for Logged {
-    type Target = sled::Tree;
-
-    fn deref(&self) -> &sled::Tree {
-        &self.tree
-    }
+    overlay: Arc<RwLock<Overlay>>,
 }
 
 impl Logged {
     /// The tree `tree`, recorded as number `number`.
     pub(crate) fn new(tree: sled::Tree, number: u8, redo: Arc<Redo>) -> Self {
-        Logged { tree: Contained::new(tree, "a sled tree"), number, redo }
+        Logged { tree: Contained::new(tree, "a sled tree"), number, redo, overlay: Arc::default() }
     }
 
     /// The tree's number, for [`Op::tree`].
@@ -118,54 +133,319 @@ impl Logged {
         Op { tree: self.number, key: key.to_vec(), value: value.map(<[u8]>::to_vec) }
     }
 
+    fn overlay(&self) -> RwLockReadGuard<'_, Overlay> {
+        self.overlay.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn overlay_mut(&self) -> RwLockWriteGuard<'_, Overlay> {
+        self.overlay.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The overlay's word on `key`: `Some(None)` if it removed it, `None` if it says nothing.
+    fn overlaid(&self, key: &[u8]) -> Option<Option<IVec>> {
+        let overlay = self.overlay();
+        if let Some(change) = overlay.active.get(key) {
+            return Some(change.clone());
+        }
+        overlay.frozen.as_ref().and_then(|frozen| frozen.get(key).cloned())
+    }
+
+    /// The value of `key`.
+    pub(crate) fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
+        let key = key.as_ref();
+        match self.overlaid(key) {
+            Some(change) => Ok(change),
+            None => self.tree.get(key),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub(crate) fn contains_key(&self, key: impl AsRef<[u8]>) -> sled::Result<bool> {
+        self.get(key).map(|value| value.is_some())
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub(crate) fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        let prefix = prefix.as_ref();
+        let end = prefix_end(prefix);
+        let upper = end.as_ref().map_or(Bound::Unbounded, |end| Bound::Excluded(end.as_slice()));
+        self.merged(Bound::Included(prefix), upper, self.tree.scan_prefix(prefix))
+    }
+
+    /// The last entry whose key starts with `prefix`: sled's last one not changed by the
+    /// overlay, or the overlay's last value, whichever key is greater.
+    pub(crate) fn last_with_prefix(
+        &self,
+        prefix: impl AsRef<[u8]>,
+    ) -> sled::Result<Option<(IVec, IVec)>> {
+        let prefix = prefix.as_ref();
+        let end = prefix_end(prefix);
+        let upper = end.as_ref().map_or(Bound::Unbounded, |end| Bound::Excluded(end.as_slice()));
+        let bounds = (Bound::Included(prefix), upper);
+        let overlay = self.overlay();
+        let changed = |key: &[u8]| {
+            overlay.active.contains_key(key)
+                || overlay.frozen.as_ref().is_some_and(|f| f.contains_key(key))
+        };
+        let mut from_sled = None;
+        for entry in self.tree.scan_prefix(prefix).rev() {
+            let (key, value) = entry?;
+            if !changed(&key) {
+                from_sled = Some((key, value));
+                break;
+            }
+        }
+        // The overlay's last value in range (`active`'s word on a key before `frozen`'s).
+        let from_active =
+            overlay.active.range::<[u8], _>(bounds).rev().find(|(_, value)| value.is_some());
+        let from_frozen = overlay.frozen.as_ref().and_then(|frozen| {
+            frozen.range::<[u8], _>(bounds).rev().find(|(key, value)| {
+                value.is_some() && !overlay.active.contains_key(key.as_slice())
+            })
+        });
+        let mut best = from_sled;
+        for (key, value) in from_active.into_iter().chain(from_frozen) {
+            if let Some(value) = value {
+                if best.as_ref().is_none_or(|(k, _)| key.as_slice() > k.as_ref()) {
+                    best = Some((IVec::from(key.as_slice()), value.clone()));
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// Every entry in `range`, in key order.
+    pub(crate) fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        let bound = |b: Bound<&K>| match b {
+            Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let (lower, upper) = (bound(range.start_bound()), bound(range.end_bound()));
+        let sled = self.tree.range::<Vec<u8>, _>((lower.clone(), upper.clone()));
+        self.merged(as_slice(&lower), as_slice(&upper), sled)
+    }
+
+    /// Every entry, in key order.
+    pub(crate) fn iter(&self) -> Iter {
+        self.merged(Bound::Unbounded, Bound::Unbounded, self.tree.iter())
+    }
+
+    /// The overlay's changes within the bounds, merged over `sled`'s entries there.
+    fn merged(&self, lower: Bound<&[u8]>, upper: Bound<&[u8]>, sled: sled::Iter) -> Iter {
+        let overlay = self.overlay();
+        let mut changes: BTreeMap<&[u8], &Option<IVec>> = BTreeMap::new();
+        if let Some(frozen) = &overlay.frozen {
+            changes.extend(frozen.range::<[u8], _>((lower, upper)).map(|(k, v)| (k.as_slice(), v)));
+        }
+        changes.extend(
+            overlay.active.range::<[u8], _>((lower, upper)).map(|(k, v)| (k.as_slice(), v)),
+        );
+        let changes: Vec<(IVec, Option<IVec>)> =
+            changes.into_iter().map(|(k, v)| (IVec::from(k), v.clone())).collect();
+        Iter { sled, sled_next: None, changes: changes.into_iter(), change_next: None }
+    }
+
     /// Inserts and records.
     pub(crate) fn insert(
         &self,
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
-    ) -> sled::Result<Option<sled::IVec>> {
+    ) -> sled::Result<Option<IVec>> {
         let (key, value) = (key.as_ref(), value.as_ref());
         if !self.redo.enabled {
             return self.tree.insert(key, value);
         }
         // Recorded under the buffer's lock with the change, so that the buffer's order is the
-        // order in which sled saw the changes.
+        // order of the changes (and a checkpoint's freeze, under the same lock, never splits a
+        // write).
         let mut ops = self.redo.lock();
-        let old = self.tree.insert(key, value)?;
+        let old = self.get(key)?;
+        self.overlay_mut().active.insert(key.to_vec(), Some(IVec::from(value)));
         ops.push(self.op(key, Some(value)));
         Ok(old)
     }
 
     /// Removes and records.
-    pub(crate) fn remove(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<sled::IVec>> {
+    pub(crate) fn remove(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
         let key = key.as_ref();
         if !self.redo.enabled {
             return self.tree.remove(key);
         }
         let mut ops = self.redo.lock();
-        let old = self.tree.remove(key)?;
+        let old = self.get(key)?;
+        self.overlay_mut().active.insert(key.to_vec(), None);
         ops.push(self.op(key, None));
         Ok(old)
     }
 
-    /// Applies a batch atomically and records its changes.
+    /// Applies a batch and records its changes.
     pub(crate) fn apply_batch(&self, batch: Batch) -> sled::Result<()> {
         if !self.redo.enabled {
             return self.tree.apply_batch(batch.sled);
         }
         let mut ops = self.redo.lock();
-        self.tree.apply_batch(batch.sled)?;
+        let mut overlay = self.overlay_mut();
+        for (key, value) in &batch.ops {
+            overlay.active.insert(key.clone(), value.as_deref().map(IVec::from));
+        }
+        drop(overlay);
         ops.extend(batch.ops.into_iter().map(|(key, value)| Op { tree: self.number, key, value }));
         Ok(())
     }
 
-    /// Makes one recorded change again (replay).
+    /// Makes one recorded change again, in sled itself (replay at open, before any overlay).
     pub(crate) fn redo(&self, op: &Op) -> Result<(), StoreError> {
         match &op.value {
             Some(value) => self.tree.insert(&op.key, value.as_slice()).map(drop),
             None => self.tree.remove(&op.key).map(drop),
         }
         .map_err(|e| sled_error("replaying the write-ahead log", e))
+    }
+
+    /// Moves the active changes to `frozen` (after those of a checkpoint that failed to apply
+    /// them, if any). The caller holds the redo lock.
+    fn freeze(&self) {
+        let mut overlay = self.overlay_mut();
+        let active = std::mem::take(&mut overlay.active);
+        let frozen = match overlay.frozen.take() {
+            Some(earlier) => {
+                let mut merged = Arc::unwrap_or_clone(earlier);
+                merged.extend(active);
+                merged
+            }
+            None => active,
+        };
+        overlay.frozen = Some(Arc::new(frozen));
+    }
+
+    /// Writes the frozen changes into sled (in memory: the caller flushes), as one batch.
+    fn apply_frozen(&self) -> Result<usize, StoreError> {
+        let Some(frozen) = self.overlay().frozen.clone() else { return Ok(0) };
+        let mut batch = sled::Batch::default();
+        for (key, value) in frozen.iter() {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.clone()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| sled_error("checkpointing a tree into sled", e))?;
+        Ok(frozen.len())
+    }
+
+    /// Forgets the frozen changes, once sled's files hold them.
+    fn thaw(&self) {
+        self.overlay_mut().frozen = None;
+    }
+}
+
+/// The first key after every key starting with `prefix` (`None`: no such key, all `0xff`).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn as_slice(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The entries of a tree in key order: the overlay's changes merged over sled's entries (a
+/// change shadows sled's entry of its key; a removal hides it).
+pub(crate) struct Iter {
+    sled: sled::Iter,
+    sled_next: Option<sled::Result<(IVec, IVec)>>,
+    changes: std::vec::IntoIter<(IVec, Option<IVec>)>,
+    change_next: Option<(IVec, Option<IVec>)>,
+}
+
+impl Iter {
+    /// The keys alone.
+    pub(crate) fn keys(self) -> impl Iterator<Item = sled::Result<IVec>> {
+        self.map(|entry| entry.map(|(key, _)| key))
+    }
+}
+
+impl Iterator for Iter {
+    type Item = sled::Result<(IVec, IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.sled_next.is_none() {
+                self.sled_next = self.sled.next();
+            }
+            if self.change_next.is_none() {
+                self.change_next = self.changes.next();
+            }
+            let (change_first, shadowed) = match (&self.sled_next, &self.change_next) {
+                (None, None) => return None,
+                (Some(Err(_)), _) | (Some(Ok(_)), None) => (false, false),
+                (None, Some(_)) => (true, false),
+                (Some(Ok((sled_key, _))), Some((change_key, _))) => {
+                    (change_key <= sled_key, change_key == sled_key)
+                }
+            };
+            if shadowed {
+                self.sled_next = None;
+            }
+            if !change_first {
+                return self.sled_next.take();
+            }
+            if let Some((key, Some(value))) = self.change_next.take() {
+                return Some(Ok((key, value)));
+            }
+            // A removal: nothing to yield for its key.
+        }
+    }
+}
+
+/// Every tree's overlay, for the checkpointer: freezes them at once, moves them into sled, and
+/// forgets them once sled is durable.
+#[derive(Debug, Clone)]
+pub(crate) struct Memtable {
+    trees: Vec<Logged>,
+    redo: Arc<Redo>,
+}
+
+impl Memtable {
+    /// The overlays of `trees`, whose changes `redo` records.
+    pub(crate) fn new(trees: Vec<Logged>, redo: Arc<Redo>) -> Self {
+        Memtable { trees, redo }
+    }
+
+    /// Freezes every tree's changes made so far (under the redo lock: no write is split) and
+    /// writes them into sled's memory; the caller then makes sled durable and calls
+    /// [`Memtable::thaw`]. Returns how many keys it wrote.
+    pub(crate) fn apply(&self) -> Result<usize, StoreError> {
+        {
+            let _writes = self.redo.lock();
+            for tree in &self.trees {
+                tree.freeze();
+            }
+        }
+        let mut keys = 0;
+        for tree in &self.trees {
+            keys += tree.apply_frozen()?;
+        }
+        Ok(keys)
+    }
+
+    /// Forgets what [`Memtable::apply`] wrote, once sled's files hold it.
+    pub(crate) fn thaw(&self) {
+        for tree in &self.trees {
+            tree.thaw();
+        }
     }
 }
 
@@ -188,6 +468,92 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Random inserts and removals, with checkpoints (freeze, apply, thaw) and checkpoints that
+    /// stop halfway (frozen but not applied, applied but not thawed) between them: every read
+    /// of the overlaid tree equals a plain map's.
+    #[test]
+    fn the_overlay_over_sled_reads_as_one_map() {
+        let db = sled::Config::new().temporary(true).open().expect("a temporary sled");
+        let redo = Arc::new(Redo::new(true));
+        let tree = Logged::new(db.open_tree("t").expect("a tree"), 1, redo.clone());
+        let memtable = Memtable::new(vec![tree.clone()], redo.clone());
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let key = |rng: &mut fastrand::Rng| vec![rng.u8(0..3), rng.u8(0..4)];
+        for step in 0..4_000 {
+            match rng.u8(0..20) {
+                0 => {
+                    memtable.apply().expect("applies");
+                    if rng.bool() {
+                        memtable.thaw();
+                    }
+                }
+                1 => {
+                    let _writes = redo.lock();
+                    tree.freeze();
+                }
+                2..=11 => {
+                    let (k, v) = (key(&mut rng), vec![rng.u8(..)]);
+                    let old = tree.insert(&k, &v).expect("inserts");
+                    assert_eq!(old.as_deref(), model.insert(k, v).as_deref(), "step {step}");
+                }
+                _ => {
+                    let k = key(&mut rng);
+                    let old = tree.remove(&k).expect("removes");
+                    assert_eq!(old.as_deref(), model.remove(&k).as_deref(), "step {step}");
+                }
+            }
+            let all: Vec<(Vec<u8>, Vec<u8>)> = tree
+                .iter()
+                .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<Result<_, _>>()
+                .expect("iterates");
+            let expected: Vec<(Vec<u8>, Vec<u8>)> =
+                model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(all, expected, "step {step}");
+            let prefix = [rng.u8(0..3)];
+            let scanned: Vec<Vec<u8>> = tree
+                .scan_prefix(prefix)
+                .keys()
+                .map(|k| k.map(|k| k.to_vec()))
+                .collect::<Result<_, _>>()
+                .expect("scans");
+            let in_prefix: Vec<Vec<u8>> =
+                model.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+            assert_eq!(scanned, in_prefix, "step {step}");
+            let last = tree.last_with_prefix(prefix).expect("reads").map(|(k, _)| k.to_vec());
+            assert_eq!(last.as_ref(), in_prefix.last(), "step {step}");
+            let from = key(&mut rng);
+            let ranged: Vec<Vec<u8>> = tree
+                .range(from.clone()..)
+                .keys()
+                .map(|k| k.map(|k| k.to_vec()))
+                .collect::<Result<_, _>>()
+                .expect("ranges");
+            let expected: Vec<Vec<u8>> = model.range(from..).map(|(k, _)| k.clone()).collect();
+            assert_eq!(ranged, expected, "step {step}");
+        }
+        // A last checkpoint leaves everything in sled alone.
+        memtable.apply().expect("applies");
+        memtable.thaw();
+        let in_sled: BTreeMap<Vec<u8>, Vec<u8>> = db
+            .open_tree("t")
+            .expect("the tree")
+            .iter()
+            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .expect("iterates sled");
+        assert_eq!(in_sled, model);
+    }
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
 
     #[test]
     fn entries_round_trip_and_bad_bytes_are_typed_errors() {

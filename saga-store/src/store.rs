@@ -136,7 +136,8 @@ impl SledStore {
         let trees = Arc::new(open(&path, durability == Durability::Fsync)?);
         let flusher = match durability {
             Durability::Fsync => {
-                let sync = DiskSync::open((*trees.db).clone(), &path)?;
+                let sync =
+                    DiskSync::open((*trees.db).clone(), &path)?.with_memtable(trees.memtable());
                 let replaying = trees.clone();
                 Some(Flusher::start(&path, sync, trees.redo.clone(), tuning, move |entries| {
                     replaying.replay(entries)
