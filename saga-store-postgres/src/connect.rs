@@ -3,15 +3,16 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use saga_core::store::StoreError;
 use tokio::sync::mpsc;
-use tokio_postgres::{Config, NoTls};
+use tokio_postgres::Config;
 
 use crate::error::{pg, pool_error, PostgresError};
 use crate::listener::Listener;
 use crate::options::PostgresOptions;
 use crate::schema;
+use crate::tls::{self, Connector, SslMode};
 use crate::writer::{self, Counters, GroupCommitStats, Job};
 
 /// A [`Store`](saga_core::store::Store) in a PostgreSQL database, shared by executors on
@@ -27,6 +28,8 @@ pub struct PostgresStore {
 pub(crate) struct Inner {
     pub(crate) pool: Pool,
     pub(crate) config: Config,
+    /// The TLS connector of every connection: the pool's, the listener's.
+    pub(crate) tls: Connector,
     pub(crate) options: PostgresOptions,
     pub(crate) durability: Durability,
     /// The group-commit writer's queue (`None` without group commit).
@@ -53,6 +56,7 @@ impl fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("schema", &self.inner.options.schema)
             .field("durability", &self.inner.durability)
+            .field("ssl_mode", &self.inner.tls.mode())
             .field("group_commit", &self.inner.options.group_commit)
             .finish_non_exhaustive()
     }
@@ -81,8 +85,13 @@ impl PostgresStore {
     /// and starts the group-commit writer. Must run inside a Tokio runtime, which then runs the
     /// store's tasks ([`StoreError::Unavailable`] otherwise).
     ///
+    /// TLS as the URL's `sslmode` and `sslrootcert` say, read as libpq reads them (see the
+    /// [crate docs](crate#tls)); every connection of the store uses it.
+    ///
     /// Refused, as [`StoreError::Backend`] with a [`PostgresError`] source: a URL that does not
-    /// parse, a bad schema name, a database whose schema is newer than this release knows, a
+    /// parse, TLS settings libpq would refuse or root certificates that cannot be read, a
+    /// connection whose TLS fails a check ([`PostgresError::Tls`], naming the host and the
+    /// check), a bad schema name, a database whose schema is newer than this release knows, a
     /// server with `fsync = off` (unless accepted). A server that does not answer is
     /// [`StoreError::Transient`].
     ///
@@ -110,15 +119,24 @@ impl PostgresStore {
                 ));
             }
         }
+        let (url, url_tls) = tls::split_url(url).map_err(|e| StoreError::backend(context, e))?;
         let mut config: Config =
             url.parse().map_err(|e| StoreError::backend(context, PostgresError::InvalidUrl(e)))?;
+        let settings = tls::Settings::resolve(url_tls, options.root_certs.as_ref())
+            .map_err(|e| StoreError::backend(context, e))?;
+        config.ssl_mode(settings.tokio_mode());
+        let tls = Connector::new(&settings).map_err(|e| StoreError::backend(context, e))?;
+        let ssl_mode = settings.mode;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
         }
         config.application_name(&options.application_name);
 
         // A first connection: the server's settings, then the migration.
-        let (mut client, connection) = config.connect(NoTls).await.map_err(|e| pg(context, e))?;
+        let (mut client, connection) = config
+            .connect(tls.clone())
+            .await
+            .map_err(|e| tls::connect_error(context, &config, ssl_mode, e))?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -170,7 +188,7 @@ impl PostgresStore {
 
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
@@ -182,7 +200,10 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::backend(context, e))?;
         // Fail now, not at the first call, when the pooled sessions do not work.
-        drop(pool.get().await.map_err(|e| pool_error(context, e))?);
+        drop(pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => tls::connect_error(context, &config, ssl_mode, e),
+            other => pool_error(context, other),
+        })?);
 
         let counters = Arc::new(Counters::default());
         let writer = options.group_commit.then(|| {
@@ -194,6 +215,7 @@ impl PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 config,
+                tls,
                 options,
                 durability,
                 writer,
@@ -212,6 +234,11 @@ impl PostgresStore {
     /// How concurrent appends shared transactions so far (all zero without group commit).
     pub fn group_commit_stats(&self) -> GroupCommitStats {
         self.inner.counters.get()
+    }
+
+    /// The `sslmode` the store's connections use (`prefer` when the URL names none, as libpq).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.inner.tls.mode()
     }
 
     /// The schema version this release migrates to.

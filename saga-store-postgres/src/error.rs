@@ -6,6 +6,8 @@ use deadpool_postgres::PoolError;
 use saga_core::store::StoreError;
 use tokio_postgres::error::SqlState;
 
+use crate::tls::{SslMode, TlsProblem};
+
 /// What this crate refuses, carried as the [`source`](std::error::Error::source) of a
 /// [`StoreError::Backend`] (downcast it to tell the cases apart).
 ///
@@ -51,11 +53,39 @@ pub enum PostgresError {
     /// The connection URL does not parse.
     #[error("the connection URL does not parse: {0}")]
     InvalidUrl(#[source] tokio_postgres::Error),
+    /// A TLS connection to a server failed one of its checks, or the server and the mode
+    /// disagree on TLS: [`TlsProblem`] says which.
+    #[error("{}", crate::tls::describe(host, *sslmode, problem))]
+    Tls {
+        /// The host as the connection names it (`host:port` when the whole connection was
+        /// refused; the host name TLS checked when a handshake failed).
+        host: String,
+        /// The connection's `sslmode`.
+        sslmode: SslMode,
+        /// Which check failed.
+        problem: TlsProblem,
+    },
+    /// The URL's `sslmode` and `sslrootcert` (with [`PostgresOptions`](crate::PostgresOptions)'s
+    /// root certificates) ask for something libpq would refuse too.
+    #[error("the TLS settings are refused: {0}")]
+    InvalidTlsSettings(String),
+    /// The root certificates named by `sslrootcert` or the options cannot be used.
+    #[error("cannot use {roots} to check the server's certificate: {problem}")]
+    RootCertificates {
+        /// Which: `the root certificates in <path>`, or the system's.
+        roots: String,
+        /// What is wrong with them.
+        problem: String,
+    },
 }
 
 /// Whether a PostgreSQL error may pass: a dropped or refused connection, a serialization failure,
 /// a deadlock, a server shutting down or starting up, too many connections.
 pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
+    // A failed TLS check (this crate's connector says which) stays failed.
+    if tls_error(error).is_some() {
+        return false;
+    }
     if error.is_closed() {
         return true;
     }
@@ -84,6 +114,13 @@ pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
 /// The context names the server's message too (the error's own text is just "db error").
 pub(crate) fn pg(context: impl Into<String>, error: tokio_postgres::Error) -> StoreError {
     let mut context = context.into();
+    // The connector's own error says it all; tokio-postgres's wrapper adds only "error
+    // performing TLS handshake".
+    if let Some(PostgresError::Tls { host, sslmode, problem }) = tls_error(&error) {
+        let tls =
+            PostgresError::Tls { host: host.clone(), sslmode: *sslmode, problem: problem.clone() };
+        return StoreError::backend(context, tls);
+    }
     if let Some(db) = error.as_db_error() {
         context = format!("{context} (server said {}: {})", db.code().code(), db.message());
     }
@@ -92,6 +129,11 @@ pub(crate) fn pg(context: impl Into<String>, error: tokio_postgres::Error) -> St
     } else {
         StoreError::backend(context, error)
     }
+}
+
+/// The TLS error of this crate's connector that `error` carries, if any.
+fn tls_error(error: &tokio_postgres::Error) -> Option<&PostgresError> {
+    error.source().and_then(|s| s.downcast_ref::<PostgresError>())
 }
 
 /// A pool error as a store error: a timeout waiting for or making a connection, and a

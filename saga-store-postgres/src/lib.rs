@@ -41,6 +41,46 @@
 //!
 //! With an executor: `Executor::builder(Arc::new(PostgresStore::connect(url, options).await?))`.
 //!
+//! # TLS
+//!
+//! Every connection of the store (the pool's, the first one of `connect`, the notification
+//! listener's) uses TLS as the URL's `sslmode` and `sslrootcert` say, read as libpq reads them,
+//! through rustls (with the `ring` provider) and `tokio-postgres-rustls`:
+//!
+//! ```text
+//! postgres://saga:secret@db.example.com:5432/saga?sslmode=verify-full&sslrootcert=/etc/saga/db-ca.pem
+//! host=db.example.com dbname=saga user=saga sslmode=verify-full sslrootcert=system
+//! ```
+//!
+//! | `sslmode` | TLS | the server's certificate |
+//! |---|---|---|
+//! | `disable` | never | not seen |
+//! | `prefer` (the default) | when the server offers it; plain when it answers that it does not | not checked; with root certificates, its chain is (as `verify-ca`) |
+//! | `require` | always: a server without TLS is refused | not checked; with root certificates, its chain is (as `verify-ca`, as libpq does) |
+//! | `verify-ca` | always | must chain to the root certificates; the host name is not checked |
+//! | `verify-full` | always | must chain to the root certificates and be valid for the host name connected to (`host`; `hostaddr`, when given, is only where to connect) |
+//!
+//! Root certificates: `sslrootcert=<path>` (a PEM file of one or more certificates), or
+//! `sslrootcert=system` for the system's trusted roots (read with `rustls-native-certs`: on
+//! Linux the files that `SSL_CERT_FILE` or `SSL_CERT_DIR` name, else OpenSSL's usual ones, such
+//! as Debian's `ca-certificates`); or [`PostgresOptions::ssl_root_cert`] and
+//! [`PostgresOptions::system_root_certs`], which the URL's `sslrootcert` overrides. As in
+//! libpq, the system's roots make `verify-full` the default and refuse any weaker mode, and
+//! `verify-ca`/`verify-full` without root certificates are refused. Unlike libpq, nothing is read
+//! from `~/.postgresql/root.crt` or the `PG*` environment variables, a `sslrootcert` file that
+//! cannot be read is refused in every mode (libpq ignores it below `verify-ca`), `prefer` whose
+//! handshake fails a check does not retry in plain text, `sslmode=allow` is refused, and
+//! `require` or stronger over a Unix socket is refused (the server never offers TLS there;
+//! libpq connects in plain text). Client certificates (`sslcert`, `sslkey`) are not supported
+//! yet.
+//!
+//! A connection refused over TLS is [`PostgresError::Tls`], naming the host and the
+//! [`TlsProblem`]: the server does not support TLS (`NotSupported`), the server refused a
+//! plain connection (`RequiredByServer`), an unknown certificate authority (`UnknownCa`), a
+//! certificate for other names (`WrongHostName`, with the names it holds), one not valid now,
+//! another handshake failure. None is transient: the store does not retry them.
+//! [`PostgresStore::ssl_mode`] tells the mode in force.
+//!
 //! # Schema
 //!
 //! `connect` creates and migrates its tables itself (in [`PostgresOptions::schema`], or the
@@ -173,9 +213,11 @@ mod store;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+mod tls;
 mod writer;
 
 pub use crate::connect::{Durability, PostgresStore};
 pub use crate::error::PostgresError;
 pub use crate::options::PostgresOptions;
+pub use crate::tls::{SslMode, TlsProblem};
 pub use crate::writer::GroupCommitStats;

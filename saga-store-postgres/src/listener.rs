@@ -26,10 +26,11 @@ use saga_core::store::{WakeUp, WAKE_UP_CAPACITY};
 use saga_core::OperationId;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Config};
 
 use crate::cancels::CHANNEL;
 use crate::retry::Backoff;
+use crate::tls::{self, Connector};
 
 /// The channel of wake-ups other than cancel requests: an Operation that became claimable at
 /// once, or that settled (see the module docs for the payloads).
@@ -77,11 +78,15 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Starts listening with `config` (the store's sessions' settings).
-    pub(crate) fn start(config: Config, runtime: &tokio::runtime::Handle) -> Listener {
+    /// Starts listening with `config` (the store's sessions' settings) and the store's TLS.
+    pub(crate) fn start(
+        config: Config,
+        tls: Connector,
+        runtime: &tokio::runtime::Handle,
+    ) -> Listener {
         let (cancels, _) = broadcast::channel(CAPACITY);
         let (wake, _) = broadcast::channel(WAKE_UP_CAPACITY);
-        let task = runtime.spawn(listen(config, cancels.clone(), wake.clone()));
+        let task = runtime.spawn(listen(config, tls, cancels.clone(), wake.clone()));
         Listener { cancels, wake, task }
     }
 
@@ -94,12 +99,13 @@ impl Listener {
 /// connection, connects again with backoff. No receiver at a send is fine: nobody is waiting.
 async fn listen(
     config: Config,
+    tls: Connector,
     cancels: broadcast::Sender<OperationId>,
     wake: broadcast::Sender<WakeUp>,
 ) {
     let mut backoff = Backoff::reconnects();
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (messages, mut forwarded) = futures::channel::mpsc::unbounded();
                 let driver = tokio::spawn(async move {
@@ -148,7 +154,20 @@ async fn listen(
                 }
                 driver.abort();
             }
-            Err(e) => tracing::debug!(error = %e, "cannot connect to listen for notifications"),
+            Err(e) => {
+                // A TLS check that fails stays failed: say so where operators look.
+                let e = tls::connect_error(
+                    "connecting to listen for notifications",
+                    &config,
+                    tls.mode(),
+                    e,
+                );
+                if e.is_transient() {
+                    tracing::debug!(error = %e, "cannot connect to listen for notifications");
+                } else {
+                    tracing::warn!(error = %e, "cannot connect to listen for notifications");
+                }
+            }
         }
         backoff.pause().await;
     }
@@ -183,8 +202,9 @@ impl crate::PostgresStore {
 
     fn with_listener<T>(&self, f: impl FnOnce(&Listener) -> T) -> T {
         let mut listener = self.inner.listener.lock().unwrap_or_else(|p| p.into_inner());
-        f(listener
-            .get_or_insert_with(|| Listener::start(self.inner.config.clone(), &self.inner.runtime)))
+        f(listener.get_or_insert_with(|| {
+            Listener::start(self.inner.config.clone(), self.inner.tls.clone(), &self.inner.runtime)
+        }))
     }
 }
 

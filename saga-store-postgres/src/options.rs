@@ -1,6 +1,9 @@
 //! How [`PostgresStore::connect`](crate::PostgresStore::connect) connects.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::tls::RootCerts;
 
 /// Options of [`PostgresStore::connect`](crate::PostgresStore::connect); `Default` suits most
 /// uses.
@@ -27,6 +30,7 @@ pub struct PostgresOptions {
     pub(crate) accept_fsync_off: bool,
     pub(crate) lock_timeout: Duration,
     pub(crate) idle_in_transaction_timeout: Duration,
+    pub(crate) root_certs: Option<RootCerts>,
 }
 
 impl Default for PostgresOptions {
@@ -43,6 +47,7 @@ impl Default for PostgresOptions {
             max_group: 64,
             application_name: "saga-store-postgres".into(),
             accept_fsync_off: false,
+            root_certs: None,
         }
     }
 }
@@ -145,6 +150,38 @@ impl PostgresOptions {
     /// own transactions are never idle for more than a round trip.
     pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
         self.idle_in_transaction_timeout = timeout.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Checks the server's certificate against the certificates in this PEM file (one or
+    /// more: the authority that issued the server's, or its chain's root), as the URL's
+    /// `sslrootcert=<path>` does; the URL's `sslrootcert`, when it has one, wins. With roots,
+    /// `sslmode=prefer` and `require` check the chain as `verify-ca` does (as libpq); the URL's
+    /// `sslmode=verify-ca` or `verify-full` needs them. Read once, at
+    /// [`connect`](crate::PostgresStore::connect): a file that cannot be read, or holds no
+    /// certificate, is refused there with [`PostgresError::RootCertificates`](crate::PostgresError::RootCertificates).
+    ///
+    /// ```
+    /// use saga_store_postgres::PostgresOptions;
+    /// let options = PostgresOptions::default().ssl_root_cert("/etc/saga/db-ca.pem");
+    /// # let _ = options;
+    /// // with "postgres://saga@db.example.com/saga?sslmode=verify-full"
+    /// ```
+    #[must_use]
+    pub fn ssl_root_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.root_certs = Some(RootCerts::File(path.into()));
+        self
+    }
+
+    /// Checks the server's certificate against the system's trusted root certificates (read
+    /// with `rustls-native-certs`: on Linux the files named by `SSL_CERT_FILE` or
+    /// `SSL_CERT_DIR`, else OpenSSL's usual ones, such as Debian's `ca-certificates`), as the
+    /// URL's `sslrootcert=system` does; the URL's `sslrootcert`, when it has one, wins. As in
+    /// libpq, the mode is then `verify-full` unless the URL says otherwise, and a weaker
+    /// `sslmode` is refused: any public authority signs certificates for any name.
+    #[must_use]
+    pub fn system_root_certs(mut self) -> Self {
+        self.root_certs = Some(RootCerts::System);
         self
     }
 }

@@ -2,13 +2,19 @@
 //! this crate and of the quickstart find their PostgreSQL server, and how they skip without one.
 //!
 //! `scripts/services/postgres.sh start` starts a server and writes `SAGA_TEST_POSTGRES_URL` to
-//! `target/services/postgres.env`; `scripts/test.sh` does both and exports it.
+//! `target/services/postgres.env`; `scripts/test.sh` does both and exports it. It starts a
+//! second server that takes TLS connections only, and writes its URL and certificate
+//! authorities beside (`SAGA_TEST_POSTGRES_TLS_URL`, `SAGA_TEST_POSTGRES_TLS_CA`,
+//! `SAGA_TEST_POSTGRES_TLS_OTHER_CA`): see [`tls_server`].
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use saga_core::store::StoreError;
 use tokio_postgres::config::Host;
-use tokio_postgres::Config;
+use tokio_postgres::{Client, Config};
+
+use crate::tls;
 
 /// Whether the tests run under CI, where a missing service is a failure: the workspace's one
 /// rule, [`saga_testkit::ci::under_ci`].
@@ -36,7 +42,7 @@ pub fn database_url(test: &str) -> Option<String> {
     Some(url)
 }
 
-fn unavailable(test: &str, why: &str) -> Option<String> {
+fn unavailable<T>(test: &str, why: &str) -> Option<T> {
     saga_testkit::ci::unavailable(
         test,
         &format!(
@@ -58,10 +64,92 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The URL's first TCP host and port.
+/// The server of `SAGA_TEST_POSTGRES_TLS_URL`: TLS connections only (`hostssl` lines in its
+/// `pg_hba.conf`), with a certificate for `localhost` and `127.0.0.1` issued by the authority
+/// in `ca`; `other_ca` is an authority that issued nothing the server shows.
+#[derive(Clone, Debug)]
+pub struct TlsServer {
+    /// `postgres://saga:…@127.0.0.1:<port>/saga`, without TLS parameters.
+    pub url: String,
+    /// The PEM file of the authority that issued the server's certificate.
+    pub ca: String,
+    /// The PEM file of an authority that the server's certificate does not chain to.
+    pub other_ca: String,
+}
+
+impl TlsServer {
+    /// The URL with these parameters added (`sslmode=…&sslrootcert=…`).
+    pub fn with(&self, parameters: &str) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}{parameters}", self.url)
+    }
+}
+
+/// The TLS server for test `test`, or `None` (with the reason printed) when its variables are
+/// not set or nothing listens there, outside CI; under CI either panics, as [`database_url`].
+pub fn tls_server(test: &str) -> Option<TlsServer> {
+    let var = |name: &str| match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+        _ => Err(format!("{name} is not set")),
+    };
+    let (url, ca, other_ca) = match (
+        var("SAGA_TEST_POSTGRES_TLS_URL"),
+        var("SAGA_TEST_POSTGRES_TLS_CA"),
+        var("SAGA_TEST_POSTGRES_TLS_OTHER_CA"),
+    ) {
+        (Ok(url), Ok(ca), Ok(other_ca)) => (url, ca, other_ca),
+        (Err(why), _, _) | (_, Err(why), _) | (_, _, Err(why)) => return unavailable(test, &why),
+    };
+    let listening = server_addr(&url).and_then(|addr| {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())
+    });
+    if let Err(why) = listening {
+        return unavailable(
+            test,
+            &format!("the TLS database at {} does not answer: {why}", redact(&url)),
+        );
+    }
+    for file in [&ca, &other_ca] {
+        if let Err(e) = std::fs::metadata(file) {
+            return unavailable(
+                test,
+                &format!("the certificate authority {file} is not there: {e}"),
+            );
+        }
+    }
+    Some(TlsServer { url, ca, other_ca })
+}
+
+/// A connection to `url` as the store makes them (its `sslmode` and `sslrootcert` included),
+/// its driver spawned on the current runtime.
+pub async fn client(url: &str) -> Result<Client, StoreError> {
+    let context = "connecting a test client";
+    let (url, url_tls) = tls::split_url(url).map_err(|e| StoreError::backend(context, e))?;
+    let mut config: Config = url
+        .parse()
+        .map_err(|e| StoreError::backend(context, crate::PostgresError::InvalidUrl(e)))?;
+    let settings =
+        tls::Settings::resolve(url_tls, None).map_err(|e| StoreError::backend(context, e))?;
+    config.ssl_mode(settings.tokio_mode());
+    let connector = tls::Connector::new(&settings).map_err(|e| StoreError::backend(context, e))?;
+    let (client, connection) = config
+        .connect(connector)
+        .await
+        .map_err(|e| tls::connect_error(context, &config, settings.mode, e))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The URL's first TCP host and port (its `hostaddr` when it names one).
 pub fn server_addr(url: &str) -> Result<SocketAddr, String> {
+    let (url, _) = tls::split_url(url).map_err(|e| e.to_string())?;
     let config: Config = url.parse().map_err(|e| format!("the URL does not parse: {e}"))?;
     let port = config.get_ports().first().copied().unwrap_or(5432);
+    if let Some(addr) = config.get_hostaddrs().first() {
+        return Ok(SocketAddr::new(*addr, port));
+    }
     match config.get_hosts().first() {
         Some(Host::Tcp(host)) => (host.as_str(), port)
             .to_socket_addrs()

@@ -1,10 +1,11 @@
 //! `PostgresStore` against a real PostgreSQL server: the conformance suite of saga-testkit (each
 //! check in a fresh schema), then what only a shared database shows: fencing and claims on the
 //! database's clock, group commit, damaged rows, concurrent migrations, a newer schema, and
-//! connections terminated under the store's feet.
+//! connections terminated under the store's feet; TLS against a server that takes nothing else.
 //!
 //! `scripts/services/postgres.sh start` starts a server and writes `SAGA_TEST_POSTGRES_URL` to
-//! `target/services/postgres.env`; `scripts/test.sh` does both. Without it a test prints why it
+//! `target/services/postgres.env` (and the TLS server's `SAGA_TEST_POSTGRES_TLS_*`);
+//! `scripts/test.sh` does both. Without it a test prints why it
 //! skips; under CI (`saga_testkit::ci::under_ci`: `CI` set to anything but empty, `0` or
 //! `false`) it fails instead.
 
@@ -12,6 +13,7 @@ mod cancels;
 mod executors;
 mod log_lines;
 mod support;
+mod tls;
 mod wake_ups;
 
 use std::error::Error as _;

@@ -7,13 +7,24 @@
 #                       role and database `saga` (idempotently) and writes
 #                       $SAGA_SERVICES_DIR/postgres.env with SAGA_TEST_POSTGRES_URL. A server this
 #                       script started that still runs and answers is reused.
-#   postgres.sh stop    `pg_ctl stop -m fast` for the server this script started (its pid file);
-#                       harmless when none runs.
+#                       Then a second cluster that takes TLS connections only (see below).
+#   postgres.sh stop    `pg_ctl stop -m fast` for the servers this script started (their pid
+#                       files); harmless when none runs.
 #   postgres.sh restart `pg_ctl restart -m fast` of the server this script started, on the same
 #                       port with the same settings (pg_ctl reuses the options it was started
 #                       with), waiting until it answers again; the pid file follows the new
 #                       postmaster. Its sessions are cut, as in a real restart. When no server of
-#                       this script runs, the same as `start`.
+#                       this script runs, the same as `start`. The TLS cluster is left as it is.
+#
+# The TLS cluster ($SAGA_SERVICES_DIR/postgres-tls, the same role, database and password rules):
+# `ssl = on` with a server certificate for `localhost` and `127.0.0.1` issued by a certificate
+# authority made here with openssl (installed from Debian when missing), and a pg_hba.conf whose
+# TCP lines are all `hostssl`, so that a plain connection is refused. The authorities live in
+# $SAGA_SERVICES_DIR/postgres-tls-certs: ca.crt issued the server's certificate, other-ca.crt
+# (a second authority) issued nothing the server shows, for tests that must see an unknown
+# authority refused. They are made once and kept while valid for a day more. postgres.env gets
+# SAGA_TEST_POSTGRES_TLS_URL (no TLS parameters: tests add sslmode and sslrootcert),
+# SAGA_TEST_POSTGRES_TLS_CA and SAGA_TEST_POSTGRES_TLS_OTHER_CA.
 #
 # The server never runs as root (PostgreSQL refuses): as root, everything runs as the `postgres`
 # user that the Debian package creates, in a directory owned by it; as another user, as that user.
@@ -28,6 +39,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 services_dir="${SAGA_SERVICES_DIR:-$root/target/services}"
 pid_file="$services_dir/postgres.pid"
 env_file="$services_dir/postgres.env"
+tls_pid_file="$services_dir/postgres-tls.pid"
+tls_certs="$services_dir/postgres-tls-certs"
 db_name="saga"
 role="saga"
 
@@ -80,14 +93,16 @@ install() {
   bin_dir >/dev/null
 }
 
-# Picks the cluster's directory. As root the cluster lives in a directory owned by `postgres`,
-# which must be able to reach it: every directory above it needs the search (x) bit for others.
+# Picks the directory of cluster $1 (default `postgres`). As root the cluster lives in a
+# directory owned by `postgres`, which must be able to reach it: every directory above it needs
+# the search (x) bit for others.
 # Rather than change the permissions of the user's directories, a tree that `postgres` cannot
 # traverse (a home directory with mode 700, say) gets its cluster under /tmp instead, in a
 # directory named after the services directory so that every start finds the same one. The unix
 # socket path must stay under 107 bytes, which a deep services directory may also exceed.
 choose_base() {
-  base="$services_dir/postgres"
+  local name="${1:-postgres}"
+  base="$services_dir/$name"
   mkdir -p "$base"
   if is_root; then
     chown postgres:postgres "$base"
@@ -95,8 +110,8 @@ choose_base() {
     if ! runuser -u postgres -- test -w "$base" 2>/dev/null || [ "${#base}" -gt 80 ]; then
       local tag
       tag="$(printf '%s' "$services_dir" | sha256sum | cut -c1-12)"
-      base="/tmp/saga-postgres-$tag"
-      log "user postgres cannot reach $services_dir/postgres (or its path is too long for a socket); using $base"
+      base="/tmp/saga-$name-$tag"
+      log "user postgres cannot reach $services_dir/$name (or its path is too long for a socket); using $base"
       mkdir -p "$base"
       chown postgres:postgres "$base"
       chmod 700 "$base"
@@ -106,11 +121,13 @@ choose_base() {
 }
 
 running_pid() {
-  # The postmaster pid this script started, if it still runs and is that cluster's postmaster.
-  [ -f "$pid_file" ] || return 1
+  # The postmaster pid this script started (pid file $1, default the first cluster's), if it
+  # still runs and is that cluster's postmaster.
+  local file="${1:-$pid_file}"
+  [ -f "$file" ] || return 1
   local pid data
-  pid="$(sed -n 1p "$pid_file")"
-  data="$(sed -n 2p "$pid_file")"
+  pid="$(sed -n 1p "$file")"
+  data="$(sed -n 2p "$file")"
   [ -n "$pid" ] && [ -n "$data" ] && kill -0 "$pid" 2>/dev/null || return 1
   [ -f "$data/postmaster.pid" ] && [ "$(sed -n 1p "$data/postmaster.pid")" = "$pid" ] || return 1
   echo "$pid"
@@ -150,7 +167,7 @@ SAGA_TEST_POSTGRES_URL=postgres://$role:$password@127.0.0.1:$port/$db_name
 EOF
 }
 
-start() {
+start_main() {
   mkdir -p "$services_dir"
   install
   local bin
@@ -165,7 +182,7 @@ start() {
       log "already running (pid $pid) on 127.0.0.1:$port"
       return 0
     fi
-    stop
+    stop_main
   fi
 
   if [ ! -f "$password_file" ]; then
@@ -214,7 +231,7 @@ start() {
   return 1
 }
 
-stop() {
+stop_main() {
   local pid data bin
   if pid="$(running_pid)"; then
     data="$(sed -n 2p "$pid_file")"
@@ -223,6 +240,183 @@ stop() {
     log "stopped (pid $pid)"
   fi
   rm -f "$pid_file" "$env_file"
+}
+
+# openssl, for the TLS cluster's certificates.
+install_openssl() {
+  command -v openssl >/dev/null && return 0
+  if ! is_root || ! command -v apt-get >/dev/null; then
+    log "openssl is not installed and cannot be installed here"
+    return 1
+  fi
+  log "installing Debian's openssl package"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq openssl >&2 || { apt-get update -qq >&2 && apt-get install -y -qq openssl >&2; }
+}
+
+# Whether the certificates in $tls_certs are all there, chain as they should and stay valid for
+# a day more.
+certs_usable() {
+  local d="$tls_certs" f
+  for f in ca.crt ca.key other-ca.crt other-ca.key server.crt server.key; do
+    [ -s "$d/$f" ] || return 1
+  done
+  for f in ca.crt other-ca.crt server.crt; do
+    openssl x509 -checkend 86400 -noout -in "$d/$f" >/dev/null 2>&1 || return 1
+  done
+  openssl verify -CAfile "$d/ca.crt" "$d/server.crt" >/dev/null 2>&1
+}
+
+# A certificate authority: $1 the file stem, $2 its name.
+make_ca() {
+  openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
+    -days 3650 -subj "/CN=$2" -keyout "$tls_certs/$1.key" -out "$tls_certs/$1.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+}
+
+# The server's key and certificate for localhost and 127.0.0.1, issued by ca.
+make_server_cert() {
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
+    -subj "/CN=localhost" -keyout "$tls_certs/server.key" -out "$tls_certs/server.csr" &&
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$tls_certs/server.ext" &&
+    openssl x509 -req -sha256 -days 3650 -in "$tls_certs/server.csr" -CA "$tls_certs/ca.crt" \
+      -CAkey "$tls_certs/ca.key" -set_serial "0x$(openssl rand -hex 15)" \
+      -extfile "$tls_certs/server.ext" -out "$tls_certs/server.crt" &&
+    rm -f "$tls_certs/server.csr" "$tls_certs/server.ext"
+}
+
+# The two authorities and the server's certificate, made when missing or about to expire; sets
+# certs_made=1 when it made them.
+certs_made=0
+make_certs() {
+  install_openssl
+  mkdir -p "$tls_certs"
+  chmod 755 "$tls_certs"
+  if certs_usable; then
+    return 0
+  fi
+  log "making two certificate authorities and a server certificate in $tls_certs"
+  local out="$tls_certs/openssl.log"
+  if ! (umask 077 && make_ca ca "saga test CA" && make_ca other-ca "saga test CA unknown to the server" &&
+    make_server_cert) >"$out" 2>&1; then
+    log "openssl failed; its output follows"
+    cat "$out" >&2
+    return 1
+  fi
+  chmod 644 "$tls_certs/ca.crt" "$tls_certs/other-ca.crt" "$tls_certs/server.crt"
+  certs_usable || { log "the certificates made in $tls_certs do not verify"; return 1; }
+  certs_made=1
+}
+
+# The TLS cluster's lines of postgres.env (replacing any earlier ones).
+write_tls_env() {
+  local port="$1" password="$2" kept
+  kept="$(grep -v '^SAGA_TEST_POSTGRES_TLS_' "$env_file" 2>/dev/null || true)"
+  {
+    [ -n "$kept" ] && printf '%s\n' "$kept"
+    echo "SAGA_TEST_POSTGRES_TLS_URL=postgres://$role:$password@127.0.0.1:$port/$db_name"
+    echo "SAGA_TEST_POSTGRES_TLS_CA=$tls_certs/ca.crt"
+    echo "SAGA_TEST_POSTGRES_TLS_OTHER_CA=$tls_certs/other-ca.crt"
+  } >"$env_file.tmp"
+  mv "$env_file.tmp" "$env_file"
+}
+
+start_tls() {
+  local bin
+  bin="$(bin_dir)"
+  make_certs
+  choose_base postgres-tls
+  local data="$base/data"
+  local password_file="$base/password"
+  local pid port password
+  if pid="$(running_pid "$tls_pid_file")" && [ -f "$password_file" ] && [ "$certs_made" = 0 ]; then
+    port="$(sed -n 's/^port=//p' "$base/port" 2>/dev/null || true)"
+    if [ -n "$port" ] && "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then
+      write_tls_env "$port" "$(cat "$password_file")"
+      log "TLS server already running (pid $pid) on 127.0.0.1:$port"
+      return 0
+    fi
+  fi
+  stop_tls
+
+  if [ ! -f "$password_file" ]; then
+    python3 -c 'import secrets; print(secrets.token_hex(16))' >"$password_file"
+    chmod 600 "$password_file"
+  fi
+  password="$(cat "$password_file")"
+
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "initialising a TLS cluster in $data"
+    as_pg rm -rf "$data"
+    as_pg "$bin/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+      -E UTF8 --locale=C.UTF-8 >"$base/initdb.log" 2>&1 || {
+      cat "$base/initdb.log" >&2
+      return 1
+    }
+  else
+    log "reusing the TLS cluster in $data"
+  fi
+  if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    log "a server of $data runs without this script's pid file; stopping it first"
+    as_pg "$bin/pg_ctl" -D "$data" stop -m fast -w >/dev/null
+  fi
+  # TLS only over TCP: no `host` line, so a plain connection finds no entry and is refused.
+  printf '%s\n' "# Written by scripts/services/postgres.sh: TCP connections must use TLS." \
+    "local all all trust" \
+    "hostssl all all 127.0.0.1/32 scram-sha-256" \
+    "hostssl all all ::1/128 scram-sha-256" | as_pg tee "$data/pg_hba.conf" >/dev/null
+  # The server's key must belong to the server's user and be readable by it alone (`command`:
+  # this script's own `install` installs PostgreSQL).
+  if is_root; then
+    command install -o postgres -g postgres -m 644 "$tls_certs/server.crt" "$data/server.crt"
+    command install -o postgres -g postgres -m 600 "$tls_certs/server.key" "$data/server.key"
+  else
+    command install -m 644 "$tls_certs/server.crt" "$data/server.crt"
+    command install -m 600 "$tls_certs/server.key" "$data/server.key"
+  fi
+
+  for _ in 1 2 3; do
+    port="$(free_port)"
+    local opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$base/run"
+    opts="$opts -c fsync=on -c synchronous_commit=on -c ssl=on"
+    opts="$opts -c ssl_cert_file=$data/server.crt -c ssl_key_file=$data/server.key"
+    if as_pg "$bin/pg_ctl" -D "$data" -l "$base/server.log" -o "$opts" -w -t 60 start >/dev/null; then
+      "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -t 30
+      pid="$(as_pg sed -n 1p "$data/postmaster.pid")"
+      printf '%s\n%s\n' "$pid" "$data" >"$tls_pid_file"
+      echo "port=$port" | as_pg tee "$base/port" >/dev/null
+      provision "$bin" "$port" "$password"
+      write_tls_env "$port" "$password"
+      log "TLS server started (pid $pid) on 127.0.0.1:$port; $env_file written"
+      return 0
+    fi
+    log "the TLS server did not start on port $port; log follows"
+    tail -n 30 "$base/server.log" >&2 || true
+  done
+  log "could not start the TLS PostgreSQL"
+  return 1
+}
+
+stop_tls() {
+  local pid data bin
+  if pid="$(running_pid "$tls_pid_file")"; then
+    data="$(sed -n 2p "$tls_pid_file")"
+    bin="$(bin_dir)"
+    as_pg "$bin/pg_ctl" -D "$data" stop -m fast -w -t 60 >/dev/null || kill "$pid" 2>/dev/null || true
+    log "TLS server stopped (pid $pid)"
+  fi
+  rm -f "$tls_pid_file"
+}
+
+start() {
+  start_main
+  start_tls
+}
+
+stop() {
+  stop_main
+  stop_tls
 }
 
 restart() {

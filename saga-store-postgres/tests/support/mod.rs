@@ -12,7 +12,7 @@ use std::time::Duration;
 use saga_core::log::{Record, RecordKind};
 use saga_core::{OperationId, Outcome, Resource};
 use saga_store_postgres::{PostgresOptions, PostgresStore};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// A lease that does not expire while a test runs.
 pub const LONG: Duration = Duration::from_secs(600);
@@ -82,16 +82,13 @@ pub fn conformance_store(test: &str) -> Option<impl Future<Output = (Schema, Arc
     })
 }
 
-/// A plain connection to the database (its driver spawned on the current runtime).
+/// A connection to the database, with the URL's TLS settings as the store reads them (its
+/// driver spawned on the current runtime).
 pub async fn admin(url: &str) -> Client {
-    let (client, connection) = match tokio_postgres::connect(url, NoTls).await {
-        Ok(pair) => pair,
+    match saga_store_postgres::testing::client(url).await {
+        Ok(client) => client,
         Err(e) => panic!("connecting to {} as admin: {e}", redact(url)),
-    };
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    }
 }
 
 /// The database's clock, in Unix ms.
