@@ -80,9 +80,9 @@ impl Check<'_> {
     fn records(&mut self) -> Result<(), StoreError> {
         let mut from = Vec::new();
         loop {
-            let next = self.trees.records.range(from.as_slice()..).keys().next();
+            let next = self.trees.records.next_key(&from);
+            let next = next.map_err(|e| sled_error("checking records", e))?;
             let Some(key) = next else { return Ok(()) };
-            let key = key.map_err(|e| sled_error("checking records", e))?;
             let Some(id) = key.get(..16).and_then(|k| keys::parse_operation(keys::RECORDS, k).ok())
             else {
                 // Too short to name an Operation: no record reads from it.
@@ -257,23 +257,30 @@ impl Check<'_> {
             else {
                 continue;
             };
-            let first = trees
-                .records
-                .get(keys::seq_key(id, 0))
-                .map_err(|e| sled_error("checking the environment index", e))?;
+            let first = match trees.records.get(keys::seq_key(id, 0)) {
+                Ok(first) => Ok(first),
+                Err(e) => match sled_error("checking the environment index", e) {
+                    // A bundle that does not read: damaged records, reported as such.
+                    StoreError::Corrupt { .. } => Err(()),
+                    other => return Err(other),
+                },
+            };
             // Whether the records confirm the key; `None` when they do not read.
             let confirmed = match first {
-                // Records without a first one: damaged, reported as such.
-                None if trees.has_records(id)? => None,
-                None => Some(false),
-                Some(bytes) => match decode(&bytes, id, 0) {
-                    Ok(Record {
-                        at_ms: created_ms,
-                        kind: RecordKind::OperationCreated { environment: created_in, .. },
-                        ..
-                    }) => Some(created_in == environment && created_ms == at_ms),
-                    // Damaged records, reported as such: the entry may well be right.
-                    _ => None,
+                Err(()) => None,
+                Ok(first) => match first {
+                    // Records without a first one: damaged, reported as such.
+                    None if trees.has_records(id)? => None,
+                    None => Some(false),
+                    Some(bytes) => match decode(&bytes, id, 0) {
+                        Ok(Record {
+                            at_ms: created_ms,
+                            kind: RecordKind::OperationCreated { environment: created_in, .. },
+                            ..
+                        }) => Some(created_in == environment && created_ms == at_ms),
+                        // Damaged records, reported as such: the entry may well be right.
+                        _ => None,
+                    },
                 },
             };
             let what = crate::environment::index_entry(id);
@@ -401,9 +408,14 @@ impl Check<'_> {
     /// left to the next purge, which drops it).
     fn log_times(&mut self) -> Result<(), StoreError> {
         let trees = self.trees;
-        for key in trees.logs_by_time.iter().keys() {
-            let key = key.map_err(|e| sled_error("checking the log time index", e))?;
+        for entry in trees.logs_by_time.iter() {
+            let (key, value) = entry.map_err(|e| sled_error("checking the log time index", e))?;
             let Ok((id, seq)) = keys::parse_time_key(&key) else { continue };
+            let what = crate::logs::time_entry(id, seq);
+            if check_index_value(keys::LOGS_BY_TIME, &key, &value, &what).is_ok() {
+                continue;
+            }
+            // Damaged as scanned: judged again under the lock.
             let _writing = trees.lock();
             let Some(value) = trees
                 .logs_by_time
@@ -412,7 +424,6 @@ impl Check<'_> {
             else {
                 continue;
             };
-            let what = crate::logs::time_entry(id, seq);
             if let Err(cause) = check_index_value(keys::LOGS_BY_TIME, &key, &value, &what) {
                 let line = trees
                     .logs
@@ -442,9 +453,9 @@ impl Check<'_> {
         let trees = self.trees;
         let mut from = Vec::new();
         loop {
-            let next = trees.logs.range(from.as_slice()..).keys().next();
+            let next =
+                trees.logs.next_key(&from).map_err(|e| sled_error("checking log lines", e))?;
             let Some(key) = next else { return Ok(()) };
-            let key = key.map_err(|e| sled_error("checking log lines", e))?;
             let Some(id) = key.get(..16).and_then(|k| keys::parse_operation(keys::LOGS, k).ok())
             else {
                 let cause = keys::corrupt_key(keys::LOGS, &key, "24");
@@ -476,7 +487,17 @@ impl Check<'_> {
             return Ok(());
         }
         for entry in trees.logs.scan_prefix(keys::operation_key(id)) {
-            let (key, bytes) = entry.map_err(|e| sled_error("checking log lines", e))?;
+            let (key, bytes) = match entry.map_err(|e| sled_error("checking log lines", e)) {
+                Ok(entry) => entry,
+                // A damaged bundle: none of the Operation's lines read, and no repair can
+                // tell them apart.
+                Err(cause @ StoreError::Corrupt { .. }) => {
+                    let problem = Problem::DamagedEntry { index: keys::LOGS.into(), cause };
+                    self.found(Some(id), problem, false);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
             let decoded = keys::parse_seq_key(keys::LOGS, &key)
                 .and_then(|(_, seq)| decode_line(&bytes, id, seq).map(|_| ()));
             if let Err(cause) = decoded {

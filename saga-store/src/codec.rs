@@ -131,6 +131,18 @@ pub(crate) fn check_index_value(
 /// A sled error as a store error; `context` says what was being done.
 pub(crate) fn sled_error(context: &str, error: sled::Error) -> StoreError {
     match error {
+        sled::Error::Io(source)
+            if source.get_ref().is_some_and(|e| e.is::<crate::bundle::Damaged>()) =>
+        {
+            let damaged = source.get_ref().and_then(|e| e.downcast_ref::<crate::bundle::Damaged>());
+            StoreError::Corrupt {
+                place: damaged.map_or_else(String::new, |d| d.place.clone()),
+                problem: format!(
+                    "{} (while {context})",
+                    damaged.map_or_else(String::new, |d| d.problem.clone())
+                ),
+            }
+        }
         sled::Error::Io(source) => StoreError::Io { context: context.to_owned(), source },
         sled::Error::Corruption { at, .. } => StoreError::Corrupt {
             place: match at {

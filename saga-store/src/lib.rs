@@ -52,6 +52,7 @@
 #![forbid(unsafe_code)]
 
 mod acks;
+mod bundle;
 mod cancels;
 mod check;
 mod codec;
@@ -72,6 +73,9 @@ mod store;
 mod sync_io;
 mod wal;
 
+#[doc(hidden)]
+#[cfg(feature = "fault-injection")]
+pub use crate::bundle::unbundle;
 #[doc(hidden)]
 #[cfg(feature = "fault-injection")]
 pub use crate::faults::SyncHold;

@@ -59,15 +59,18 @@ pub(crate) fn open(path: &Path, record: bool) -> Result<Trees, StoreError> {
     let redo = Arc::new(Redo::new(record));
     // The numbers are part of the write-ahead log's format: never renumber a tree.
     let logged = |name: &str, number: u8| Ok(Logged::new(tree(name)?, number, redo.clone()));
+    let bundled = |name: &'static str, prefix: usize, number: u8| {
+        Ok(Logged::bundled(tree(name)?, name, prefix, number, redo.clone()))
+    };
     let trees = Trees {
-        records: logged(keys::RECORDS, 1)?,
+        records: bundled(keys::RECORDS, crate::bundle::PREFIX, 1)?,
         unfinished: logged(keys::UNFINISHED, 2)?,
         by_environment: logged(keys::BY_ENVIRONMENT, 3)?,
         leases: logged(keys::LEASES, 4)?,
         cancels: logged(keys::CANCELS, 5)?,
         by_resource: logged(keys::BY_RESOURCE, 6)?,
-        logs: logged(keys::LOGS, 7)?,
-        logs_by_time: logged(keys::LOGS_BY_TIME, 8)?,
+        logs: bundled(keys::LOGS, crate::bundle::PREFIX, 7)?,
+        logs_by_time: bundled(keys::LOGS_BY_TIME, crate::bundle::TIME_PREFIX, 8)?,
         writing: Mutex::new(()),
         redo,
         db,

@@ -244,7 +244,12 @@ impl Trees {
     pub(crate) fn has_records(&self, id: OperationId) -> Result<bool, StoreError> {
         match self.records.scan_prefix(keys::operation_key(id)).keys().next() {
             None => Ok(false),
-            Some(key) => key.map(|_| true).map_err(|e| sled_error("reading records", e)),
+            Some(key) => match key.map_err(|e| sled_error("reading records", e)) {
+                Ok(_) => Ok(true),
+                // Damaged records are records (their reader reports the damage).
+                Err(StoreError::Corrupt { .. }) => Ok(true),
+                Err(e) => Err(e),
+            },
         }
     }
 

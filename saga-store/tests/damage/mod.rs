@@ -116,7 +116,7 @@ fn flip_key(path: &Path, tree: &str, key: &[u8], at: usize, mask: u8) -> Vec<u8>
 /// Where the text `within` starts in the value at `key` of `tree`, plus one: a byte that,
 /// flipped by 0x20, reads (unchecked) as the same text in another case.
 fn inside(path: &Path, tree: &str, key: &[u8], within: &str) -> usize {
-    let db = open_sled(path);
+    let db = open_sled_to_edit(path);
     let value = db.open_tree(tree).expect("a tree").get(key).expect("reads").expect("there");
     let at = value.windows(within.len()).position(|w| w == within.as_bytes());
     at.expect("the text is in the value") + 1

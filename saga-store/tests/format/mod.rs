@@ -306,8 +306,10 @@ async fn a_store_of_format_2_reads_as_written_and_takes_new_writes() {
     store.append_log(&lease, std::slice::from_ref(&line)).await.expect("logs");
     drop(store);
     {
-        // Side by side in sled: the old values in format 2, the new ones in format 3.
+        // Side by side in sled: the old values in format 2, the new ones in format 3 (the
+        // Operation's bundles rewritten as one key per entry, to read each by its key).
         let db = open_sled(&path);
+        saga_store::unbundle(&db).expect("rewrites the bundles as keys");
         let version = |tree: &str, key: &[u8]| {
             let value = db.open_tree(tree).expect("a tree").get(key).expect("reads");
             value.expect("the entry is there")[0]

@@ -162,3 +162,36 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_damaged_bundle_is_a_typed_error_naming_it_and_check_finds_it() {
+    let (_dir, path) = temp_store_path();
+    let store = SledStore::open(&path).expect("opens");
+    let (id, lease) = create(&store, "prod", 10).await;
+    let records = [started(id, 1, "a"), succeeded(id, 2, "a", b"out"), finished(id, 3)];
+    store.append(&lease, &records).await.expect("appends");
+    drop(store);
+    // Replayed and checkpointed: the records are one bundle under the Operation's id.
+    drop(SledStore::open(&path).expect("reopens"));
+    {
+        let db = open_sled(&path);
+        let tree = db.open_tree("records").expect("the records tree");
+        let key = id.as_u128().to_be_bytes();
+        let mut bundle = tree.get(key).expect("reads").expect("the bundle").to_vec();
+        assert_eq!(tree.len(), 1, "one sled key for the Operation's four records");
+        let middle = bundle.len() / 2;
+        bundle[middle] ^= 0x01;
+        tree.insert(key, bundle).expect("writes the damage");
+        db.flush().expect("flushes");
+    }
+    let store = SledStore::open(&path).expect("opens: the damage is in one value");
+    match store.read(id).await {
+        Err(saga_core::store::StoreError::Corrupt { place, problem }) => {
+            assert!(place.contains("bundle of operation") && place.contains("records"), "{place}");
+            assert!(problem.contains("checksum mismatch"), "{problem}");
+        }
+        other => panic!("not the typed corruption: {other:?}"),
+    }
+    let report = store.check(false).await.expect("checks");
+    assert!(!report.is_healthy(), "check finds it: {:?}", report.findings);
+}

@@ -91,9 +91,15 @@ pub(crate) async fn create(
 /// LSN of the last entry replayed, which it knows for certain), and it writes nothing more, so
 /// the log then holds nothing after its checkpoint, whatever the timing. (Opening also settles
 /// what an unacknowledged write left half made: edit after it, not before.)
+///
+/// The store's bundles (one sled value per Operation for its records and for its log lines) are
+/// rewritten as one key per record and per line, the older layout the store reads as well, so
+/// that a test edits a record or a line by its key.
 pub(crate) fn open_sled_to_edit(path: &std::path::Path) -> sled::Db {
     drop(SledStore::open(path).expect("opens, replaying the log, before sled alone opens it"));
-    open_sled(path)
+    let db = open_sled(path);
+    saga_store::unbundle(&db).expect("rewrites the bundles as keys");
+    db
 }
 
 /// Opens a store's directory with sled alone, once a `SledStore` on it was dropped, to read
