@@ -93,12 +93,17 @@ impl PostgresStore {
     /// TLS as the URL's `sslmode` and `sslrootcert` say, read as libpq reads them (see the
     /// [crate docs](crate#tls)); every connection of the store uses it.
     ///
+    /// The URL may name several hosts (`postgres://h1:p1,h2:p2/db`): every connection goes to
+    /// the first that takes writes, as `target_session_attrs=read-write`, which the store asks
+    /// for whatever the URL says (see the [crate docs](crate#several-hosts-and-failover-to-a-standby)).
+    ///
     /// Refused, as [`StoreError::Backend`] with a [`PostgresError`] source: a URL that does not
-    /// parse, TLS settings libpq would refuse or root certificates that cannot be read, a
+    /// parse or asks for read-only sessions ([`PostgresError::ReadOnlySessions`]), TLS settings
+    /// libpq would refuse or root certificates that cannot be read, a
     /// connection whose TLS fails a check ([`PostgresError::Tls`], naming the host and the
     /// check), a bad schema name, a database whose schema is newer than this release knows, a
-    /// server with `fsync = off` (unless accepted). A server that does not answer is
-    /// [`StoreError::Transient`].
+    /// server with `fsync = off` (unless accepted). A server that does not answer, or hosts of
+    /// which none takes writes now (a standby not yet promoted), is [`StoreError::Transient`].
     ///
     /// Durability: the store never weakens `synchronous_commit`. When the server's default is
     /// `off`, its sessions set it to `on` (and a warning is logged); any stronger default stays.
