@@ -5,7 +5,7 @@
 //! embedded sled store (one process at a time).
 //!
 //! ```text
-//! fleet --store STORE [--schema NAME] [--owner NAME] [--lease-ttl MS] COMMAND
+//! fleet --store STORE [--schema NAME] [--owner NAME] [--lease-ttl MS] [--store-retries N] COMMAND
 //!   worker --journal FILE [--takeover-ms MS]
 //!   submit [--count N] [--step-ms MS] [--jitter-ms MS]
 //!   cancel ID [--actor NAME] [--reason TEXT]
@@ -16,14 +16,18 @@
 //! - `--owner NAME`: the executor's name in leases and in the journal (default `fleet-PID`).
 //!   Two processes must never share one.
 //! - `--lease-ttl MS`: how long a lease lasts unless renewed (default 30000).
+//! - `--store-retries N`: how many times the PostgreSQL store retries a call that failed
+//!   transiently before the executor sees the error (default 4; 0: the executor sees it at once).
 //!
 //! `worker` adopts unfinished Operations that nobody holds: those `recover()` finds at start,
 //! then at every takeover scan (`--takeover-ms`, default 1000) and at once when the store wakes
 //! it. Its steps append to the journal FILE. It prints `worker NAME ready` once it runs, then one
 //! line per Operation whose driver ended here: `operation ID: OUTCOME` when it finished here, or
 //! `operation ID: stopped here: WHY` (its lease was lost or the store failed: another executor
-//! goes on with it). At SIGTERM or SIGINT it stops at the next step boundaries, prints `worker
-//! NAME stopped` and exits 0.
+//! goes on with it). When its store calls fail (a failover of the database, a restart) it prints
+//! `store failing since MS: ERROR` (Unix ms) at the first failure and `store answering again
+//! after N ms` at the first call that succeeds after it: the outage it saw. At SIGTERM or
+//! SIGINT it stops at the next step boundaries, prints `worker NAME stopped` and exits 0.
 //!
 //! `submit` records N Operations (each on a resource of its own) for the workers, without
 //! running any, and prints `submitted ID` for each. Their steps sleep `--step-ms` (default 100)
@@ -54,6 +58,7 @@ use saga_store_postgres::{PostgresOptions, PostgresStore};
 use tokio::sync::mpsc;
 
 use crate::claims::Claims;
+use crate::outage::Watched;
 use crate::saga::{Journal, Params};
 
 /// Prints a line on standard output; a reader that went away is no reason to stop the worker.
@@ -63,6 +68,8 @@ macro_rules! say {
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
 }
+
+mod outage;
 
 /// How long a stopping worker waits for its running steps before it interrupts them.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -86,6 +93,7 @@ struct Args {
     schema: Option<String>,
     owner: String,
     lease_ttl: Duration,
+    store_retries: u32,
     command: Command,
 }
 
@@ -114,6 +122,11 @@ struct Cli {
     /// How long a lease lasts unless renewed, in ms (at least 100: less counts as 100).
     #[arg(long = "lease-ttl", value_name = "MS", default_value_t = 30_000, global = true)]
     lease_ttl_ms: u64,
+    /// With a postgres:// store: how many times a store call that failed transiently is
+    /// retried inside the store before the executor sees the error (0: the executor sees the
+    /// first one and retries on its own).
+    #[arg(long = "store-retries", value_name = "N", default_value_t = 4, global = true)]
+    store_retries: u32,
     /// worker: the step journal its steps append to.
     #[arg(long, value_name = "FILE", global = true)]
     journal: Option<PathBuf>,
@@ -189,7 +202,8 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, clap::Error> 
         },
     };
     let lease_ttl = Duration::from_millis(cli.lease_ttl_ms.max(100));
-    Ok(Args { store, schema: cli.schema, owner, lease_ttl, command })
+    let store_retries = cli.store_retries;
+    Ok(Args { store, schema: cli.schema, owner, lease_ttl, store_retries, command })
 }
 
 fn main() -> ExitCode {
@@ -226,6 +240,7 @@ async fn open_store(args: &Args) -> Result<Arc<dyn Store>, Box<dyn std::error::E
     if args.store.starts_with("postgres://") || args.store.starts_with("postgresql://") {
         let mut options = PostgresOptions::default()
             .pool_size(4)
+            .retries(args.store_retries)
             .application_name(format!("fleet {}", args.owner));
         if let Some(schema) = &args.schema {
             options = options.schema(schema);
@@ -240,7 +255,7 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let store = open_store(&args).await?;
     match &args.command {
         Command::Worker { journal, takeover } => {
-            let (claims, claimed) = Claims::new(store);
+            let (claims, claimed) = Claims::new(Arc::new(Watched::new(store)));
             let executor = Executor::builder(Arc::new(claims))
                 .owner(args.owner.as_str())
                 .lease_ttl(args.lease_ttl)

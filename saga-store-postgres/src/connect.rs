@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 use saga_core::store::StoreError;
 use tokio::sync::mpsc;
+use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::Config;
 
 use crate::error::{pg, pool_error, PostgresError};
@@ -14,6 +15,10 @@ use crate::options::PostgresOptions;
 use crate::schema;
 use crate::tls::{self, Connector, SslMode};
 use crate::writer::{self, Counters, GroupCommitStats, Job};
+
+/// How long data sent to the server may stay unacknowledged by its machine before the connection
+/// is dropped (`TCP_USER_TIMEOUT`, Linux), unless the URL sets `tcp_user_timeout`.
+const TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// A [`Store`](saga_core::store::Store) in a PostgreSQL database, shared by executors on
 /// several machines. See the [crate docs](crate) for the schema, the locking and what is
@@ -88,12 +93,17 @@ impl PostgresStore {
     /// TLS as the URL's `sslmode` and `sslrootcert` say, read as libpq reads them (see the
     /// [crate docs](crate#tls)); every connection of the store uses it.
     ///
+    /// The URL may name several hosts (`postgres://h1:p1,h2:p2/db`): every connection goes to
+    /// the first that takes writes, as `target_session_attrs=read-write`, which the store asks
+    /// for whatever the URL says (see the [crate docs](crate#several-hosts-and-failover-to-a-standby)).
+    ///
     /// Refused, as [`StoreError::Backend`] with a [`PostgresError`] source: a URL that does not
-    /// parse, TLS settings libpq would refuse or root certificates that cannot be read, a
+    /// parse or asks for read-only sessions ([`PostgresError::ReadOnlySessions`]), TLS settings
+    /// libpq would refuse or root certificates that cannot be read, a
     /// connection whose TLS fails a check ([`PostgresError::Tls`], naming the host and the
     /// check), a bad schema name, a database whose schema is newer than this release knows, a
-    /// server with `fsync = off` (unless accepted). A server that does not answer is
-    /// [`StoreError::Transient`].
+    /// server with `fsync = off` (unless accepted). A server that does not answer, or hosts of
+    /// which none takes writes now (a standby not yet promoted), is [`StoreError::Transient`].
     ///
     /// Durability: the store never weakens `synchronous_commit`. When the server's default is
     /// `off`, its sessions set it to `on` (and a warning is logged); any stronger default stays.
@@ -122,6 +132,19 @@ impl PostgresStore {
         let (url, url_tls) = tls::split_url(url).map_err(|e| StoreError::backend(context, e))?;
         let mut config: Config =
             url.parse().map_err(|e| StoreError::backend(context, PostgresError::InvalidUrl(e)))?;
+        // Every session of the store writes: of several hosts, only one that takes writes (the
+        // primary) will do, and a standby named alone is refused at connect rather than at the
+        // first write (see the crate docs on multi-host URLs).
+        if config.get_target_session_attrs() == TargetSessionAttrs::ReadOnly {
+            return Err(StoreError::backend(context, PostgresError::ReadOnlySessions));
+        }
+        config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+        // A server gone without a word (its machine crashed) fails a call within this time
+        // rather than TCP's retransmissions' quarter of an hour: the call is then transient, its
+        // connection dropped, and the next one goes to whichever host now takes writes.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
         let settings = tls::Settings::resolve(url_tls, options.root_certs.as_ref())
             .map_err(|e| StoreError::backend(context, e))?;
         config.ssl_mode(settings.tokio_mode());

@@ -69,6 +69,14 @@ pub enum PostgresError {
     /// root certificates) ask for something libpq would refuse too.
     #[error("the TLS settings are refused: {0}")]
     InvalidTlsSettings(String),
+    /// The URL asks for read-only sessions (`target_session_attrs=read-only`), on which the
+    /// store cannot write.
+    #[error(
+        "the URL asks for read-only sessions (target_session_attrs=read-only), and the store \
+         writes: leave target_session_attrs out, or set it to read-write (the store asks for \
+         read-write sessions itself)"
+    )]
+    ReadOnlySessions,
     /// The root certificates named by `sslrootcert` or the options cannot be used.
     #[error("cannot use {roots} to check the server's certificate: {problem}")]
     RootCertificates {

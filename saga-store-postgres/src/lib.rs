@@ -81,6 +81,60 @@
 //! another handshake failure. None is transient: the store does not retry them.
 //! [`PostgresStore::ssl_mode`] tells the mode in force.
 //!
+//! # Several hosts, and failover to a standby
+//!
+//! A URL may name several hosts, as libpq reads them; the store connects to the first that takes
+//! writes:
+//!
+//! ```text
+//! postgres://saga:secret@db1.example.com:5432,db2.example.com:5432/saga?target_session_attrs=read-write
+//! host=db1.example.com,db2.example.com port=5432,5432 dbname=saga user=saga
+//! ```
+//!
+//! Every session of the store writes, so the store asks for `target_session_attrs=read-write`
+//! itself whether the URL says so or not (libpq's default, `any`, would let a connection land on
+//! a standby, where every write fails); a URL asking for `read-only` is refused
+//! ([`PostgresError::ReadOnlySessions`]). Each new connection (the pool's, `connect`'s first, the
+//! notification listener's) tries the hosts in order: one that is down is passed over, and so is
+//! a standby (it answers `transaction_read_only = on`). TLS checks each host by its own name.
+//!
+//! When the primary dies, the calls in flight fail with
+//! [`StoreError::Transient`](saga_core::store::StoreError::Transient) (a closed connection, a
+//! server shutting down) and the pool drops their connections; new connections find no host
+//! taking writes (the old primary refuses, the standby is read-only: transient too) until the
+//! standby is promoted, and then reach it. The store retries where the outcome is known, an
+//! append or create whose commit answer was lost is checked on the new primary before anything
+//! is sent again, and the executor retries transient errors or halts the Operation for another
+//! executor to resume: never an outcome that the store does not hold. The listener reconnects
+//! to the new primary and sends [`WakeUp::Missed`](saga_core::store::WakeUp::Missed). A server
+//! whose machine went away without closing its connections fails calls within 20 s
+//! (`tcp_user_timeout`, unless the URL sets it).
+//!
+//! What the failover keeps depends on the standby:
+//!
+//! - **A synchronous standby** (the primary's `synchronous_standby_names` names it, and
+//!   `synchronous_commit` is `on` or `remote_apply`: the store's sessions raise `off` to `on`,
+//!   but keep the server's `local` or `remote_write`, with which the standby's flush is not
+//!   waited for, as [`PostgresStore::durability`] tells): a commit is
+//!   acknowledged only once the standby has flushed it too, so every write the store
+//!   acknowledged is on the promoted standby: no record, lease, finish or cancel request is
+//!   lost. (`remote_apply` also makes it visible on the standby at once; `on` waits for the
+//!   flush, and promotion replays the rest before it takes writes.) The price is a round trip to
+//!   the standby per commit, and commits wait while no synchronous standby answers.
+//! - **An asynchronous standby** (the default of streaming replication) loses the commits the
+//!   primary acknowledged but had not yet sent to it, a window of milliseconds to seconds under
+//!   load. After the failover those writes are gone although the store acknowledged them: a
+//!   recorded `StepSucceeded` (or `StepStarted`) may vanish, so the step runs again when the
+//!   Operation is resumed; an `OperationFinished` may vanish, so a finished Operation is
+//!   running again (and its `wait` may have answered an outcome the store no longer holds); a
+//!   lease renewal or claim may revert, and a cancel request may disappear.
+//!
+//! Either way, log lines (committed with `synchronous_commit = off`) written after the last
+//! acknowledged write may be lost, as in a crash of a lone server.
+//!
+//! After a failover, the promoted standby runs alone (its own `synchronous_standby_names` is
+//! empty unless set): add a new standby to be covered again.
+//!
 //! # Schema
 //!
 //! `connect` creates and migrates its tables itself (in [`PostgresOptions::schema`], or the

@@ -5,7 +5,8 @@
 //! `target/services/postgres.env`; `scripts/test.sh` does both and exports it. It starts a
 //! second server that takes TLS connections only, and writes its URL and certificate
 //! authorities beside (`SAGA_TEST_POSTGRES_TLS_URL`, `SAGA_TEST_POSTGRES_TLS_CA`,
-//! `SAGA_TEST_POSTGRES_TLS_OTHER_CA`): see [`tls_server`].
+//! `SAGA_TEST_POSTGRES_TLS_OTHER_CA`): see [`tls_server`]. And a primary with a synchronous
+//! standby (`SAGA_TEST_POSTGRES_FAILOVER_*`): see [`failover_pair`].
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -118,6 +119,67 @@ pub fn tls_server(test: &str) -> Option<TlsServer> {
         }
     }
     Some(TlsServer { url, ca, other_ca })
+}
+
+/// The primary and synchronous standby of `SAGA_TEST_POSTGRES_FAILOVER_URL`, which
+/// `scripts/services/postgres.sh` starts: a test that fails the primary over uses the pair up.
+#[derive(Clone, Debug)]
+pub struct FailoverPair {
+    /// `postgres://saga:…@127.0.0.1:<primary>,127.0.0.1:<standby>/saga?target_session_attrs=read-write`.
+    pub url: String,
+    /// The primary's `127.0.0.1:<port>`.
+    pub primary: String,
+    /// The standby's `127.0.0.1:<port>`.
+    pub standby: String,
+    script: std::path::PathBuf,
+}
+
+impl FailoverPair {
+    /// SIGKILLs every process of the primary, then promotes the standby and waits until it takes
+    /// writes (`postgres.sh failover`); panics, failing the test, when the script fails.
+    pub fn failover(&self) {
+        run_script(&self.script, "failover");
+    }
+}
+
+/// A fresh primary and synchronous standby for test `test` (`postgres.sh start-pair`: the
+/// running pair when it is healthy, else a new one, as an earlier failover leaves it), or `None`
+/// (with the reason printed) when `SAGA_TEST_POSTGRES_FAILOVER_URL` is not set, outside CI; under
+/// CI that panics, as [`database_url`]. The script is the one of this source tree, run with the
+/// caller's `SAGA_SERVICES_DIR`; it panics when it fails.
+pub fn failover_pair(test: &str) -> Option<FailoverPair> {
+    match std::env::var("SAGA_TEST_POSTGRES_FAILOVER_URL") {
+        Ok(url) if !url.trim().is_empty() => {}
+        _ => return unavailable(test, "SAGA_TEST_POSTGRES_FAILOVER_URL is not set"),
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services/postgres.sh");
+    let url = run_script(&script, "start-pair");
+    let url = url.lines().last().unwrap_or_default().trim().to_owned();
+    let config: Config = match url.parse() {
+        Ok(config) => config,
+        Err(e) => panic!("postgres.sh start-pair printed a URL that does not parse ({e})"),
+    };
+    let hosts = tls::hosts(&config);
+    let Some((primary, standby)) = hosts.split_once(", ") else {
+        panic!("postgres.sh start-pair printed a URL of one host: {hosts}");
+    };
+    let (primary, standby) = (primary.to_owned(), standby.to_owned());
+    Some(FailoverPair { url, primary, standby, script })
+}
+
+/// Runs `postgres.sh <command>` to its end: its standard output. Panics when it fails.
+fn run_script(script: &std::path::Path, command: &str) -> String {
+    let output = std::process::Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "postgres.sh {command} failed: {}\n{stderr}", output.status);
+    eprint!("{stderr}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// A connection to `url` as the store makes them (its `sslmode` and `sslrootcert` included),

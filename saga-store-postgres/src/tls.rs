@@ -663,23 +663,32 @@ impl ServerCertVerifier for ChainOnly {
 
 /// The hosts of `config`, as messages name them: `host:port`, several joined by `, `.
 pub(crate) fn hosts(config: &Config) -> String {
+    host_list(config).join(", ")
+}
+
+/// The hosts of `config` as `host:port` each, in the order they are tried.
+fn host_list(config: &Config) -> Vec<String> {
     let ports = config.get_ports();
     let port = |i: usize| ports.get(i).or_else(|| ports.first()).copied().unwrap_or(5432);
-    let names: Vec<String> = if config.get_hosts().is_empty() {
-        config.get_hostaddrs().iter().enumerate().map(|(i, a)| format!("{a}:{}", port(i))).collect()
+    if config.get_hosts().is_empty() {
+        let addr = |i: usize, a: &std::net::IpAddr| match a {
+            std::net::IpAddr::V6(_) => format!("[{a}]:{}", port(i)),
+            std::net::IpAddr::V4(_) => format!("{a}:{}", port(i)),
+        };
+        config.get_hostaddrs().iter().enumerate().map(|(i, a)| addr(i, a)).collect()
     } else {
         config
             .get_hosts()
             .iter()
             .enumerate()
             .map(|(i, host)| match host {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", port(i)),
                 Host::Tcp(name) => format!("{name}:{}", port(i)),
                 #[cfg(unix)]
                 Host::Unix(path) => path.display().to_string(),
             })
             .collect()
-    };
-    names.join(", ")
+    }
 }
 
 /// A failed connection as a store error: the connector's TLS errors (naming the host), the
@@ -691,7 +700,9 @@ pub(crate) fn connect_error(
     mode: SslMode,
     error: tokio_postgres::Error,
 ) -> StoreError {
-    let host = || hosts(config);
+    // Of several hosts, tokio-postgres tells the last one's error: the refusal came from one of
+    // them, tried in order.
+    let host = || host_list(config).join(" or ");
     if let Some(db) = error.as_db_error() {
         // The server's words for a plain connection that `pg_hba.conf` has no line for (only
         // `hostssl` ones): "no pg_hba.conf entry for host …, no encryption".
@@ -711,6 +722,14 @@ pub(crate) fn connect_error(
             context,
             PostgresError::Tls { host: host(), sslmode: mode, problem },
         );
+    }
+    if host_list(config).len() > 1 {
+        // Each host refused, or took no writes (a standby); the error is the last one's.
+        let context = format!(
+            "{context}: none of {} took a read-write session (the last one tried said)",
+            hosts(config)
+        );
+        return pg(context, error);
     }
     pg(context, error)
 }
@@ -748,6 +767,34 @@ mod tests {
             .expect("parses");
         assert_eq!(config.get_ports(), [7]);
         assert_eq!(config.get_hostaddrs().len(), 1);
+    }
+
+    #[test]
+    fn multi_host_urls_keep_every_host_and_their_order() {
+        let (rest, tls) = split(
+            "postgres://u:p@db1.example.com:5433,10.0.0.2:5434,[::1]:5435/saga?target_session_attrs=read-write&sslmode=require",
+        );
+        assert_eq!(
+            rest,
+            "postgres://u:p@db1.example.com:5433,10.0.0.2:5434,[::1]:5435/saga?target_session_attrs=read-write"
+        );
+        assert_eq!(tls.mode, Some(SslMode::Require));
+        let config: Config = rest.parse().expect("parses");
+        assert_eq!(config.get_ports(), [5433, 5434, 5435]);
+        assert_eq!(
+            config.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(hosts(&config), "db1.example.com:5433, 10.0.0.2:5434, [::1]:5435");
+        // One port for every host, as libpq.
+        let config: Config = split("postgres://h1,h2/db").0.parse().expect("parses");
+        assert_eq!(hosts(&config), "h1:5432, h2:5432");
+        let config: Config =
+            split("host=h1,h2 port=7,8 sslmode=disable target_session_attrs=read-write")
+                .0
+                .parse()
+                .expect("parses");
+        assert_eq!(hosts(&config), "h1:7, h2:8");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `PostgresStore` against a real PostgreSQL server: the conformance suite of saga-testkit (each
 //! check in a fresh schema), then what only a shared database shows: fencing and claims on the
 //! database's clock, group commit, damaged rows, concurrent migrations, a newer schema, and
-//! connections terminated under the store's feet; TLS against a server that takes nothing else.
+//! connections terminated under the store's feet; TLS against a server that takes nothing else;
+//! multi-host URLs, and a failover of a primary to its synchronous standby (`failover`).
 //!
 //! `scripts/services/postgres.sh start` starts a server and writes `SAGA_TEST_POSTGRES_URL` to
 //! `target/services/postgres.env` (and the TLS server's `SAGA_TEST_POSTGRES_TLS_*`);
@@ -11,6 +12,7 @@
 
 mod cancels;
 mod executors;
+mod failover;
 mod log_lines;
 mod support;
 mod tls;

@@ -9,12 +9,34 @@
 #                       script started that still runs and answers is reused.
 #                       Then a second cluster that takes TLS connections only (see below).
 #   postgres.sh stop    `pg_ctl stop -m fast` for the servers this script started (their pid
-#                       files); harmless when none runs.
+#                       files: the pair's too); harmless when none runs.
 #   postgres.sh restart `pg_ctl restart -m fast` of the server this script started, on the same
 #                       port with the same settings (pg_ctl reuses the options it was started
 #                       with), waiting until it answers again; the pid file follows the new
 #                       postmaster. Its sessions are cut, as in a real restart. When no server of
 #                       this script runs, the same as `start`. The TLS cluster is left as it is.
+#   postgres.sh start-pair
+#                       Only the primary and synchronous standby pair (below): what `start` does
+#                       for it, for a test that needs a fresh pair after a failover. Prints the
+#                       pair's multi-host URL on stdout.
+#   postgres.sh failover
+#                       SIGKILLs every process of the pair's primary at once (its postmaster and
+#                       its children: a crash of its machine), waits until they are gone, then
+#                       promotes the standby (`pg_ctl promote -w`) and waits until it takes
+#                       writes. The pair is then used up: the next `start` or `start-pair` builds
+#                       a new one (about 3 s).
+#
+# The pair (`start` starts it too: reusing a running, healthy pair costs a few queries; building
+# one, about 3 s): a primary ($SAGA_SERVICES_DIR/postgres-primary) and a streaming standby made
+# from it with `pg_basebackup -R` ($SAGA_SERVICES_DIR/postgres-standby, application_name
+# saga_standby), each on a free 127.0.0.1 port (the same ports again when they are free), the
+# primary with `synchronous_standby_names = 'saga_standby'` and `synchronous_commit = on`: a
+# commit is acknowledged once the standby has flushed it too. A pair is reused only when both run,
+# the primary is not in recovery, the standby is, and the primary reports the standby `sync`;
+# anything else (a failover happened, one of them stopped) is stopped, removed and built again.
+# postgres.env gets SAGA_TEST_POSTGRES_FAILOVER_URL
+# (postgres://saga:...@127.0.0.1:P1,127.0.0.1:P2/saga?target_session_attrs=read-write),
+# SAGA_TEST_POSTGRES_FAILOVER_PRIMARY and SAGA_TEST_POSTGRES_FAILOVER_STANDBY (127.0.0.1:port).
 #
 # The TLS cluster ($SAGA_SERVICES_DIR/postgres-tls, the same role, database and password rules):
 # `ssl = on` with a server certificate for `localhost` and `127.0.0.1` issued by a certificate
@@ -41,6 +63,10 @@ pid_file="$services_dir/postgres.pid"
 env_file="$services_dir/postgres.env"
 tls_pid_file="$services_dir/postgres-tls.pid"
 tls_certs="$services_dir/postgres-tls-certs"
+primary_pid_file="$services_dir/postgres-primary.pid"
+standby_pid_file="$services_dir/postgres-standby.pid"
+pair_ports="$services_dir/postgres-pair.ports"
+standby_name="saga_standby"
 db_name="saga"
 role="saga"
 
@@ -409,14 +435,228 @@ stop_tls() {
   rm -f "$tls_pid_file"
 }
 
+
+# --- The primary and its synchronous standby --------------------------------------------------
+
+# The pair's directories (set by `pair_dirs`).
+primary_base=""
+standby_base=""
+
+pair_dirs() {
+  choose_base postgres-primary
+  primary_base="$base"
+  choose_base postgres-standby
+  standby_base="$base"
+}
+
+# psql as the server's user over the unix socket of the cluster in $1 on port $2.
+pair_psql() {
+  local dir="$1" port="$2"
+  shift 2
+  as_pg "$(bin_dir)/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir/run" -p "$port" -d postgres -tA "$@"
+}
+
+# A port recorded in $pair_ports under key $1, when nothing listens on it (as the server binds:
+# SO_REUSEADDR, past the killed primary's TIME_WAIT connections); else a free one.
+pair_port() {
+  local key="$1" port
+  port="$(sed -n "s/^$key=//p" "$pair_ports" 2>/dev/null || true)"
+  if [ -n "$port" ] && python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.close()' "$port" 2>/dev/null; then
+    echo "$port"
+  else
+    free_port
+  fi
+}
+
+# Whether the pair runs as built: both postmasters alive, the primary out of recovery, the
+# standby in it, and the primary reporting the standby synchronous.
+pair_healthy() {
+  local p_port s_port
+  running_pid "$primary_pid_file" >/dev/null || return 1
+  running_pid "$standby_pid_file" >/dev/null || return 1
+  p_port="$(sed -n 's/^primary=//p' "$pair_ports" 2>/dev/null || true)"
+  s_port="$(sed -n 's/^standby=//p' "$pair_ports" 2>/dev/null || true)"
+  [ -n "$p_port" ] && [ -n "$s_port" ] || return 1
+  [ "$(pair_psql "$primary_base" "$p_port" -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] || return 1
+  [ "$(pair_psql "$standby_base" "$s_port" -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = t ] || return 1
+  [ "$(pair_psql "$primary_base" "$p_port" -c \
+    "SELECT sync_state FROM pg_stat_replication WHERE application_name = '$standby_name'" 2>/dev/null)" = sync ]
+}
+
+# Polls `$@` every 0.1 s until it succeeds, for at most $timeout seconds.
+wait_for() {
+  local what="$1" timeout="$2"
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "$what: not within ${timeout} s"
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+write_pair_env() {
+  local p_port="$1" s_port="$2" password="$3" kept
+  kept="$(grep -v '^SAGA_TEST_POSTGRES_FAILOVER_' "$env_file" 2>/dev/null || true)"
+  {
+    [ -n "$kept" ] && printf '%s\n' "$kept"
+    echo "SAGA_TEST_POSTGRES_FAILOVER_URL=postgres://$role:$password@127.0.0.1:$p_port,127.0.0.1:$s_port/$db_name?target_session_attrs=read-write"
+    echo "SAGA_TEST_POSTGRES_FAILOVER_PRIMARY=127.0.0.1:$p_port"
+    echo "SAGA_TEST_POSTGRES_FAILOVER_STANDBY=127.0.0.1:$s_port"
+  } >"$env_file.tmp"
+  mv "$env_file.tmp" "$env_file"
+}
+
+# Stops both servers of the pair that still run (a failover leaves the promoted standby).
+stop_pair_servers() {
+  local file pid data bin
+  bin="$(bin_dir)"
+  for file in "$primary_pid_file" "$standby_pid_file"; do
+    if pid="$(running_pid "$file")"; then
+      data="$(sed -n 2p "$file")"
+      as_pg "$bin/pg_ctl" -D "$data" stop -m fast -w -t 60 >/dev/null || kill "$pid" 2>/dev/null || true
+      log "stopped the pair's $(basename "$file" .pid) (pid $pid)"
+    fi
+    rm -f "$file"
+  done
+}
+
+# Starts the cluster in $1/data on port $2 with options $3; records its pid in $4.
+pair_server_start() {
+  local dir="$1" port="$2" opts="$3" pid_out="$4" bin
+  bin="$(bin_dir)"
+  opts="-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir/run $opts"
+  if ! as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -o "$opts" -w -t 60 start >/dev/null; then
+    log "the server of $dir did not start on port $port; log follows"
+    tail -n 30 "$dir/server.log" >&2 || true
+    return 1
+  fi
+  printf '%s\n%s\n' "$(as_pg sed -n 1p "$dir/data/postmaster.pid")" "$dir/data" >"$pid_out"
+}
+
+start_pair() {
+  mkdir -p "$services_dir"
+  install
+  local bin
+  bin="$(bin_dir)"
+  pair_dirs
+  local password_file="$primary_base/password" password p_port s_port
+  if [ ! -f "$password_file" ]; then
+    python3 -c 'import secrets; print(secrets.token_hex(16))' >"$password_file"
+    chmod 600 "$password_file"
+  fi
+  password="$(cat "$password_file")"
+  if pair_healthy; then
+    p_port="$(sed -n 's/^primary=//p' "$pair_ports")"
+    s_port="$(sed -n 's/^standby=//p' "$pair_ports")"
+    write_pair_env "$p_port" "$s_port" "$password"
+    log "primary (127.0.0.1:$p_port) and synchronous standby (127.0.0.1:$s_port) already running"
+    return 0
+  fi
+
+  stop_pair_servers
+  # Servers of these directories without our pid files (a failover's orphans) go too.
+  local dir
+  for dir in "$primary_base" "$standby_base"; do
+    if [ -f "$dir/data/postmaster.pid" ] && as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+      as_pg "$bin/pg_ctl" -D "$dir/data" stop -m immediate -w >/dev/null || true
+    fi
+    as_pg rm -rf "$dir/data"
+  done
+
+  log "building a primary and a synchronous standby"
+  as_pg "$bin/initdb" -D "$primary_base/data" -U postgres --auth-local=trust \
+    --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$primary_base/initdb.log" 2>&1 || {
+    cat "$primary_base/initdb.log" >&2
+    return 1
+  }
+  p_port="$(pair_port primary)"
+  # Durable commits; WAL for a standby (the defaults of wal_level and max_wal_senders, said).
+  pair_server_start "$primary_base" "$p_port" \
+    "-c fsync=on -c synchronous_commit=on -c wal_level=replica -c max_wal_senders=4 -c max_connections=100" \
+    "$primary_pid_file"
+  # The role and database before the standby is synchronous (no commit waits for it yet).
+  base="$primary_base" provision "$bin" "$p_port" "$password"
+
+  # The standby: a copy of the primary that streams from it (`-R`: standby.signal and
+  # primary_conninfo, with the standby's application_name), over the primary's unix socket.
+  as_pg "$bin/pg_basebackup" -D "$standby_base/data" -R -X stream -c fast \
+    -d "host=$primary_base/run port=$p_port user=postgres application_name=$standby_name" \
+    >"$standby_base/basebackup.log" 2>&1 || {
+    cat "$standby_base/basebackup.log" >&2
+    return 1
+  }
+  s_port="$(pair_port standby)"
+  [ "$s_port" != "$p_port" ] || s_port="$(free_port)"
+  pair_server_start "$standby_base" "$s_port" \
+    "-c fsync=on -c hot_standby=on -c cluster_name=$standby_name -c max_connections=100" \
+    "$standby_pid_file"
+  printf 'primary=%s\nstandby=%s\n' "$p_port" "$s_port" >"$pair_ports"
+  wait_for "the standby streams from the primary" 60 pair_streaming "$p_port"
+  # Synchronous from now on: written to the primary's own postgresql.auto.conf (the standby
+  # was copied before, so once promoted it waits for nobody).
+  pair_psql "$primary_base" "$p_port" \
+    -c "ALTER SYSTEM SET synchronous_standby_names = '$standby_name'" -c "SELECT pg_reload_conf()" >/dev/null
+  wait_for "the primary reports the standby synchronous" 60 pair_healthy
+  write_pair_env "$p_port" "$s_port" "$password"
+  log "primary on 127.0.0.1:$p_port, synchronous standby on 127.0.0.1:$s_port; $env_file written"
+}
+
+pair_streaming() {
+  [ "$(pair_psql "$primary_base" "$1" -c \
+    "SELECT state FROM pg_stat_replication WHERE application_name = '$standby_name'" 2>/dev/null)" = streaming ]
+}
+
+# The pids of process $1 and of its descendants.
+process_tree() {
+  local pid="$1" child
+  echo "$pid"
+  for child in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+    process_tree "$child"
+  done
+}
+
+failover() {
+  local pid pids s_port bin
+  bin="$(bin_dir)"
+  pair_dirs
+  pid="$(running_pid "$primary_pid_file")" || { log "the pair's primary does not run: start-pair first"; return 1; }
+  running_pid "$standby_pid_file" >/dev/null || { log "the pair's standby does not run: start-pair first"; return 1; }
+  s_port="$(sed -n 's/^standby=//p' "$pair_ports")"
+  # Every process at once, by pid: no backend outlives its postmaster to answer a client.
+  pids="$(process_tree "$pid")"
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  rm -f "$primary_pid_file"
+  local p
+  for p in $pids; do
+    wait_for "process $p of the killed primary ends" 30 not_running "$p"
+  done
+  log "primary killed (pids $(echo $pids | tr '\n' ' '))"
+  as_pg "$bin/pg_ctl" -D "$standby_base/data" promote -w -t 60 >/dev/null
+  wait_for "the promoted standby takes writes" 60 promoted "$s_port"
+  log "standby promoted on 127.0.0.1:$s_port"
+}
+
+not_running() { ! kill -0 "$1" 2>/dev/null; }
+
+promoted() {
+  [ "$(pair_psql "$standby_base" "$1" -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]
+}
+
 start() {
   start_main
   start_tls
+  start_pair
 }
 
 stop() {
   stop_main
   stop_tls
+  pair_dirs
+  stop_pair_servers
 }
 
 restart() {
@@ -442,5 +682,10 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   restart) restart ;;
-  *) echo "usage: $0 start|stop|restart" >&2; exit 2 ;;
+  start-pair)
+    start_pair
+    grep '^SAGA_TEST_POSTGRES_FAILOVER_URL=' "$env_file" | cut -d= -f2-
+    ;;
+  failover) failover ;;
+  *) echo "usage: $0 start|stop|restart|start-pair|failover" >&2; exit 2 ;;
 esac
