@@ -1,7 +1,7 @@
 //! Bundles: how the `records` and `logs` trees keep an Operation's entries in sled's files.
 //!
 //! Their keys are `id (16) ++ seq (8)`. The writer's path never sees sled (see
-//! [`crate::redo::Logged`]); at a checkpoint, every Operation whose entries changed gets them all
+//! [`crate::overlay::Logged`]); at a checkpoint, every Operation whose entries changed gets them all
 //! in **one sled value** under its 16-byte id, instead of one sled key per record or line: sled's
 //! cost is per key (its node copies, allocation and epoch reclamation dominated the store's
 //! CPU), so a 10-step Operation's 22 records cost it one insert, not 22.

@@ -58,7 +58,7 @@ impl Check<'_> {
     }
 
     /// Removes `key` from `tree` when repairing; whether it did.
-    fn remove(&self, tree: &crate::redo::Logged, key: &[u8]) -> Result<bool, StoreError> {
+    fn remove(&self, tree: &crate::overlay::Logged, key: &[u8]) -> Result<bool, StoreError> {
         if !self.repair {
             return Ok(false);
         }
@@ -68,7 +68,7 @@ impl Check<'_> {
 
     /// Inserts the index entry `key` (its value the key's checksum) in `tree` when repairing;
     /// whether it did.
-    fn insert(&self, tree: &crate::redo::Logged, key: &[u8]) -> Result<bool, StoreError> {
+    fn insert(&self, tree: &crate::overlay::Logged, key: &[u8]) -> Result<bool, StoreError> {
         if !self.repair {
             return Ok(false);
         }
@@ -154,7 +154,7 @@ impl Check<'_> {
         &mut self,
         id: OperationId,
         index: &str,
-        tree: &crate::redo::Logged,
+        tree: &crate::overlay::Logged,
         key: &[u8],
     ) -> Result<(), StoreError> {
         let repaired = self.remove(tree, key)?;
@@ -171,7 +171,7 @@ impl Check<'_> {
         id: Option<OperationId>,
         index: &str,
         cause: StoreError,
-        tree: &crate::redo::Logged,
+        tree: &crate::overlay::Logged,
         key: &[u8],
         confirmed: Option<bool>,
     ) -> Result<(), StoreError> {
@@ -190,7 +190,7 @@ impl Check<'_> {
         id: Option<OperationId>,
         index: &str,
         cause: StoreError,
-        tree: &crate::redo::Logged,
+        tree: &crate::overlay::Logged,
         key: &[u8],
     ) -> Result<(), StoreError> {
         let repaired = self.remove(tree, key)?;

@@ -28,7 +28,7 @@ pub(crate) struct DiskSync {
     /// The `meta` tree, where checkpoints leave their mark ([`DiskSync::mark`]).
     meta: Contained<sled::Tree>,
     /// The changes made since the last checkpoint, which the next one moves into sled.
-    memtable: Option<crate::redo::Memtable>,
+    memtable: Option<crate::overlay::Memtable>,
     dir: PathBuf,
     db_file: File,
     synced_blobs: HashSet<OsString>,
@@ -93,7 +93,7 @@ impl DiskSync {
     }
 
     /// Makes checkpoints move `memtable`'s changes into sled ([`DiskSync::apply_changes`]).
-    pub(crate) fn with_memtable(mut self, memtable: crate::redo::Memtable) -> Self {
+    pub(crate) fn with_memtable(mut self, memtable: crate::overlay::Memtable) -> Self {
         self.memtable = Some(memtable);
         self
     }
@@ -101,7 +101,7 @@ impl DiskSync {
     /// Writes every change made so far into sled's memory (the next [`DiskSync::sync`] makes it
     /// durable); returns how many keys it wrote.
     pub(crate) fn apply_changes(&mut self) -> Result<usize, StoreError> {
-        self.memtable.as_ref().map_or(Ok(0), crate::redo::Memtable::apply)
+        self.memtable.as_ref().map_or(Ok(0), crate::overlay::Memtable::apply)
     }
 
     /// Forgets the changes [`DiskSync::apply_changes`] wrote, once sled's files hold them.

@@ -121,7 +121,7 @@ impl Trees {
                 .remove(queue_key)
                 .map_err(|e| sled_error("deleting a queue entry", e))?;
         }
-        let mut records = crate::redo::Batch::default();
+        let mut records = crate::overlay::Batch::default();
         for key in self.records.scan_prefix(op_key).keys() {
             records.remove(key.map_err(|e| sled_error("reading records", e))?);
         }

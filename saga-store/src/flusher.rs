@@ -1,6 +1,6 @@
 //! Group commit through the store's write-ahead log, and checkpoints of sled.
 //!
-//! A writer makes its change in its tree's overlay (memory; see [`crate::redo::Logged`]),
+//! A writer makes its change in its tree's overlay (memory; see [`crate::overlay::Logged`]),
 //! recorded in the [`Redo`] buffer, then takes a
 //! ticket ([`Flusher::ticket`]): the buffer is drained into one entry of the write-ahead log
 //! ([`crate::wal`]) and the ticket is that entry's LSN. [`Flusher::wait`] returns once the log's

@@ -66,6 +66,7 @@ mod keys;
 mod leases;
 mod logs;
 mod open;
+mod overlay;
 mod records;
 mod redo;
 mod resources;

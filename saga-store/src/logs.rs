@@ -90,8 +90,8 @@ impl Trees {
             if chunk.is_empty() {
                 return Ok(purged);
             }
-            let mut lines = crate::redo::Batch::default();
-            let mut times = crate::redo::Batch::default();
+            let mut lines = crate::overlay::Batch::default();
+            let mut times = crate::overlay::Batch::default();
             for (time_key, value) in &chunk {
                 times.remove(time_key);
                 let Ok((id, seq)) = keys::parse_time_key(time_key) else {
@@ -125,8 +125,8 @@ impl Trees {
 
     /// Removes every line of an Operation and their time-index entries.
     pub(crate) fn remove_log(&self, id: OperationId) -> Result<(), StoreError> {
-        let mut lines = crate::redo::Batch::default();
-        let mut times = crate::redo::Batch::default();
+        let mut lines = crate::overlay::Batch::default();
+        let mut times = crate::overlay::Batch::default();
         for entry in self.logs.scan_prefix(keys::operation_key(id)) {
             let (key, bytes) = entry.map_err(|e| sled_error("reading log lines", e))?;
             if let Ok((_, seq)) = keys::parse_seq_key(keys::LOGS, &key) {

@@ -9,7 +9,8 @@ use crate::codec::sled_error;
 use crate::contain::Contained;
 use crate::disk::sync_dir;
 use crate::keys;
-use crate::redo::{Logged, Redo};
+use crate::overlay::Logged;
+use crate::redo::Redo;
 
 /// The version of the store's layout: the key layout described in [`keys`] and, from version 2,
 /// the write-ahead log in `wal/` (see [`crate::flusher`]), which holds acknowledged writes not
@@ -291,8 +292,8 @@ fn open_error(path: &Path, error: sled::Error) -> StoreError {
 }
 
 impl Trees {
-    /// Every logged tree's overlay, for the checkpointer (see [`crate::redo::Logged`]).
-    pub(crate) fn memtable(&self) -> crate::redo::Memtable {
+    /// Every logged tree's overlay, for the checkpointer (see [`crate::overlay::Logged`]).
+    pub(crate) fn memtable(&self) -> crate::overlay::Memtable {
         let trees = [
             &self.records,
             &self.unfinished,
@@ -303,7 +304,7 @@ impl Trees {
             &self.logs,
             &self.logs_by_time,
         ];
-        crate::redo::Memtable::new(trees.into_iter().cloned().collect(), self.redo.clone())
+        crate::overlay::Memtable::new(trees.into_iter().cloned().collect(), self.redo.clone())
     }
 
     /// The tree of this number in the write-ahead log's entries.

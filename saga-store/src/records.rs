@@ -74,7 +74,7 @@ impl Trees {
         // what a crash can leave of an unacknowledged create is index entries naming no
         // records, which `check` removes, never an Operation that nobody was told exists. A
         // failed insert leaves the write registered, never acknowledged.
-        let insert = |tree: &crate::redo::Logged, key: &[u8], value: &[u8]| {
+        let insert = |tree: &crate::overlay::Logged, key: &[u8], value: &[u8]| {
             tree.insert(key, value).map(drop).map_err(|e| sled_error("creating an operation", e))
         };
         insert(&self.unfinished, &op_key, &index_value(&op_key))?;
@@ -152,7 +152,7 @@ impl Trees {
                 .insert(&key[..], bytes.as_slice())
                 .map_err(|e| sled_error("appending records", e))?;
         }
-        let remove = |tree: &crate::redo::Logged, key: &[u8]| {
+        let remove = |tree: &crate::overlay::Logged, key: &[u8]| {
             tree.remove(key).map(drop).map_err(|e| sled_error("finishing an operation", e))
         };
         if finished {
