@@ -212,12 +212,11 @@ impl Iterator for Expanded {
     }
 }
 
-/// **For tests only**: rewrites the bundles of the `records`, `logs` and `logs_by_time` trees
-/// of `db` (a store's
+/// **For tests and tools** (hidden from the docs; not part of the stable API): rewrites the
+/// bundles of the `records`, `logs` and `logs_by_time` trees of `db` (a store's
 /// database opened with sled alone, the store closed) as one sled key per entry, the layout of a
 /// store written before bundles, which the store reads as well; so that a test can damage one
 /// record or line by its key. Fails on a damaged bundle.
-#[cfg(feature = "fault-injection")]
 pub fn unbundle(db: &sled::Db) -> sled::Result<()> {
     let trees = [
         (crate::keys::RECORDS, PREFIX),

@@ -75,7 +75,6 @@ mod sync_io;
 mod wal;
 
 #[doc(hidden)]
-#[cfg(feature = "fault-injection")]
 pub use crate::bundle::unbundle;
 #[doc(hidden)]
 #[cfg(feature = "fault-injection")]
