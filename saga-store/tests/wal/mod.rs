@@ -419,19 +419,38 @@ async fn sled_files_older_than_the_logs_checkpoint_are_refused_not_read() {
     // vanish, or read as running and run again. Here: sled's files from before a checkpoint,
     // beside the log of after it.
     let (dir, path) = temp_store_path();
+    // Each session is closed, then opened and closed once more: that open replays whatever the
+    // close's checkpoint left in the log and checkpoints it (see `open_sled_to_edit`), so sled's
+    // files hold every write, and the log none.
     let store = SledStore::open(&path).expect("opens");
     let (first, _) = create(&store, "prod", 10).await;
     drop(store);
+    drop(SledStore::open(&path).expect("reopens"));
     let older = dir.path().join("older");
     std::fs::create_dir_all(&older).expect("creates a directory");
-    for file in ["conf", "db"] {
-        std::fs::copy(path.join(file), older.join(file)).expect("copies sled's files");
+    // sled's files: `conf`, `db` and its snapshot `snap.*` (not the log, in `wal/`).
+    let sled_files = |dir: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .expect("lists")
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .collect()
+    };
+    for file in sled_files(&path) {
+        let name = file.file_name().expect("a name");
+        std::fs::copy(&file, older.join(name)).expect("copies sled's files");
     }
     let store = SledStore::open(&path).expect("opens again");
     let (second, _) = create(&store, "prod", 20).await;
     drop(store);
-    for file in ["conf", "db"] {
-        std::fs::copy(older.join(file), path.join(file)).expect("puts the older files back");
+    drop(SledStore::open(&path).expect("reopens"));
+    for file in sled_files(&path) {
+        std::fs::remove_file(file).expect("removes sled's newer files");
+    }
+    for file in sled_files(&older) {
+        let name = file.file_name().expect("a name");
+        std::fs::copy(&file, path.join(name)).expect("puts the older files back");
     }
     match SledStore::open(&path) {
         Err(StoreError::Corrupt { place, problem }) => {
