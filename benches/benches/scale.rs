@@ -148,6 +148,28 @@ async fn open_finished(n: usize) -> f64 {
     median(times)
 }
 
+/// Seconds from `SledStore::open` to the end of `recover()` on a closed durable store of
+/// 100,000 finished Operations (the activity report's fixture) and 10,000 unfinished ones.
+async fn open_and_recover_big() -> f64 {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("store");
+    {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&path).expect("opening the store"));
+        fixtures::fill_activity(store.clone()).await;
+        fixtures::fill_unfinished(store, 10_000).await;
+    }
+    // Opened once more, so that the log's tail is replayed and checkpointed before the timing.
+    drop(SledStore::open(&path).expect("reopening the store"));
+    let started = Instant::now();
+    let store = Arc::new(SledStore::open(&path).expect("reopening the store"));
+    let executor = engine::executor(store, 10, 10_000);
+    let report = executor.recover().await.expect("recovering");
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(report.resumed.len(), 10_000, "every unfinished operation resumes");
+    let _ = executor.shutdown(Duration::from_secs(60)).await;
+    elapsed
+}
+
 /// Seconds that `recover()` takes over `n` unfinished Operations.
 async fn recover(n: usize) -> f64 {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -314,6 +336,15 @@ fn main() {
     // process start (and every CLI command) pays.
     if runs("open") {
         put("open_1k_finished_ms", rt.block_on(open_finished(1_000)) * 1e3);
+    }
+
+    // Open and recover() a store of 100,000 finished and 10,000 unfinished Operations, written
+    // durably (so in the layout a durable store has: bundles).
+    if runs("big") {
+        put(
+            "open_recover_100k_finished_10k_unfinished_seconds",
+            rt.block_on(open_and_recover_big()),
+        );
     }
 
     // recover() over 10,000 unfinished Operations.

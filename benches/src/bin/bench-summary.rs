@@ -162,6 +162,13 @@ fn main() {
         "median of 5".into(),
         &format!("<= 50 ms: {}", verdict(open.map(|o| o <= 50.0))),
     );
+    let big = get("open_recover_100k_finished_10k_unfinished_seconds");
+    row(
+        "open + recover(), 100,000 finished and 10,000 unfinished Operations, durable sled",
+        show(big, "s"),
+        "one run".into(),
+        &format!("<= 1 s: {}", verdict(big.map(|b| b <= 1.0))),
+    );
     let recover = get("recover_10k_seconds");
     row(
         "recover() over 10,000 unfinished Operations",
