@@ -13,6 +13,7 @@ use crate::codec::{
 };
 use crate::keys;
 use crate::open::Trees;
+use crate::overlay::Logged;
 
 /// The findings of one check, and whether it repairs.
 struct Check<'a> {
@@ -58,7 +59,7 @@ impl Check<'_> {
     }
 
     /// Removes `key` from `tree` when repairing; whether it did.
-    fn remove(&self, tree: &crate::overlay::Logged, key: &[u8]) -> Result<bool, StoreError> {
+    fn remove(&self, tree: &Logged, key: &[u8]) -> Result<bool, StoreError> {
         if !self.repair {
             return Ok(false);
         }
@@ -68,7 +69,7 @@ impl Check<'_> {
 
     /// Inserts the index entry `key` (its value the key's checksum) in `tree` when repairing;
     /// whether it did.
-    fn insert(&self, tree: &crate::overlay::Logged, key: &[u8]) -> Result<bool, StoreError> {
+    fn insert(&self, tree: &Logged, key: &[u8]) -> Result<bool, StoreError> {
         if !self.repair {
             return Ok(false);
         }
@@ -154,7 +155,7 @@ impl Check<'_> {
         &mut self,
         id: OperationId,
         index: &str,
-        tree: &crate::overlay::Logged,
+        tree: &Logged,
         key: &[u8],
     ) -> Result<(), StoreError> {
         let repaired = self.remove(tree, key)?;
@@ -171,7 +172,7 @@ impl Check<'_> {
         id: Option<OperationId>,
         index: &str,
         cause: StoreError,
-        tree: &crate::overlay::Logged,
+        tree: &Logged,
         key: &[u8],
         confirmed: Option<bool>,
     ) -> Result<(), StoreError> {
@@ -190,7 +191,7 @@ impl Check<'_> {
         id: Option<OperationId>,
         index: &str,
         cause: StoreError,
-        tree: &crate::overlay::Logged,
+        tree: &Logged,
         key: &[u8],
     ) -> Result<(), StoreError> {
         let repaired = self.remove(tree, key)?;
@@ -305,30 +306,8 @@ impl Check<'_> {
     /// Every lease decodes and names an Operation with records.
     fn leases(&mut self) -> Result<(), StoreError> {
         let trees = self.trees;
-        for key in trees.leases.iter().keys() {
-            let key = key.map_err(|e| sled_error("checking the leases", e))?;
-            let id = match keys::parse_operation(keys::LEASES, &key) {
-                Ok(id) => id,
-                Err(cause) => {
-                    let _writing = trees.lock();
-                    self.damaged(None, keys::LEASES, cause, &trees.leases, &key)?;
-                    continue;
-                }
-            };
-            let _writing = trees.lock();
-            // Read again under the lock: a claim may have replaced it since the scan.
-            let Some(value) =
-                trees.leases.get(&key).map_err(|e| sled_error("reading a lease", e))?
-            else {
-                continue;
-            };
-            if let Err(cause) = decode_lease(&value, id) {
-                self.damaged(Some(id), keys::LEASES, cause, &trees.leases, &key)?;
-            } else if !trees.has_records(id)? {
-                self.dangling(id, keys::LEASES, &trees.leases, &key)?;
-            }
-        }
-        Ok(())
+        let decode = |value: &[u8], id| decode_lease(value, id).map(drop);
+        self.values_by_operation(&trees.leases, keys::LEASES, ("the leases", "a lease"), decode)
     }
 
     /// Every pending cancel request decodes and names an Operation with records. A damaged one
@@ -337,27 +316,44 @@ impl Check<'_> {
     /// Operation is refused with its error.
     fn cancels(&mut self) -> Result<(), StoreError> {
         let trees = self.trees;
-        for key in trees.cancels.iter().keys() {
-            let key = key.map_err(|e| sled_error("checking the cancel requests", e))?;
-            let id = match keys::parse_operation(keys::CANCELS, &key) {
+        let decode = |value: &[u8], id| decode_cancel(value, id).map(drop);
+        let what = ("the cancel requests", "a cancel request");
+        self.values_by_operation(&trees.cancels, keys::CANCELS, what, decode)
+    }
+
+    /// Every entry of `tree` (named `name`, keyed by an Operation's id) decodes with `decode`
+    /// and names an Operation with records; each is read again under the write lock, since a
+    /// write may have replaced or removed it since the scan (a claim a lease, an append's
+    /// answer a cancel request). `what` names the entries and one
+    /// entry in errors.
+    fn values_by_operation(
+        &mut self,
+        tree: &Logged,
+        name: &str,
+        what: (&str, &str),
+        decode: impl Fn(&[u8], OperationId) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let trees = self.trees;
+        for key in tree.iter().keys() {
+            let key = key.map_err(|e| sled_error(&format!("checking {}", what.0), e))?;
+            let id = match keys::parse_operation(name, &key) {
                 Ok(id) => id,
                 Err(cause) => {
                     let _writing = trees.lock();
-                    self.damaged(None, keys::CANCELS, cause, &trees.cancels, &key)?;
+                    self.damaged(None, name, cause, tree, &key)?;
                     continue;
                 }
             };
             let _writing = trees.lock();
-            // Read again under the lock: an append may have answered it since the scan.
-            let Some(value) =
-                trees.cancels.get(&key).map_err(|e| sled_error("reading a cancel request", e))?
+            let read = tree.get(&key);
+            let Some(value) = read.map_err(|e| sled_error(&format!("reading {}", what.1), e))?
             else {
                 continue;
             };
-            if let Err(cause) = decode_cancel(&value, id) {
-                self.damaged(Some(id), keys::CANCELS, cause, &trees.cancels, &key)?;
+            if let Err(cause) = decode(&value, id) {
+                self.damaged(Some(id), name, cause, tree, &key)?;
             } else if !trees.has_records(id)? {
-                self.dangling(id, keys::CANCELS, &trees.cancels, &key)?;
+                self.dangling(id, name, tree, &key)?;
             }
         }
         Ok(())

@@ -292,23 +292,8 @@ fn open_error(path: &Path, error: sled::Error) -> StoreError {
 }
 
 impl Trees {
-    /// Every logged tree's overlay, for the checkpointer (see [`crate::overlay::Logged`]).
-    pub(crate) fn memtable(&self) -> crate::overlay::Memtable {
-        let trees = [
-            &self.records,
-            &self.unfinished,
-            &self.by_environment,
-            &self.leases,
-            &self.cancels,
-            &self.by_resource,
-            &self.logs,
-            &self.logs_by_time,
-        ];
-        crate::overlay::Memtable::new(trees.into_iter().cloned().collect(), self.redo.clone())
-    }
-
-    /// The tree of this number in the write-ahead log's entries.
-    pub(crate) fn by_number(&self, number: u8) -> Option<&Logged> {
+    /// Every logged tree, in the order of their numbers.
+    fn all(&self) -> [&Logged; 8] {
         [
             &self.records,
             &self.unfinished,
@@ -319,8 +304,16 @@ impl Trees {
             &self.logs,
             &self.logs_by_time,
         ]
-        .into_iter()
-        .find(|t| t.number() == number)
+    }
+
+    /// Every logged tree's overlay, for the checkpointer (see [`crate::overlay::Logged`]).
+    pub(crate) fn memtable(&self) -> crate::overlay::Memtable {
+        crate::overlay::Memtable::new(self.all().into_iter().cloned().collect(), self.redo.clone())
+    }
+
+    /// The tree of this number in the write-ahead log's entries.
+    pub(crate) fn by_number(&self, number: u8) -> Option<&Logged> {
+        self.all().into_iter().find(|t| t.number() == number)
     }
 
     /// Makes the changes of write-ahead log entries again, in order (at open, before anything
