@@ -100,28 +100,43 @@ pub(crate) fn decode(
     Ok(list.into_iter().map(|(k, v)| (k, IVec::from(v))).collect())
 }
 
-/// The entries sled holds for the Operation `prefix` of `tree` (its bundle, and entries under full
-/// keys over it), by full key.
-pub(crate) fn entries(
+/// What sled holds under one bundle key.
+pub(crate) struct Stored {
+    /// Every entry, by full key: the bundle's, and over them those under full keys.
+    pub(crate) entries: BTreeMap<Vec<u8>, IVec>,
+    /// The entries sled keeps under their full key (not in the bundle).
+    pub(crate) full_keys: Vec<Vec<u8>>,
+}
+
+/// What sled holds under the bundle key `prefix` of `tree` (named `name`): read from sled.
+pub(crate) fn entries(tree: &sled::Tree, name: &str, prefix: &[u8]) -> sled::Result<Stored> {
+    let bundle = tree.get(prefix)?;
+    entries_with(tree, name, prefix, bundle.as_deref())
+}
+
+/// What sled holds under the bundle key `prefix`, whose bundle (if any) the caller read already.
+fn entries_with(
     tree: &sled::Tree,
     name: &str,
     prefix: &[u8],
-) -> sled::Result<BTreeMap<Vec<u8>, IVec>> {
-    let mut out = BTreeMap::new();
-    if let Some(bytes) = tree.get(prefix)? {
-        for (suffix, value) in decode(name, prefix, &bytes)? {
+    bundle: Option<&[u8]>,
+) -> sled::Result<Stored> {
+    let mut stored = Stored { entries: BTreeMap::new(), full_keys: Vec::new() };
+    if let Some(bytes) = bundle {
+        for (suffix, value) in decode(name, prefix, bytes)? {
             let mut key = prefix.to_vec();
             key.extend_from_slice(&suffix);
-            out.insert(key, value);
+            stored.entries.insert(key, value);
         }
     }
     for entry in tree.scan_prefix(prefix) {
         let (key, value) = entry?;
         if key.len() > prefix.len() {
-            out.insert(key.to_vec(), value);
+            stored.full_keys.push(key.to_vec());
+            stored.entries.insert(key.to_vec(), value);
         }
     }
-    Ok(out)
+    Ok(stored)
 }
 
 /// sled's entries of a bundled tree within bounds, in key order, bundles expanded.
@@ -190,11 +205,12 @@ impl Iterator for Expanded {
             };
             if key.len() == self.prefix {
                 // A bundle: its entries and the full keys under it, merged.
-                let all = match entries(&self.tree, self.name, &key) {
+                let all = match entries_with(&self.tree, self.name, &key, Some(&value)) {
                     Ok(all) => all,
                     Err(e) => return Some(Err(e)),
                 };
                 self.buffered = all
+                    .entries
                     .into_iter()
                     .filter(|(k, _)| self.within(k))
                     .map(|(k, v)| (IVec::from(k), v))

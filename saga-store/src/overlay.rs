@@ -432,12 +432,11 @@ impl Logged {
             // what sled holds of it; full keys under it are moved into the bundle.
             let prefix = &key[..plen];
             let read = |e| sled_error("reading a bundle for a checkpoint", e);
-            let mut entries = crate::bundle::entries(&self.tree, name, prefix).map_err(read)?;
-            for full in entries.keys().filter(|k| k.len() > plen) {
-                if self.tree.contains_key(full).map_err(read)? {
-                    batch.remove(full.as_slice());
-                }
+            let stored = crate::bundle::entries(&self.tree, name, prefix).map_err(read)?;
+            for full in &stored.full_keys {
+                batch.remove(full.as_slice());
             }
+            let mut entries = stored.entries;
             let mut change = Some((key, value));
             while let Some((key, value)) = change {
                 match value {
