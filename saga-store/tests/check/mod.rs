@@ -25,24 +25,6 @@ fn tree(db: &sled::Db, name: &str) -> sled::Tree {
     db.open_tree(name).expect("tree")
 }
 
-fn op_key(id: OperationId) -> Vec<u8> {
-    id.as_u128().to_be_bytes().to_vec()
-}
-
-fn seq_key(id: OperationId, seq: u64) -> Vec<u8> {
-    let mut key = op_key(id);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
-fn env_key(environment: &str, ms: u64, id: OperationId) -> Vec<u8> {
-    let mut key = (environment.len() as u64).to_be_bytes().to_vec();
-    key.extend_from_slice(environment.as_bytes());
-    key.extend_from_slice(&ms.to_be_bytes());
-    key.extend_from_slice(&op_key(id));
-    key
-}
-
 fn describe(problem: &Problem) -> String {
     match problem {
         Problem::MissingUnfinishedMark => "missing mark".into(),

@@ -155,3 +155,25 @@ pub(crate) fn newer_version(bytes: &[u8], key: &[u8]) -> Vec<u8> {
     newer.extend_from_slice(&checksum.to_le_bytes());
     newer
 }
+
+/// The sled key of an Operation in the trees keyed by it (`keys.rs`: its id, big-endian), for
+/// tests that edit sled's files.
+pub(crate) fn op_key(id: OperationId) -> Vec<u8> {
+    id.as_u128().to_be_bytes().to_vec()
+}
+
+/// The sled key of an Operation's record or log line `seq` (`keys.rs`).
+pub(crate) fn seq_key(id: OperationId, seq: u64) -> Vec<u8> {
+    let mut key = op_key(id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The sled key of an Operation's environment index entry (`keys.rs`).
+pub(crate) fn env_key(environment: &str, ms: u64, id: OperationId) -> Vec<u8> {
+    let mut key = (environment.len() as u64).to_be_bytes().to_vec();
+    key.extend_from_slice(environment.as_bytes());
+    key.extend_from_slice(&ms.to_be_bytes());
+    key.extend_from_slice(&op_key(id));
+    key
+}
