@@ -456,11 +456,14 @@ impl Connector {
             }
             (Check::Chain, Some(roots)) => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly { roots, algorithms }))
+                .with_custom_certificate_verifier(Arc::new(Lenient {
+                    roots: Some(roots),
+                    algorithms,
+                }))
                 .with_no_client_auth(),
             _ => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoCheck { algorithms }))
+                .with_custom_certificate_verifier(Arc::new(Lenient { roots: None, algorithms }))
                 .with_no_client_auth(),
         };
         // What libpq 17 sends: a server reached with direct TLS negotiation insists on it;
@@ -569,56 +572,16 @@ fn name(presented: &str) -> String {
         .unwrap_or_else(|| presented.to_owned())
 }
 
-/// Checks nothing of the certificate but that the server holds its key (`prefer` and `require`
-/// without root certificates, as libpq).
+/// A verifier that checks less than rustls's own: with `roots`, the chain to them but not the
+/// host name (`verify-ca`); without, nothing of the certificate but that the server holds its
+/// key (`prefer` and `require` without root certificates, as libpq).
 #[derive(Debug)]
-struct NoCheck {
+struct Lenient {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Checks the chain to the roots, not the host name (`verify-ca`).
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -627,14 +590,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
