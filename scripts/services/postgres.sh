@@ -76,6 +76,32 @@ log() { echo "postgres.sh: $*" >&2; }
 # Normally $services_dir/postgres; see `choose_base`.
 base=""
 
+# Prints the password kept in file $1, made (random, readable by its owner only) if missing.
+ensure_password() {
+  if [ ! -f "$1" ]; then
+    python3 -c 'import secrets; print(secrets.token_hex(16))' >"$1"
+    chmod 600 "$1"
+  fi
+  cat "$1"
+}
+
+# init_cluster BIN DATA LOG LABEL: initdb a cluster in DATA (the same settings for every cluster
+# of this script) unless DATA holds one already; initdb's output goes to LOG, shown on failure.
+init_cluster() {
+  local bin="$1" data="$2" initlog="$3" label="$4"
+  if [ -f "$data/PG_VERSION" ]; then
+    log "reusing the $label in $data"
+    return 0
+  fi
+  log "initialising a $label in $data"
+  as_pg rm -rf "$data"
+  as_pg "$bin/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+    -E UTF8 --locale=C.UTF-8 >"$initlog" 2>&1 || {
+    cat "$initlog" >&2
+    return 1
+  }
+}
+
 is_root() { [ "$(id -u)" = 0 ]; }
 
 # Runs a command as the server's user.
@@ -211,23 +237,9 @@ start_main() {
     stop_main
   fi
 
-  if [ ! -f "$password_file" ]; then
-    python3 -c 'import secrets; print(secrets.token_hex(16))' >"$password_file"
-    chmod 600 "$password_file"
-  fi
-  password="$(cat "$password_file")"
+  password="$(ensure_password "$password_file")"
 
-  if [ ! -f "$data/PG_VERSION" ]; then
-    log "initialising a cluster in $data"
-    as_pg rm -rf "$data"
-    as_pg "$bin/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
-      -E UTF8 --locale=C.UTF-8 >"$base/initdb.log" 2>&1 || {
-      cat "$base/initdb.log" >&2
-      return 1
-    }
-  else
-    log "reusing the cluster in $data"
-  fi
+  init_cluster "$bin" "$data" "$base/initdb.log" "cluster" || return 1
   # A server of this cluster that is not ours (its pid file is gone) still holds the directory:
   # stop it cleanly rather than fail to start a second one.
   if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
@@ -366,23 +378,9 @@ start_tls() {
   fi
   stop_tls
 
-  if [ ! -f "$password_file" ]; then
-    python3 -c 'import secrets; print(secrets.token_hex(16))' >"$password_file"
-    chmod 600 "$password_file"
-  fi
-  password="$(cat "$password_file")"
+  password="$(ensure_password "$password_file")"
 
-  if [ ! -f "$data/PG_VERSION" ]; then
-    log "initialising a TLS cluster in $data"
-    as_pg rm -rf "$data"
-    as_pg "$bin/initdb" -D "$data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
-      -E UTF8 --locale=C.UTF-8 >"$base/initdb.log" 2>&1 || {
-      cat "$base/initdb.log" >&2
-      return 1
-    }
-  else
-    log "reusing the TLS cluster in $data"
-  fi
+  init_cluster "$bin" "$data" "$base/initdb.log" "TLS cluster" || return 1
   if as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     log "a server of $data runs without this script's pid file; stopping it first"
     as_pg "$bin/pg_ctl" -D "$data" stop -m fast -w >/dev/null
@@ -543,11 +541,7 @@ start_pair() {
   bin="$(bin_dir)"
   pair_dirs
   local password_file="$primary_base/password" password p_port s_port
-  if [ ! -f "$password_file" ]; then
-    python3 -c 'import secrets; print(secrets.token_hex(16))' >"$password_file"
-    chmod 600 "$password_file"
-  fi
-  password="$(cat "$password_file")"
+  password="$(ensure_password "$password_file")"
   if pair_healthy; then
     p_port="$(sed -n 's/^primary=//p' "$pair_ports")"
     s_port="$(sed -n 's/^standby=//p' "$pair_ports")"
@@ -567,11 +561,7 @@ start_pair() {
   done
 
   log "building a primary and a synchronous standby"
-  as_pg "$bin/initdb" -D "$primary_base/data" -U postgres --auth-local=trust \
-    --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$primary_base/initdb.log" 2>&1 || {
-    cat "$primary_base/initdb.log" >&2
-    return 1
-  }
+  init_cluster "$bin" "$primary_base/data" "$primary_base/initdb.log" "primary" || return 1
   p_port="$(pair_port primary)"
   # Durable commits; WAL for a standby (the defaults of wal_level and max_wal_senders, said).
   pair_server_start "$primary_base" "$p_port" \
